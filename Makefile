@@ -1,0 +1,64 @@
+# The two commands a newcomer needs are `make demo` and `make test`; both set
+# up the virtual environment (.venv) with the pinned dependencies first.
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: setup demo test check lint typecheck proto-check generate check-generated \
+        contract-release constraints clean
+
+# Re-installs whenever the dependencies change.
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The main job: start what exists on embedded defaults and show it working.
+demo: setup
+	$(BIN)/python -m stats_demo
+
+## Every check and every test (what CI runs).
+test: check
+	$(BIN)/python -m pytest
+
+check: setup lint typecheck proto-check check-generated
+
+lint: setup
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: setup
+	$(BIN)/mypy
+
+# buf lint (STANDARD), formatting, and breaking changes against the last
+# released image of the contract (proto/released.binpb).
+proto-check: setup
+	$(BIN)/buf lint
+	$(BIN)/buf format -d --exit-code
+	$(BIN)/buf breaking --against proto/released.binpb
+
+## Regenerate gen/ (Python code and type stubs) from proto/.
+generate: setup
+	$(BIN)/python tools/generate_country_proto.py
+	$(BIN)/buf format -w
+	$(BIN)/python tools/generate_code.py
+
+## Fail when gen/ or country.proto differ from what their sources produce.
+check-generated: setup
+	$(BIN)/python tools/generate_country_proto.py --check
+	$(BIN)/python tools/generate_code.py --check
+
+## At a release: make the current contract the baseline for `buf breaking`.
+contract-release: setup
+	$(BIN)/buf build --exclude-source-info -o proto/released.binpb
+
+## Refresh constraints.txt (the full pinned dependency set) from .venv.
+constraints: setup
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^printernizer-stats' > constraints.txt
+
+clean:
+	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

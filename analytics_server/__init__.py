@@ -1,0 +1,1 @@
+"""The admin query service: answers the maintainers' questions about stored reports."""

@@ -1,0 +1,1 @@
+"""The REST gateway: the admin dashboard's API and the local privacy page."""

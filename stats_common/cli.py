@@ -1,0 +1,89 @@
+"""Command-line conventions shared by the services.
+
+Every option of every service can be given as a flag or as an environment
+variable (the flag wins); `--help` shows both and the default, so the README's
+configuration table and the services cannot disagree for long.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+
+class EnvArgumentParser(argparse.ArgumentParser):
+    """An ArgumentParser whose options also read an environment variable."""
+
+    def __init__(self, *, env_prefix: str, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", argparse.RawDescriptionHelpFormatter)
+        super().__init__(**kwargs)
+        self.env_prefix = env_prefix
+        self.environment_variables: dict[str, str] = {}
+
+    def add_env_option(
+        self,
+        flag: str,
+        *,
+        help: str,
+        default: Any = None,
+        type: Callable[[str], Any] = str,
+        env: str | None = None,
+        metavar: str | None = None,
+    ) -> None:
+        """Add `--flag VALUE`, defaulting to $PREFIX_FLAG, then to `default`."""
+        name = env or self.env_prefix + flag.lstrip("-").upper().replace("-", "_")
+        self.environment_variables[flag] = name
+        raw = os.environ.get(name, "")
+        try:
+            value = type(raw) if raw else default
+        except (ValueError, argparse.ArgumentTypeError) as exc:
+            self.error(f"environment variable {name}={raw!r} is invalid: {exc}")
+        self.add_argument(
+            flag,
+            default=value,
+            type=type,
+            metavar=metavar,
+            help=f"{help} [env: {name}; default: {default}]",
+        )
+
+    def add_env_switch(self, flag: str, *, help: str, env: str | None = None) -> None:
+        """Add a boolean `--flag`, also on when $PREFIX_FLAG is 1/true/yes/on."""
+        name = env or self.env_prefix + flag.lstrip("-").upper().replace("-", "_")
+        self.environment_variables[flag] = name
+        on = env_flag(name)
+        self.add_argument(flag, action="store_true", default=on, help=f"{help} [env: {name}]")
+
+
+def env_flag(name: str) -> bool:
+    """True when an environment variable says yes (1, true, yes, on)."""
+    return os.environ.get(name, "").strip().lower() in {"1", "true", "yes", "on"}
+
+
+def user_data_dir() -> Path:
+    """Where the agent keeps its files by default ($XDG_DATA_HOME convention)."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "printernizer-stats"
+
+
+def user_runtime_dir() -> Path:
+    """Where the agent's socket lives by default ($XDG_RUNTIME_DIR, else data dir)."""
+    runtime = os.environ.get("XDG_RUNTIME_DIR")
+    return Path(runtime) / "printernizer-stats" if runtime else user_data_dir() / "run"
+
+
+def host_port(value: str) -> str:
+    """Validate HOST:PORT (IPv6 hosts in brackets)."""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def positive_int(value: str) -> int:
+    number = int(value)
+    if number <= 0:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value!r}")
+    return number

@@ -1,0 +1,251 @@
+"""The contract's rules, checked on the compiled descriptors.
+
+The `.proto` files are the single source of truth; this module reads what they
+say at run time: which messages describe usage, which fields are fixed-size
+identifiers, which schema version introduced a field, and why each collected
+field is collected (its "Why:" comment, for the user-facing disclosure).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from functools import cache
+from pathlib import Path
+from types import ModuleType
+
+from google.protobuf import descriptor_pb2
+from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, FileDescriptor
+from printernizer.stats.v1 import (
+    agent_service_pb2,
+    aggregated_stats_pb2,
+    analytics_service_pb2,
+    common_pb2,
+    country_pb2,
+    ingest_service_pb2,
+    options_pb2,
+    usage_event_pb2,
+)
+
+PACKAGE = "printernizer.stats.v1"
+
+CONTRACT_MODULES: tuple[ModuleType, ...] = (
+    common_pb2,
+    country_pb2,
+    options_pb2,
+    usage_event_pb2,
+    aggregated_stats_pb2,
+    ingest_service_pb2,
+    agent_service_pb2,
+    analytics_service_pb2,
+)
+
+# The messages that describe usage. Nothing reachable from them may carry free
+# text: UsageEvent is what the host app records, AggregatedStats what leaves.
+USAGE_ROOTS: tuple[Descriptor, ...] = (
+    usage_event_pb2.UsageEvent.DESCRIPTOR,
+    aggregated_stats_pb2.AggregatedStats.DESCRIPTOR,
+)
+
+# The only `bytes` fields allowed in usage messages: random identifiers of a
+# fixed size (a UUID's 16 bytes), validated on both ends.
+IDENTIFIER_FIELDS: dict[str, int] = {
+    f"{PACKAGE}.AggregatedStats.report_id": 16,
+    f"{PACKAGE}.InstallationInfo.installation_id": 16,
+}
+
+# The newest report schema this code knows (the highest ReportSchemaVersion).
+CURRENT_SCHEMA_VERSION: int = max(aggregated_stats_pb2.ReportSchemaVersion.values())
+
+
+def contract_files() -> list[FileDescriptor]:
+    return [module.DESCRIPTOR for module in CONTRACT_MODULES]
+
+
+def reachable_messages(*roots: Descriptor) -> list[Descriptor]:
+    """Every message type reachable from the roots through fields, roots first."""
+    seen: dict[str, Descriptor] = {}
+    pending = list(roots)
+    while pending:
+        message = pending.pop(0)
+        if message.full_name in seen:
+            continue
+        seen[message.full_name] = message
+        pending.extend(f.message_type for f in message.fields if f.message_type is not None)
+    return list(seen.values())
+
+
+def _map_key_type(field: FieldDescriptor) -> int | None:
+    """The key type of a map field, None for any other field."""
+    entry = field.message_type
+    if entry is None or not entry.GetOptions().map_entry:
+        return None
+    key_type: int = entry.fields_by_name["key"].type
+    return key_type
+
+
+def free_text_violations(roots: Iterable[Descriptor] = USAGE_ROOTS) -> list[str]:
+    """Fields reachable from the roots that could carry free text.
+
+    A `string` field, a map keyed by string, and any `bytes` field other than
+    the declared fixed-size identifiers are violations.
+    """
+    problems: list[str] = []
+    for message in reachable_messages(*roots):
+        for field in message.fields:
+            if _map_key_type(field) == FieldDescriptor.TYPE_STRING:
+                problems.append(f"{field.full_name}: map keyed by string")
+            elif field.type == FieldDescriptor.TYPE_STRING:
+                problems.append(f"{field.full_name}: string field")
+            elif field.type == FieldDescriptor.TYPE_BYTES and field.full_name not in IDENTIFIER_FIELDS:
+                problems.append(f"{field.full_name}: bytes field that is not a declared identifier")
+    return problems
+
+
+def all_enums(files: Iterable[FileDescriptor] | None = None) -> Iterator[EnumDescriptor]:
+    """Every enum in the contract, top-level and nested."""
+
+    def nested(message: Descriptor) -> Iterator[EnumDescriptor]:
+        yield from message.enum_types
+        for inner in message.nested_types:
+            yield from nested(inner)
+
+    for file in files if files is not None else contract_files():
+        yield from file.enum_types_by_name.values()
+        for message in file.message_types_by_name.values():
+            yield from nested(message)
+
+
+def enum_zero_violations(files: Iterable[FileDescriptor] | None = None) -> list[str]:
+    """Enums whose zero value is missing or not named `<ENUM>_UNSPECIFIED`."""
+    problems = []
+    for enum in all_enums(files):
+        zero = enum.values_by_number.get(0)
+        if zero is None or not zero.name.endswith("_UNSPECIFIED"):
+            problems.append(f"{enum.full_name}: zero value must be *_UNSPECIFIED")
+    return problems
+
+
+def since_schema_version(field: FieldDescriptor) -> int:
+    """The report schema version that introduced a field (0 when undeclared)."""
+    value: int = field.GetOptions().Extensions[options_pb2.since_schema_version]
+    return value
+
+
+def report_fields() -> list[FieldDescriptor]:
+    """Every field that can leave an installation inside a report."""
+    return [
+        field
+        for message in reachable_messages(aggregated_stats_pb2.AggregatedStats.DESCRIPTOR)
+        for field in message.fields
+    ]
+
+
+# Fields of the public ingest requests: they leave the installation too.
+def ingest_request_fields() -> list[FieldDescriptor]:
+    roots = (
+        ingest_service_pb2.SubmitReportsRequest.DESCRIPTOR,
+        ingest_service_pb2.DeleteInstallationRequest.DESCRIPTOR,
+        ingest_service_pb2.DeletionOrder.DESCRIPTOR,
+    )
+    return [field for message in reachable_messages(*roots) for field in message.fields]
+
+
+# --- Comments (from the descriptor set generated with source info) -----------
+
+_MESSAGE_TYPE, _ENUM_TYPE = 4, 5  # FileDescriptorProto field numbers
+_FIELD, _NESTED_TYPE, _NESTED_ENUM = 2, 3, 4  # DescriptorProto field numbers
+_ENUM_VALUE = 2  # EnumDescriptorProto field number
+
+
+@cache
+def _descriptor_set() -> descriptor_pb2.FileDescriptorSet:
+    # Beside the generated modules (printernizer.stats.v1 is a namespace
+    # package, which importlib.resources cannot read from on Python 3.11).
+    path = Path(common_pb2.__file__).with_name("contract_descriptor.binpb")
+    return descriptor_pb2.FileDescriptorSet.FromString(path.read_bytes())
+
+
+def _enum_comments(
+    e: descriptor_pb2.EnumDescriptorProto,
+    scope: str,
+    path: tuple[int, ...],
+    by_path: dict[tuple[int, ...], str],
+    found: dict[str, str],
+) -> None:
+    name = f"{scope}.{e.name}"
+    found[name] = by_path.get(path, "")
+    for i, value in enumerate(e.value):
+        found[f"{name}.{value.name}"] = by_path.get((*path, _ENUM_VALUE, i), "")
+
+
+def _message_comments(
+    m: descriptor_pb2.DescriptorProto,
+    scope: str,
+    path: tuple[int, ...],
+    by_path: dict[tuple[int, ...], str],
+    found: dict[str, str],
+) -> None:
+    name = f"{scope}.{m.name}"
+    found[name] = by_path.get(path, "")
+    for i, field in enumerate(m.field):
+        found[f"{name}.{field.name}"] = by_path.get((*path, _FIELD, i), "")
+    for i, inner in enumerate(m.nested_type):
+        _message_comments(inner, name, (*path, _NESTED_TYPE, i), by_path, found)
+    for i, inner_enum in enumerate(m.enum_type):
+        _enum_comments(inner_enum, name, (*path, _NESTED_ENUM, i), by_path, found)
+
+
+@cache
+def comments() -> dict[str, str]:
+    """Leading comments of every message, field, enum and enum value of the
+    contract, by full name, as written in the `.proto` files."""
+    found: dict[str, str] = {}
+    for file in _descriptor_set().file:
+        if file.package != PACKAGE:
+            continue
+        by_path = {
+            tuple(location.path): location.leading_comments.strip()
+            for location in file.source_code_info.location
+            if location.leading_comments
+        }
+        for i, m in enumerate(file.message_type):
+            _message_comments(m, file.package, (_MESSAGE_TYPE, i), by_path, found)
+        for i, e in enumerate(file.enum_type):
+            _enum_comments(e, file.package, (_ENUM_TYPE, i), by_path, found)
+    return found
+
+
+def why_collected(field: FieldDescriptor) -> str:
+    """The reason a field is collected: its comment from "Why:" on, one line."""
+    comment = comments().get(field.full_name, "")
+    start = comment.find("Why:")
+    if start < 0:
+        return ""
+    return " ".join(comment[start + len("Why:") :].split())
+
+
+@dataclass(frozen=True)
+class DisclosureItem:
+    """One line of "what we collect": a field of the report and why."""
+
+    path: str
+    why: str
+    since_schema_version: int
+
+
+def disclosure() -> list[DisclosureItem]:
+    """What a report contains and why, in the contract's order, generated from
+    the contract itself so the disclosure cannot drift from what is sent."""
+    items: list[DisclosureItem] = []
+
+    def walk(message: Descriptor, prefix: str, seen: tuple[str, ...]) -> None:
+        for field in message.fields:
+            path = f"{prefix}{field.name}"
+            items.append(DisclosureItem(path, why_collected(field), since_schema_version(field)))
+            if field.message_type is not None and field.message_type.full_name not in seen:
+                walk(field.message_type, f"{path}.", (*seen, field.message_type.full_name))
+
+    root = aggregated_stats_pb2.AggregatedStats.DESCRIPTOR
+    walk(root, "", (root.full_name,))
+    return items
