@@ -1,19 +1,28 @@
-"""`python -m stats_agent`: the local statistics agent beside Printernizer."""
+"""`python -m stats_agent`: the local statistics agent beside Printernizer.
+
+Serves the agent API on a Unix socket and keeps events in SQLite. Statistics
+are off by default: nothing is sent unless the user opts in, and DO_NOT_TRACK=1
+(or --disable) turns recording off entirely.
+"""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import logging
 import sys
+from pathlib import Path
 
-from stats_common.cli import EnvArgumentParser, positive_int, user_data_dir, user_runtime_dir
+from stats_common.cli import EnvArgumentParser, env_flag, positive_int, user_data_dir, user_runtime_dir
+from stats_common.countries import system_timezone
+
+from .agent import AgentConfig
+from .consent import Override
+from .server import ServerConfig, SocketError, serve
+from .storage import StorageError
 
 
 def build_parser() -> EnvArgumentParser:
-    parser = EnvArgumentParser(
-        prog="stats_agent",
-        env_prefix="STATS_AGENT_",
-        description=__doc__,
-    )
+    parser = EnvArgumentParser(prog="stats_agent", env_prefix="STATS_AGENT_", description=__doc__)
     parser.add_env_option(
         "--socket",
         help="Unix socket to serve the agent API on",
@@ -45,13 +54,27 @@ def build_parser() -> EnvArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args: argparse.Namespace = build_parser().parse_args(argv)
-    del args
-    print(
-        "stats_agent: this service is not part of this release yet; only --help is available.",
-        file=sys.stderr,
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return 2
+    config = ServerConfig(
+        socket_path=Path(args.socket).expanduser(),
+        db_path=Path(args.db).expanduser(),
+        agent=AgentConfig(
+            timezone=args.timezone or system_timezone(),
+            retention_days=args.retention_days,
+            override=Override(do_not_track=env_flag("DO_NOT_TRACK"), agent_switch=args.disable),
+        ),
+    )
+    try:
+        asyncio.run(serve(config))
+    except (SocketError, StorageError) as exc:
+        print(f"stats_agent: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        pass
+    return 0
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from types import ModuleType
 
 from google.protobuf import descriptor_pb2
 from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, FileDescriptor
+from google.protobuf.message import Message
 from printernizer.stats.v1 import (
     agent_service_pb2,
     aggregated_stats_pb2,
@@ -249,3 +250,14 @@ def disclosure() -> list[DisclosureItem]:
     root = aggregated_stats_pb2.AggregatedStats.DESCRIPTOR
     walk(root, "", (root.full_name,))
     return items
+
+
+def strip_fields_newer_than(message: Message, schema_version: int) -> None:
+    """Clear, in place, every field introduced after `schema_version`: the agent
+    never sends a field newer than the version the user consented to."""
+    for field, value in message.ListFields():
+        if since_schema_version(field) > schema_version:
+            message.ClearField(field.name)
+        elif field.message_type is not None:
+            for item in value if field.is_repeated else [value]:
+                strip_fields_newer_than(item, schema_version)

@@ -1,0 +1,371 @@
+"""The agent's behaviour, without gRPC: what each API call does.
+
+The servicer translates protobuf requests into calls on `StatsAgent` and maps
+its exceptions to status codes; tests can drive this class directly.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import importlib.metadata
+import logging
+import re
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass
+
+from google.protobuf import json_format
+from printernizer.stats.v1 import (
+    agent_service_pb2,
+    aggregated_stats_pb2,
+    common_pb2,
+    ingest_service_pb2,
+    usage_event_pb2,
+)
+
+from stats_common.contract import CURRENT_SCHEMA_VERSION
+from stats_common.countries import country_for_timezone
+from stats_common.weeks import Week, weeks_between
+
+from . import consent as consent_mod
+from .consent import ConsentRecord, Identity, Override
+from .events import from_millis, to_event, to_millis, validate_batch
+from .report import ReportScope, build_report, weekly_activity
+from .storage import AgentStore, DeletionRequestRow
+
+log = logging.getLogger(__name__)
+
+MAX_LOCAL_WEEKS = 104
+DEFAULT_LOCAL_WEEKS = 12
+MAX_EXPORT_PAGE = 10_000
+DEFAULT_EXPORT_PAGE = 1_000
+MAX_LEDGER = 520
+DEFAULT_LEDGER = 52
+# A preview for someone who has not opted in: the ID is made at opt-in.
+PLACEHOLDER_ID = bytes(16)
+
+
+class RequestError(ValueError):
+    """A request the agent refuses; `field` names the request field at fault."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+class NotSharing(RuntimeError):
+    """An operation that needs the user to have opted in to sharing."""
+
+
+@dataclass(frozen=True)
+class AgentConfig:
+    timezone: str
+    retention_days: int
+    override: Override
+
+
+@dataclass(frozen=True)
+class RecordResult:
+    stored: int
+    recording_disabled: bool
+
+
+def package_version() -> common_pb2.Version:
+    """This software's version as numbers."""
+    try:
+        text = importlib.metadata.version("printernizer-stats")
+    except importlib.metadata.PackageNotFoundError:  # running from a source tree
+        return common_pb2.Version()
+    numbers = [int(n) for n in re.findall(r"\d+", text)[:3]] + [0, 0, 0]
+    return common_pb2.Version(major=numbers[0], minor=numbers[1], patch=numbers[2])
+
+
+def report_json(report: bytes) -> str:
+    """A report's bytes, decoded and rendered as JSON for people to read."""
+    message = aggregated_stats_pb2.AggregatedStats.FromString(report)
+    return json_format.MessageToJson(message, indent=2, always_print_fields_with_no_presence=True)
+
+
+class StatsAgent:
+    def __init__(
+        self,
+        store: AgentStore,
+        config: AgentConfig,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    ) -> None:
+        self.store = store
+        self.config = config
+        self.clock = clock
+        self.country = country_for_timezone(config.timezone)
+        self._consent: ConsentRecord | None = None  # cached; the agent is the only writer
+
+    # --- consent -----------------------------------------------------------------
+
+    async def consent(self) -> ConsentRecord:
+        if self._consent is None:
+            self._consent = ConsentRecord.from_settings(await self.store.settings(), self.config.override)
+        return self._consent
+
+    async def set_consent(self, state: int, schema_version: int) -> ConsentRecord:
+        consent_mod.check_choice(state, schema_version)
+        before = await self.consent()
+        now = self.clock()
+        if before.chosen == consent_mod.SHARING and state != consent_mod.SHARING:
+            await self._opt_out(state, now)
+        elif state == consent_mod.SHARING and before.chosen == consent_mod.SHARING and before.since_time:
+            # Agreeing to a newer disclosure keeps the identity and where counting started.
+            await self.store.put_settings(
+                consent_mod.choice_settings(
+                    state, schema_version, now, before.since_sequence, before.since_time
+                )
+            )
+        else:
+            settings = consent_mod.choice_settings(
+                state, schema_version, now, await self.store.last_sequence(), now
+            )
+            if state == consent_mod.SHARING:
+                settings.update(Identity.create().settings())
+            await self.store.put_settings(settings)
+        self._consent = None
+        return await self.consent()
+
+    async def _opt_out(self, state: int, now: dt.datetime) -> None:
+        """Stop sharing: forget the identity, and keep a signed request that asks
+        the server to delete everything it has for it."""
+        identity = consent_mod.load_identity(await self.store.settings())
+        deletion = None
+        if identity is not None:
+            order = ingest_service_pb2.DeletionOrder(installation_id=identity.installation_id)
+            order.requested_at.FromDatetime(now)
+            order_bytes = order.SerializeToString(deterministic=True)
+            request = ingest_service_pb2.DeleteInstallationRequest(
+                order=order_bytes, signature=identity.sign(order_bytes), public_key=identity.public_key
+            )
+            deletion = DeletionRequestRow(
+                id=0,
+                installation_id=identity.installation_id,
+                request=request.SerializeToString(deterministic=True),
+                created_at=to_millis(now),
+                receipt=None,
+                confirmed_at=None,
+            )
+        settings = consent_mod.choice_settings(state, 0, now, await self.store.last_sequence(), now)
+        settings[consent_mod.INSTALLATION_ID] = None
+        settings[consent_mod.PRIVATE_KEY] = None
+        await self.store.opt_out(settings, deletion)
+
+    async def identity(self) -> Identity | None:
+        return consent_mod.load_identity(await self.store.settings())
+
+    # --- recording -----------------------------------------------------------------
+
+    async def record(
+        self, events: Sequence[usage_event_pb2.UsageEvent], dropped_by_client: int
+    ) -> RecordResult:
+        consent = await self.consent()
+        if not consent.recording:
+            return RecordResult(stored=0, recording_disabled=True)
+        now = self.clock()
+        try:
+            rows = validate_batch(events, now)
+        except ValueError:
+            await self.store.add_counter("rejected_events", len(events))
+            raise
+        await self.store.append_events(rows, to_millis(now), dropped_by_client)
+        return RecordResult(stored=len(rows), recording_disabled=False)
+
+    # --- reports -------------------------------------------------------------------
+
+    async def report_scope(self, week: Week) -> ReportScope:
+        """Whose report and which events count: the real identity and consent
+        when sharing; otherwise what opting in now would produce."""
+        consent = await self.consent()
+        identity = await self.identity()
+        if consent.sharing and identity is not None and consent.since_time is not None:
+            return ReportScope(
+                installation_id=identity.installation_id,
+                report_id=consent_mod.report_id(identity.installation_id, week.key),
+                consented_schema_version=consent.schema_version,
+                consent_since=consent.since_time,
+                since_sequence=consent.since_sequence,
+                country=self.country,
+            )
+        return ReportScope(
+            installation_id=PLACEHOLDER_ID,
+            report_id=PLACEHOLDER_ID,
+            consented_schema_version=CURRENT_SCHEMA_VERSION,
+            consent_since=self.clock(),
+            since_sequence=await self.store.last_sequence(),
+            country=self.country,
+        )
+
+    async def next_report_week(self) -> Week:
+        """The week the next report covers: the oldest finished week since
+        consent that was not sent yet, else the week in progress."""
+        now = self.clock()
+        current = Week.containing(now)
+        consent = await self.consent()
+        if not consent.sharing or consent.since_time is None:
+            return current
+        sent = {row.week for row in await self.store.sent_reports(MAX_LEDGER)}
+        for week in weeks_between(Week.containing(consent.since_time), current):
+            if week.key not in sent:
+                return week
+        return current
+
+    async def report_bytes(self, week: Week) -> bytes:
+        """The exact bytes a submission would carry for `week` now."""
+        report = await build_report(self.store, week, await self.report_scope(week), self.clock())
+        return report.SerializeToString(deterministic=True)
+
+    async def preview(self, week: Week | None) -> tuple[Week, bytes]:
+        if week is not None and week > Week.containing(self.clock()):
+            raise RequestError("week", "is in the future")
+        chosen = week or await self.next_report_week()
+        return chosen, await self.report_bytes(chosen)
+
+    # --- the user's own view ---------------------------------------------------------
+
+    async def local_activity(self, weeks: int) -> list[agent_service_pb2.WeeklyActivity]:
+        """The last `weeks` weeks, oldest first, ending with the current week."""
+        if weeks == 0:
+            weeks = DEFAULT_LOCAL_WEEKS
+        if not 1 <= weeks <= MAX_LOCAL_WEEKS:
+            raise RequestError("weeks", f"must be between 1 and {MAX_LOCAL_WEEKS}")
+        now = self.clock()
+        current = Week.containing(now)
+        first = Week.containing(current.start - dt.timedelta(weeks=weeks - 1))
+        kept = await self.store.week_summaries()
+        activity = []
+        for week in weeks_between(first, current):
+            if week.key in kept:
+                activity.append(agent_service_pb2.WeeklyActivity.FromString(kept[week.key]))
+            else:
+                activity.append(await weekly_activity(self.store, week, now))
+        return activity
+
+    async def local_stats(self, weeks: int) -> agent_service_pb2.GetLocalStatsResponse:
+        activity = await self.local_activity(weeks)
+        consent = await self.consent()
+        current = Week.containing(self.clock())
+        scope = await self.report_scope(current)
+        report = await build_report(self.store, current, scope, self.clock())
+        response = agent_service_pb2.GetLocalStatsResponse(
+            consent=consent.to_proto(),
+            installation=report.installation,
+            this_week=activity[-1],
+            recent_weeks=activity,
+        )
+        if scope.installation_id == PLACEHOLDER_ID:
+            response.installation.ClearField("installation_id")
+        for kind, count in await self.store.event_totals():
+            response.totals.add(kind=agent_service_pb2.EventKind.ValueType(kind), count=count)
+        first = await self.store.first_seen()
+        if first is not None:
+            response.first_seen.FromDatetime(from_millis(first))
+        last = await self.store.last_sent_at()
+        if last is not None:
+            response.last_submission.FromDatetime(from_millis(last))
+        return response
+
+    async def export(self, page_size: int) -> AsyncIterator[agent_service_pb2.ExportDataResponse]:
+        if page_size == 0:
+            page_size = DEFAULT_EXPORT_PAGE
+        if not 1 <= page_size <= MAX_EXPORT_PAGE:
+            raise RequestError("page_size", f"must be between 1 and {MAX_EXPORT_PAGE}")
+        first = agent_service_pb2.ExportDataResponse(settings=await self.settings_view())
+        first.sent_reports.extend(await self.ledger(MAX_LEDGER))
+        first.deletion_receipts.extend(await self.deletion_receipts())
+        pending: agent_service_pb2.ExportDataResponse | None = first
+        async for page in self.store.export_events(page_size):
+            message = pending or agent_service_pb2.ExportDataResponse()
+            pending = None
+            for stored in page:
+                item = message.events.add(sequence=stored.seq, event=to_event(stored.row))
+                item.recorded_at.FromMilliseconds(stored.recorded_at)
+            yield message
+        if pending is not None:
+            yield pending
+
+    async def settings_view(self) -> agent_service_pb2.AgentSettings:
+        identity = await self.identity()
+        settings = agent_service_pb2.AgentSettings(
+            consent=(await self.consent()).to_proto(),
+            retention_days=self.config.retention_days,
+            time_zone=self.config.timezone,
+        )
+        if identity is not None:
+            settings.installation_id = identity.installation_id
+            settings.public_key = identity.public_key
+        return settings
+
+    async def ledger(self, limit: int) -> list[agent_service_pb2.SentReport]:
+        if limit == 0:
+            limit = DEFAULT_LEDGER
+        if not 1 <= limit <= MAX_LEDGER:
+            raise RequestError("limit", f"must be between 1 and {MAX_LEDGER}")
+        reports = []
+        for row in await self.store.sent_reports(limit):
+            sent = agent_service_pb2.SentReport(
+                week=Week.from_key(row.week).to_proto(),
+                report=row.report,
+                receipt=ingest_service_pb2.ReportReceipt.FromString(row.receipt),
+            )
+            sent.sent_at.FromMilliseconds(row.sent_at)
+            reports.append(sent)
+        return reports
+
+    async def deletion_receipts(self) -> list[ingest_service_pb2.DeleteInstallationResponse]:
+        return [
+            ingest_service_pb2.DeleteInstallationResponse.FromString(row.receipt)
+            for row in await self.store.deletion_requests()
+            if row.receipt is not None
+        ]
+
+    async def delete_all(self) -> tuple[int, int]:
+        """Delete every event, report and setting. A user who was sharing is
+        opted out first, so the server's copy is deleted too; the consent
+        choice itself is kept (deleting data is not a change of mind)."""
+        consent = await self.consent()
+        if consent.chosen == consent_mod.SHARING:
+            await self._opt_out(consent_mod.LOCAL_ONLY, self.clock())
+        events, reports = await self.store.delete_all(keep_settings=consent_mod.CONSENT_KEYS)
+        self._consent = None
+        return events, reports
+
+    async def status(self) -> agent_service_pb2.GetStatusResponse:
+        counters = await self.store.counters()
+        status = agent_service_pb2.GetStatusResponse(
+            consent=(await self.consent()).to_proto(),
+            stored_events=await self.store.event_count(),
+            rejected_events=counters.get("rejected_events", 0),
+            dropped_events=counters.get("dropped_events", 0),
+            evicted_reports=counters.get("evicted_reports", 0),
+            last_outcome=agent_service_pb2.DELIVERY_OUTCOME_NONE,
+            agent_version=package_version(),
+        )
+        last = await self.store.last_sent_at()
+        if last is not None:
+            status.last_submission.FromDatetime(from_millis(last))
+        return status
+
+    # --- retention -------------------------------------------------------------------
+
+    async def prune(self) -> int:
+        """Delete raw events of whole weeks older than the retention period,
+        keeping each pruned week's figures for the user's own view."""
+        now = self.clock()
+        cutoff = Week.containing(now - dt.timedelta(days=self.config.retention_days)).start
+        oldest = await self.store.oldest_event_time()
+        if oldest is None or from_millis(oldest) >= cutoff:
+            return 0
+        kept = await self.store.week_summaries()
+        summaries = {}
+        for week in weeks_between(Week.containing(from_millis(oldest)), Week.containing(cutoff).previous()):
+            if week.key not in kept:
+                summary = await weekly_activity(self.store, week, now)
+                summaries[week.key] = summary.SerializeToString(deterministic=True)
+        deleted = await self.store.prune_events_before(to_millis(cutoff), summaries)
+        if deleted:
+            log.info("pruned %d events older than %s", deleted, cutoff.date())
+        return deleted

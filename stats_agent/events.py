@@ -1,0 +1,185 @@
+"""Validating events and turning them into storage rows, driven by the contract.
+
+Every event kind's fields are read from the compiled descriptors, so a new
+event kind in the contract needs no code here: enum fields become up to three
+integer columns (what the weekly report groups by), and a kind with richer
+fields (AppStarted's versions, a printer fleet) also keeps its serialized
+message as the row's payload.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from printernizer.stats.v1 import agent_service_pb2, usage_event_pb2
+
+MAX_BATCH_EVENTS = 1000
+# An event dated further ahead than this is a clock or host bug, not usage.
+MAX_CLOCK_SKEW = dt.timedelta(minutes=10)
+MAX_PRINTERS_PER_TYPE = 10_000
+MAX_VERSION_PART = 10_000
+
+_EVENT = usage_event_pb2.UsageEvent.DESCRIPTOR
+_KIND_ONEOF = _EVENT.oneofs_by_name["kind"]
+
+
+class InvalidEvent(ValueError):
+    """An event that does not fit the contract; `field` is its path in the request."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+@dataclass(frozen=True)
+class KindSpec:
+    """How one event kind is validated and stored."""
+
+    kind: int  # EventKind value
+    field: FieldDescriptor  # the oneof member in UsageEvent
+    columns: tuple[FieldDescriptor, ...]  # enum fields stored as f1..f3
+    keeps_payload: bool  # the kind has fields beyond its enum columns
+
+
+def _spec(field: FieldDescriptor) -> KindSpec:
+    message = field.message_type
+    assert message is not None  # every oneof member is a message
+    enums = tuple(f for f in message.fields if f.type == FieldDescriptor.TYPE_ENUM and not _repeated(f))
+    kind = agent_service_pb2.EventKind.Value(f"EVENT_KIND_{field.name.upper()}")
+    return KindSpec(
+        kind=kind,
+        field=field,
+        columns=enums[:3],
+        keeps_payload=len(enums) > 3 or len(enums) != len(message.fields),
+    )
+
+
+def _repeated(field: Any) -> bool:
+    return bool(field.is_repeated)
+
+
+KINDS_BY_NAME: dict[str, KindSpec] = {f.name: _spec(f) for f in _KIND_ONEOF.fields}
+KINDS: dict[int, KindSpec] = {spec.kind: spec for spec in KINDS_BY_NAME.values()}
+
+
+@dataclass(frozen=True, slots=True)
+class EventRow:
+    """One event as stored: times in milliseconds since the epoch (UTC)."""
+
+    occurred_at: int
+    kind: int
+    f1: int
+    f2: int
+    f3: int
+    payload: bytes | None
+
+
+def to_millis(moment: dt.datetime) -> int:
+    return int(moment.timestamp() * 1000)
+
+
+def from_millis(millis: int) -> dt.datetime:
+    return dt.datetime.fromtimestamp(millis / 1000, tz=dt.UTC)
+
+
+def _check_enum(value: int, field: Any, path: str) -> None:
+    enum = field.enum_type
+    assert enum is not None
+    if value not in enum.values_by_number:
+        raise InvalidEvent(path, f"{value} is not a value of {enum.name}")
+    if value == 0:
+        raise InvalidEvent(path, f"must be set ({enum.values_by_number[0].name} is not allowed)")
+
+
+def _check_message(message: Message, path: str) -> None:
+    """Enum fields set to defined, non-zero values; nested messages checked too."""
+    descriptor = message.DESCRIPTOR
+    for field in descriptor.fields:
+        field_path = f"{path}.{field.name}"
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            if _repeated(field):
+                for i, item in enumerate(getattr(message, field.name)):
+                    _check_enum(item, field, f"{field_path}[{i}]")
+            else:
+                _check_enum(getattr(message, field.name), field, field_path)
+        elif field.type == FieldDescriptor.TYPE_MESSAGE:
+            if _repeated(field):
+                for i, item in enumerate(getattr(message, field.name)):
+                    _check_message(item, f"{field_path}[{i}]")
+            elif message.HasField(field.name):
+                _check_message(getattr(message, field.name), field_path)
+            else:
+                raise InvalidEvent(field_path, "must be set")
+    _check_rules(message, path)
+
+
+def _check_rules(message: Message, path: str) -> None:
+    """The few rules that are not about enums."""
+    if isinstance(message, usage_event_pb2.PrinterFleetObserved):
+        seen: set[int] = set()
+        for i, entry in enumerate(message.printers):
+            if entry.printer_type in seen:
+                raise InvalidEvent(f"{path}.printers[{i}].printer_type", "listed twice")
+            seen.add(entry.printer_type)
+    elif isinstance(message, usage_event_pb2.PrinterTypeCount):
+        if not 1 <= message.count <= MAX_PRINTERS_PER_TYPE:
+            raise InvalidEvent(f"{path}.count", f"must be between 1 and {MAX_PRINTERS_PER_TYPE}")
+    elif message.DESCRIPTOR.full_name == "printernizer.stats.v1.Version":
+        for part in ("major", "minor", "patch"):
+            if getattr(message, part) > MAX_VERSION_PART:
+                raise InvalidEvent(f"{path}.{part}", f"must be at most {MAX_VERSION_PART}")
+
+
+def validate(event: usage_event_pb2.UsageEvent, path: str, now: dt.datetime) -> EventRow:
+    """Check one event against the contract and return its storage row."""
+    name = event.WhichOneof("kind")
+    if name is None:
+        raise InvalidEvent(f"{path}.kind", "no event kind is set")
+    spec = KINDS_BY_NAME[name]
+    body = getattr(event, name)
+    _check_message(body, f"{path}.{name}")
+    if event.HasField("occurred_at"):
+        occurred = event.occurred_at.ToDatetime(tzinfo=dt.UTC)
+        if occurred > now + MAX_CLOCK_SKEW:
+            raise InvalidEvent(f"{path}.occurred_at", "is in the future")
+        if occurred.year < 2000:
+            raise InvalidEvent(f"{path}.occurred_at", "is before the year 2000")
+    else:
+        occurred = now
+    columns = [getattr(body, f.name) for f in spec.columns] + [0, 0, 0]
+    return EventRow(
+        occurred_at=to_millis(occurred),
+        kind=spec.kind,
+        f1=columns[0],
+        f2=columns[1],
+        f3=columns[2],
+        payload=body.SerializeToString(deterministic=True) if spec.keeps_payload else None,
+    )
+
+
+def validate_batch(events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> list[EventRow]:
+    """All events of a batch, or InvalidEvent for the first that does not fit."""
+    if len(events) > MAX_BATCH_EVENTS:
+        raise InvalidEvent("events", f"at most {MAX_BATCH_EVENTS} events per call, got {len(events)}")
+    return [validate(event, f"events[{i}]", now) for i, event in enumerate(events)]
+
+
+def to_event(row: EventRow) -> usage_event_pb2.UsageEvent:
+    """The UsageEvent a stored row came from (for export)."""
+    spec = KINDS[row.kind]
+    event = usage_event_pb2.UsageEvent()
+    event.occurred_at.FromMilliseconds(row.occurred_at)
+    body = getattr(event, spec.field.name)
+    if row.payload is not None:
+        body.ParseFromString(row.payload)
+    else:
+        body.SetInParent()
+        for field, value in zip(spec.columns, (row.f1, row.f2, row.f3), strict=False):
+            setattr(body, field.name, value)
+    return event

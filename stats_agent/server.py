@@ -1,0 +1,145 @@
+"""Serving the agent API on a Unix socket reachable only by its owner and group."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import signal
+import socket
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
+
+from .agent import AgentConfig, StatsAgent
+from .servicer import AgentServicer
+from .storage import AgentStore
+
+log = logging.getLogger(__name__)
+
+# sockaddr_un.sun_path is 108 bytes on Linux, including the terminating NUL.
+MAX_SOCKET_PATH = 107
+# Bounds that protect the agent: a full batch of 1,000 events is ~30 KB.
+MAX_MESSAGE_BYTES = 1 << 20
+PRUNE_INTERVAL_SECONDS = 6 * 3600
+SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
+
+
+class SocketError(RuntimeError):
+    """The socket cannot be served at the configured path (clear message for people)."""
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    socket_path: Path
+    db_path: Path
+    agent: AgentConfig
+
+
+def prepare_socket_path(path: Path) -> None:
+    """Make sure `path` can be bound, privately.
+
+    The socket's directory is created with mode 0750 (owner and group only), or,
+    if it exists, must not be reachable by other users: permissions are right
+    before the socket exists, never fixed after binding. A socket left behind by
+    a killed agent is replaced; one that still answers belongs to a running
+    agent and is left alone.
+    """
+    path = path.absolute()
+    if len(os.fsencode(path)) > MAX_SOCKET_PATH:
+        raise SocketError(
+            f"socket path is {len(os.fsencode(path))} bytes long; Unix sockets allow at most "
+            f"{MAX_SOCKET_PATH}: choose a shorter --socket path"
+        )
+    directory = path.parent
+    try:
+        directory.mkdir(mode=0o750, parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SocketError(f"cannot create the socket directory {directory}: {exc.strerror}") from exc
+    mode = directory.stat().st_mode
+    if mode & stat.S_IRWXO:
+        raise SocketError(
+            f"the socket directory {directory} is accessible by other users (mode {stat.filemode(mode)}); "
+            "use a directory only its owner and group can reach (mode 0750 or stricter)"
+        )
+    if not os.access(directory, os.W_OK | os.X_OK):
+        raise SocketError(f"the socket directory {directory} is not writable by this user")
+    if path.exists() or path.is_symlink():
+        if not stat.S_ISSOCK(path.lstat().st_mode):
+            raise SocketError(f"{path} exists and is not a socket; refusing to replace it")
+        if _socket_answers(path):
+            raise SocketError(f"another agent is already serving on {path}")
+        log.info("replacing the stale socket %s", path)
+        path.unlink()
+
+
+def _socket_answers(path: Path) -> bool:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as probe:
+        probe.settimeout(1.0)
+        try:
+            probe.connect(str(path))
+        except OSError:
+            return False
+        return True
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until `stop` is set (or SIGTERM/SIGINT), then stop
+    gracefully: calls in progress finish, so accepted events are committed."""
+    prepare_socket_path(config.socket_path)
+    store = await AgentStore.open(config.db_path)
+    agent = StatsAgent(store, config.agent)
+    server = grpc.aio.server(
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
+        ]
+    )
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent), server)
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
+    socket_path = config.socket_path.absolute()
+    old_umask = os.umask(0o117)  # the socket file itself: owner and group read/write
+    try:
+        server.add_insecure_port(f"unix:{socket_path}")
+        await server.start()
+    finally:
+        os.umask(old_umask)
+    for name in ("", SERVICE_NAME):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError):
+            loop.add_signal_handler(signum, stop.set)
+    pruner = asyncio.create_task(_prune_periodically(agent))
+    log.info("stats agent serving on unix:%s (database %s)", socket_path, config.db_path)
+    try:
+        await stop.wait()
+    finally:
+        log.info("stats agent stopping")
+        await health_servicer.enter_graceful_shutdown()
+        pruner.cancel()
+        await server.stop(grace=5)
+        await store.close()
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.unlink()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError):
+                loop.remove_signal_handler(signum)
+
+
+async def _prune_periodically(agent: StatsAgent) -> None:
+    while True:
+        try:
+            await agent.prune()
+        except Exception:
+            log.exception("pruning old events failed; will try again later")
+        await asyncio.sleep(PRUNE_INTERVAL_SECONDS)

@@ -1,0 +1,150 @@
+"""The AgentService over gRPC: protobuf in, StatsAgent calls, status codes out."""
+
+from __future__ import annotations
+
+import datetime as dt
+import functools
+import logging
+import sqlite3
+from collections.abc import AsyncIterator, Awaitable, Callable
+from typing import Any, TypeVar
+
+import grpc
+from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
+
+from stats_common import errors
+from stats_common.errors import Context
+from stats_common.weeks import Week
+
+from .agent import NotSharing, RequestError, StatsAgent, report_json
+from .consent import ConsentError
+from .events import InvalidEvent
+from .storage import StorageError
+
+log = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
+
+# When the disk is full, a retry soon is pointless.
+_DISK_FULL_RETRY = dt.timedelta(minutes=5)
+
+
+async def _map_error(context: Context, exc: Exception) -> None:
+    """Translate a domain error into its status (aborts the call)."""
+    if isinstance(exc, InvalidEvent | ConsentError | RequestError):
+        await errors.invalid_argument(context, [(exc.field, exc.description)])
+    if isinstance(exc, NotSharing):
+        await errors.failed_precondition(context, str(exc))
+    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+        await errors.resource_exhausted(context, "the agent's disk is full", _DISK_FULL_RETRY)
+    if isinstance(exc, StorageError | sqlite3.Error | OSError):
+        log.warning("storage failure: %s", exc)
+        await errors.unavailable(context, "the agent's storage is unavailable")
+    log.exception("unexpected error in the agent API")
+    await errors.internal(context)
+
+
+def _unary(
+    method: Callable[[AgentServicer, Any, Context], Awaitable[Response]],
+) -> Callable[[AgentServicer, Any, Context], Awaitable[Response]]:
+    @functools.wraps(method)
+    async def wrapper(self: AgentServicer, request: Any, context: Context) -> Response:
+        try:
+            return await method(self, request, context)
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _map_error(context, exc)
+            raise AssertionError("unreachable") from exc  # pragma: no cover
+
+    return wrapper
+
+
+class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
+    def __init__(self, agent: StatsAgent) -> None:
+        self.agent = agent
+
+    @_unary
+    async def RecordEvents(
+        self, request: agent_service_pb2.RecordEventsRequest, context: Context
+    ) -> agent_service_pb2.RecordEventsResponse:
+        result = await self.agent.record(request.events, request.dropped_by_client)
+        return agent_service_pb2.RecordEventsResponse(
+            stored_count=result.stored, recording_disabled=result.recording_disabled
+        )
+
+    @_unary
+    async def GetConsent(
+        self, request: agent_service_pb2.GetConsentRequest, context: Context
+    ) -> agent_service_pb2.GetConsentResponse:
+        return agent_service_pb2.GetConsentResponse(consent=(await self.agent.consent()).to_proto())
+
+    @_unary
+    async def SetConsent(
+        self, request: agent_service_pb2.SetConsentRequest, context: Context
+    ) -> agent_service_pb2.SetConsentResponse:
+        consent = await self.agent.set_consent(request.state, request.schema_version)
+        return agent_service_pb2.SetConsentResponse(consent=consent.to_proto())
+
+    @_unary
+    async def GetLocalStats(
+        self, request: agent_service_pb2.GetLocalStatsRequest, context: Context
+    ) -> agent_service_pb2.GetLocalStatsResponse:
+        return await self.agent.local_stats(request.weeks)
+
+    @_unary
+    async def PreviewReport(
+        self, request: agent_service_pb2.PreviewReportRequest, context: Context
+    ) -> agent_service_pb2.PreviewReportResponse:
+        week = None
+        if request.HasField("week"):
+            try:
+                week = Week.from_proto(request.week)
+            except ValueError as exc:
+                raise RequestError("week", "is not an ISO week") from exc
+        chosen, report = await self.agent.preview(week)
+        return agent_service_pb2.PreviewReportResponse(
+            week=chosen.to_proto(), report=report, report_json=report_json(report)
+        )
+
+    async def ExportData(
+        self, request: agent_service_pb2.ExportDataRequest, context: Context
+    ) -> AsyncIterator[agent_service_pb2.ExportDataResponse]:
+        try:
+            async for page in self.agent.export(request.page_size):
+                yield page
+        except grpc.aio.AbortError:
+            raise
+        except Exception as exc:
+            await _map_error(context, exc)
+
+    @_unary
+    async def DeleteAllData(
+        self, request: agent_service_pb2.DeleteAllDataRequest, context: Context
+    ) -> agent_service_pb2.DeleteAllDataResponse:
+        events, reports = await self.agent.delete_all()
+        return agent_service_pb2.DeleteAllDataResponse(events_deleted=events, reports_deleted=reports)
+
+    @_unary
+    async def GetStatus(
+        self, request: agent_service_pb2.GetStatusRequest, context: Context
+    ) -> agent_service_pb2.GetStatusResponse:
+        return await self.agent.status()
+
+    @_unary
+    async def SubmitNow(
+        self, request: agent_service_pb2.SubmitNowRequest, context: Context
+    ) -> agent_service_pb2.SubmitNowResponse:
+        consent = await self.agent.consent()
+        if not consent.sharing:
+            raise NotSharing("statistics are only sent after opting in to sharing")
+        raise NotSharing("no aggregation server is configured for this agent")
+
+    @_unary
+    async def ListSentReports(
+        self, request: agent_service_pb2.ListSentReportsRequest, context: Context
+    ) -> agent_service_pb2.ListSentReportsResponse:
+        return agent_service_pb2.ListSentReportsResponse(
+            reports=await self.agent.ledger(request.limit),
+            deletion_receipts=await self.agent.deletion_receipts(),
+        )

@@ -1,0 +1,445 @@
+"""The agent's SQLite database: the one module that speaks SQL.
+
+WAL mode with `synchronous=FULL`: a batch of events is acknowledged only after
+its transaction is committed, so an agent killed at any moment (or a machine
+losing power) loses nothing it acknowledged. Events are written in batches,
+one transaction per call, never a commit per event.
+
+The schema is versioned with `PRAGMA user_version`; every migration has an
+upgrade and a downgrade, applied in one transaction each.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import sqlite3
+from collections.abc import AsyncIterator, Iterable, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiosqlite
+
+from .events import EventRow
+
+
+@dataclass(frozen=True)
+class Migration:
+    version: int
+    description: str
+    upgrade: tuple[str, ...]
+    downgrade: tuple[str, ...]
+
+
+MIGRATIONS: tuple[Migration, ...] = (
+    Migration(
+        1,
+        "events, settings and counters",
+        (
+            """CREATE TABLE events (
+                seq INTEGER PRIMARY KEY,
+                recorded_at INTEGER NOT NULL,
+                occurred_at INTEGER NOT NULL,
+                kind INTEGER NOT NULL,
+                f1 INTEGER NOT NULL DEFAULT 0,
+                f2 INTEGER NOT NULL DEFAULT 0,
+                f3 INTEGER NOT NULL DEFAULT 0,
+                payload BLOB
+            )""",
+            # Covers the weekly report's GROUP BY: a week is one index range scan.
+            "CREATE INDEX events_by_time ON events (occurred_at, kind, f1, f2, f3)",
+            "CREATE INDEX events_by_kind ON events (kind, occurred_at)",
+            "CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
+            "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
+        ),
+        (
+            "DROP TABLE counters",
+            "DROP TABLE settings",
+            "DROP INDEX events_by_kind",
+            "DROP INDEX events_by_time",
+            "DROP TABLE events",
+        ),
+    ),
+    Migration(
+        2,
+        "sent-report ledger, deletion requests and kept weekly summaries",
+        (
+            """CREATE TABLE sent_reports (
+                report_id BLOB PRIMARY KEY,
+                week INTEGER NOT NULL,
+                report BLOB NOT NULL,
+                receipt BLOB NOT NULL,
+                sent_at INTEGER NOT NULL
+            )""",
+            "CREATE INDEX sent_reports_by_time ON sent_reports (sent_at)",
+            """CREATE TABLE deletion_requests (
+                id INTEGER PRIMARY KEY,
+                installation_id BLOB NOT NULL,
+                request BLOB NOT NULL,
+                created_at INTEGER NOT NULL,
+                receipt BLOB,
+                confirmed_at INTEGER
+            )""",
+            # The weekly figures of weeks whose raw events were pruned.
+            "CREATE TABLE week_summaries (week INTEGER PRIMARY KEY, activity BLOB NOT NULL)",
+        ),
+        (
+            "DROP TABLE week_summaries",
+            "DROP TABLE deletion_requests",
+            "DROP INDEX sent_reports_by_time",
+            "DROP TABLE sent_reports",
+        ),
+    ),
+)
+
+LATEST_VERSION = MIGRATIONS[-1].version
+
+
+class StorageError(RuntimeError):
+    """The database cannot be opened or used (permissions, disk, corruption)."""
+
+
+async def schema_version(db: aiosqlite.Connection) -> int:
+    async with db.execute("PRAGMA user_version") as cursor:
+        row = await cursor.fetchone()
+    return int(row[0]) if row else 0
+
+
+async def migrate(db: aiosqlite.Connection, target: int = LATEST_VERSION) -> int:
+    """Upgrade or downgrade the schema to `target`; returns the version before."""
+    if not 0 <= target <= LATEST_VERSION:
+        raise StorageError(f"unknown schema version {target} (this agent knows 0 to {LATEST_VERSION})")
+    current = await schema_version(db)
+    if current > LATEST_VERSION:
+        raise StorageError(
+            f"the database has schema version {current}, newer than this agent ({LATEST_VERSION}); "
+            "upgrade the agent"
+        )
+    steps: Iterable[tuple[int, Sequence[str]]]
+    if target >= current:
+        steps = [(m.version, m.upgrade) for m in MIGRATIONS if current < m.version <= target]
+    else:
+        steps = [(m.version - 1, m.downgrade) for m in reversed(MIGRATIONS) if target < m.version <= current]
+    for version, statements in steps:
+        await db.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in statements:
+                await db.execute(statement)
+            await db.execute(f"PRAGMA user_version = {int(version)}")
+            await db.execute("COMMIT")
+        except BaseException:
+            await db.execute("ROLLBACK")
+            raise
+    return current
+
+
+@dataclass(frozen=True)
+class StoredRow:
+    seq: int
+    recorded_at: int
+    row: EventRow
+
+
+@dataclass(frozen=True)
+class SentReportRow:
+    report_id: bytes
+    week: int
+    report: bytes
+    receipt: bytes
+    sent_at: int
+
+
+@dataclass(frozen=True)
+class DeletionRequestRow:
+    id: int
+    installation_id: bytes
+    request: bytes
+    created_at: int
+    receipt: bytes | None
+    confirmed_at: int | None
+
+
+class AgentStore:
+    """All reads and writes of the agent's database."""
+
+    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+        self._db = db
+        self.path = path
+        # One connection, one transaction at a time.
+        self._write_lock = asyncio.Lock()
+
+    @classmethod
+    async def open(cls, path: Path, *, migrate_to: int | None = LATEST_VERSION) -> AgentStore:
+        """Open (creating if needed) and migrate to the latest schema."""
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            db = await aiosqlite.connect(path, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StorageError(f"cannot open the database {path}: {exc}") from exc
+        try:
+            os.chmod(path, 0o600)
+            await db.execute("PRAGMA journal_mode = WAL")
+            await db.execute("PRAGMA synchronous = FULL")
+            await db.execute("PRAGMA foreign_keys = ON")
+            await db.execute("PRAGMA busy_timeout = 5000")
+            if migrate_to is not None:
+                await migrate(db, migrate_to)
+        except (OSError, sqlite3.Error) as exc:
+            await db.close()
+            raise StorageError(f"cannot use the database {path}: {exc}") from exc
+        except BaseException:
+            await db.close()
+            raise
+        return cls(db, path)
+
+    async def close(self) -> None:
+        await self._db.close()
+
+    @asynccontextmanager
+    async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
+        async with self._write_lock:
+            await self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                await self._db.execute("ROLLBACK")
+                raise
+            await self._db.execute("COMMIT")
+
+    async def _one(self, sql: str, params: Sequence[object] = ()) -> tuple[Any, ...] | None:
+        async with self._db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return tuple(row) if row is not None else None
+
+    async def _all(self, sql: str, params: Sequence[object] = ()) -> list[tuple[Any, ...]]:
+        async with self._db.execute(sql, params) as cursor:
+            rows = await cursor.fetchall()
+        return [tuple(row) for row in rows]
+
+    # --- events --------------------------------------------------------------
+
+    async def append_events(self, rows: Sequence[EventRow], recorded_at: int, dropped_by_client: int) -> None:
+        """Store a batch in one transaction (with the client's drop count)."""
+        async with self._transaction() as db:
+            await db.executemany(
+                "INSERT INTO events (recorded_at, occurred_at, kind, f1, f2, f3, payload) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                [(recorded_at, r.occurred_at, r.kind, r.f1, r.f2, r.f3, r.payload) for r in rows],
+            )
+            if dropped_by_client:
+                await self._add_counter(db, "dropped_events", dropped_by_client)
+
+    async def last_sequence(self) -> int:
+        row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM events")
+        return int(row[0]) if row else 0
+
+    async def week_counts(self, start: int, end: int, after_seq: int) -> list[tuple[int, int, int, int, int]]:
+        """(kind, f1, f2, f3, count) of events in [start, end) stored after `after_seq`."""
+        rows = await self._all(
+            "SELECT kind, f1, f2, f3, COUNT(*) FROM events "
+            "WHERE occurred_at >= ? AND occurred_at < ? AND seq > ? "
+            "GROUP BY kind, f1, f2, f3",
+            (start, end, after_seq),
+        )
+        return [(int(k), int(a), int(b), int(c), int(n)) for k, a, b, c, n in rows]
+
+    async def latest_of_kind(self, kind: int, before: int) -> StoredRow | None:
+        """The newest event of a kind that happened before `before`."""
+        row = await self._one(
+            "SELECT seq, recorded_at, occurred_at, kind, f1, f2, f3, payload FROM events "
+            "WHERE kind = ? AND occurred_at < ? ORDER BY occurred_at DESC, seq DESC LIMIT 1",
+            (kind, before),
+        )
+        return _stored(row) if row else None
+
+    async def latest_per_value(self, kinds: Sequence[int], before: int) -> list[tuple[int, int]]:
+        """For events of these kinds before `before`: the newest (kind, f1) per f1 value."""
+        marks = ",".join("?" * len(kinds))
+        rows = await self._all(
+            f"SELECT kind, f1 FROM ("  # noqa: S608 - only placeholders are interpolated
+            f"  SELECT kind, f1, ROW_NUMBER() OVER (PARTITION BY f1 ORDER BY occurred_at DESC, seq DESC) AS n"
+            f"  FROM events WHERE kind IN ({marks}) AND occurred_at < ?"
+            f") WHERE n = 1",
+            (*kinds, before),
+        )
+        return [(int(k), int(f)) for k, f in rows]
+
+    async def times_of_kinds(self, kinds: Sequence[int], start: int, end: int) -> list[tuple[int, int]]:
+        """(occurred_at, kind) of events of these kinds in [start, end), oldest first."""
+        marks = ",".join("?" * len(kinds))
+        rows = await self._all(
+            f"SELECT occurred_at, kind FROM events WHERE kind IN ({marks}) "  # noqa: S608
+            "AND occurred_at >= ? AND occurred_at < ? ORDER BY occurred_at, seq",
+            (*kinds, start, end),
+        )
+        return [(int(t), int(k)) for t, k in rows]
+
+    async def last_event_time_before(self, moment: int) -> int | None:
+        row = await self._one("SELECT MAX(occurred_at) FROM events WHERE occurred_at < ?", (moment,))
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def event_totals(self) -> list[tuple[int, int]]:
+        rows = await self._all("SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind")
+        return [(int(k), int(c)) for k, c in rows]
+
+    async def event_count(self) -> int:
+        row = await self._one("SELECT COUNT(*) FROM events")
+        return int(row[0]) if row else 0
+
+    async def first_seen(self) -> int | None:
+        row = await self._one("SELECT MIN(recorded_at) FROM events")
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def oldest_event_time(self) -> int | None:
+        row = await self._one("SELECT MIN(occurred_at) FROM events")
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def export_events(self, page_size: int) -> AsyncIterator[list[StoredRow]]:
+        """Every stored event, oldest first, in pages (keyset pagination)."""
+        after = 0
+        while True:
+            rows = await self._all(
+                "SELECT seq, recorded_at, occurred_at, kind, f1, f2, f3, payload FROM events "
+                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                (after, page_size),
+            )
+            if not rows:
+                return
+            page = [_stored(row) for row in rows]
+            after = page[-1].seq
+            yield page
+
+    async def prune_events_before(self, moment: int, summaries: dict[int, bytes]) -> int:
+        """Delete raw events older than `moment`, keeping the given weekly
+        summaries (week key -> serialized WeeklyActivity) in the same transaction."""
+        async with self._transaction() as db:
+            await db.executemany(
+                "INSERT OR REPLACE INTO week_summaries (week, activity) VALUES (?, ?)",
+                list(summaries.items()),
+            )
+            cursor = await db.execute("DELETE FROM events WHERE occurred_at < ?", (moment,))
+            return cursor.rowcount
+
+    async def week_summaries(self) -> dict[int, bytes]:
+        rows = await self._all("SELECT week, activity FROM week_summaries")
+        return {int(w): bytes(a) for w, a in rows}
+
+    # --- settings and counters --------------------------------------------------
+
+    async def settings(self) -> dict[str, bytes]:
+        rows = await self._all("SELECT key, value FROM settings")
+        return {str(k): bytes(v) for k, v in rows}
+
+    async def put_settings(self, values: dict[str, bytes | None]) -> None:
+        """Set (or, for None, delete) several settings in one transaction."""
+        async with self._transaction() as db:
+            await self._put_settings(db, values)
+
+    @staticmethod
+    async def _put_settings(db: aiosqlite.Connection, values: dict[str, bytes | None]) -> None:
+        for key, value in values.items():
+            if value is None:
+                await db.execute("DELETE FROM settings WHERE key = ?", (key,))
+            else:
+                await db.execute("INSERT OR REPLACE INTO settings (key, value) VALUES (?, ?)", (key, value))
+
+    async def counters(self) -> dict[str, int]:
+        rows = await self._all("SELECT name, value FROM counters")
+        return {str(n): int(v) for n, v in rows}
+
+    async def add_counter(self, name: str, amount: int) -> None:
+        async with self._transaction() as db:
+            await self._add_counter(db, name, amount)
+
+    @staticmethod
+    async def _add_counter(db: aiosqlite.Connection, name: str, amount: int) -> None:
+        await db.execute(
+            "INSERT INTO counters (name, value) VALUES (?, ?) "
+            "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+            (name, amount),
+        )
+
+    # --- ledger and deletion requests --------------------------------------------
+
+    async def add_sent_report(self, row: SentReportRow) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR REPLACE INTO sent_reports (report_id, week, report, receipt, sent_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (row.report_id, row.week, row.report, row.receipt, row.sent_at),
+            )
+
+    async def sent_reports(self, limit: int) -> list[SentReportRow]:
+        rows = await self._all(
+            "SELECT report_id, week, report, receipt, sent_at FROM sent_reports "
+            "ORDER BY sent_at DESC, week DESC LIMIT ?",
+            (limit,),
+        )
+        return [SentReportRow(bytes(r[0]), int(r[1]), bytes(r[2]), bytes(r[3]), int(r[4])) for r in rows]
+
+    async def last_sent_at(self) -> int | None:
+        row = await self._one("SELECT MAX(sent_at) FROM sent_reports")
+        return int(row[0]) if row and row[0] is not None else None
+
+    async def deletion_requests(self) -> list[DeletionRequestRow]:
+        rows = await self._all(
+            "SELECT id, installation_id, request, created_at, receipt, confirmed_at "
+            "FROM deletion_requests ORDER BY created_at DESC, id DESC"
+        )
+        return [
+            DeletionRequestRow(
+                int(r[0]),
+                bytes(r[1]),
+                bytes(r[2]),
+                int(r[3]),
+                bytes(r[4]) if r[4] is not None else None,
+                int(r[5]) if r[5] is not None else None,
+            )
+            for r in rows
+        ]
+
+    async def opt_out(self, settings: dict[str, bytes | None], deletion: DeletionRequestRow | None) -> None:
+        """Record an opt-out atomically: new settings (identity removed) and the
+        signed deletion request that asks the server to forget this installation."""
+        async with self._transaction() as db:
+            await self._put_settings(db, settings)
+            if deletion is not None:
+                await db.execute(
+                    "INSERT INTO deletion_requests (installation_id, request, created_at) VALUES (?, ?, ?)",
+                    (deletion.installation_id, deletion.request, deletion.created_at),
+                )
+
+    async def delete_all(self, keep_settings: Sequence[str]) -> tuple[int, int]:
+        """Delete every event, report, summary, counter and setting (except
+        `keep_settings`) in one transaction; returns (events, reports) deleted.
+        Unconfirmed deletion requests stay: they are how the server's copy goes."""
+        async with self._transaction() as db:
+            events = (await db.execute("DELETE FROM events")).rowcount
+            reports = (await db.execute("DELETE FROM sent_reports")).rowcount
+            await db.execute("DELETE FROM week_summaries")
+            await db.execute("DELETE FROM counters")
+            await db.execute("DELETE FROM deletion_requests WHERE confirmed_at IS NOT NULL")
+            marks = ",".join("?" * len(keep_settings)) or "NULL"
+            await db.execute(
+                f"DELETE FROM settings WHERE key NOT IN ({marks})",  # noqa: S608
+                tuple(keep_settings),
+            )
+            return events, reports
+
+
+def _stored(row: tuple[Any, ...]) -> StoredRow:
+    seq, recorded_at, occurred_at, kind, f1, f2, f3, payload = row
+    return StoredRow(
+        seq=int(seq),
+        recorded_at=int(recorded_at),
+        row=EventRow(
+            occurred_at=int(occurred_at),
+            kind=int(kind),
+            f1=int(f1),
+            f2=int(f2),
+            f3=int(f3),
+            payload=bytes(payload) if payload is not None else None,
+        ),
+    )
