@@ -117,7 +117,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
-        with contextlib.suppress(NotImplementedError, RuntimeError):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
     pruner = asyncio.create_task(_prune_periodically(agent))
     log.info("stats agent serving on unix:%s (database %s)", socket_path, config.db_path)
@@ -132,7 +132,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
         for signum in (signal.SIGTERM, signal.SIGINT):
-            with contextlib.suppress(NotImplementedError, RuntimeError):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
 
 

@@ -1,0 +1,412 @@
+"""StatsClient: record usage events without ever blocking or failing the host app.
+
+`record()` and the helpers only append a small tuple to a bounded in-memory
+buffer (well under a microsecond). A daemon thread sends the buffer to the
+agent in batches of up to 1,000 events, at most about once a second. When the
+agent is down the events wait, up to the buffer's bound; beyond it new events
+are dropped and counted, and the count is reported to the agent later. The
+thread has its own gRPC channel, so it serves sync and async hosts alike and
+never touches the host's event loop.
+
+Encoding is the hot spot of the flush, so each distinct part of an event (its
+kind with its enum values; the second it happened in) is serialized once by
+protobuf and cached; a batch is the concatenation of the cached pieces, which
+is exactly protobuf's own encoding of the same RecordEventsRequest.
+"""
+
+from __future__ import annotations
+
+import atexit
+import datetime as dt
+import logging
+import os
+import threading
+import time
+from collections import deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import betterproto2
+import grpc
+from google.protobuf import timestamp_pb2
+from printernizer.stats.v1 import agent_service_pb2, usage_event_pb2
+
+from stats_common.cli import user_runtime_dir
+
+from ..events import KINDS_BY_NAME, InvalidEvent, validate
+from ._generated.printernizer.stats.v1 import (
+    AppStarted,
+    Component,
+    DeploymentMode,
+    ErrorType,
+    Feature,
+    FileType,
+    JobFailureReason,
+    PrinterFleetObserved,
+    PrinterType,
+    PrinterTypeCount,
+    UsageEvent,
+)
+from .mapping import (
+    error_type_for,
+    file_size_bucket,
+    job_duration_bucket,
+    parse_version,
+    python_version,
+    this_architecture,
+    this_platform,
+)
+
+log = logging.getLogger(__name__)
+
+RECORD_EVENTS = "/printernizer.stats.v1.AgentService/RecordEvents"
+SOCKET_ENVIRONMENT = "STATS_AGENT_SOCKET"
+# Cached encodings kept at most (distinct kinds are few; seconds roll over).
+_CACHE_LIMIT = 4096
+# After the agent says recording is disabled, ask again this much later.
+_DISABLED_RECHECK_SECONDS = 60.0
+_MAX_BACKOFF_SECONDS = 30.0
+
+
+@dataclass(frozen=True)
+class ClientStats:
+    """What the client did, for the host's own diagnostics."""
+
+    buffered: int
+    sent: int
+    dropped: int  # buffer full, or recording disabled at the agent
+    invalid: int  # events that did not fit the contract (never sent)
+    agent_reachable: bool
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while value > 0x7F:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+# RecordEventsRequest.events is field 1, length-delimited: tag byte 0x0A.
+_EVENTS_TAG = b"\x0a"
+
+
+class _Encoder:
+    """Builds RecordEventsRequest bytes from buffered items, caching per part."""
+
+    def __init__(self) -> None:
+        self._kinds: dict[Any, bytes] = {}
+        self._seconds: dict[int, bytes] = {}
+
+    def kind_part(self, key: Any) -> bytes:
+        """The serialized kind of an event (validated once per distinct key)."""
+        part = self._kinds.get(key)
+        if part is None:
+            event = self._build(key)
+            validate(event, "event", dt.datetime.now(dt.UTC))  # raises InvalidEvent
+            part = event.SerializeToString(deterministic=True)
+            if len(self._kinds) >= _CACHE_LIMIT:
+                self._kinds.clear()
+            self._kinds[key] = part
+        return part
+
+    @staticmethod
+    def _build(key: Any) -> usage_event_pb2.UsageEvent:
+        if isinstance(key, tuple):
+            name, *values = key
+            spec = KINDS_BY_NAME[name]
+            event = usage_event_pb2.UsageEvent()
+            body = getattr(event, name)
+            body.SetInParent()
+            for field, value in zip(spec.columns, values, strict=True):
+                setattr(body, field.name, int(value))
+            return event
+        # A typed betterproto2 event's kind, serialized by betterproto2: the
+        # same wire format, parsed by protobuf.
+        return usage_event_pb2.UsageEvent.FromString(key)
+
+    def time_part(self, second: int) -> bytes:
+        part = self._seconds.get(second)
+        if part is None:
+            part = usage_event_pb2.UsageEvent(
+                occurred_at=timestamp_pb2.Timestamp(seconds=second)
+            ).SerializeToString()
+            if len(self._seconds) >= _CACHE_LIMIT:
+                self._seconds.clear()
+            self._seconds[second] = part
+        return part
+
+    def event(self, when: float, key: Any) -> bytes:
+        body = self.time_part(int(when)) + self.kind_part(key)
+        return _EVENTS_TAG + _varint(len(body)) + body
+
+
+def _key_of(event: UsageEvent) -> tuple[float | None, Any]:
+    """(time it happened if the host set one, cache key) of a typed event."""
+    name, body = betterproto2.which_one_of(event, "kind")
+    when = event.occurred_at.timestamp() if event.occurred_at is not None else None
+    spec = KINDS_BY_NAME.get(name)
+    if spec is None or body is None:
+        raise InvalidEvent("kind", "no event kind is set")
+    if spec.keeps_payload:
+        return when, bytes(UsageEvent(**{name: body}))
+    return when, (name, *(int(getattr(body, f.name)) for f in spec.columns))
+
+
+class StatsClient:
+    """Records usage events for the local stats agent.
+
+    Every public method returns at once and never raises. Create one per
+    process, call `close()` at shutdown (also registered with atexit).
+    """
+
+    def __init__(
+        self,
+        socket_path: str | os.PathLike[str] | None = None,
+        *,
+        max_buffered: int = 10_000,
+        batch_size: int = 1_000,
+        flush_interval: float = 1.0,
+        call_timeout: float = 2.0,
+        error_types: Mapping[type[BaseException], ErrorType] | None = None,
+    ) -> None:
+        path = socket_path or os.environ.get(SOCKET_ENVIRONMENT) or user_runtime_dir() / "agent.sock"
+        self.socket_path = Path(path)
+        self._max_buffered = max_buffered
+        self._batch_size = batch_size
+        self._flush_interval = flush_interval
+        self._call_timeout = call_timeout
+        self._error_types = dict(error_types or {})
+        self._buffer: deque[tuple[float, Any]] = deque()
+        self._pending: list[bytes] = []  # encoded, sent but not yet acknowledged
+        self._dropped_unreported = 0
+        self._dropped = 0
+        self._invalid = 0
+        self._sent = 0
+        self._paused_until = 0.0
+        self._agent_reachable = False
+        self._wake = threading.Event()
+        self._stopping = threading.Event()
+        self._lock = threading.Lock()  # guards the flush, not record()
+        self._encoder = _Encoder()
+        self._thread: threading.Thread | None = None
+        self._start()
+
+    # --- recording (the hot path) ------------------------------------------------
+
+    def _put(self, key: Any, when: float | None = None) -> None:
+        buffer = self._buffer
+        if len(buffer) >= self._max_buffered or self._paused_until:
+            self._drop_one()
+            return
+        buffer.append((when or time.time(), key))
+        if len(buffer) >= self._batch_size:
+            self._wake.set()
+
+    def _drop_one(self) -> None:
+        if self._paused_until and time.monotonic() >= self._paused_until:
+            self._paused_until = 0.0
+        self._dropped += 1
+        self._dropped_unreported += 1
+
+    def record(self, event: UsageEvent) -> None:
+        """Record a typed event (any kind). Never blocks, never raises."""
+        try:
+            self._put(event, event.occurred_at.timestamp() if event.occurred_at else None)
+        except Exception:
+            self._invalid += 1
+
+    def job_created(self, printer_type: PrinterType) -> None:
+        self._put(("job_created", printer_type))
+
+    def job_completed(self, printer_type: PrinterType, duration_seconds: float) -> None:
+        try:
+            self._put(("job_completed", printer_type, job_duration_bucket(duration_seconds)))
+        except Exception:
+            self._invalid += 1
+
+    def job_failed(
+        self, printer_type: PrinterType, duration_seconds: float, reason: JobFailureReason
+    ) -> None:
+        try:
+            self._put(("job_failed", printer_type, job_duration_bucket(duration_seconds), reason))
+        except Exception:
+            self._invalid += 1
+
+    def file_downloaded(self, size_bytes: int, file_type: FileType) -> None:
+        try:
+            self._put(("file_downloaded", file_size_bucket(size_bytes), file_type))
+        except Exception:
+            self._invalid += 1
+
+    def file_uploaded(self, size_bytes: int, file_type: FileType) -> None:
+        try:
+            self._put(("file_uploaded", file_size_bucket(size_bytes), file_type))
+        except Exception:
+            self._invalid += 1
+
+    def printer_connected(self, printer_type: PrinterType) -> None:
+        self._put(("printer_connected", printer_type))
+
+    def printer_disconnected(self, printer_type: PrinterType) -> None:
+        self._put(("printer_disconnected", printer_type))
+
+    def feature(self, feature: Feature, enabled: bool) -> None:
+        self._put(("feature_enabled" if enabled else "feature_disabled", feature))
+
+    def error(self, exc: BaseException, component: Component) -> None:
+        """Record an error by the exception's class only: never its message or
+        traceback, which may hold paths, host names or user input."""
+        try:
+            self._put(("error_occurred", error_type_for(exc, self._error_types), component))
+        except Exception:
+            self._invalid += 1
+
+    def printer_fleet(self, counts: Mapping[PrinterType, int]) -> None:
+        """The configured printers by family; call at start-up and on changes."""
+        try:
+            printers = [PrinterTypeCount(printer_type=t, count=n) for t, n in sorted(counts.items()) if n > 0]
+            self.record(UsageEvent(printer_fleet_observed=PrinterFleetObserved(printers=printers)))
+        except Exception:
+            self._invalid += 1
+
+    def app_started(self, app_version: str, deployment_mode: DeploymentMode) -> None:
+        """Printernizer started: its version (as numbers), Python's, the platform."""
+        try:
+            self.record(
+                UsageEvent(
+                    app_started=AppStarted(
+                        app_version=parse_version(app_version),
+                        python_version=python_version(),
+                        platform=this_platform(),
+                        architecture=this_architecture(),
+                        deployment_mode=deployment_mode,
+                    )
+                )
+            )
+        except Exception:
+            self._invalid += 1
+
+    def app_stopped(self) -> None:
+        self._put(("app_stopped",))
+
+    # --- diagnostics ---------------------------------------------------------------
+
+    def stats(self) -> ClientStats:
+        return ClientStats(
+            buffered=len(self._buffer) + len(self._pending),
+            sent=self._sent,
+            dropped=self._dropped,
+            invalid=self._invalid,
+            agent_reachable=self._agent_reachable,
+        )
+
+    # --- the background sender -------------------------------------------------------
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="printernizer-stats", daemon=True)
+        self._thread.start()
+        atexit.register(self.close)
+
+    def flush(self, timeout: float = 2.0) -> bool:
+        """Ask the sender to send now and wait up to `timeout` seconds for the
+        buffer to drain; True when everything recorded so far was delivered."""
+        deadline = time.monotonic() + timeout
+        self._wake.set()
+        while time.monotonic() < deadline:
+            if not self._buffer and not self._pending:
+                return True
+            time.sleep(0.005)
+            self._wake.set()
+        return not self._buffer and not self._pending
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Send what is buffered (waiting at most `timeout`) and stop."""
+        try:
+            if self._stopping.is_set():
+                return
+            self.flush(timeout)
+            self._stopping.set()
+            self._wake.set()
+            if self._thread is not None:
+                self._thread.join(timeout)
+            atexit.unregister(self.close)
+        except Exception:
+            log.debug("closing the stats client failed", exc_info=True)
+
+    def _run(self) -> None:
+        backoff = 0.0
+        with grpc.insecure_channel(f"unix:{self.socket_path.absolute()}") as channel:
+            call = channel.unary_unary(
+                RECORD_EVENTS,
+                request_serializer=lambda data: data,
+                response_deserializer=agent_service_pb2.RecordEventsResponse.FromString,
+            )
+            while not self._stopping.is_set():
+                self._wake.wait(timeout=backoff or self._flush_interval)
+                self._wake.clear()
+                try:
+                    backoff = self._send_once(call, backoff)
+                except Exception:
+                    log.debug("stats sender failed", exc_info=True)
+                    backoff = min(_MAX_BACKOFF_SECONDS, max(1.0, backoff * 2))
+
+    def _take_batch(self) -> None:
+        """Move up to batch_size buffered events into the pending, encoded batch."""
+        buffer, encoder = self._buffer, self._encoder
+        room = self._batch_size - len(self._pending)
+        while room > 0 and buffer:
+            when, key = buffer.popleft()
+            try:
+                if isinstance(key, UsageEvent):
+                    occurred, key = _key_of(key)
+                    when = occurred or when
+                self._pending.append(encoder.event(when, key))
+                room -= 1
+            except Exception:
+                self._invalid += 1
+
+    def _send_once(self, call: grpc.UnaryUnaryMultiCallable[bytes, Any], backoff: float) -> float:
+        """Send pending and buffered events until the buffer is empty; returns
+        the delay before the next attempt (0 when all is well)."""
+        with self._lock:
+            while True:
+                self._take_batch()
+                if not self._pending and not self._dropped_unreported:
+                    return 0.0
+                dropped = self._dropped_unreported
+                request = b"".join(self._pending)
+                if dropped:
+                    request += agent_service_pb2.RecordEventsRequest(
+                        dropped_by_client=dropped
+                    ).SerializeToString()
+                try:
+                    response = call(request, timeout=self._call_timeout)
+                except grpc.RpcError as exc:
+                    return self._failed(exc, backoff)
+                self._agent_reachable = True
+                self._dropped_unreported -= dropped
+                if response.recording_disabled:
+                    # Nothing is recorded: stop buffering for a while.
+                    self._dropped += len(self._pending)
+                    self._pending.clear()
+                    self._buffer.clear()
+                    self._paused_until = time.monotonic() + _DISABLED_RECHECK_SECONDS
+                    return 0.0
+                self._sent += len(self._pending)
+                self._pending.clear()
+                if not self._buffer:
+                    return 0.0
+
+    def _failed(self, exc: grpc.RpcError, backoff: float) -> float:
+        code = exc.code() if isinstance(exc, grpc.Call) else None
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            # The agent refused the batch: it would refuse it again.
+            self._invalid += len(self._pending)
+            self._pending.clear()
+            return 0.0
+        self._agent_reachable = False
+        return min(_MAX_BACKOFF_SECONDS, max(self._flush_interval, backoff * 2))

@@ -1,0 +1,455 @@
+"""The SDK against a real agent on a real Unix socket: wire compatibility,
+delivery, and that the host app never sees an exception or a delay."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import sqlite3
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import pytest
+from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc, common_pb2, usage_event_pb2
+
+from stats_agent.agent import AgentConfig
+from stats_agent.consent import Override
+from stats_agent.sdk import (
+    AppStarted,
+    Component,
+    CpuArchitecture,
+    DeploymentMode,
+    ErrorType,
+    Feature,
+    FileSizeBucket,
+    FileType,
+    JobCompleted,
+    JobDurationBucket,
+    JobFailureReason,
+    Platform,
+    PrinterFleetObserved,
+    PrinterType,
+    PrinterTypeCount,
+    StatsClient,
+    UsageEvent,
+    Version,
+    error_type_for,
+    file_size_bucket,
+    job_duration_bucket,
+    parse_version,
+)
+from stats_agent.sdk.client import _Encoder
+from stats_agent.server import ServerConfig, serve
+
+# Generous bound for "returns at once": a blocking RPC or a retry sleep would
+# take far longer; this is a behaviour check, not a benchmark.
+NO_DELAY_SECONDS = 0.05
+
+
+class AgentThread:
+    """A real agent (stats_agent.server.serve) in a thread with its own loop."""
+
+    def __init__(self, socket_path: Path, db_path: Path, override: Override = Override()) -> None:
+        self.socket_path, self.db_path, self.override = socket_path, db_path, override
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._stop: asyncio.Event | None = None
+        self._thread: threading.Thread | None = None
+
+    def start(self) -> AgentThread:
+        ready = threading.Event()
+
+        async def main() -> None:
+            self._loop = asyncio.get_running_loop()
+            self._stop = asyncio.Event()
+            config = ServerConfig(
+                self.socket_path, self.db_path, AgentConfig("Europe/Berlin", 400, self.override)
+            )
+            task = asyncio.create_task(serve(config, self._stop))
+            while not self.socket_path.exists():
+                await asyncio.sleep(0.01)
+            ready.set()
+            await task
+
+        self._thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
+        self._thread.start()
+        assert ready.wait(10), "the agent did not start"
+        return self
+
+    def stop(self) -> None:
+        if self._thread is None or not self._thread.is_alive():
+            return
+        assert self._loop is not None
+        assert self._stop is not None
+        self._loop.call_soon_threadsafe(self._stop.set)
+        self._thread.join(10)
+
+    def stub_call(self, method: str, request: object) -> object:
+        with grpc.insecure_channel(f"unix:{self.socket_path}") as channel:
+            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
+            return getattr(stub, method)(request, timeout=10)
+
+    def stored_events(self) -> int:
+        with contextlib.closing(sqlite3.connect(self.db_path)) as db:
+            return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
+
+
+@pytest.fixture
+def paths() -> Iterator[tuple[Path, Path]]:
+    # Unix socket paths are short: keep the directory under /tmp.
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="sdk-") as tmp:
+        base = Path(tmp)
+        base.chmod(0o700)
+        yield base / "run" / "agent.sock", base / "agent.db"
+
+
+@pytest.fixture
+def agent(paths: tuple[Path, Path]) -> Iterator[AgentThread]:
+    running = AgentThread(*paths).start()
+    yield running
+    running.stop()
+
+
+def make_client(socket_path: Path, **options: object) -> StatsClient:
+    options.setdefault("flush_interval", 0.05)
+    return StatsClient(socket_path, **options)  # type: ignore[arg-type]
+
+
+# --- Wire compatibility ----------------------------------------------------------
+
+
+def betterproto_and_protobuf_pairs() -> list[tuple[UsageEvent, usage_event_pb2.UsageEvent]]:
+    pb = usage_event_pb2
+    return [
+        (
+            UsageEvent(job_completed=JobCompleted(PrinterType.PRUSA, JobDurationBucket.UNDER_4_HOURS)),
+            pb.UsageEvent(job_completed=pb.JobCompleted(printer_type=3, duration=3)),
+        ),
+        (
+            UsageEvent(
+                app_started=AppStarted(
+                    app_version=Version(major=2, minor=7, patch=1, prerelease=True),
+                    python_version=Version(major=3, minor=11, patch=7),
+                    platform=Platform.LINUX,
+                    architecture=CpuArchitecture.ARM64,
+                    deployment_mode=DeploymentMode.HOME_ASSISTANT_ADDON,
+                )
+            ),
+            pb.UsageEvent(
+                app_started=pb.AppStarted(
+                    app_version=common_pb2.Version(major=2, minor=7, patch=1, prerelease=True),
+                    python_version=common_pb2.Version(major=3, minor=11, patch=7),
+                    platform=2,
+                    architecture=3,
+                    deployment_mode=2,
+                )
+            ),
+        ),
+        (
+            UsageEvent(
+                printer_fleet_observed=PrinterFleetObserved(
+                    printers=[
+                        PrinterTypeCount(PrinterType.BAMBU_LAB, 4),
+                        PrinterTypeCount(PrinterType.PRUSA, 1),
+                    ]
+                )
+            ),
+            pb.UsageEvent(
+                printer_fleet_observed=pb.PrinterFleetObserved(
+                    printers=[
+                        pb.PrinterTypeCount(printer_type=2, count=4),
+                        pb.PrinterTypeCount(printer_type=3, count=1),
+                    ]
+                )
+            ),
+        ),
+    ]
+
+
+@pytest.mark.parametrize(("typed", "message"), betterproto_and_protobuf_pairs())
+def test_betterproto_events_encode_to_the_same_bytes_as_protobuf(
+    typed: UsageEvent, message: usage_event_pb2.UsageEvent
+) -> None:
+    assert bytes(typed) == message.SerializeToString(deterministic=True)
+    assert UsageEvent.parse(message.SerializeToString()) == typed
+
+
+def test_the_sdk_batch_encoding_is_protobufs_own() -> None:
+    encoder = _Encoder()
+    when = 1_763_000_000.7
+    batch = b"".join(
+        [
+            encoder.event(when, ("job_created", PrinterType.KLIPPER)),
+            encoder.event(when + 1, ("error_occurred", ErrorType.TIMEOUT, Component.API)),
+            encoder.event(when + 2, ("app_stopped",)),
+            encoder.event(when + 3, bytes(betterproto_and_protobuf_pairs()[1][0])),
+        ]
+    )
+    pb = usage_event_pb2
+    expected = agent_service_pb2.RecordEventsRequest(
+        events=[
+            pb.UsageEvent(job_created=pb.JobCreated(printer_type=5)),
+            pb.UsageEvent(error_occurred=pb.ErrorOccurred(error_type=13, component=8)),
+            pb.UsageEvent(app_stopped=pb.AppStopped()),
+            betterproto_and_protobuf_pairs()[1][1],
+        ]
+    )
+    for i, event in enumerate(expected.events):
+        event.occurred_at.seconds = int(when) + i
+    assert batch == expected.SerializeToString()
+
+
+# --- Delivery --------------------------------------------------------------------
+
+
+def test_events_reach_the_agent_in_batches(agent: AgentThread) -> None:
+    client = make_client(agent.socket_path)
+    client.app_started("2.7.0", DeploymentMode.DOCKER)
+    for _ in range(2500):
+        client.job_completed(PrinterType.BAMBU_LAB, duration_seconds=5400)
+    client.error(TimeoutError(), Component.PRINTER_SERVICE)
+    assert client.flush(10)
+    client.close()
+    assert agent.stored_events() == 2502
+    stats = agent.stub_call("GetLocalStats", agent_service_pb2.GetLocalStatsRequest())
+    usage = stats.this_week.usage  # type: ignore[attr-defined]
+    assert usage.jobs_completed == 2500
+    assert [(d.duration, d.count) for d in usage.completed_job_durations] == [
+        (JobDurationBucket.UNDER_4_HOURS, 2500)
+    ]
+    assert client.stats().sent == 2502
+
+
+def test_an_invalid_event_is_counted_and_does_not_cost_the_valid_ones(agent: AgentThread) -> None:
+    client = make_client(agent.socket_path)
+    client.job_created(PrinterType.PRUSA)
+    client.job_created(PrinterType.UNSPECIFIED)  # not allowed by the contract
+    client.feature(Feature(999) if False else Feature.TIMELAPSE, True)
+    client.record("not an event")  # type: ignore[arg-type]
+    assert client.flush(10)
+    client.close()
+    assert agent.stored_events() == 2
+    assert client.stats().invalid == 2
+
+
+def test_error_events_carry_the_class_only(agent: AgentThread) -> None:
+    secret = "/home/alice/prints/secret-part.3mf on alice-laptop"
+    client = make_client(agent.socket_path)
+    try:
+        raise PermissionError(13, secret)
+    except PermissionError as exc:
+        client.error(exc, Component.FILE_SERVICE)
+    assert client.flush(10)
+    client.close()
+    agent.stop()
+    raw = b"".join(p.read_bytes() for p in agent.db_path.parent.glob("agent.db*"))
+    assert b"alice" not in raw
+    assert b"secret" not in raw
+    with contextlib.closing(sqlite3.connect(agent.db_path)) as db:
+        assert db.execute("SELECT f1, f2 FROM events").fetchall() == [
+            (ErrorType.PERMISSION_DENIED, Component.FILE_SERVICE)
+        ]
+
+
+# --- The host never waits and never sees an exception -------------------------------
+
+
+def test_agent_absent_no_exception_no_delay_and_a_bounded_buffer(paths: tuple[Path, Path]) -> None:
+    socket_path, _ = paths
+    client = make_client(socket_path, max_buffered=100)
+    slowest = 0.0
+    for _ in range(150):
+        start = time.perf_counter()
+        client.job_created(PrinterType.PRUSA)
+        slowest = max(slowest, time.perf_counter() - start)
+    start = time.perf_counter()
+    client.close(timeout=0.2)
+    assert time.perf_counter() - start < 1.0
+    stats = client.stats()
+    assert slowest < NO_DELAY_SECONDS
+    assert stats.buffered == 100
+    assert stats.dropped == 50
+    assert not stats.agent_reachable
+
+
+def test_agent_started_late_receives_the_buffer_and_the_drop_count(paths: tuple[Path, Path]) -> None:
+    socket_path, db_path = paths
+    client = make_client(socket_path, max_buffered=100)
+    for _ in range(120):
+        client.job_created(PrinterType.PRUSA)
+    time.sleep(0.2)  # the sender tries and fails while the agent is down
+    agent = AgentThread(socket_path, db_path).start()
+    try:
+        assert client.flush(40), client.stats()
+        assert agent.stored_events() == 100
+        status = agent.stub_call("GetStatus", agent_service_pb2.GetStatusRequest())
+        assert status.dropped_events == 20  # type: ignore[attr-defined]
+    finally:
+        client.close()
+        agent.stop()
+
+
+def test_agent_stopped_and_restarted(paths: tuple[Path, Path]) -> None:
+    socket_path, db_path = paths
+    agent = AgentThread(socket_path, db_path).start()
+    client = make_client(socket_path)
+    client.job_created(PrinterType.PRUSA)
+    assert client.flush(10)
+    agent.stop()
+    slowest = 0.0
+    for _ in range(10):
+        start = time.perf_counter()
+        client.job_created(PrinterType.BAMBU_LAB)
+        slowest = max(slowest, time.perf_counter() - start)
+    assert slowest < NO_DELAY_SECONDS
+    agent = AgentThread(socket_path, db_path).start()
+    try:
+        assert client.flush(40), client.stats()
+        assert agent.stored_events() == 11
+    finally:
+        client.close()
+        agent.stop()
+
+
+def test_do_not_track_stops_recording_and_buffering(paths: tuple[Path, Path]) -> None:
+    agent = AgentThread(*paths, override=Override(do_not_track=True)).start()
+    client = make_client(agent.socket_path)
+    try:
+        client.job_created(PrinterType.PRUSA)
+        client.flush(10)
+        deadline = time.monotonic() + 5
+        while client.stats().dropped < 1 and time.monotonic() < deadline:
+            time.sleep(0.01)
+        for _ in range(50):
+            client.job_created(PrinterType.PRUSA)
+        stats = client.stats()
+        assert stats.buffered == 0
+        assert stats.dropped == 51
+        assert agent.stored_events() == 0
+    finally:
+        client.close()
+        agent.stop()
+
+
+async def test_recording_from_async_code_does_not_block_the_loop(paths: tuple[Path, Path]) -> None:
+    socket_path, _ = paths  # no agent: the worst case for a blocking design
+    client = make_client(socket_path)
+    ticks = 0
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while True:
+            ticks += 1
+            await asyncio.sleep(0.001)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0.01)
+    before = ticks
+    for _ in range(1000):
+        client.job_created(PrinterType.PRUSA)
+        client.error(ValueError("x"), Component.API)
+    await asyncio.sleep(0.05)
+    task.cancel()
+    client.close(timeout=0.1)
+    assert ticks - before >= 10
+
+
+def test_bad_arguments_never_raise_into_the_host(paths: tuple[Path, Path]) -> None:
+    client = make_client(paths[0])
+    client.record(None)  # type: ignore[arg-type]
+    client.job_completed(PrinterType.PRUSA, duration_seconds="long")  # type: ignore[arg-type]
+    client.file_downloaded(size_bytes=None, file_type=FileType.GCODE)  # type: ignore[arg-type]
+    client.error("not an exception", Component.API)  # type: ignore[arg-type]
+    client.printer_fleet(None)  # type: ignore[arg-type]
+    client.app_started(None, DeploymentMode.DOCKER)  # type: ignore[arg-type]
+    client.close(timeout=0.1)
+    client.close(timeout=0.1)  # twice is fine
+    assert client.stats().invalid >= 5
+
+
+# --- Coarsening on the device --------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("seconds", "bucket"),
+    [
+        (0, JobDurationBucket.UNDER_15_MINUTES),
+        (899.9, JobDurationBucket.UNDER_15_MINUTES),
+        (900, JobDurationBucket.UNDER_1_HOUR),
+        (3600, JobDurationBucket.UNDER_4_HOURS),
+        (4 * 3600, JobDurationBucket.UNDER_12_HOURS),
+        (12 * 3600, JobDurationBucket.UNDER_24_HOURS),
+        (24 * 3600, JobDurationBucket.AT_LEAST_24_HOURS),
+    ],
+)
+def test_job_duration_buckets(seconds: float, bucket: JobDurationBucket) -> None:
+    assert job_duration_bucket(seconds) == bucket
+
+
+@pytest.mark.parametrize(
+    ("size", "bucket"),
+    [
+        (0, FileSizeBucket.UNDER_1_MB),
+        (1024 * 1024, FileSizeBucket.UNDER_10_MB),
+        (100 * 1024 * 1024 - 1, FileSizeBucket.UNDER_100_MB),
+        (1024**3, FileSizeBucket.AT_LEAST_1_GB),
+    ],
+)
+def test_file_size_buckets(size: int, bucket: FileSizeBucket) -> None:
+    assert file_size_bucket(size) == bucket
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("2.7.0", (2, 7, 0, False)),
+        ("v3.1", (3, 1, 0, False)),
+        ("2.8.0-beta.1", (2, 8, 0, True)),
+        ("2.8.0+joes-laptop", (2, 8, 0, True)),
+        ("nightly", (0, 0, 0, False)),
+    ],
+)
+def test_versions_become_numbers_and_never_keep_text(text: str, expected: tuple[int, int, int, bool]) -> None:
+    version = parse_version(text)
+    assert (version.major, version.minor, version.patch, version.prerelease) == expected
+
+
+@pytest.mark.parametrize(
+    ("exc", "error_type"),
+    [
+        (ConnectionRefusedError(), ErrorType.CONNECTION_REFUSED),
+        (TimeoutError(), ErrorType.TIMEOUT),
+        (PermissionError(), ErrorType.PERMISSION_DENIED),
+        (OSError(28, "No space left on device"), ErrorType.DISK_FULL),
+        (sqlite3.OperationalError(), ErrorType.DATABASE),
+        (type("ValidationError", (Exception,), {})(), ErrorType.VALIDATION),
+        (KeyError("x"), ErrorType.OTHER),
+    ],
+)
+def test_exceptions_map_to_error_types_by_class(exc: BaseException, error_type: ErrorType) -> None:
+    assert error_type_for(exc) == error_type
+
+
+def test_host_specific_error_classes_can_be_mapped() -> None:
+    class PrinterOffline(Exception):
+        pass
+
+    assert error_type_for(PrinterOffline(), {PrinterOffline: ErrorType.PRINTER_OFFLINE}) == (
+        ErrorType.PRINTER_OFFLINE
+    )
+
+
+def test_job_failure_reason_round_trips_through_the_agent(agent: AgentThread) -> None:
+    client = make_client(agent.socket_path)
+    client.job_failed(PrinterType.PRUSA, 600, JobFailureReason.FILAMENT_RUNOUT)
+    client.file_uploaded(5 * 1024 * 1024, FileType.THREE_MF)
+    assert client.flush(10)
+    client.close()
+    stats = agent.stub_call("GetLocalStats", agent_service_pb2.GetLocalStatsRequest())
+    usage = stats.this_week.usage  # type: ignore[attr-defined]
+    assert usage.jobs_failed == 1
+    assert [(f.reason, f.count) for f in usage.job_failures] == [(JobFailureReason.FILAMENT_RUNOUT, 1)]
+    assert usage.files_uploaded == 1
