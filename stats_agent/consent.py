@@ -158,7 +158,12 @@ def choice_settings(
     state: int, schema_version: int, now: dt.datetime, since_sequence: int, since_time: dt.datetime
 ) -> dict[str, bytes | None]:
     """The settings that record a choice made at `now`; reports count events
-    stored after `since_sequence` that happened after `since_time`."""
+    stored after `since_sequence` that happened after `since_time`.
+
+    The sequence number is the exact boundary; the time only keeps out events
+    that happened before consent but arrived later. Event times have whole
+    seconds, so `since_time` is taken to the whole second as well."""
+    since_time = since_time.replace(microsecond=0)
     return {
         CHOSEN: str(state).encode(),
         SCHEMA_VERSION: str(schema_version if state == SHARING else 0).encode(),

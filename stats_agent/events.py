@@ -12,7 +12,7 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -45,6 +45,8 @@ class KindSpec:
     field: FieldDescriptor  # the oneof member in UsageEvent
     columns: tuple[FieldDescriptor, ...]  # enum fields stored as f1..f3
     keeps_payload: bool  # the kind has fields beyond its enum columns
+    column_names: tuple[str, ...]
+    allowed: tuple[frozenset[int], ...]  # per column: defined, non-zero values
 
 
 def _spec(field: FieldDescriptor) -> KindSpec:
@@ -52,12 +54,19 @@ def _spec(field: FieldDescriptor) -> KindSpec:
     assert message is not None  # every oneof member is a message
     enums = tuple(f for f in message.fields if f.type == FieldDescriptor.TYPE_ENUM and not _repeated(f))
     kind = agent_service_pb2.EventKind.Value(f"EVENT_KIND_{field.name.upper()}")
+    columns = enums[:3]
     return KindSpec(
         kind=kind,
         field=field,
-        columns=enums[:3],
+        columns=columns,
         keeps_payload=len(enums) > 3 or len(enums) != len(message.fields),
+        column_names=tuple(f.name for f in columns),
+        allowed=tuple(_defined_nonzero(f) for f in columns),
     )
+
+
+def _defined_nonzero(field: Any) -> frozenset[int]:
+    return frozenset(v.number for v in field.enum_type.values if v.number)
 
 
 def _repeated(field: Any) -> bool:
@@ -68,8 +77,7 @@ KINDS_BY_NAME: dict[str, KindSpec] = {f.name: _spec(f) for f in _KIND_ONEOF.fiel
 KINDS: dict[int, KindSpec] = {spec.kind: spec for spec in KINDS_BY_NAME.values()}
 
 
-@dataclass(frozen=True, slots=True)
-class EventRow:
+class EventRow(NamedTuple):
     """One event as stored: times in milliseconds since the epoch (UTC)."""
 
     occurred_at: int
@@ -136,38 +144,57 @@ def _check_rules(message: Message, path: str) -> None:
                 raise InvalidEvent(f"{path}.{part}", f"must be at most {MAX_VERSION_PART}")
 
 
-def validate(event: usage_event_pb2.UsageEvent, path: str, now: dt.datetime) -> EventRow:
-    """Check one event against the contract and return its storage row."""
+def validate(event: usage_event_pb2.UsageEvent, now_ms: int) -> EventRow:
+    """Check one event against the contract and return its storage row.
+    InvalidEvent.field is relative to the event ("job_created.printer_type").
+
+    This runs for every recorded event, so the common kinds (only enum
+    fields) take a fast path of set lookups; the rare richer kinds are checked
+    field by field through their descriptors.
+    """
     name = event.WhichOneof("kind")
     if name is None:
-        raise InvalidEvent(f"{path}.kind", "no event kind is set")
+        raise InvalidEvent("kind", "no event kind is set")
     spec = KINDS_BY_NAME[name]
     body = getattr(event, name)
-    _check_message(body, f"{path}.{name}")
+    payload = None
+    if spec.keeps_payload:
+        _check_message(body, name)
+        payload = body.SerializeToString(deterministic=True)
+    columns = [getattr(body, column) for column in spec.column_names]
+    for value, allowed, column in zip(columns, spec.allowed, spec.columns, strict=False):
+        if value not in allowed:
+            _check_enum(value, column, f"{name}.{column.name}")
     if event.HasField("occurred_at"):
-        occurred = event.occurred_at.ToDatetime(tzinfo=dt.UTC)
-        if occurred > now + MAX_CLOCK_SKEW:
-            raise InvalidEvent(f"{path}.occurred_at", "is in the future")
-        if occurred.year < 2000:
-            raise InvalidEvent(f"{path}.occurred_at", "is before the year 2000")
+        stamp = event.occurred_at
+        occurred = stamp.seconds * 1000 + stamp.nanos // 1_000_000
+        if occurred > now_ms + _MAX_SKEW_MS:
+            raise InvalidEvent("occurred_at", "is in the future")
+        if occurred < _YEAR_2000_MS:
+            raise InvalidEvent("occurred_at", "is before the year 2000")
     else:
-        occurred = now
-    columns = [getattr(body, f.name) for f in spec.columns] + [0, 0, 0]
-    return EventRow(
-        occurred_at=to_millis(occurred),
-        kind=spec.kind,
-        f1=columns[0],
-        f2=columns[1],
-        f3=columns[2],
-        payload=body.SerializeToString(deterministic=True) if spec.keeps_payload else None,
-    )
+        occurred = now_ms
+    columns += [0, 0, 0]
+    return EventRow(occurred, spec.kind, columns[0], columns[1], columns[2], payload)
+
+
+_MAX_SKEW_MS = int(MAX_CLOCK_SKEW.total_seconds() * 1000)
+_YEAR_2000_MS = 946_684_800_000
 
 
 def validate_batch(events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> list[EventRow]:
-    """All events of a batch, or InvalidEvent for the first that does not fit."""
+    """All events of a batch, or InvalidEvent naming the first field that does
+    not fit (as "events[3].job_created.printer_type")."""
     if len(events) > MAX_BATCH_EVENTS:
         raise InvalidEvent("events", f"at most {MAX_BATCH_EVENTS} events per call, got {len(events)}")
-    return [validate(event, f"events[{i}]", now) for i, event in enumerate(events)]
+    now_ms = to_millis(now)
+    rows = []
+    for index, event in enumerate(events):
+        try:
+            rows.append(validate(event, now_ms))
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"events[{index}].{exc.field}", exc.description) from None
+    return rows
 
 
 def to_event(row: EventRow) -> usage_event_pb2.UsageEvent:

@@ -22,7 +22,34 @@ from typing import Any
 
 import aiosqlite
 
-from .events import EventRow
+from .events import KINDS_BY_NAME, EventRow
+
+DAY_MS = 86_400_000
+WEEK_MS = 7 * DAY_MS
+# 1970-01-05 was a Monday: ISO weeks are the 7-day blocks counted from it.
+WEEK_EPOCH_MS = 4 * DAY_MS
+STATE_KINDS = frozenset(
+    KINDS_BY_NAME[name].kind
+    for name in (
+        "app_started",
+        "app_stopped",
+        "feature_enabled",
+        "feature_disabled",
+        "printer_fleet_observed",
+    )
+)
+
+
+def week_index(millis: int) -> int:
+    """The number of the ISO week containing `millis`, counted from 1970-01-05."""
+    return (millis - WEEK_EPOCH_MS) // WEEK_MS
+
+
+def _state_kind(kind: int) -> int:
+    # Interpolated as a literal so SQLite can use the kind's partial index.
+    if kind not in STATE_KINDS:
+        raise ValueError(f"event kind {kind} is not a state kind")
+    return int(kind)
 
 
 @dataclass(frozen=True)
@@ -33,10 +60,20 @@ class Migration:
     downgrade: tuple[str, ...]
 
 
+# Events are stored in arrival order (their sequence number is the rowid) with
+# no per-row secondary index on the hot path: each index costs more per row
+# than the insert itself. Instead `event_weeks` keeps, per ISO week, the range
+# of sequence numbers its events were stored under (updated once per batch), so
+# a week is one rowid range scan. Each rare state-carrying kind (app start/stop,
+# feature on/off, fleet) has a partial index of its own (SQLite uses a partial
+# index only when the query names the kind exactly). The kind numbers are fixed
+# by the contract (EventKind); a test checks them against STATE_KINDS.
+STATE_KIND_NUMBERS = (1, 2, 11, 12, 13)
+
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "events, settings and counters",
+        "events, weeks, settings and counters",
         (
             """CREATE TABLE events (
                 seq INTEGER PRIMARY KEY,
@@ -48,17 +85,23 @@ MIGRATIONS: tuple[Migration, ...] = (
                 f3 INTEGER NOT NULL DEFAULT 0,
                 payload BLOB
             )""",
-            # Covers the weekly report's GROUP BY: a week is one index range scan.
-            "CREATE INDEX events_by_time ON events (occurred_at, kind, f1, f2, f3)",
-            "CREATE INDEX events_by_kind ON events (kind, occurred_at)",
+            *(
+                f"CREATE INDEX events_kind_{k} ON events (occurred_at) WHERE kind = {k}"
+                for k in STATE_KIND_NUMBERS
+            ),
+            """CREATE TABLE event_weeks (
+                week INTEGER PRIMARY KEY,
+                first_seq INTEGER NOT NULL,
+                last_seq INTEGER NOT NULL
+            )""",
             "CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
             "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         ),
         (
             "DROP TABLE counters",
             "DROP TABLE settings",
-            "DROP INDEX events_by_kind",
-            "DROP INDEX events_by_time",
+            "DROP TABLE event_weeks",
+            *(f"DROP INDEX events_kind_{k}" for k in STATE_KIND_NUMBERS),
             "DROP TABLE events",
         ),
     ),
@@ -221,80 +264,133 @@ class AgentStore:
     # --- events --------------------------------------------------------------
 
     async def append_events(self, rows: Sequence[EventRow], recorded_at: int, dropped_by_client: int) -> None:
-        """Store a batch in one transaction (with the client's drop count)."""
+        """Store a batch in one transaction, with its week ranges, its per-kind
+        totals and the client's drop count."""
         async with self._transaction() as db:
+            before = await self._scalar(db, "SELECT COALESCE(MAX(seq), 0) FROM events")
+            # The rows go in as they are (one shared recorded_at, an integer).
             await db.executemany(
-                "INSERT INTO events (recorded_at, occurred_at, kind, f1, f2, f3, payload) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?)",
-                [(recorded_at, r.occurred_at, r.kind, r.f1, r.f2, r.f3, r.payload) for r in rows],
+                "INSERT INTO events (occurred_at, kind, f1, f2, f3, payload, recorded_at) "  # noqa: S608
+                f"VALUES (?, ?, ?, ?, ?, ?, {int(recorded_at)})",
+                rows,
+            )
+            await db.execute(
+                "INSERT INTO event_weeks (week, first_seq, last_seq) "
+                "SELECT (occurred_at - ?) / ?, MIN(seq), MAX(seq) FROM events WHERE seq > ? GROUP BY 1 "
+                "ON CONFLICT (week) DO UPDATE SET "
+                "first_seq = MIN(first_seq, excluded.first_seq), last_seq = MAX(last_seq, excluded.last_seq)",
+                (WEEK_EPOCH_MS, WEEK_MS, before),
+            )
+            await db.execute(
+                "INSERT INTO counters (name, value) "
+                "SELECT 'events.' || kind, COUNT(*) FROM events WHERE seq > ? GROUP BY kind "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                (before,),
             )
             if dropped_by_client:
                 await self._add_counter(db, "dropped_events", dropped_by_client)
 
+    @staticmethod
+    async def _scalar(db: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> int | None:
+        async with db.execute(sql, params) as cursor:
+            row = await cursor.fetchone()
+        return None if row is None or row[0] is None else int(row[0])
+
     async def last_sequence(self) -> int:
-        row = await self._one("SELECT COALESCE(MAX(seq), 0) FROM events")
-        return int(row[0]) if row else 0
+        return await self._scalar(self._db, "SELECT COALESCE(MAX(seq), 0) FROM events") or 0
+
+    async def _seq_range(self, start: int, end: int) -> tuple[int, int] | None:
+        """The sequence numbers under which events dated in [start, end) were stored."""
+        row = await self._one(
+            "SELECT MIN(first_seq), MAX(last_seq) FROM event_weeks WHERE week BETWEEN ? AND ?",
+            (week_index(start), week_index(end - 1)),
+        )
+        return None if row is None or row[0] is None else (int(row[0]), int(row[1]))
 
     async def week_counts(self, start: int, end: int, after_seq: int) -> list[tuple[int, int, int, int, int]]:
         """(kind, f1, f2, f3, count) of events in [start, end) stored after `after_seq`."""
+        seqs = await self._seq_range(start, end)
+        if seqs is None:
+            return []
         rows = await self._all(
             "SELECT kind, f1, f2, f3, COUNT(*) FROM events "
-            "WHERE occurred_at >= ? AND occurred_at < ? AND seq > ? "
+            "WHERE seq BETWEEN ? AND ? AND seq > ? AND occurred_at >= ? AND occurred_at < ? "
             "GROUP BY kind, f1, f2, f3",
-            (start, end, after_seq),
+            (*seqs, after_seq, start, end),
         )
         return [(int(k), int(a), int(b), int(c), int(n)) for k, a, b, c, n in rows]
 
     async def latest_of_kind(self, kind: int, before: int) -> StoredRow | None:
-        """The newest event of a kind that happened before `before`."""
+        """The newest event of a state kind that happened before `before`."""
         row = await self._one(
-            "SELECT seq, recorded_at, occurred_at, kind, f1, f2, f3, payload FROM events "
-            "WHERE kind = ? AND occurred_at < ? ORDER BY occurred_at DESC, seq DESC LIMIT 1",
-            (kind, before),
+            "SELECT seq, recorded_at, occurred_at, kind, f1, f2, f3, payload FROM events "  # noqa: S608
+            f"WHERE kind = {_state_kind(kind)} AND occurred_at < ? "
+            "ORDER BY occurred_at DESC, seq DESC LIMIT 1",
+            (before,),
         )
         return _stored(row) if row else None
 
     async def latest_per_value(self, kinds: Sequence[int], before: int) -> list[tuple[int, int]]:
-        """For events of these kinds before `before`: the newest (kind, f1) per f1 value."""
-        marks = ",".join("?" * len(kinds))
-        rows = await self._all(
-            f"SELECT kind, f1 FROM ("  # noqa: S608 - only placeholders are interpolated
-            f"  SELECT kind, f1, ROW_NUMBER() OVER (PARTITION BY f1 ORDER BY occurred_at DESC, seq DESC) AS n"
-            f"  FROM events WHERE kind IN ({marks}) AND occurred_at < ?"
-            f") WHERE n = 1",
-            (*kinds, before),
-        )
-        return [(int(k), int(f)) for k, f in rows]
+        """For events of these state kinds before `before`: the newest (kind, f1) per f1 value."""
+        latest: dict[int, tuple[int, int, int]] = {}  # f1 -> (occurred_at, seq, kind)
+        for kind in kinds:
+            rows = await self._all(
+                f"SELECT f1, occurred_at, seq FROM events WHERE kind = {_state_kind(kind)} "  # noqa: S608
+                "AND occurred_at < ?",
+                (before,),
+            )
+            for f1, occurred_at, seq in rows:
+                if f1 not in latest or (occurred_at, seq) > latest[f1][:2]:
+                    latest[f1] = (occurred_at, seq, kind)
+        return [(kind, int(f1)) for f1, (_, _, kind) in latest.items()]
 
     async def times_of_kinds(self, kinds: Sequence[int], start: int, end: int) -> list[tuple[int, int]]:
-        """(occurred_at, kind) of events of these kinds in [start, end), oldest first."""
-        marks = ",".join("?" * len(kinds))
-        rows = await self._all(
-            f"SELECT occurred_at, kind FROM events WHERE kind IN ({marks}) "  # noqa: S608
-            "AND occurred_at >= ? AND occurred_at < ? ORDER BY occurred_at, seq",
-            (*kinds, start, end),
-        )
-        return [(int(t), int(k)) for t, k in rows]
+        """(occurred_at, kind) of events of these state kinds in [start, end), oldest first."""
+        found: list[tuple[int, int, int]] = []
+        for kind in kinds:
+            rows = await self._all(
+                f"SELECT occurred_at, seq FROM events WHERE kind = {_state_kind(kind)} "  # noqa: S608
+                "AND occurred_at >= ? AND occurred_at < ?",
+                (start, end),
+            )
+            found += [(int(t), int(q), kind) for t, q in rows]
+        return [(moment, kind) for moment, _, kind in sorted(found)]
 
     async def last_event_time_before(self, moment: int) -> int | None:
-        row = await self._one("SELECT MAX(occurred_at) FROM events WHERE occurred_at < ?", (moment,))
+        """When the last event before `moment` happened, looking back at most a
+        week (enough to place a crash between two starts)."""
+        seqs = await self._seq_range(moment - WEEK_MS, moment)
+        if seqs is None:
+            return None
+        row = await self._one(
+            "SELECT MAX(occurred_at) FROM events WHERE seq BETWEEN ? AND ? AND occurred_at < ? "
+            "AND occurred_at >= ?",
+            (*seqs, moment, moment - WEEK_MS),
+        )
         return int(row[0]) if row and row[0] is not None else None
 
     async def event_totals(self) -> list[tuple[int, int]]:
-        rows = await self._all("SELECT kind, COUNT(*) FROM events GROUP BY kind ORDER BY kind")
-        return [(int(k), int(c)) for k, c in rows]
+        """(kind, stored events) for every kind stored, kept current on every write."""
+        rows = await self._all("SELECT name, value FROM counters WHERE name LIKE 'events.%' AND value > 0")
+        return sorted((int(name.removeprefix("events.")), int(value)) for name, value in rows)
 
     async def event_count(self) -> int:
-        row = await self._one("SELECT COUNT(*) FROM events")
-        return int(row[0]) if row else 0
+        return sum(count for _, count in await self.event_totals())
 
     async def first_seen(self) -> int | None:
-        row = await self._one("SELECT MIN(recorded_at) FROM events")
-        return int(row[0]) if row and row[0] is not None else None
+        row = await self._one("SELECT recorded_at FROM events ORDER BY seq LIMIT 1")
+        return int(row[0]) if row else None
 
     async def oldest_event_time(self) -> int | None:
-        row = await self._one("SELECT MIN(occurred_at) FROM events")
-        return int(row[0]) if row and row[0] is not None else None
+        row = await self._one("SELECT MIN(week) FROM event_weeks")
+        if row is None or row[0] is None:
+            return None
+        start = WEEK_EPOCH_MS + int(row[0]) * WEEK_MS
+        seqs = await self._seq_range(start, start + WEEK_MS)
+        if seqs is None:
+            return None
+        oldest = await self._one("SELECT MIN(occurred_at) FROM events WHERE seq BETWEEN ? AND ?", seqs)
+        return int(oldest[0]) if oldest and oldest[0] is not None else None
 
     async def export_events(self, page_size: int) -> AsyncIterator[list[StoredRow]]:
         """Every stored event, oldest first, in pages (keyset pagination)."""
@@ -311,15 +407,28 @@ class AgentStore:
             after = page[-1].seq
             yield page
 
-    async def prune_events_before(self, moment: int, summaries: dict[int, bytes]) -> int:
-        """Delete raw events older than `moment`, keeping the given weekly
-        summaries (week key -> serialized WeeklyActivity) in the same transaction."""
+    async def prune_events_before(self, cutoff: int, summaries: dict[int, bytes]) -> int:
+        """Delete raw events dated before `cutoff` (a week's start), keeping the
+        given weekly summaries (week key -> serialized WeeklyActivity) in the
+        same transaction."""
+        seqs = await self._seq_range(0, cutoff)
         async with self._transaction() as db:
             await db.executemany(
                 "INSERT OR REPLACE INTO week_summaries (week, activity) VALUES (?, ?)",
                 list(summaries.items()),
             )
-            cursor = await db.execute("DELETE FROM events WHERE occurred_at < ?", (moment,))
+            if seqs is None:
+                return 0
+            where = "seq BETWEEN ? AND ? AND occurred_at < ?"
+            params = (*seqs, cutoff)
+            await db.execute(
+                "INSERT INTO counters (name, value) "  # noqa: S608
+                f"SELECT 'events.' || kind, -COUNT(*) FROM events WHERE {where} GROUP BY kind "
+                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                params,
+            )
+            cursor = await db.execute(f"DELETE FROM events WHERE {where}", params)  # noqa: S608
+            await db.execute("DELETE FROM event_weeks WHERE week < ?", (week_index(cutoff),))
             return cursor.rowcount
 
     async def week_summaries(self) -> dict[int, bytes]:
@@ -417,6 +526,7 @@ class AgentStore:
         Unconfirmed deletion requests stay: they are how the server's copy goes."""
         async with self._transaction() as db:
             events = (await db.execute("DELETE FROM events")).rowcount
+            await db.execute("DELETE FROM event_weeks")
             reports = (await db.execute("DELETE FROM sent_reports")).rowcount
             await db.execute("DELETE FROM week_summaries")
             await db.execute("DELETE FROM counters")

@@ -1,133 +1,215 @@
 """`python -m stats_demo`: show the usage-statistics system working on this machine.
 
-At this stage of the project it presents the contract: the services and their
-methods, what a weekly report contains and why (generated from the contract's
-own comments), an example report as the exact bytes that would be sent, and the
-contract's privacy checks.
+Starts a real stats agent on a private Unix socket (in a temporary directory,
+or --data-dir), lets an example host app record a few days of usage through the
+SDK, and walks through what a Printernizer user sees and controls: statistics
+off by default, the local figures, opting in, the exact bytes of the next
+report, the export, opting out and deleting everything. It also shows the
+contract: its services and what a report contains and why.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import datetime as dt
+import json
+import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
 
-from google.protobuf import json_format
+import grpc
 from printernizer.stats.v1 import (
     agent_service_pb2,
+    agent_service_pb2_grpc,
     aggregated_stats_pb2,
     analytics_service_pb2,
-    common_pb2,
-    country_pb2,
     ingest_service_pb2,
 )
 
+from stats_agent.sdk import (
+    Component,
+    DeploymentMode,
+    Feature,
+    FileType,
+    JobFailureReason,
+    PrinterType,
+    StatsClient,
+)
 from stats_common import contract
+from stats_common.health import wait_until_serving
 
 SERVICES = (
     (agent_service_pb2, "AgentService", "stats_agent", "local, on a Unix socket"),
     (ingest_service_pb2, "IngestService", "aggregation_server", "public, over TLS"),
     (analytics_service_pb2, "AnalyticsService", "analytics_server", "admin only"),
 )
-
-# The ingest server refuses larger reports before parsing them.
-REPORT_SIZE_CAP = 10 * 1024
-
-
-def example_report() -> aggregated_stats_pb2.AggregatedStats:
-    """A plausible week of a small Home Assistant installation."""
-    report = aggregated_stats_pb2.AggregatedStats(
-        schema_version=aggregated_stats_pb2.REPORT_SCHEMA_VERSION_1,
-        report_id=bytes.fromhex("5f0c3a9e2b7d4e1f8a6c0d9b3e2f7a14"),
-        installation=aggregated_stats_pb2.InstallationInfo(
-            installation_id=bytes.fromhex("c2a4e1d07b3f4a9c8e5d6f1a2b3c4d5e"),
-            app_version=common_pb2.Version(major=2, minor=7, patch=0),
-            python_version=common_pb2.Version(major=3, minor=11, patch=7),
-            platform=common_pb2.PLATFORM_LINUX,
-            architecture=common_pb2.CPU_ARCHITECTURE_ARM64,
-            deployment_mode=common_pb2.DEPLOYMENT_MODE_HOME_ASSISTANT_ADDON,
-            country=country_pb2.COUNTRY_DE,
-        ),
-        period=common_pb2.IsoWeek(year=2026, week=46),
-    )
-    report.printer_fleet.printers.add(printer_type=common_pb2.PRINTER_TYPE_BAMBU_LAB, count=2)
-    report.printer_fleet.printers.add(printer_type=common_pb2.PRINTER_TYPE_PRUSA, count=1)
-    usage = report.usage
-    usage.jobs_created, usage.jobs_completed, usage.jobs_failed = 23, 20, 2
-    usage.job_failures.add(reason=common_pb2.JOB_FAILURE_REASON_FILAMENT_RUNOUT, count=2)
-    usage.completed_job_durations.add(duration=common_pb2.JOB_DURATION_BUCKET_UNDER_4_HOURS, count=20)
-    usage.files_downloaded, usage.uptime_hours, usage.app_starts = 31, 166, 1
-    usage.printer_connections = 3
-    report.features.add(feature=common_pb2.FEATURE_LIBRARY, enabled=True)
-    report.features.add(feature=common_pb2.FEATURE_TIMELAPSE, enabled=False)
-    report.errors.add(
-        error_type=common_pb2.ERROR_TYPE_CONNECTION_TIMEOUT,
-        component=common_pb2.COMPONENT_PRINTER_SERVICE,
-        count=4,
-    )
-    return report
+RPC_TIMEOUT = 10
 
 
 def section(title: str) -> None:
     print(f"\n== {title} ==")
 
 
-def show_services() -> None:
-    section("Services in the contract (proto/printernizer/stats/v1)")
+def show_contract() -> None:
+    section("The contract (proto/printernizer/stats/v1)")
     for module, name, command, reach in SERVICES:
         service = module.DESCRIPTOR.services_by_name[name]
-        print(f"{service.full_name}  [{reach}; served by `python -m {command}`]")
-        for method in service.methods:
-            print(f"  - {method.name}")
-
-
-def show_disclosure() -> None:
+        methods = ", ".join(m.name for m in service.methods)
+        print(f"{service.full_name} [{reach}; `python -m {command}`]\n  {methods}")
     section("What a weekly report contains, and why (generated from the contract)")
     for item in contract.disclosure():
         if item.path.count(".") <= 1:  # deeper levels are the parts of versions and counts
             print(f"  {item.path:<32} {item.why}")
 
 
-def show_example() -> None:
-    report = example_report()
-    data = report.SerializeToString()
-    section(f"An example report: {len(data)} bytes on the wire (the ingest limit is {REPORT_SIZE_CAP})")
-    print(json_format.MessageToJson(report, indent=2, always_print_fields_with_no_presence=True))
+@contextlib.contextmanager
+def running_agent(data_dir: Path) -> Iterator[Path]:
+    """`python -m stats_agent` with its socket and database under data_dir."""
+    socket_path, db_path = data_dir / "run" / "agent.sock", data_dir / "agent.db"
+    environment = {k: v for k, v in os.environ.items() if k != "DO_NOT_TRACK"}
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "stats_agent", "--socket", str(socket_path), "--db", str(db_path),
+         "--timezone", "Europe/Berlin", "--log-level", "WARNING"],
+        env=environment,
+    )  # fmt: skip
+    try:
+        if not wait_until_serving(f"unix:{socket_path}"):
+            raise SystemExit("the agent did not start")
+        print(f"stats agent running (pid {agent.pid}) on unix:{socket_path}")
+        yield socket_path
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        agent.wait(30)
+        print(f"stats agent stopped (exit code {agent.returncode})")
 
 
-def run_checks() -> bool:
-    section("Contract checks")
-    checks = {
-        "no free text reachable from UsageEvent or AggregatedStats": contract.free_text_violations(),
-        "every enum has an *_UNSPECIFIED zero value": contract.enum_zero_violations(),
-        "every report field says why it is collected": [
-            f.full_name for f in contract.report_fields() if not contract.why_collected(f)
-        ],
-    }
-    ok = True
-    for name, problems in checks.items():
-        print(f"  [{'ok' if not problems else 'FAIL'}] {name}")
-        for problem in problems:
-            print(f"        {problem}")
-        ok = ok and not problems
-    for command in ("stats_agent", "aggregation_server", "analytics_server", "gateway"):
-        result = subprocess.run(
-            [sys.executable, "-m", command, "--help"], capture_output=True, text=True, timeout=60
+def example_host_app(stats: StatsClient, days: int) -> int:
+    """A small Printernizer stand-in using the SDK at its integration points."""
+    recorded = 0
+    stats.app_started("2.7.0", DeploymentMode.HOME_ASSISTANT_ADDON)
+    stats.printer_fleet({PrinterType.BAMBU_LAB: 2, PrinterType.PRUSA: 1})
+    stats.feature(Feature.LIBRARY, enabled=True)
+    stats.feature(Feature.TIMELAPSE, enabled=False)
+    recorded += 4
+    for day in range(days):
+        for job in range(6):
+            printer = PrinterType.BAMBU_LAB if job % 3 else PrinterType.PRUSA
+            stats.job_created(printer)
+            if (day + job) % 7 == 0:
+                stats.job_failed(printer, 1800, JobFailureReason.FILAMENT_RUNOUT)
+            else:
+                stats.job_completed(printer, 2.5 * 3600)
+            stats.file_downloaded(12 * 1024 * 1024, FileType.THREE_MF)
+            recorded += 3
+        try:
+            raise ConnectionRefusedError("printer at 192.168.1.23 refused")  # never leaves: class only
+        except ConnectionRefusedError as exc:
+            stats.error(exc, Component.PRINTER_SERVICE)
+        recorded += 1
+    return recorded
+
+
+def show(title: str, message: object) -> None:
+    from google.protobuf import json_format
+
+    print(f"-- {title}")
+    print(json_format.MessageToJson(message, indent=2))  # type: ignore[arg-type]
+
+
+def walk_through(socket_path: Path, days: int) -> bool:
+    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
+        agent = agent_service_pb2_grpc.AgentServiceStub(channel)
+        consent = agent.GetConsent(agent_service_pb2.GetConsentRequest(), timeout=RPC_TIMEOUT).consent
+        section("1. Statistics are off by default")
+        print(
+            "effective consent:",
+            agent_service_pb2.ConsentState.Name(consent.effective),
+            "/",
+            agent_service_pb2.ConsentReason.Name(consent.reason),
         )
-        print(f"  [{'ok' if result.returncode == 0 else 'FAIL'}] python -m {command} --help")
-        ok = ok and result.returncode == 0
+
+        section("2. The host app records events through the SDK (kept locally only)")
+        stats = StatsClient(socket_path)
+        recorded = example_host_app(stats, days)
+        delivered = stats.flush(timeout=10)
+        stats.close()
+        print(f"recorded {recorded} events; delivered to the agent: {delivered}; {stats.stats()}")
+
+        section("3. The user's own figures (local stats)")
+        local = agent.GetLocalStats(agent_service_pb2.GetLocalStatsRequest(weeks=1), timeout=RPC_TIMEOUT)
+        show("this week", local.this_week)
+
+        section("4. Opting in, then the exact bytes of the next report")
+        agent.SetConsent(
+            agent_service_pb2.SetConsentRequest(
+                state=agent_service_pb2.CONSENT_STATE_SHARING,
+                schema_version=contract.CURRENT_SCHEMA_VERSION,  # type: ignore[arg-type]
+            ),
+            timeout=RPC_TIMEOUT,
+        )
+        stats = StatsClient(socket_path)
+        stats.job_created(PrinterType.BAMBU_LAB)
+        stats.job_completed(PrinterType.BAMBU_LAB, 3 * 3600)
+        stats.flush(timeout=10)
+        stats.close()
+        preview = agent.PreviewReport(agent_service_pb2.PreviewReportRequest(), timeout=RPC_TIMEOUT)
+        report = aggregated_stats_pb2.AggregatedStats.FromString(preview.report)
+        print(f"{len(preview.report)} bytes; only events recorded after opting in are counted:")
+        print(preview.report_json)
+        counted_after_consent = report.usage.jobs_created == 1 and report.usage.jobs_completed == 1
+
+        section("5. Export everything, opt out, delete everything")
+        pages = list(agent.ExportData(agent_service_pb2.ExportDataRequest(), timeout=RPC_TIMEOUT))
+        exported = sum(len(page.events) for page in pages)
+        print(f"export: {exported} events in {len(pages)} page(s); settings: {pages[0].settings.time_zone}")
+        opted_out = agent.SetConsent(
+            agent_service_pb2.SetConsentRequest(state=agent_service_pb2.CONSENT_STATE_LOCAL_ONLY),
+            timeout=RPC_TIMEOUT,
+        ).consent
+        print("after opting out:", agent_service_pb2.ConsentState.Name(opted_out.effective))
+        deleted = agent.DeleteAllData(agent_service_pb2.DeleteAllDataRequest(), timeout=RPC_TIMEOUT)
+        print(f"deleted {deleted.events_deleted} events and {deleted.reports_deleted} reports")
+        status = agent.GetStatus(agent_service_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT)
+        print(f"stored events now: {status.stored_events}")
+        ok = (
+            consent.effective == agent_service_pb2.CONSENT_STATE_LOCAL_ONLY
+            and delivered
+            and counted_after_consent
+            and exported == recorded + 2
+            and status.stored_events == 0
+        )
     return ok
+
+
+def summary(ok: bool, started: float) -> None:
+    print(json.dumps({"ok": ok, "seconds": round(time.monotonic() - started, 1)}))
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="stats_demo", description=__doc__)
-    parser.parse_args(argv)
-    print(f"Printernizer usage statistics: report schema version {contract.CURRENT_SCHEMA_VERSION}")
-    show_services()
-    show_disclosure()
-    show_example()
-    ok = run_checks()
-    print("\nAll checks passed." if ok else "\nSome checks failed.")
+    parser.add_argument("--data-dir", type=Path, help="keep the agent's files here (default: a temp dir)")
+    parser.add_argument("--days", type=int, default=5, help="days of example usage to record")
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    print(f"Printernizer usage statistics, report schema version {contract.CURRENT_SCHEMA_VERSION}")
+    print(f"today: {dt.date.today().isoformat()}")
+    show_contract()
+    with contextlib.ExitStack() as stack:
+        data_dir = args.data_dir or Path(
+            stack.enter_context(tempfile.TemporaryDirectory(prefix="stats-demo-"))
+        )
+        data_dir.mkdir(parents=True, exist_ok=True)
+        data_dir.chmod(0o700)
+        socket_path = stack.enter_context(running_agent(data_dir))
+        ok = walk_through(socket_path, args.days)
+    print("\nEverything worked." if ok else "\nSomething did not work as expected.")
+    summary(ok, started)
     return 0 if ok else 1
 
 

@@ -14,7 +14,13 @@ from pathlib import Path
 
 import grpc
 import pytest
-from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc, common_pb2, usage_event_pb2
+from printernizer.stats.v1 import (
+    agent_service_pb2,
+    agent_service_pb2_grpc,
+    aggregated_stats_pb2,
+    common_pb2,
+    usage_event_pb2,
+)
 
 from stats_agent.agent import AgentConfig
 from stats_agent.consent import Override
@@ -453,3 +459,23 @@ def test_job_failure_reason_round_trips_through_the_agent(agent: AgentThread) ->
     assert usage.jobs_failed == 1
     assert [(f.reason, f.count) for f in usage.job_failures] == [(JobFailureReason.FILAMENT_RUNOUT, 1)]
     assert usage.files_uploaded == 1
+
+
+def test_events_recorded_right_after_opting_in_are_counted(agent: AgentThread) -> None:
+    """Event times have whole seconds; consent must not lose the rest of its second."""
+    before = make_client(agent.socket_path)
+    before.job_created(PrinterType.PRUSA)
+    assert before.flush(10)
+    before.close()
+    agent.stub_call(
+        "SetConsent",
+        agent_service_pb2.SetConsentRequest(state=agent_service_pb2.CONSENT_STATE_SHARING, schema_version=1),
+    )
+    after = make_client(agent.socket_path)
+    after.job_created(PrinterType.BAMBU_LAB)
+    after.job_created(PrinterType.BAMBU_LAB)
+    assert after.flush(10)
+    after.close()
+    preview = agent.stub_call("PreviewReport", agent_service_pb2.PreviewReportRequest())
+    report = aggregated_stats_pb2.AggregatedStats.FromString(preview.report)  # type: ignore[attr-defined]
+    assert report.usage.jobs_created == 2

@@ -17,7 +17,6 @@ is exactly protobuf's own encoding of the same RecordEventsRequest.
 from __future__ import annotations
 
 import atexit
-import datetime as dt
 import logging
 import os
 import threading
@@ -62,6 +61,7 @@ from .mapping import (
 log = logging.getLogger(__name__)
 
 RECORD_EVENTS = "/printernizer.stats.v1.AgentService/RecordEvents"
+_now = time.time
 SOCKET_ENVIRONMENT = "STATS_AGENT_SOCKET"
 # Cached encodings kept at most (distinct kinds are few; seconds roll over).
 _CACHE_LIMIT = 4096
@@ -92,6 +92,8 @@ def _varint(value: int) -> bytes:
 
 # RecordEventsRequest.events is field 1, length-delimited: tag byte 0x0A.
 _EVENTS_TAG = b"\x0a"
+# Tag and one-byte length for the usual event of under 128 bytes.
+_SHORT_FRAMES = [_EVENTS_TAG + bytes([size]) for size in range(128)]
 
 
 class _Encoder:
@@ -106,7 +108,7 @@ class _Encoder:
         part = self._kinds.get(key)
         if part is None:
             event = self._build(key)
-            validate(event, "event", dt.datetime.now(dt.UTC))  # raises InvalidEvent
+            validate(event, int(time.time() * 1000))  # raises InvalidEvent
             part = event.SerializeToString(deterministic=True)
             if len(self._kinds) >= _CACHE_LIMIT:
                 self._kinds.clear()
@@ -140,8 +142,36 @@ class _Encoder:
         return part
 
     def event(self, when: float, key: Any) -> bytes:
+        """One event, framed as an element of RecordEventsRequest.events."""
         body = self.time_part(int(when)) + self.kind_part(key)
-        return _EVENTS_TAG + _varint(len(body)) + body
+        return _frame(body)
+
+    def batch(self, items: list[tuple[float, Any]]) -> tuple[list[bytes], int]:
+        """Encode buffered items; returns (framed events, count of invalid ones).
+
+        The loop inlines the cache look-ups: it runs for every event sent."""
+        kinds, seconds = self._kinds, self._seconds
+        framed: list[bytes] = []
+        invalid = 0
+        for when, key in items:
+            try:
+                if isinstance(key, UsageEvent):
+                    occurred, key = _key_of(key)
+                    when = occurred or when
+                second = int(when)
+                body = (seconds.get(second) or self.time_part(second)) + (
+                    kinds.get(key) or self.kind_part(key)
+                )
+            except Exception:
+                invalid += 1
+                continue
+            size = len(body)
+            framed.append((_SHORT_FRAMES[size] if size < 128 else _EVENTS_TAG + _varint(size)) + body)
+        return framed, invalid
+
+
+def _frame(body: bytes) -> bytes:
+    return _EVENTS_TAG + _varint(len(body)) + body
 
 
 def _key_of(event: UsageEvent) -> tuple[float | None, Any]:
@@ -182,11 +212,14 @@ class StatsClient:
         self._error_types = dict(error_types or {})
         self._buffer: deque[tuple[float, Any]] = deque()
         self._pending: list[bytes] = []  # encoded, sent but not yet acknowledged
+        # Events dropped (buffer full, or recording disabled at the agent) and
+        # not yet reported to the agent; the sender moves them to _dropped.
         self._dropped_unreported = 0
         self._dropped = 0
+        self._limit = max_buffered  # 0 while the agent says recording is disabled
         self._invalid = 0
         self._sent = 0
-        self._paused_until = 0.0
+        self._resume_at = 0.0
         self._agent_reachable = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
@@ -197,25 +230,20 @@ class StatsClient:
 
     # --- recording (the hot path) ------------------------------------------------
 
-    def _put(self, key: Any, when: float | None = None) -> None:
+    def _put(self, key: Any) -> None:
+        # The hot path: keep it to a length check and an append.
         buffer = self._buffer
-        if len(buffer) >= self._max_buffered or self._paused_until:
-            self._drop_one()
-            return
-        buffer.append((when or time.time(), key))
-        if len(buffer) >= self._batch_size:
-            self._wake.set()
-
-    def _drop_one(self) -> None:
-        if self._paused_until and time.monotonic() >= self._paused_until:
-            self._paused_until = 0.0
-        self._dropped += 1
-        self._dropped_unreported += 1
+        if len(buffer) < self._limit:
+            buffer.append((_now(), key))
+            if len(buffer) == self._batch_size:
+                self._wake.set()
+        else:
+            self._dropped_unreported += 1
 
     def record(self, event: UsageEvent) -> None:
         """Record a typed event (any kind). Never blocks, never raises."""
         try:
-            self._put(event, event.occurred_at.timestamp() if event.occurred_at else None)
+            self._put(event)
         except Exception:
             self._invalid += 1
 
@@ -299,7 +327,7 @@ class StatsClient:
         return ClientStats(
             buffered=len(self._buffer) + len(self._pending),
             sent=self._sent,
-            dropped=self._dropped,
+            dropped=self._dropped + self._dropped_unreported,
             invalid=self._invalid,
             agent_reachable=self._agent_reachable,
         )
@@ -348,6 +376,8 @@ class StatsClient:
             while not self._stopping.is_set():
                 self._wake.wait(timeout=backoff or self._flush_interval)
                 self._wake.clear()
+                if self._resume_at and time.monotonic() >= self._resume_at:
+                    self._resume_at, self._limit = 0.0, self._max_buffered
                 try:
                     backoff = self._send_once(call, backoff)
                 except Exception:
@@ -356,18 +386,11 @@ class StatsClient:
 
     def _take_batch(self) -> None:
         """Move up to batch_size buffered events into the pending, encoded batch."""
-        buffer, encoder = self._buffer, self._encoder
-        room = self._batch_size - len(self._pending)
-        while room > 0 and buffer:
-            when, key = buffer.popleft()
-            try:
-                if isinstance(key, UsageEvent):
-                    occurred, key = _key_of(key)
-                    when = occurred or when
-                self._pending.append(encoder.event(when, key))
-                room -= 1
-            except Exception:
-                self._invalid += 1
+        buffer = self._buffer
+        count = min(self._batch_size - len(self._pending), len(buffer))
+        framed, invalid = self._encoder.batch([buffer.popleft() for _ in range(count)])
+        self._pending += framed
+        self._invalid += invalid
 
     def _send_once(self, call: grpc.UnaryUnaryMultiCallable[bytes, Any], backoff: float) -> float:
         """Send pending and buffered events until the buffer is empty; returns
@@ -389,12 +412,14 @@ class StatsClient:
                     return self._failed(exc, backoff)
                 self._agent_reachable = True
                 self._dropped_unreported -= dropped
+                self._dropped += dropped
                 if response.recording_disabled:
                     # Nothing is recorded: stop buffering for a while.
-                    self._dropped += len(self._pending)
+                    self._limit = 0
+                    self._resume_at = time.monotonic() + _DISABLED_RECHECK_SECONDS
+                    self._dropped += len(self._pending) + len(self._buffer)
                     self._pending.clear()
                     self._buffer.clear()
-                    self._paused_until = time.monotonic() + _DISABLED_RECHECK_SECONDS
                     return 0.0
                 self._sent += len(self._pending)
                 self._pending.clear()

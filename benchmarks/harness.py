@@ -1,0 +1,78 @@
+"""What the benchmarks share: a real agent process, timing, and table printing."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from stats_common.health import wait_until_serving
+
+
+@dataclass
+class AgentProcess:
+    process: subprocess.Popen[bytes]
+    socket_path: Path
+    db_path: Path
+
+    def rss_kib(self) -> tuple[int, int]:
+        """(current, peak) resident memory of the agent in KiB."""
+        fields = {}
+        for line in Path(f"/proc/{self.process.pid}/status").read_text().splitlines():
+            name, _, value = line.partition(":")
+            fields[name] = value.strip()
+        return int(fields["VmRSS"].split()[0]), int(fields["VmHWM"].split()[0])
+
+
+@contextlib.contextmanager
+def agent_process(extra_env: dict[str, str] | None = None) -> Iterator[AgentProcess]:
+    """A real `python -m stats_agent` on a socket and database in a temp dir."""
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="bench-") as tmp:
+        base = Path(tmp)
+        base.chmod(0o700)
+        socket_path, db_path = base / "run" / "agent.sock", base / "agent.db"
+        env = {**os.environ, **(extra_env or {})}
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "stats_agent",
+                "--socket",
+                str(socket_path),
+                "--db",
+                str(db_path),
+                "--timezone",
+                "Europe/Berlin",
+                "--log-level",
+                "WARNING",
+            ],
+            env=env,
+        )
+        try:
+            if not wait_until_serving(f"unix:{socket_path}"):
+                raise RuntimeError("the agent did not start")
+            yield AgentProcess(process, socket_path, db_path)
+        finally:
+            process.send_signal(signal.SIGTERM)
+            process.wait(30)
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[object]]) -> None:
+    cells = [list(map(str, header))] + [[str(c) for c in row] for row in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
+    print(f"\n{title}\n")
+    print("| " + " | ".join(h.ljust(w) for h, w in zip(cells[0], widths, strict=True)) + " |")
+    print("| " + " | ".join("-" * w for w in widths) + " |")
+    for row in cells[1:]:
+        print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
