@@ -17,7 +17,7 @@ import time
 
 from stats_agent.sdk import Component, PrinterType, StatsClient
 
-from .harness import agent_process, print_table
+from .harness import print_table, running_agent
 
 
 def produce(client: StatsClient, events: int) -> None:
@@ -40,7 +40,7 @@ def main() -> None:
     parser.add_argument("--clients", type=int, default=2, help="recording threads, one client each")
     args = parser.parse_args()
     per_client = args.events // args.clients
-    with agent_process() as agent:
+    with running_agent() as agent:
         clients = [StatsClient(agent.socket_path, max_buffered=50_000) for _ in range(args.clients)]
         threads = [threading.Thread(target=produce, args=(c, per_client)) for c in clients]
         start = time.perf_counter()

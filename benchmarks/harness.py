@@ -4,15 +4,13 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from stats_common.health import wait_until_serving
+from stats_agent.process import agent_process
 
 
 @dataclass
@@ -31,36 +29,16 @@ class AgentProcess:
 
 
 @contextlib.contextmanager
-def agent_process(extra_env: dict[str, str] | None = None) -> Iterator[AgentProcess]:
+def running_agent(extra_env: dict[str, str] | None = None) -> Iterator[AgentProcess]:
     """A real `python -m stats_agent` on a socket and database in a temp dir."""
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="bench-") as tmp:
         base = Path(tmp)
         base.chmod(0o700)
         socket_path, db_path = base / "run" / "agent.sock", base / "agent.db"
+        options = ("--timezone", "Europe/Berlin", "--log-level", "WARNING")
         env = {**os.environ, **(extra_env or {})}
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "stats_agent",
-                "--socket",
-                str(socket_path),
-                "--db",
-                str(db_path),
-                "--timezone",
-                "Europe/Berlin",
-                "--log-level",
-                "WARNING",
-            ],
-            env=env,
-        )
-        try:
-            if not wait_until_serving(f"unix:{socket_path}"):
-                raise RuntimeError("the agent did not start")
+        with agent_process(socket_path, db_path, *options, env=env) as process:
             yield AgentProcess(process, socket_path, db_path)
-        finally:
-            process.send_signal(signal.SIGTERM)
-            process.wait(30)
 
 
 def percentile(values: Sequence[float], fraction: float) -> float:

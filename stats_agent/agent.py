@@ -29,7 +29,16 @@ from stats_common.weeks import Week, weeks_between
 from . import consent as consent_mod
 from .consent import ConsentRecord, Identity, Override
 from .events import from_millis, to_event, to_millis, validate_batch
-from .report import ReportScope, build_report, weekly_activity
+from .report import (
+    APP_STARTED,
+    APP_STOPPED,
+    FEATURE_DISABLED,
+    FEATURE_ENABLED,
+    FLEET_OBSERVED,
+    ReportScope,
+    build_report,
+    weekly_activity,
+)
 from .storage import AgentStore, DeletionRequestRow
 
 log = logging.getLogger(__name__)
@@ -365,7 +374,16 @@ class StatsAgent:
             if week.key not in kept:
                 summary = await weekly_activity(self.store, week, now)
                 summaries[week.key] = summary.SerializeToString(deterministic=True)
-        deleted = await self.store.prune_events_before(to_millis(cutoff), summaries)
+        # The state in force at the cutoff stays: a run that began before it, the
+        # fleet, each feature's setting.
+        cutoff_ms = to_millis(cutoff)
+        keep = [
+            row.seq
+            for kind in (APP_STARTED, APP_STOPPED, FLEET_OBSERVED)
+            if (row := await self.store.latest_of_kind(kind, cutoff_ms)) is not None
+        ]
+        keep += await self.store.latest_sequences_per_value((FEATURE_ENABLED, FEATURE_DISABLED), cutoff_ms)
+        deleted = await self.store.prune_events_before(cutoff_ms, summaries, keep)
         if deleted:
             log.info("pruned %d events older than %s", deleted, cutoff.date())
         return deleted

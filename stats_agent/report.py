@@ -97,18 +97,20 @@ def fold_counts(
     return usage, error_counts
 
 
-async def uptime(store: AgentStore, start: int, end: int) -> tuple[int, int]:
-    """(whole hours the app ran in [start, end), starts without a clean stop before them).
+async def uptime(store: AgentStore, start: int, end: int, after_seq: int = 0) -> tuple[int, int]:
+    """(whole hours the app ran in [start, end), starts without a clean stop before them),
+    from the start and stop events stored after `after_seq`.
 
     A run lasts from a start to its stop. A start that follows a start with no
     stop in between means the app crashed: that run is taken to end at the last
     event recorded before the new start. A run still open at `end` counts up to
-    `end`.
+    `end`. For a report, only events stored after consent count: a run that
+    began before the user opted in is not counted.
     """
     if end <= start:
         return 0, 0
-    last_start = await store.latest_of_kind(APP_STARTED, start)
-    last_stop = await store.latest_of_kind(APP_STOPPED, start)
+    last_start = await store.latest_of_kind(APP_STARTED, start, after_seq)
+    last_stop = await store.latest_of_kind(APP_STOPPED, start, after_seq)
     running_since: int | None = None
     if last_start is not None and (
         last_stop is None
@@ -117,11 +119,11 @@ async def uptime(store: AgentStore, start: int, end: int) -> tuple[int, int]:
         running_since = start
     total = 0
     unclean = 0
-    for moment, kind in await store.times_of_kinds((APP_STARTED, APP_STOPPED), start, end):
+    for moment, kind in await store.times_of_kinds((APP_STARTED, APP_STOPPED), start, end, after_seq):
         if kind == APP_STARTED:
             if running_since is not None:
                 unclean += 1
-                crashed = await store.last_event_time_before(moment)
+                crashed = await store.last_event_time_before(moment, after_seq)
                 total += max(running_since, min(crashed or running_since, moment)) - running_since
             running_since = moment
         elif running_since is not None:
@@ -188,7 +190,7 @@ async def build_report(
     end = to_millis(min(week.end, now))
     rows = await store.week_counts(start, end, scope.since_sequence) if end > start else []
     usage, errors = fold_counts(rows)
-    usage.uptime_hours, usage.unclean_shutdowns = await uptime(store, start, end)
+    usage.uptime_hours, usage.unclean_shutdowns = await uptime(store, start, end, scope.since_sequence)
     state_time = to_millis(min(week.end, now))
     report = aggregated_stats_pb2.AggregatedStats(
         schema_version=aggregated_stats_pb2.ReportSchemaVersion.ValueType(scope.consented_schema_version),

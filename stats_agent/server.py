@@ -17,6 +17,8 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
 
+from stats_common.interceptors import RejectUndecodableRequests
+
 from .agent import AgentConfig, StatsAgent
 from .servicer import AgentServicer
 from .storage import AgentStore
@@ -89,24 +91,23 @@ def _socket_answers(path: Path) -> bool:
         return True
 
 
-async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
-    """Run the agent until `stop` is set (or SIGTERM/SIGINT), then stop
-    gracefully: calls in progress finish, so accepted events are committed."""
-    prepare_socket_path(config.socket_path)
-    store = await AgentStore.open(config.db_path)
-    agent = StatsAgent(store, config.agent)
+async def _start_server(
+    socket_path: Path, agent: StatsAgent
+) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
+        interceptors=[RejectUndecodableRequests()],
         options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
-        ]
+        ],
     )
     agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
-    socket_path = config.socket_path.absolute()
-    old_umask = os.umask(0o117)  # the socket file itself: owner and group read/write
+    # The socket file itself: owner and group read/write. The umask is the
+    # process's; it is changed only while the socket is created at start-up.
+    old_umask = os.umask(0o117)
     try:
         server.add_insecure_port(f"unix:{socket_path}")
         await server.start()
@@ -114,6 +115,21 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
         os.umask(old_umask)
     for name in ("", SERVICE_NAME):
         await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    return server, health_servicer
+
+
+async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+    """Run the agent until `stop` is set (or SIGTERM/SIGINT), then stop
+    gracefully: calls in progress finish, so accepted events are committed."""
+    prepare_socket_path(config.socket_path)
+    socket_path = config.socket_path.absolute()
+    store = await AgentStore.open(config.db_path)
+    agent = StatsAgent(store, config.agent)
+    try:
+        server, health_servicer = await _start_server(socket_path, agent)
+    except BaseException:
+        await store.close()
+        raise
     stop = stop or asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):

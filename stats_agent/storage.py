@@ -12,13 +12,14 @@ upgrade and a downgrade, applied in one transaction each.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import os
 import sqlite3
 from collections.abc import AsyncIterator, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import aiosqlite
 
@@ -144,6 +145,18 @@ class StorageError(RuntimeError):
     """The database cannot be opened or used (permissions, disk, corruption)."""
 
 
+def _lock(path: Path) -> IO[bytes]:
+    """Hold an exclusive lock beside the database for as long as the file is
+    open: two agents on one database would each trust a cached consent."""
+    lock = path.with_name(path.name + ".lock").open("ab")
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        lock.close()
+        raise StorageError(f"another agent is using the database {path}") from None
+    return lock
+
+
 async def schema_version(db: aiosqlite.Connection) -> int:
     async with db.execute("PRAGMA user_version") as cursor:
         row = await cursor.fetchone()
@@ -207,9 +220,10 @@ class DeletionRequestRow:
 class AgentStore:
     """All reads and writes of the agent's database."""
 
-    def __init__(self, db: aiosqlite.Connection, path: Path) -> None:
+    def __init__(self, db: aiosqlite.Connection, path: Path, lock: IO[bytes] | None = None) -> None:
         self._db = db
         self.path = path
+        self._lock_file = lock
         # One connection, one transaction at a time.
         self._write_lock = asyncio.Lock()
 
@@ -218,8 +232,13 @@ class AgentStore:
         """Open (creating if needed) and migrate to the latest schema."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+            lock = _lock(path)
+        except OSError as exc:
+            raise StorageError(f"cannot open the database {path}: {exc}") from exc
+        try:
             db = await aiosqlite.connect(path, isolation_level=None)
         except (OSError, sqlite3.Error) as exc:
+            lock.close()
             raise StorageError(f"cannot open the database {path}: {exc}") from exc
         try:
             os.chmod(path, 0o600)
@@ -231,14 +250,18 @@ class AgentStore:
                 await migrate(db, migrate_to)
         except (OSError, sqlite3.Error) as exc:
             await db.close()
+            lock.close()
             raise StorageError(f"cannot use the database {path}: {exc}") from exc
         except BaseException:
             await db.close()
+            lock.close()
             raise
-        return cls(db, path)
+        return cls(db, path, lock)
 
     async def close(self) -> None:
         await self._db.close()
+        if self._lock_file is not None:
+            self._lock_file.close()  # releases the lock
 
     @asynccontextmanager
     async def _transaction(self) -> AsyncIterator[aiosqlite.Connection]:
@@ -320,19 +343,21 @@ class AgentStore:
         )
         return [(int(k), int(a), int(b), int(c), int(n)) for k, a, b, c, n in rows]
 
-    async def latest_of_kind(self, kind: int, before: int) -> StoredRow | None:
-        """The newest event of a state kind that happened before `before`."""
+    async def latest_of_kind(self, kind: int, before: int, after_seq: int = 0) -> StoredRow | None:
+        """The newest event of a state kind that happened before `before`
+        (among those stored after `after_seq`)."""
         row = await self._one(
             "SELECT seq, recorded_at, occurred_at, kind, f1, f2, f3, payload FROM events "  # noqa: S608
-            f"WHERE kind = {_state_kind(kind)} AND occurred_at < ? "
+            f"WHERE kind = {_state_kind(kind)} AND occurred_at < ? AND seq > ? "
             "ORDER BY occurred_at DESC, seq DESC LIMIT 1",
-            (before,),
+            (before, after_seq),
         )
         return _stored(row) if row else None
 
-    async def latest_per_value(self, kinds: Sequence[int], before: int) -> list[tuple[int, int]]:
-        """For events of these state kinds before `before`: the newest (kind, f1) per f1 value."""
-        latest: dict[int, tuple[int, int, int]] = {}  # f1 -> (occurred_at, seq, kind)
+    async def _latest_per_value(self, kinds: Sequence[int], before: int) -> dict[int, tuple[int, int, int]]:
+        """f1 -> (occurred_at, seq, kind) of the newest event of these state
+        kinds before `before`, per f1 value."""
+        latest: dict[int, tuple[int, int, int]] = {}
         for kind in kinds:
             rows = await self._all(
                 f"SELECT f1, occurred_at, seq FROM events WHERE kind = {_state_kind(kind)} "  # noqa: S608
@@ -341,31 +366,44 @@ class AgentStore:
             )
             for f1, occurred_at, seq in rows:
                 if f1 not in latest or (occurred_at, seq) > latest[f1][:2]:
-                    latest[f1] = (occurred_at, seq, kind)
-        return [(kind, int(f1)) for f1, (_, _, kind) in latest.items()]
+                    latest[int(f1)] = (int(occurred_at), int(seq), kind)
+        return latest
 
-    async def times_of_kinds(self, kinds: Sequence[int], start: int, end: int) -> list[tuple[int, int]]:
-        """(occurred_at, kind) of events of these state kinds in [start, end), oldest first."""
+    async def latest_per_value(self, kinds: Sequence[int], before: int) -> list[tuple[int, int]]:
+        """For events of these state kinds before `before`: the newest (kind, f1) per f1 value."""
+        latest = await self._latest_per_value(kinds, before)
+        return [(kind, f1) for f1, (_, _, kind) in latest.items()]
+
+    async def latest_sequences_per_value(self, kinds: Sequence[int], before: int) -> list[int]:
+        """The sequence numbers of those newest events (see latest_per_value)."""
+        return [seq for _, seq, _ in (await self._latest_per_value(kinds, before)).values()]
+
+    async def times_of_kinds(
+        self, kinds: Sequence[int], start: int, end: int, after_seq: int = 0
+    ) -> list[tuple[int, int]]:
+        """(occurred_at, kind) of events of these state kinds in [start, end)
+        stored after `after_seq`, oldest first."""
         found: list[tuple[int, int, int]] = []
         for kind in kinds:
             rows = await self._all(
                 f"SELECT occurred_at, seq FROM events WHERE kind = {_state_kind(kind)} "  # noqa: S608
-                "AND occurred_at >= ? AND occurred_at < ?",
-                (start, end),
+                "AND occurred_at >= ? AND occurred_at < ? AND seq > ?",
+                (start, end, after_seq),
             )
             found += [(int(t), int(q), kind) for t, q in rows]
         return [(moment, kind) for moment, _, kind in sorted(found)]
 
-    async def last_event_time_before(self, moment: int) -> int | None:
-        """When the last event before `moment` happened, looking back at most a
-        week (enough to place a crash between two starts)."""
+    async def last_event_time_before(self, moment: int, after_seq: int = 0) -> int | None:
+        """When the last event before `moment` happened (among those stored
+        after `after_seq`), looking back at most a week: enough to place a crash
+        between two starts."""
         seqs = await self._seq_range(moment - WEEK_MS, moment)
         if seqs is None:
             return None
         row = await self._one(
-            "SELECT MAX(occurred_at) FROM events WHERE seq BETWEEN ? AND ? AND occurred_at < ? "
-            "AND occurred_at >= ?",
-            (*seqs, moment, moment - WEEK_MS),
+            "SELECT MAX(occurred_at) FROM events WHERE seq BETWEEN ? AND ? AND seq > ? "
+            "AND occurred_at < ? AND occurred_at >= ?",
+            (*seqs, after_seq, moment, moment - WEEK_MS),
         )
         return int(row[0]) if row and row[0] is not None else None
 
@@ -407,29 +445,38 @@ class AgentStore:
             after = page[-1].seq
             yield page
 
-    async def prune_events_before(self, cutoff: int, summaries: dict[int, bytes]) -> int:
-        """Delete raw events dated before `cutoff` (a week's start), keeping the
-        given weekly summaries (week key -> serialized WeeklyActivity) in the
-        same transaction."""
+    async def prune_events_before(self, cutoff: int, summaries: dict[int, bytes], keep: Sequence[int]) -> int:
+        """Delete raw events dated before `cutoff` (a week's start), except the
+        sequence numbers in `keep` (the state in force at the cutoff), and keep
+        the given weekly summaries (week key -> serialized WeeklyActivity), all
+        in one transaction."""
         seqs = await self._seq_range(0, cutoff)
+        kept = ", ".join(str(int(seq)) for seq in keep) or "NULL"
+        # Old weeks' ranges, plus the state kinds' own (indexed) old events: a
+        # state event kept at an earlier pruning may be superseded by now.
+        conditions = [f"kind = {kind} AND occurred_at < ?" for kind in sorted(STATE_KINDS)]
+        params: list[tuple[int, ...]] = [(cutoff,)] * len(conditions)
+        if seqs is not None:
+            conditions.append("seq BETWEEN ? AND ? AND occurred_at < ?")
+            params.append((*seqs, cutoff))
+        deleted = 0
         async with self._transaction() as db:
             await db.executemany(
                 "INSERT OR REPLACE INTO week_summaries (week, activity) VALUES (?, ?)",
                 list(summaries.items()),
             )
-            if seqs is None:
-                return 0
-            where = "seq BETWEEN ? AND ? AND occurred_at < ?"
-            params = (*seqs, cutoff)
-            await db.execute(
-                "INSERT INTO counters (name, value) "  # noqa: S608
-                f"SELECT 'events.' || kind, -COUNT(*) FROM events WHERE {where} GROUP BY kind "
-                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                params,
-            )
-            cursor = await db.execute(f"DELETE FROM events WHERE {where}", params)  # noqa: S608
+            for condition, values in zip(conditions, params, strict=True):
+                where = f"{condition} AND seq NOT IN ({kept})"
+                await db.execute(
+                    "INSERT INTO counters (name, value) "  # noqa: S608 - only checked integers are interpolated
+                    f"SELECT 'events.' || kind, -COUNT(*) FROM events WHERE {where} GROUP BY kind "
+                    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    values,
+                )
+                cursor = await db.execute(f"DELETE FROM events WHERE {where}", values)  # noqa: S608
+                deleted += cursor.rowcount
             await db.execute("DELETE FROM event_weeks WHERE week < ?", (week_index(cutoff),))
-            return cursor.rowcount
+        return deleted
 
     async def week_summaries(self) -> dict[int, bytes]:
         rows = await self._all("SELECT week, activity FROM week_summaries")

@@ -15,8 +15,6 @@ import contextlib
 import datetime as dt
 import json
 import os
-import signal
-import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +30,7 @@ from printernizer.stats.v1 import (
     ingest_service_pb2,
 )
 
+from stats_agent.process import agent_process
 from stats_agent.sdk import (
     Component,
     DeploymentMode,
@@ -42,7 +41,6 @@ from stats_agent.sdk import (
     StatsClient,
 )
 from stats_common import contract
-from stats_common.health import wait_until_serving
 
 SERVICES = (
     (agent_service_pb2, "AgentService", "stats_agent", "local, on a Unix socket"),
@@ -73,20 +71,11 @@ def running_agent(data_dir: Path) -> Iterator[Path]:
     """`python -m stats_agent` with its socket and database under data_dir."""
     socket_path, db_path = data_dir / "run" / "agent.sock", data_dir / "agent.db"
     environment = {k: v for k, v in os.environ.items() if k != "DO_NOT_TRACK"}
-    agent = subprocess.Popen(
-        [sys.executable, "-m", "stats_agent", "--socket", str(socket_path), "--db", str(db_path),
-         "--timezone", "Europe/Berlin", "--log-level", "WARNING"],
-        env=environment,
-    )  # fmt: skip
-    try:
-        if not wait_until_serving(f"unix:{socket_path}"):
-            raise SystemExit("the agent did not start")
+    options = ("--timezone", "Europe/Berlin", "--log-level", "WARNING")
+    with agent_process(socket_path, db_path, *options, env=environment) as agent:
         print(f"stats agent running (pid {agent.pid}) on unix:{socket_path}")
         yield socket_path
-    finally:
-        agent.send_signal(signal.SIGTERM)
-        agent.wait(30)
-        print(f"stats agent stopped (exit code {agent.returncode})")
+    print(f"stats agent stopped (exit code {agent.returncode})")
 
 
 def example_host_app(stats: StatsClient, days: int) -> int:
