@@ -20,7 +20,7 @@ from pathlib import Path
 
 from stats_agent.agent import AgentConfig, StatsAgent
 from stats_agent.consent import SHARING, Override
-from stats_agent.events import KINDS_BY_NAME, EventRow, to_millis
+from stats_agent.events import KINDS_BY_NAME, RowValues, pack, to_millis
 from stats_agent.storage import AgentStore
 from stats_common.weeks import Week
 
@@ -31,20 +31,17 @@ WEEKS = 52
 BATCH = 100_000
 
 
-def synthetic_rows(count: int, start_ms: int, span_ms: int, rng: random.Random) -> list[EventRow]:
-    kinds = [
-        (KINDS_BY_NAME["job_created"].kind, 2, 0, 0),
-        (KINDS_BY_NAME["job_completed"].kind, 2, 3, 0),
-        (KINDS_BY_NAME["job_failed"].kind, 3, 2, 5),
-        (KINDS_BY_NAME["file_downloaded"].kind, 2, 2, 0),
-        (KINDS_BY_NAME["error_occurred"].kind, 2, 2, 0),
-        (KINDS_BY_NAME["printer_connected"].kind, 2, 0, 0),
+def synthetic_rows(count: int, start_ms: int, span_ms: int, rng: random.Random) -> list[RowValues]:
+    shapes = [
+        pack(KINDS_BY_NAME["job_created"].kind, 2, 0, 0),
+        pack(KINDS_BY_NAME["job_completed"].kind, 2, 3, 0),
+        pack(KINDS_BY_NAME["job_failed"].kind, 3, 2, 5),
+        pack(KINDS_BY_NAME["file_downloaded"].kind, 2, 2, 0),
+        pack(KINDS_BY_NAME["error_occurred"].kind, 2, 2, 0),
+        pack(KINDS_BY_NAME["printer_connected"].kind, 2, 0, 0),
     ]
     step = span_ms / count
-    return [
-        EventRow(start_ms + int(i * step), *rng.choice(kinds), None)  # type: ignore[call-arg]
-        for i in range(count)
-    ]
+    return [(start_ms + int(i * step), rng.choice(shapes), None) for i in range(count)]
 
 
 async def measure(size: int, runs: int) -> tuple[float, float, float]:

@@ -28,7 +28,7 @@ from stats_common.weeks import Week, weeks_between
 
 from . import consent as consent_mod
 from .consent import ConsentRecord, Identity, Override
-from .events import from_millis, to_event, to_millis, validate_batch
+from .events import EventDecoder, from_millis, to_event, to_millis
 from .report import (
     APP_STARTED,
     APP_STOPPED,
@@ -107,6 +107,7 @@ class StatsAgent:
         self.clock = clock
         self.country = country_for_timezone(config.timezone)
         self._consent: ConsentRecord | None = None  # cached; the agent is the only writer
+        self._decoder = EventDecoder()
 
     # --- consent -----------------------------------------------------------------
 
@@ -176,7 +177,7 @@ class StatsAgent:
             return RecordResult(stored=0, recording_disabled=True)
         now = self.clock()
         try:
-            rows = validate_batch(events, now)
+            rows = self._decoder.rows(events, now)
         except ValueError:
             await self.store.add_counter("rejected_events", len(events))
             raise

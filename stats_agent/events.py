@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from google.protobuf import timestamp_pb2
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from printernizer.stats.v1 import agent_service_pb2, usage_event_pb2
@@ -77,6 +78,23 @@ KINDS_BY_NAME: dict[str, KindSpec] = {f.name: _spec(f) for f in _KIND_ONEOF.fiel
 KINDS: dict[int, KindSpec] = {spec.kind: spec for spec in KINDS_BY_NAME.values()}
 
 
+# An event's kind and enum values are stored packed in one integer, its
+# "shape" (16 bits each: kind, f1, f2, f3): one column to bind and to group
+# by instead of four, which more than halves the cost of storing an event.
+_FIELD_BITS = 16
+_FIELD_MASK = (1 << _FIELD_BITS) - 1
+MAX_ENUM_VALUE = _FIELD_MASK
+
+
+def pack(kind: int, f1: int, f2: int, f3: int) -> int:
+    return (kind << 48) | (f1 << 32) | (f2 << 16) | f3
+
+
+def unpack(shape: int) -> tuple[int, int, int, int]:
+    """(kind, f1, f2, f3) of a packed shape."""
+    return shape >> 48, (shape >> 32) & _FIELD_MASK, (shape >> 16) & _FIELD_MASK, shape & _FIELD_MASK
+
+
 class EventRow(NamedTuple):
     """One event as stored: times in milliseconds since the epoch (UTC)."""
 
@@ -86,6 +104,18 @@ class EventRow(NamedTuple):
     f2: int
     f3: int
     payload: bytes | None
+
+    def packed(self) -> RowValues:
+        """The values storage writes: (occurred_at, shape, payload)."""
+        return self.occurred_at, pack(self.kind, self.f1, self.f2, self.f3), self.payload
+
+    @classmethod
+    def unpacked(cls, occurred_at: int, shape: int, payload: bytes | None) -> EventRow:
+        return cls(occurred_at, *unpack(shape), payload)
+
+
+# What storage writes for an event: (occurred_at, shape, payload).
+RowValues = tuple[int, int, bytes | None]
 
 
 def to_millis(moment: dt.datetime) -> int:
@@ -182,19 +212,84 @@ _MAX_SKEW_MS = int(MAX_CLOCK_SKEW.total_seconds() * 1000)
 _YEAR_2000_MS = 946_684_800_000
 
 
-def validate_batch(events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> list[EventRow]:
-    """All events of a batch, or InvalidEvent naming the first field that does
-    not fit (as "events[3].job_created.printer_type")."""
-    if len(events) > MAX_BATCH_EVENTS:
-        raise InvalidEvent("events", f"at most {MAX_BATCH_EVENTS} events per call, got {len(events)}")
-    now_ms = to_millis(now)
-    rows = []
-    for index, event in enumerate(events):
+_CACHE_LIMIT = 4096
+_TIMESTAMP_TAG = 0x0A  # UsageEvent.occurred_at: field 1, length-delimited
+
+
+class EventDecoder:
+    """Validates batches of events and turns them into rows, fast.
+
+    Reading a protobuf message's fields from Python costs far more than the
+    C code that serializes it, so each event is serialized once and split into
+    its timestamp part and its kind part (protobuf writes fields in number
+    order: `occurred_at`, field 1, comes first). The kind part, a handful of
+    bytes shared by many events, is validated once and cached; the timestamp
+    part is cached per second. Anything the cache has not seen takes the full
+    validation path.
+    """
+
+    def __init__(self) -> None:
+        self._kinds: dict[bytes, tuple[int, bytes | None]] = {}
+        self._times: dict[bytes, int] = {}
+
+    def rows(self, events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> list[RowValues]:
+        """All events of a batch as rows, or InvalidEvent naming the first
+        field that does not fit (as "events[3].job_created.printer_type")."""
+        if len(events) > MAX_BATCH_EVENTS:
+            raise InvalidEvent("events", f"at most {MAX_BATCH_EVENTS} events per call, got {len(events)}")
+        now_ms = to_millis(now)
+        latest = now_ms + _MAX_SKEW_MS
+        kinds, times = self._kinds, self._times
+        rows: list[RowValues] = []
+        for index, event in enumerate(events):
+            data = event.SerializeToString()
+            if data and data[0] == _TIMESTAMP_TAG:
+                end = 2 + data[1]
+                stamp, kind_part = data[2:end], data[end:]
+                occurred = times.get(stamp)
+                if occurred is None:
+                    occurred = self._time(stamp)
+                if not _YEAR_2000_MS <= occurred <= latest:
+                    self._raise(index, event, now_ms)
+            else:
+                kind_part, occurred = data, now_ms
+            shaped = kinds.get(kind_part)
+            if shaped is None:
+                shaped = self._kind(index, kind_part, now_ms)
+            rows.append((occurred, *shaped))
+        return rows
+
+    def _time(self, stamp: bytes) -> int:
+        moment = timestamp_pb2.Timestamp.FromString(stamp)
+        millis = moment.seconds * 1000 + moment.nanos // 1_000_000
+        if len(self._times) >= _CACHE_LIMIT:
+            self._times.clear()
+        self._times[stamp] = millis
+        return millis
+
+    def _kind(self, index: int, kind_part: bytes, now_ms: int) -> tuple[int, bytes | None]:
+        kind_only = usage_event_pb2.UsageEvent.FromString(kind_part)
         try:
-            rows.append(validate(event, now_ms))
+            _, shape, payload = validate(kind_only, now_ms).packed()
         except InvalidEvent as exc:
             raise InvalidEvent(f"events[{index}].{exc.field}", exc.description) from None
-    return rows
+        if len(self._kinds) >= _CACHE_LIMIT:
+            self._kinds.clear()
+        self._kinds[kind_part] = (shape, payload)
+        return shape, payload
+
+    @staticmethod
+    def _raise(index: int, event: usage_event_pb2.UsageEvent, now_ms: int) -> None:
+        try:
+            validate(event, now_ms)
+        except InvalidEvent as exc:
+            raise InvalidEvent(f"events[{index}].{exc.field}", exc.description) from None
+        raise AssertionError("an event with a time out of bounds passed validation")  # pragma: no cover
+
+
+def validate_batch(events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> list[RowValues]:
+    """All events of a batch as rows (see EventDecoder.rows), without caches."""
+    return EventDecoder().rows(events, now)
 
 
 def to_event(row: EventRow) -> usage_event_pb2.UsageEvent:

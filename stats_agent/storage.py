@@ -1,9 +1,11 @@
 """The agent's SQLite database: the one module that speaks SQL.
 
-WAL mode with `synchronous=FULL`: a batch of events is acknowledged only after
-its transaction is committed, so an agent killed at any moment (or a machine
-losing power) loses nothing it acknowledged. Events are written in batches,
-one transaction per call, never a commit per event.
+WAL mode with `synchronous=NORMAL`: a batch of events is acknowledged only
+after its transaction is committed, so an agent killed at any moment loses
+nothing it acknowledged. A power cut may lose the last commits (never corrupt
+the file): SQLite syncs the WAL at checkpoints rather than on every commit,
+which halves the cost of a batch. Events are written in batches, one
+transaction per call, never a commit per event.
 
 The schema is versioned with `PRAGMA user_version`; every migration has an
 upgrade and a downgrade, applied in one transaction each.
@@ -23,7 +25,7 @@ from typing import IO, Any
 
 import aiosqlite
 
-from .events import KINDS_BY_NAME, EventRow
+from .events import KINDS_BY_NAME, EventRow, RowValues, unpack
 
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
@@ -47,7 +49,6 @@ def week_index(millis: int) -> int:
 
 
 def _state_kind(kind: int) -> int:
-    # Interpolated as a literal so SQLite can use the kind's partial index.
     if kind not in STATE_KINDS:
         raise ValueError(f"event kind {kind} is not a state kind")
     return int(kind)
@@ -61,48 +62,51 @@ class Migration:
     downgrade: tuple[str, ...]
 
 
-# Events are stored in arrival order (their sequence number is the rowid) with
-# no per-row secondary index on the hot path: each index costs more per row
-# than the insert itself. Instead `event_weeks` keeps, per ISO week, the range
-# of sequence numbers its events were stored under (updated once per batch), so
-# a week is one rowid range scan. Each rare state-carrying kind (app start/stop,
-# feature on/off, fleet) has a partial index of its own (SQLite uses a partial
-# index only when the query names the kind exactly). The kind numbers are fixed
-# by the contract (EventKind); a test checks them against STATE_KINDS.
+# Events are stored in arrival order (their sequence number is the rowid), each
+# as its time, its packed shape (kind and enum values, see events.pack) and,
+# for the richer kinds, its payload, with no secondary index on the hot path:
+# an index costs more per event than the insert itself. `event_weeks` keeps,
+# per ISO week, the range of sequence numbers its events were stored under
+# (updated once per batch), so a week is one rowid range scan. The rare
+# state-carrying kinds (app start/stop, feature on/off, fleet) are also listed
+# in `state_events`, indexed by kind and time; the kind numbers are fixed by
+# the contract (EventKind) and checked by a test.
 STATE_KIND_NUMBERS = (1, 2, 11, 12, 13)
+_STATE_KINDS_SQL = ", ".join(str(kind) for kind in STATE_KIND_NUMBERS)
 
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "events, weeks, settings and counters",
+        "events, weeks, state events, settings and counters",
         (
             """CREATE TABLE events (
                 seq INTEGER PRIMARY KEY,
-                recorded_at INTEGER NOT NULL,
                 occurred_at INTEGER NOT NULL,
-                kind INTEGER NOT NULL,
-                f1 INTEGER NOT NULL DEFAULT 0,
-                f2 INTEGER NOT NULL DEFAULT 0,
-                f3 INTEGER NOT NULL DEFAULT 0,
-                payload BLOB
+                shape INTEGER NOT NULL,
+                payload BLOB,
+                recorded_at INTEGER NOT NULL
             )""",
-            *(
-                f"CREATE INDEX events_kind_{k} ON events (occurred_at) WHERE kind = {k}"
-                for k in STATE_KIND_NUMBERS
-            ),
             """CREATE TABLE event_weeks (
                 week INTEGER PRIMARY KEY,
                 first_seq INTEGER NOT NULL,
                 last_seq INTEGER NOT NULL
             )""",
+            """CREATE TABLE state_events (
+                seq INTEGER PRIMARY KEY REFERENCES events (seq) ON DELETE CASCADE,
+                kind INTEGER NOT NULL,
+                occurred_at INTEGER NOT NULL,
+                f1 INTEGER NOT NULL
+            )""",
+            "CREATE INDEX state_events_by_kind ON state_events (kind, occurred_at)",
             "CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
             "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         ),
         (
             "DROP TABLE counters",
             "DROP TABLE settings",
+            "DROP INDEX state_events_by_kind",
+            "DROP TABLE state_events",
             "DROP TABLE event_weeks",
-            *(f"DROP INDEX events_kind_{k}" for k in STATE_KIND_NUMBERS),
             "DROP TABLE events",
         ),
     ),
@@ -243,7 +247,7 @@ class AgentStore:
         try:
             os.chmod(path, 0o600)
             await db.execute("PRAGMA journal_mode = WAL")
-            await db.execute("PRAGMA synchronous = FULL")
+            await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             await db.execute("PRAGMA busy_timeout = 5000")
             if migrate_to is not None:
@@ -286,15 +290,17 @@ class AgentStore:
 
     # --- events --------------------------------------------------------------
 
-    async def append_events(self, rows: Sequence[EventRow], recorded_at: int, dropped_by_client: int) -> None:
-        """Store a batch in one transaction, with its week ranges, its per-kind
-        totals and the client's drop count."""
+    async def append_events(
+        self, rows: Sequence[RowValues], recorded_at: int, dropped_by_client: int
+    ) -> None:
+        """Store a batch in one transaction, with its week ranges, its state
+        events, its per-kind totals and the client's drop count."""
         async with self._transaction() as db:
             before = await self._scalar(db, "SELECT COALESCE(MAX(seq), 0) FROM events")
             # The rows go in as they are (one shared recorded_at, an integer).
             await db.executemany(
-                "INSERT INTO events (occurred_at, kind, f1, f2, f3, payload, recorded_at) "  # noqa: S608
-                f"VALUES (?, ?, ?, ?, ?, ?, {int(recorded_at)})",
+                "INSERT INTO events (occurred_at, shape, payload, recorded_at) "  # noqa: S608
+                f"VALUES (?, ?, ?, {int(recorded_at)})",
                 rows,
             )
             await db.execute(
@@ -305,8 +311,14 @@ class AgentStore:
                 (WEEK_EPOCH_MS, WEEK_MS, before),
             )
             await db.execute(
+                "INSERT INTO state_events (seq, kind, occurred_at, f1) "  # noqa: S608 - fixed integers
+                f"SELECT seq, shape >> 48, occurred_at, (shape >> 32) & 65535 FROM events "
+                f"WHERE seq > ? AND shape >> 48 IN ({_STATE_KINDS_SQL})",
+                (before,),
+            )
+            await db.execute(
                 "INSERT INTO counters (name, value) "
-                "SELECT 'events.' || kind, COUNT(*) FROM events WHERE seq > ? GROUP BY kind "
+                "SELECT 'events.' || (shape >> 48), COUNT(*) FROM events WHERE seq > ? GROUP BY shape >> 48 "
                 "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                 (before,),
             )
@@ -336,21 +348,21 @@ class AgentStore:
         if seqs is None:
             return []
         rows = await self._all(
-            "SELECT kind, f1, f2, f3, COUNT(*) FROM events "
+            "SELECT shape, COUNT(*) FROM events "
             "WHERE seq BETWEEN ? AND ? AND seq > ? AND occurred_at >= ? AND occurred_at < ? "
-            "GROUP BY kind, f1, f2, f3",
+            "GROUP BY shape",
             (*seqs, after_seq, start, end),
         )
-        return [(int(k), int(a), int(b), int(c), int(n)) for k, a, b, c, n in rows]
+        return [(*unpack(int(shape)), int(count)) for shape, count in rows]
 
     async def latest_of_kind(self, kind: int, before: int, after_seq: int = 0) -> StoredRow | None:
         """The newest event of a state kind that happened before `before`
         (among those stored after `after_seq`)."""
         row = await self._one(
-            "SELECT seq, recorded_at, occurred_at, kind, f1, f2, f3, payload FROM events "  # noqa: S608
-            f"WHERE kind = {_state_kind(kind)} AND occurred_at < ? AND seq > ? "
-            "ORDER BY occurred_at DESC, seq DESC LIMIT 1",
-            (before, after_seq),
+            f"SELECT {_EVENT_COLUMNS} FROM state_events s JOIN events e ON e.seq = s.seq "  # noqa: S608
+            "WHERE s.kind = ? AND s.occurred_at < ? AND s.seq > ? "
+            "ORDER BY s.occurred_at DESC, s.seq DESC LIMIT 1",
+            (_state_kind(kind), before, after_seq),
         )
         return _stored(row) if row else None
 
@@ -360,9 +372,8 @@ class AgentStore:
         latest: dict[int, tuple[int, int, int]] = {}
         for kind in kinds:
             rows = await self._all(
-                f"SELECT f1, occurred_at, seq FROM events WHERE kind = {_state_kind(kind)} "  # noqa: S608
-                "AND occurred_at < ?",
-                (before,),
+                "SELECT f1, occurred_at, seq FROM state_events WHERE kind = ? AND occurred_at < ?",
+                (_state_kind(kind), before),
             )
             for f1, occurred_at, seq in rows:
                 if f1 not in latest or (occurred_at, seq) > latest[f1][:2]:
@@ -386,9 +397,9 @@ class AgentStore:
         found: list[tuple[int, int, int]] = []
         for kind in kinds:
             rows = await self._all(
-                f"SELECT occurred_at, seq FROM events WHERE kind = {_state_kind(kind)} "  # noqa: S608
+                "SELECT occurred_at, seq FROM state_events WHERE kind = ? "
                 "AND occurred_at >= ? AND occurred_at < ? AND seq > ?",
-                (start, end, after_seq),
+                (_state_kind(kind), start, end, after_seq),
             )
             found += [(int(t), int(q), kind) for t, q in rows]
         return [(moment, kind) for moment, _, kind in sorted(found)]
@@ -435,8 +446,7 @@ class AgentStore:
         after = 0
         while True:
             rows = await self._all(
-                "SELECT seq, recorded_at, occurred_at, kind, f1, f2, f3, payload FROM events "
-                "WHERE seq > ? ORDER BY seq LIMIT ?",
+                f"SELECT {_EVENT_COLUMNS} FROM events e WHERE seq > ? ORDER BY seq LIMIT ?",  # noqa: S608
                 (after, page_size),
             )
             if not rows:
@@ -452,12 +462,13 @@ class AgentStore:
         in one transaction."""
         seqs = await self._seq_range(0, cutoff)
         kept = ", ".join(str(int(seq)) for seq in keep) or "NULL"
-        # Old weeks' ranges, plus the state kinds' own (indexed) old events: a
-        # state event kept at an earlier pruning may be superseded by now.
-        conditions = [f"kind = {kind} AND occurred_at < ?" for kind in sorted(STATE_KINDS)]
-        params: list[tuple[int, ...]] = [(cutoff,)] * len(conditions)
+        # Old weeks' ranges, plus old state events (a state event kept at an
+        # earlier pruning may be superseded by now).
+        old_state = f"SELECT seq FROM state_events WHERE occurred_at < ? AND seq NOT IN ({kept})"  # noqa: S608
+        conditions = [f"seq IN ({old_state})"]
+        params: list[tuple[int, ...]] = [(cutoff,)]
         if seqs is not None:
-            conditions.append("seq BETWEEN ? AND ? AND occurred_at < ?")
+            conditions.append(f"seq BETWEEN ? AND ? AND occurred_at < ? AND seq NOT IN ({kept})")
             params.append((*seqs, cutoff))
         deleted = 0
         async with self._transaction() as db:
@@ -465,12 +476,11 @@ class AgentStore:
                 "INSERT OR REPLACE INTO week_summaries (week, activity) VALUES (?, ?)",
                 list(summaries.items()),
             )
-            for condition, values in zip(conditions, params, strict=True):
-                where = f"{condition} AND seq NOT IN ({kept})"
+            for where, values in zip(conditions, params, strict=True):
                 await db.execute(
                     "INSERT INTO counters (name, value) "  # noqa: S608 - only checked integers are interpolated
-                    f"SELECT 'events.' || kind, -COUNT(*) FROM events WHERE {where} GROUP BY kind "
-                    "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
+                    f"SELECT 'events.' || (shape >> 48), -COUNT(*) FROM events WHERE {where} "
+                    "GROUP BY shape >> 48 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
                     values,
                 )
                 cursor = await db.execute(f"DELETE FROM events WHERE {where}", values)  # noqa: S608
@@ -572,6 +582,7 @@ class AgentStore:
         `keep_settings`) in one transaction; returns (events, reports) deleted.
         Unconfirmed deletion requests stay: they are how the server's copy goes."""
         async with self._transaction() as db:
+            await db.execute("DELETE FROM state_events")
             events = (await db.execute("DELETE FROM events")).rowcount
             await db.execute("DELETE FROM event_weeks")
             reports = (await db.execute("DELETE FROM sent_reports")).rowcount
@@ -586,17 +597,13 @@ class AgentStore:
             return events, reports
 
 
+_EVENT_COLUMNS = "e.seq, e.recorded_at, e.occurred_at, e.shape, e.payload"
+
+
 def _stored(row: tuple[Any, ...]) -> StoredRow:
-    seq, recorded_at, occurred_at, kind, f1, f2, f3, payload = row
+    seq, recorded_at, occurred_at, shape, payload = row
     return StoredRow(
         seq=int(seq),
         recorded_at=int(recorded_at),
-        row=EventRow(
-            occurred_at=int(occurred_at),
-            kind=int(kind),
-            f1=int(f1),
-            f2=int(f2),
-            f3=int(f3),
-            payload=bytes(payload) if payload is not None else None,
-        ),
+        row=EventRow.unpacked(int(occurred_at), int(shape), bytes(payload) if payload is not None else None),
     )

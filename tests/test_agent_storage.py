@@ -14,8 +14,16 @@ from printernizer.stats.v1 import agent_service_pb2, common_pb2
 
 from stats_agent.agent import AgentConfig, StatsAgent
 from stats_agent.consent import Override
-from stats_agent.events import EventRow, to_millis
-from stats_agent.storage import LATEST_VERSION, AgentStore, SentReportRow, StorageError, migrate
+from stats_agent.events import KINDS_BY_NAME, MAX_ENUM_VALUE, EventRow, pack, to_millis, unpack
+from stats_agent.storage import (
+    LATEST_VERSION,
+    STATE_KIND_NUMBERS,
+    STATE_KINDS,
+    AgentStore,
+    SentReportRow,
+    StorageError,
+    migrate,
+)
 from stats_common.weeks import Week
 
 from .agent_harness import FakeClock, app_started, app_stopped, error_occurred, job_completed, job_created
@@ -42,11 +50,12 @@ def read(path: Path, sql: str) -> list[tuple[object, ...]]:
         connection.close()
 
 
-ROWS = [
+LOGICAL_ROWS = [
     EventRow(occurred_at=1_767_600_000_000, kind=3, f1=2, f2=0, f3=0, payload=None),
     EventRow(occurred_at=1_767_600_001_000, kind=4, f1=2, f2=3, f3=0, payload=None),
     EventRow(occurred_at=1_767_600_002_000, kind=13, f1=0, f2=0, f3=0, payload=b"\x0a\x04\x08\x03\x10\x02"),
 ]
+ROWS = [row.packed() for row in LOGICAL_ROWS]
 # What each version must have (indexes may change; these tables may not).
 VERSION_1_TABLES = {"events", "settings", "counters"}
 VERSION_2_TABLES = {"sent_reports", "deletion_requests", "week_summaries"}
@@ -88,7 +97,7 @@ async def select(db: aiosqlite.Connection, sql: str) -> list[tuple[object, ...]]
         return [tuple(r) for r in await cursor.fetchall()]
 
 
-EVENTS_SQL = "SELECT seq, recorded_at, occurred_at, kind, f1, f2, f3, payload FROM events ORDER BY seq"
+EVENTS_SQL = "SELECT seq, recorded_at, occurred_at, shape, payload FROM events ORDER BY seq"
 
 
 async def test_migrate_down_and_up_keeps_events_and_settings(
@@ -99,7 +108,8 @@ async def test_migrate_down_and_up_keeps_events_and_settings(
     assert latest >= VERSION_1_TABLES | VERSION_2_TABLES
     events = await select(connection, EVENTS_SQL)
     assert len(events) == 3
-    assert events[2][7] == ROWS[2].payload
+    assert events[2][4] == LOGICAL_ROWS[2].payload
+    assert [unpack(e[3]) for e in events] == [(r.kind, r.f1, r.f2, r.f3) for r in LOGICAL_ROWS]
     settings = await select(connection, "SELECT key, value FROM settings ORDER BY key")
     assert settings == [("consent.chosen", b"1"), ("x.other", b"\x00\xff")]
     counters = await select(connection, "SELECT name, value FROM counters ORDER BY name")
@@ -196,7 +206,7 @@ async def test_unusable_database_path_is_a_storage_error(tmp_path: Path) -> None
 # --- durability and permissions ---------------------------------------------------------------
 
 
-async def test_wal_full_sync_and_private_files(tmp_path: Path) -> None:
+async def test_wal_normal_sync_and_private_files(tmp_path: Path) -> None:
     path = tmp_path / "new" / "private" / "agent.db"
     store = await AgentStore.open(path)
     try:
@@ -204,7 +214,7 @@ async def test_wal_full_sync_and_private_files(tmp_path: Path) -> None:
         async with store._db.execute("PRAGMA journal_mode") as cursor:  # the agent's own connection
             assert await cursor.fetchone() == ("wal",)
         async with store._db.execute("PRAGMA synchronous") as cursor:
-            assert await cursor.fetchone() == (2,)  # FULL
+            assert await cursor.fetchone() == (1,)  # NORMAL: durable across a killed agent in WAL mode
         assert stat.S_IMODE(path.stat().st_mode) == 0o600
         for suffix in ("-wal", "-shm"):
             side = path.with_name(path.name + suffix)
@@ -229,7 +239,7 @@ async def test_a_failing_batch_stores_nothing(tmp_path: Path) -> None:
     store = await AgentStore.open(tmp_path / "agent.db")
     try:
         await store.append_events(ROWS[:1], recorded_at=1, dropped_by_client=0)
-        broken = EventRow(occurred_at=None, kind=3, f1=0, f2=0, f3=0, payload=None)  # type: ignore[arg-type]
+        broken = (None, pack(3, 0, 0, 0), None)
         with pytest.raises(sqlite3.IntegrityError):
             await store.append_events([*ROWS, broken], recorded_at=2, dropped_by_client=5)
         assert await store.event_count() == 1
@@ -335,3 +345,17 @@ async def test_prune_keeps_the_uptime_of_a_run_across_the_cutoff(
     assert set(await agent.store.week_summaries()) == {W44.key}
     after = await agent.local_activity(5)
     assert [a.usage.uptime_hours for a in after] == [0, 4, 6, 0, 0]
+
+
+def test_state_kind_numbers_are_the_contracts() -> None:
+    """The migration names the state kinds by number; the contract must agree."""
+    assert set(STATE_KIND_NUMBERS) == STATE_KINDS
+
+
+def test_every_event_enum_value_fits_its_packed_field() -> None:
+    for spec in KINDS_BY_NAME.values():
+        assert 0 < spec.kind < 2**15, spec.field.name
+        for column, allowed in zip(spec.columns, spec.allowed, strict=True):
+            assert max(allowed) <= MAX_ENUM_VALUE, column.full_name
+    row = EventRow(1, 13, MAX_ENUM_VALUE, 7, MAX_ENUM_VALUE, None)
+    assert EventRow.unpacked(*row.packed()) == row

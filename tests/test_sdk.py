@@ -24,6 +24,7 @@ from printernizer.stats.v1 import (
 
 from stats_agent.agent import AgentConfig
 from stats_agent.consent import Override
+from stats_agent.events import unpack
 from stats_agent.sdk import (
     AppStarted,
     Component,
@@ -50,6 +51,8 @@ from stats_agent.sdk import (
 )
 from stats_agent.sdk.client import _Encoder
 from stats_agent.server import ServerConfig, serve
+
+EVENT_KIND_ERROR_OCCURRED = agent_service_pb2.EVENT_KIND_ERROR_OCCURRED
 
 # Generous bound for "returns at once": a blocking RPC or a retry sleep would
 # take far longer; this is a behaviour check, not a benchmark.
@@ -255,9 +258,8 @@ def test_error_events_carry_the_class_only(agent: AgentThread) -> None:
     assert b"alice" not in raw
     assert b"secret" not in raw
     with contextlib.closing(sqlite3.connect(agent.db_path)) as db:
-        assert db.execute("SELECT f1, f2 FROM events").fetchall() == [
-            (ErrorType.PERMISSION_DENIED, Component.FILE_SERVICE)
-        ]
+        shapes = [unpack(shape) for (shape,) in db.execute("SELECT shape FROM events")]
+        assert shapes == [(EVENT_KIND_ERROR_OCCURRED, ErrorType.PERMISSION_DENIED, Component.FILE_SERVICE, 0)]
 
 
 # --- The host never waits and never sees an exception -------------------------------

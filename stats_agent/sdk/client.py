@@ -146,28 +146,55 @@ class _Encoder:
         body = self.time_part(int(when)) + self.kind_part(key)
         return _frame(body)
 
-    def batch(self, items: list[tuple[float, Any]]) -> tuple[list[bytes], int]:
-        """Encode buffered items; returns (framed events, count of invalid ones).
+    def batch(self, times: list[float], parts: list[Any]) -> tuple[list[bytes], int]:
+        """Frame buffered events; returns (framed events, count of invalid ones).
 
-        The loop inlines the cache look-ups: it runs for every event sent."""
-        kinds, seconds = self._kinds, self._seconds
+        `parts` holds encoded kind parts (bytes), or typed events to encode
+        here. The loop inlines the cache look-ups: it runs for every event."""
+        seconds = self._seconds
         framed: list[bytes] = []
         invalid = 0
-        for when, key in items:
+        for when, part in zip(times, parts, strict=True):
             try:
-                if isinstance(key, UsageEvent):
-                    occurred, key = _key_of(key)
+                if type(part) is not bytes:  # a typed event
+                    occurred, key = _key_of(part)
                     when = occurred or when
+                    part = self.kind_part(key)
                 second = int(when)
-                body = (seconds.get(second) or self.time_part(second)) + (
-                    kinds.get(key) or self.kind_part(key)
-                )
+                body = (seconds.get(second) or self.time_part(second)) + part
             except Exception:
                 invalid += 1
                 continue
             size = len(body)
             framed.append((_SHORT_FRAMES[size] if size < 128 else _EVENTS_TAG + _varint(size)) + body)
         return framed, invalid
+
+
+class _Parts(dict[Any, Any]):
+    """The encoded kind parts of one event kind, by its enum values.
+
+    One dict level per enum field, keyed by the enum members: a hit is a plain
+    subscript (C code, no tuple built), which keeps the host's cost per call
+    small. A miss builds the next level, or encodes and validates the event's
+    kind through the encoder; None means the values do not fit the contract
+    (not stored, so a mistake is counted each time)."""
+
+    def __init__(self, kind: str, encoder: _Encoder, depth: int, prefix: tuple[Any, ...] = ()) -> None:
+        super().__init__()
+        self.kind, self._encoder, self._depth, self._prefix = kind, encoder, depth, prefix
+
+    def __missing__(self, value: Any) -> Any:
+        values = (*self._prefix, value)
+        if len(values) < self._depth:
+            found: Any = _Parts(self.kind, self._encoder, self._depth, values)
+        else:
+            try:
+                found = self._encoder.kind_part((self.kind, *values))
+            except Exception:
+                return None
+        if len(self) < _CACHE_LIMIT:
+            self[value] = found
+        return found
 
 
 def _frame(body: bytes) -> bytes:
@@ -210,7 +237,10 @@ class StatsClient:
         self._flush_interval = flush_interval
         self._call_timeout = call_timeout
         self._error_types = dict(error_types or {})
-        self._buffer: deque[tuple[float, Any]] = deque()
+        # Two deques, not one of (time, part) tuples: recording then creates no
+        # container object per event, so the garbage collector has nothing to do.
+        self._times: deque[float] = deque()
+        self._parts: deque[Any] = deque()
         self._pending: list[bytes] = []  # encoded, sent but not yet acknowledged
         # Events dropped (buffer full, or recording disabled at the agent) and
         # not yet reported to the agent; the sender moves them to _dropped.
@@ -225,17 +255,32 @@ class StatsClient:
         self._stopping = threading.Event()
         self._lock = threading.Lock()  # guards the flush, not record()
         self._encoder = _Encoder()
+        encoder = self._encoder
+        self._job_created = _Parts("job_created", encoder, 1)
+        self._job_completed = _Parts("job_completed", encoder, 2)
+        self._job_failed = _Parts("job_failed", encoder, 3)
+        self._file_downloaded = _Parts("file_downloaded", encoder, 2)
+        self._file_uploaded = _Parts("file_uploaded", encoder, 2)
+        self._printer_connected = _Parts("printer_connected", encoder, 1)
+        self._printer_disconnected = _Parts("printer_disconnected", encoder, 1)
+        self._feature_enabled = _Parts("feature_enabled", encoder, 1)
+        self._feature_disabled = _Parts("feature_disabled", encoder, 1)
+        self._error_occurred = _Parts("error_occurred", encoder, 2)
+        self._app_stopped = encoder.kind_part(("app_stopped",))
         self._thread: threading.Thread | None = None
         self._start()
 
     # --- recording (the hot path) ------------------------------------------------
 
-    def _put(self, key: Any) -> None:
-        # The hot path: keep it to a length check and an append.
-        buffer = self._buffer
-        if len(buffer) < self._limit:
-            buffer.append((_now(), key))
-            if len(buffer) == self._batch_size:
+    def _put(self, part: bytes | UsageEvent | None) -> None:
+        # The hot path: a length check and two appends.
+        parts = self._parts
+        if part is None:
+            self._invalid += 1
+        elif len(parts) < self._limit:
+            self._times.append(_now())
+            parts.append(part)
+            if len(parts) == self._batch_size:
                 self._wake.set()
         else:
             self._dropped_unreported += 1
@@ -248,11 +293,14 @@ class StatsClient:
             self._invalid += 1
 
     def job_created(self, printer_type: PrinterType) -> None:
-        self._put(("job_created", printer_type))
+        try:
+            self._put(self._job_created[printer_type])
+        except Exception:
+            self._invalid += 1
 
     def job_completed(self, printer_type: PrinterType, duration_seconds: float) -> None:
         try:
-            self._put(("job_completed", printer_type, job_duration_bucket(duration_seconds)))
+            self._put(self._job_completed[printer_type][job_duration_bucket(duration_seconds)])
         except Exception:
             self._invalid += 1
 
@@ -260,36 +308,45 @@ class StatsClient:
         self, printer_type: PrinterType, duration_seconds: float, reason: JobFailureReason
     ) -> None:
         try:
-            self._put(("job_failed", printer_type, job_duration_bucket(duration_seconds), reason))
+            self._put(self._job_failed[printer_type][job_duration_bucket(duration_seconds)][reason])
         except Exception:
             self._invalid += 1
 
     def file_downloaded(self, size_bytes: int, file_type: FileType) -> None:
         try:
-            self._put(("file_downloaded", file_size_bucket(size_bytes), file_type))
+            self._put(self._file_downloaded[file_size_bucket(size_bytes)][file_type])
         except Exception:
             self._invalid += 1
 
     def file_uploaded(self, size_bytes: int, file_type: FileType) -> None:
         try:
-            self._put(("file_uploaded", file_size_bucket(size_bytes), file_type))
+            self._put(self._file_uploaded[file_size_bucket(size_bytes)][file_type])
         except Exception:
             self._invalid += 1
 
     def printer_connected(self, printer_type: PrinterType) -> None:
-        self._put(("printer_connected", printer_type))
+        try:
+            self._put(self._printer_connected[printer_type])
+        except Exception:
+            self._invalid += 1
 
     def printer_disconnected(self, printer_type: PrinterType) -> None:
-        self._put(("printer_disconnected", printer_type))
+        try:
+            self._put(self._printer_disconnected[printer_type])
+        except Exception:
+            self._invalid += 1
 
     def feature(self, feature: Feature, enabled: bool) -> None:
-        self._put(("feature_enabled" if enabled else "feature_disabled", feature))
+        try:
+            self._put((self._feature_enabled if enabled else self._feature_disabled)[feature])
+        except Exception:
+            self._invalid += 1
 
     def error(self, exc: BaseException, component: Component) -> None:
         """Record an error by the exception's class only: never its message or
         traceback, which may hold paths, host names or user input."""
         try:
-            self._put(("error_occurred", error_type_for(exc, self._error_types), component))
+            self._put(self._error_occurred[error_type_for(exc, self._error_types)][component])
         except Exception:
             self._invalid += 1
 
@@ -319,13 +376,16 @@ class StatsClient:
             self._invalid += 1
 
     def app_stopped(self) -> None:
-        self._put(("app_stopped",))
+        try:
+            self._put(self._app_stopped)
+        except Exception:
+            self._invalid += 1
 
     # --- diagnostics ---------------------------------------------------------------
 
     def stats(self) -> ClientStats:
         return ClientStats(
-            buffered=len(self._buffer) + len(self._pending),
+            buffered=len(self._parts) + len(self._pending),
             sent=self._sent,
             dropped=self._dropped + self._dropped_unreported,
             invalid=self._invalid,
@@ -345,11 +405,11 @@ class StatsClient:
         deadline = time.monotonic() + timeout
         self._wake.set()
         while time.monotonic() < deadline:
-            if not self._buffer and not self._pending:
+            if not self._parts and not self._pending:
                 return True
             time.sleep(0.005)
             self._wake.set()
-        return not self._buffer and not self._pending
+        return not self._parts and not self._pending
 
     def close(self, timeout: float = 2.0) -> None:
         """Send what is buffered (waiting at most `timeout`) and stop."""
@@ -386,9 +446,12 @@ class StatsClient:
 
     def _take_batch(self) -> None:
         """Move up to batch_size buffered events into the pending, encoded batch."""
-        buffer = self._buffer
-        count = min(self._batch_size - len(self._pending), len(buffer))
-        framed, invalid = self._encoder.batch([buffer.popleft() for _ in range(count)])
+        times, parts = self._times, self._parts
+        # A recorder may have appended a time but not yet its part: take pairs only.
+        count = min(self._batch_size - len(self._pending), len(times), len(parts))
+        framed, invalid = self._encoder.batch(
+            [times.popleft() for _ in range(count)], [parts.popleft() for _ in range(count)]
+        )
         self._pending += framed
         self._invalid += invalid
 
@@ -417,13 +480,14 @@ class StatsClient:
                     # Nothing is recorded: stop buffering for a while.
                     self._limit = 0
                     self._resume_at = time.monotonic() + _DISABLED_RECHECK_SECONDS
-                    self._dropped += len(self._pending) + len(self._buffer)
+                    self._dropped += len(self._pending) + len(self._parts)
                     self._pending.clear()
-                    self._buffer.clear()
+                    self._parts.clear()
+                    self._times.clear()
                     return 0.0
                 self._sent += len(self._pending)
                 self._pending.clear()
-                if not self._buffer:
+                if not self._parts:
                     return 0.0
 
     def _failed(self, exc: grpc.RpcError, backoff: float) -> float:

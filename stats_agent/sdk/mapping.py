@@ -7,6 +7,7 @@ Exact durations and sizes become buckets, exception classes become error types
 from __future__ import annotations
 
 import asyncio
+import bisect
 import errno
 import platform as _platform
 import re
@@ -39,18 +40,19 @@ _SIZE_BOUNDS = (
 )
 
 
+_DURATION_LIMITS = [bound for bound, _ in _DURATION_BOUNDS]
+_DURATION_BUCKETS = [bucket for _, bucket in _DURATION_BOUNDS] + [JobDurationBucket.AT_LEAST_24_HOURS]
+_SIZE_LIMITS = [bound for bound, _ in _SIZE_BOUNDS]
+_SIZE_BUCKETS = [bucket for _, bucket in _SIZE_BOUNDS] + [FileSizeBucket.AT_LEAST_1_GB]
+
+
 def job_duration_bucket(seconds: float) -> JobDurationBucket:
-    for bound, bucket in _DURATION_BOUNDS:
-        if seconds < bound:
-            return bucket
-    return JobDurationBucket.AT_LEAST_24_HOURS
+    """The bucket whose upper bound is the first one above `seconds`."""
+    return _DURATION_BUCKETS[bisect.bisect_right(_DURATION_LIMITS, seconds)]
 
 
 def file_size_bucket(size_bytes: int) -> FileSizeBucket:
-    for bound, bucket in _SIZE_BOUNDS:
-        if size_bytes < bound:
-            return bucket
-    return FileSizeBucket.AT_LEAST_1_GB
+    return _SIZE_BUCKETS[bisect.bisect_right(_SIZE_LIMITS, size_bytes)]
 
 
 _VERSION = re.compile(r"^\s*v?(\d{1,5})(?:\.(\d{1,5}))?(?:\.(\d{1,5}))?(.*)$")
