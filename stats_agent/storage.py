@@ -27,6 +27,8 @@ import aiosqlite
 
 from .events import KINDS_BY_NAME, EventRow, RowValues, unpack
 
+MMAP_BYTES = 256 * 1024 * 1024
+CACHE_KIB = 32 * 1024
 DAY_MS = 86_400_000
 WEEK_MS = 7 * DAY_MS
 # 1970-01-05 was a Monday: ISO weeks are the 7-day blocks counted from it.
@@ -48,6 +50,17 @@ def week_index(millis: int) -> int:
     return (millis - WEEK_EPOCH_MS) // WEEK_MS
 
 
+def _count_shapes(where: str, sign: str = "") -> str:
+    """SQL adding (or, with sign "-", removing) the events matching `where`
+    to the per-week counts of their shapes."""
+    return (
+        "INSERT INTO week_shapes (week, shape, count) "  # noqa: S608 - fixed fragments only
+        f"SELECT (occurred_at - {WEEK_EPOCH_MS}) / {WEEK_MS}, shape, {sign}COUNT(*) FROM events "
+        f"WHERE {where} GROUP BY 1, 2 "
+        "ON CONFLICT (week, shape) DO UPDATE SET count = count + excluded.count"
+    )
+
+
 def _state_kind(kind: int) -> int:
     if kind not in STATE_KINDS:
         raise ValueError(f"event kind {kind} is not a state kind")
@@ -67,7 +80,9 @@ class Migration:
 # for the richer kinds, its payload, with no secondary index on the hot path:
 # an index costs more per event than the insert itself. `event_weeks` keeps,
 # per ISO week, the range of sequence numbers its events were stored under
-# (updated once per batch), so a week is one rowid range scan. The rare
+# (updated once per batch), so a week is one rowid range scan, and
+# `week_shapes` counts each week's events per shape, so a whole week stored
+# after consent needs no scan at all (a week holds a few dozen shapes). The rare
 # state-carrying kinds (app start/stop, feature on/off, fleet) are also listed
 # in `state_events`, indexed by kind and time; the kind numbers are fixed by
 # the contract (EventKind) and checked by a test.
@@ -77,7 +92,7 @@ _STATE_KINDS_SQL = ", ".join(str(kind) for kind in STATE_KIND_NUMBERS)
 MIGRATIONS: tuple[Migration, ...] = (
     Migration(
         1,
-        "events, weeks, state events, settings and counters",
+        "events, weeks, week shapes, state events, settings and counters",
         (
             """CREATE TABLE events (
                 seq INTEGER PRIMARY KEY,
@@ -98,12 +113,19 @@ MIGRATIONS: tuple[Migration, ...] = (
                 f1 INTEGER NOT NULL
             )""",
             "CREATE INDEX state_events_by_kind ON state_events (kind, occurred_at)",
+            """CREATE TABLE week_shapes (
+                week INTEGER NOT NULL,
+                shape INTEGER NOT NULL,
+                count INTEGER NOT NULL,
+                PRIMARY KEY (week, shape)
+            ) WITHOUT ROWID""",
             "CREATE TABLE settings (key TEXT PRIMARY KEY, value BLOB NOT NULL)",
             "CREATE TABLE counters (name TEXT PRIMARY KEY, value INTEGER NOT NULL)",
         ),
         (
             "DROP TABLE counters",
             "DROP TABLE settings",
+            "DROP TABLE week_shapes",
             "DROP INDEX state_events_by_kind",
             "DROP TABLE state_events",
             "DROP TABLE event_weeks",
@@ -250,6 +272,10 @@ class AgentStore:
             await db.execute("PRAGMA synchronous = NORMAL")
             await db.execute("PRAGMA foreign_keys = ON")
             await db.execute("PRAGMA busy_timeout = 5000")
+            # A week of a busy installation is a few MB of rows: read them through
+            # memory-mapped I/O and a cache that holds them, not page by page.
+            await db.execute(f"PRAGMA mmap_size = {MMAP_BYTES}")
+            await db.execute(f"PRAGMA cache_size = -{CACHE_KIB}")
             if migrate_to is not None:
                 await migrate(db, migrate_to)
         except (OSError, sqlite3.Error) as exc:
@@ -294,7 +320,7 @@ class AgentStore:
         self, rows: Sequence[RowValues], recorded_at: int, dropped_by_client: int
     ) -> None:
         """Store a batch in one transaction, with its week ranges, its state
-        events, its per-kind totals and the client's drop count."""
+        events, its per-week counts and the client's drop count."""
         async with self._transaction() as db:
             before = await self._scalar(db, "SELECT COALESCE(MAX(seq), 0) FROM events")
             # The rows go in as they are (one shared recorded_at, an integer).
@@ -316,12 +342,7 @@ class AgentStore:
                 f"WHERE seq > ? AND shape >> 48 IN ({_STATE_KINDS_SQL})",
                 (before,),
             )
-            await db.execute(
-                "INSERT INTO counters (name, value) "
-                "SELECT 'events.' || (shape >> 48), COUNT(*) FROM events WHERE seq > ? GROUP BY shape >> 48 "
-                "ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                (before,),
-            )
+            await db.execute(_count_shapes("seq > ?"), (before,))
             if dropped_by_client:
                 await self._add_counter(db, "dropped_events", dropped_by_client)
 
@@ -347,6 +368,13 @@ class AgentStore:
         seqs = await self._seq_range(start, end)
         if seqs is None:
             return []
+        week = week_index(start)
+        if start == WEEK_EPOCH_MS + week * WEEK_MS and end == start + WEEK_MS and seqs[0] > after_seq:
+            # A whole week, every event of it stored after `after_seq`: its counts are kept.
+            kept = await self._all(
+                "SELECT shape, count FROM week_shapes WHERE week = ? AND count > 0", (week,)
+            )
+            return [(*unpack(int(shape)), int(count)) for shape, count in kept]
         rows = await self._all(
             "SELECT shape, COUNT(*) FROM events "
             "WHERE seq BETWEEN ? AND ? AND seq > ? AND occurred_at >= ? AND occurred_at < ? "
@@ -419,9 +447,11 @@ class AgentStore:
         return int(row[0]) if row and row[0] is not None else None
 
     async def event_totals(self) -> list[tuple[int, int]]:
-        """(kind, stored events) for every kind stored, kept current on every write."""
-        rows = await self._all("SELECT name, value FROM counters WHERE name LIKE 'events.%' AND value > 0")
-        return sorted((int(name.removeprefix("events.")), int(value)) for name, value in rows)
+        """(kind, stored events) for every kind stored, from the per-week counts."""
+        rows = await self._all(
+            "SELECT shape >> 48, SUM(count) FROM week_shapes GROUP BY 1 HAVING SUM(count) > 0 ORDER BY 1"
+        )
+        return [(int(kind), int(count)) for kind, count in rows]
 
     async def event_count(self) -> int:
         return sum(count for _, count in await self.event_totals())
@@ -477,14 +507,10 @@ class AgentStore:
                 list(summaries.items()),
             )
             for where, values in zip(conditions, params, strict=True):
-                await db.execute(
-                    "INSERT INTO counters (name, value) "  # noqa: S608 - only checked integers are interpolated
-                    f"SELECT 'events.' || (shape >> 48), -COUNT(*) FROM events WHERE {where} "
-                    "GROUP BY shape >> 48 ON CONFLICT (name) DO UPDATE SET value = value + excluded.value",
-                    values,
-                )
+                await db.execute(_count_shapes(where, sign="-"), values)
                 cursor = await db.execute(f"DELETE FROM events WHERE {where}", values)  # noqa: S608
                 deleted += cursor.rowcount
+            await db.execute("DELETE FROM week_shapes WHERE count <= 0")
             await db.execute("DELETE FROM event_weeks WHERE week < ?", (week_index(cutoff),))
         return deleted
 
@@ -585,6 +611,7 @@ class AgentStore:
             await db.execute("DELETE FROM state_events")
             events = (await db.execute("DELETE FROM events")).rowcount
             await db.execute("DELETE FROM event_weeks")
+            await db.execute("DELETE FROM week_shapes")
             reports = (await db.execute("DELETE FROM sent_reports")).rowcount
             await db.execute("DELETE FROM week_summaries")
             await db.execute("DELETE FROM counters")

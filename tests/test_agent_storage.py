@@ -359,3 +359,21 @@ def test_every_event_enum_value_fits_its_packed_field() -> None:
             assert max(allowed) <= MAX_ENUM_VALUE, column.full_name
     row = EventRow(1, 13, MAX_ENUM_VALUE, 7, MAX_ENUM_VALUE, None)
     assert EventRow.unpacked(*row.packed()) == row
+
+
+async def test_kept_week_counts_agree_with_a_scan_of_the_events(tmp_path: Path) -> None:
+    """A whole week is answered from week_shapes; any other window by a scan."""
+    store = await AgentStore.open(tmp_path / "agent.db")
+    try:
+        week = Week.containing(dt.datetime.fromtimestamp(LOGICAL_ROWS[0].occurred_at / 1000, tz=UTC))
+        start, end = to_millis(week.start), to_millis(week.end)
+        more = [EventRow(start + i * 3_600_000, 4, 2, i % 3 + 1, 0, None).packed() for i in range(50)]
+        await store.append_events([*ROWS, *more], recorded_at=1, dropped_by_client=0)
+        whole = sorted(await store.week_counts(start, end, 0))  # from the kept counts
+        scanned = sorted(await store.week_counts(start, end - 1, 0))  # a scan: not a whole week
+        assert whole == scanned
+        assert sum(count for *_, count in whole) == len(ROWS) + len(more)
+        # Events stored before `after_seq` force a scan that leaves them out.
+        assert sum(count for *_, count in await store.week_counts(start, end, 3)) == len(more)
+    finally:
+        await store.close()
