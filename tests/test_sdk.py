@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import sqlite3
+import sys
 import tempfile
 import threading
 import time
@@ -481,3 +482,39 @@ def test_events_recorded_right_after_opting_in_are_counted(agent: AgentThread) -
     preview = agent.stub_call("PreviewReport", agent_service_pb2.PreviewReportRequest())
     report = aggregated_stats_pb2.AggregatedStats.FromString(preview.report)  # type: ignore[attr-defined]
     assert report.usage.jobs_created == 2
+
+
+async def test_exception_hook_records_uncaught_errors_by_class(
+    agent: AgentThread, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setattr(sys, "excepthook", sys.__excepthook__)
+    monkeypatch.setattr(threading, "excepthook", threading.__excepthook__)
+    loop = asyncio.get_running_loop()
+    client = make_client(agent.socket_path)
+    client.install_exception_hook(Component.SCHEDULER)
+    try:
+        secret = "token=hunter2 at /home/alice"
+        sys.excepthook(ValueError, ValueError(secret), None)  # as the interpreter would call it
+
+        def crash() -> None:
+            raise PermissionError(secret)
+
+        worker = threading.Thread(target=crash)
+        worker.start()
+        worker.join()
+        loop.call_exception_handler({"message": "task failed", "exception": TimeoutError(secret)})
+        assert client.flush(10)
+    finally:
+        loop.set_exception_handler(None)
+        client.close()
+    assert secret in capsys.readouterr().err  # the previous hooks still ran
+    stats = agent.stub_call("GetLocalStats", agent_service_pb2.GetLocalStatsRequest())
+    errors = {(e.error_type, e.component): e.count for e in stats.this_week.errors}  # type: ignore[attr-defined]
+    assert errors == {
+        (ErrorType.VALIDATION, Component.SCHEDULER): 1,
+        (ErrorType.PERMISSION_DENIED, Component.SCHEDULER): 1,
+        (ErrorType.TIMEOUT, Component.SCHEDULER): 1,
+    }
+    agent.stop()
+    raw = b"".join(p.read_bytes() for p in agent.db_path.parent.glob("agent.db*"))
+    assert b"hunter2" not in raw

@@ -16,15 +16,18 @@ is exactly protobuf's own encoding of the same RecordEventsRequest.
 
 from __future__ import annotations
 
+import asyncio
 import atexit
 import logging
 import os
+import sys
 import threading
 import time
 from collections import deque
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import betterproto2
@@ -349,6 +352,44 @@ class StatsClient:
             self._put(self._error_occurred[error_type_for(exc, self._error_types)][component])
         except Exception:
             self._invalid += 1
+
+    def install_exception_hook(self, component: Component) -> None:
+        """Record uncaught exceptions (main thread, other threads, the running
+        asyncio loop) as errors of `component`: by class only, never the
+        message or traceback. The previous hooks still run."""
+        try:
+            previous = sys.excepthook
+            previous_thread = threading.excepthook
+
+            def excepthook(kind: type[BaseException], value: BaseException, tb: TracebackType | None) -> None:
+                self.error(value, component)
+                previous(kind, value, tb)
+
+            def thread_excepthook(arguments: threading.ExceptHookArgs) -> None:
+                if arguments.exc_value is not None:
+                    self.error(arguments.exc_value, component)
+                previous_thread(arguments)
+
+            sys.excepthook = excepthook
+            threading.excepthook = thread_excepthook
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                return
+            previous_loop = loop.get_exception_handler()
+
+            def loop_handler(running: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+                exception = context.get("exception")
+                if isinstance(exception, BaseException):
+                    self.error(exception, component)
+                if previous_loop is not None:
+                    previous_loop(running, context)
+                else:
+                    running.default_exception_handler(context)
+
+            loop.set_exception_handler(loop_handler)
+        except Exception:
+            log.debug("installing the exception hook failed", exc_info=True)
 
     def printer_fleet(self, counts: Mapping[PrinterType, int]) -> None:
         """The configured printers by family; call at start-up and on changes."""
