@@ -19,7 +19,9 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from printernizer.stats.v1 import agent_service_pb2, usage_event_pb2
 
-MAX_BATCH_EVENTS = 1000
+# A call carries at most this many events (~75 KB): the SDK sends when 1,000
+# are waiting, and more in one call only when a backlog has built up.
+MAX_BATCH_EVENTS = 5000
 # An event dated further ahead than this is a clock or host bug, not usage.
 MAX_CLOCK_SKEW = dt.timedelta(minutes=10)
 MAX_PRINTERS_PER_TYPE = 10_000

@@ -23,6 +23,7 @@ from printernizer.stats.v1 import (
 
 from stats_agent.agent import AgentConfig, StatsAgent
 from stats_agent.consent import Override
+from stats_agent.events import MAX_BATCH_EVENTS
 from stats_agent.storage import AgentStore
 from stats_common.errors import field_violations
 from stats_common.weeks import Week
@@ -323,15 +324,15 @@ async def test_rejected_batches_store_nothing_and_are_counted(agent: RunningAgen
     status = await agent.status()
     assert (status.stored_events, status.rejected_events) == (2, 3)
 
-    too_many = record_request(*(job_created() for _ in range(1001)))
+    too_many = record_request(*(job_created() for _ in range(MAX_BATCH_EVENTS + 1)))
     assert await bad_request(agent.stub.RecordEvents(too_many, timeout=RPC_TIMEOUT)) == ["events"]
     status = await agent.status()
-    assert (status.stored_events, status.rejected_events) == (2, 1004)
+    assert (status.stored_events, status.rejected_events) == (2, 3 + MAX_BATCH_EVENTS + 1)
 
-    exactly_max = record_request(*(job_created() for _ in range(1000)))
-    assert (await agent.stub.RecordEvents(exactly_max, timeout=RPC_TIMEOUT)).stored_count == 1000
+    exactly_max = record_request(*(job_created() for _ in range(MAX_BATCH_EVENTS)))
+    assert (await agent.stub.RecordEvents(exactly_max, timeout=RPC_TIMEOUT)).stored_count == MAX_BATCH_EVENTS
     status = await agent.status()
-    assert (status.stored_events, status.rejected_events) == (1002, 1004)
+    assert (status.stored_events, status.rejected_events) == (2 + MAX_BATCH_EVENTS, 3 + MAX_BATCH_EVENTS + 1)
 
 
 @pytest.mark.parametrize(

@@ -37,7 +37,7 @@ from printernizer.stats.v1 import agent_service_pb2, usage_event_pb2
 
 from stats_common.cli import user_runtime_dir
 
-from ..events import KINDS_BY_NAME, InvalidEvent, validate
+from ..events import KINDS_BY_NAME, MAX_BATCH_EVENTS, InvalidEvent, validate
 from ._generated.printernizer.stats.v1 import (
     AppStarted,
     Component,
@@ -229,6 +229,7 @@ class StatsClient:
         *,
         max_buffered: int = 10_000,
         batch_size: int = 1_000,
+        max_batch: int = MAX_BATCH_EVENTS,
         flush_interval: float = 1.0,
         call_timeout: float = 2.0,
         error_types: Mapping[type[BaseException], ErrorType] | None = None,
@@ -236,7 +237,8 @@ class StatsClient:
         path = socket_path or os.environ.get(SOCKET_ENVIRONMENT) or user_runtime_dir() / "agent.sock"
         self.socket_path = Path(path)
         self._max_buffered = max_buffered
-        self._batch_size = batch_size
+        self._batch_size = batch_size  # send when this many are waiting
+        self._max_batch = max(batch_size, min(max_batch, MAX_BATCH_EVENTS))  # at most this many per call
         self._flush_interval = flush_interval
         self._call_timeout = call_timeout
         self._error_types = dict(error_types or {})
@@ -486,10 +488,12 @@ class StatsClient:
                     backoff = min(_MAX_BACKOFF_SECONDS, max(1.0, backoff * 2))
 
     def _take_batch(self) -> None:
-        """Move up to batch_size buffered events into the pending, encoded batch."""
+        """Move buffered events into the pending, encoded batch: all that wait,
+        up to the most one call may carry. A backlog (a slow agent, a burst)
+        thus goes in fewer, larger calls, each call's cost spread wider."""
         times, parts = self._times, self._parts
         # A recorder may have appended a time but not yet its part: take pairs only.
-        count = min(self._batch_size - len(self._pending), len(times), len(parts))
+        count = min(self._max_batch - len(self._pending), len(times), len(parts))
         framed, invalid = self._encoder.batch(
             [times.popleft() for _ in range(count)], [parts.popleft() for _ in range(count)]
         )

@@ -212,7 +212,7 @@ class RecordEventsRequest(_message.Message):
     """
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_usage_event_pb2.UsageEvent]:
-        """The events, oldest first. At most 1,000 per call."""
+        """The events, oldest first. At most 5,000 per call."""
 
     def __init__(
         self,
