@@ -258,6 +258,7 @@ class StatsClient:
         self._agent_reachable = False
         self._wake = threading.Event()
         self._stopping = threading.Event()
+        self._draining = threading.Event()  # flush() asked for everything now
         self._lock = threading.Lock()  # guards the flush, not record()
         self._encoder = _Encoder()
         encoder = self._encoder
@@ -446,6 +447,7 @@ class StatsClient:
         """Ask the sender to send now and wait up to `timeout` seconds for the
         buffer to drain; True when everything recorded so far was delivered."""
         deadline = time.monotonic() + timeout
+        self._draining.set()
         self._wake.set()
         while time.monotonic() < deadline:
             if not self._parts and not self._pending:
@@ -501,8 +503,9 @@ class StatsClient:
         self._invalid += invalid
 
     def _send_once(self, call: grpc.UnaryUnaryMultiCallable[bytes, Any], backoff: float) -> float:
-        """Send pending and buffered events until the buffer is empty; returns
-        the delay before the next attempt (0 when all is well)."""
+        """Send what is pending and buffered: one call, then more while a full
+        batch waits (or until empty when draining); returns the delay before
+        the next attempt (0 when all is well)."""
         with self._lock:
             while True:
                 self._take_batch()
@@ -532,7 +535,12 @@ class StatsClient:
                     return 0.0
                 self._sent += len(self._pending)
                 self._pending.clear()
-                if not self._parts:
+                # Go on only with a full batch (or when asked to drain): what came
+                # in during the call waits for the next trigger, so a steady stream
+                # goes in full batches rather than a full one and a remainder.
+                if not self._parts or (len(self._parts) < self._batch_size and not self._draining.is_set()):
+                    if not self._parts:
+                        self._draining.clear()
                     return 0.0
 
     def _failed(self, exc: grpc.RpcError, backoff: float) -> float:
