@@ -1,0 +1,49 @@
+"""The README's configuration table matches every service's flags and environment variables."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from aggregation_server.__main__ import build_parser as aggregation_parser
+from analytics_server.__main__ import build_parser as analytics_parser
+from gateway.__main__ import build_parser as gateway_parser
+from stats_agent.__main__ import build_parser as agent_parser
+from stats_common.cli import EnvArgumentParser
+
+from .conftest import ROOT
+
+
+def readme_rows() -> dict[str, str]:
+    """Service command -> the text of its rows in the configuration table."""
+    rows: dict[str, str] = {}
+    service = ""
+    for line in (ROOT / "README.md").read_text().splitlines():
+        match = re.match(r"\| `python -m (\w+)` \|", line)
+        if match:
+            service = match.group(1)
+        elif not line.startswith("| |"):
+            service = "" if not line.startswith("|") else service
+        if service and line.startswith("|"):
+            rows[service] = rows.get(service, "") + line + "\n"
+    return rows
+
+
+@pytest.mark.parametrize(
+    ("service", "parser"),
+    [
+        ("stats_agent", agent_parser),
+        ("aggregation_server", aggregation_parser),
+        ("analytics_server", analytics_parser),
+        ("gateway", gateway_parser),
+    ],
+)
+def test_every_option_is_in_the_readme_table(service: str, parser: object) -> None:
+    built: EnvArgumentParser = parser()  # type: ignore[operator]
+    documented = readme_rows()[service]
+    for flag, environment_variable in built.environment_variables.items():
+        assert f"`{flag}`" in documented, f"{service} {flag} is missing from the README table"
+        assert environment_variable in documented, f"{service} {environment_variable} is missing"
+    flags_in_readme = set(re.findall(r"`(--[a-z-]+)`", documented))
+    assert flags_in_readme == set(built.environment_variables), "the README lists options the service lacks"
