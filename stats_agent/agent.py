@@ -24,6 +24,7 @@ from printernizer.stats.v1 import (
 
 from stats_common.contract import CURRENT_SCHEMA_VERSION
 from stats_common.countries import country_for_timezone
+from stats_common.identity import report_id
 from stats_common.weeks import Week, weeks_between
 
 from . import consent as consent_mod
@@ -194,7 +195,7 @@ class StatsAgent:
         if consent.sharing and identity is not None and consent.since_time is not None:
             return ReportScope(
                 installation_id=identity.installation_id,
-                report_id=consent_mod.report_id(identity.installation_id, week.key),
+                report_id=report_id(identity.installation_id, week),
                 consented_schema_version=consent.schema_version,
                 consent_since=consent.since_time,
                 since_sequence=consent.since_sequence,

@@ -177,9 +177,3 @@ def load_identity(settings: dict[str, bytes]) -> Identity | None:
     if INSTALLATION_ID not in settings or PRIVATE_KEY not in settings:
         return None
     return Identity(settings[INSTALLATION_ID], Ed25519PrivateKey.from_private_bytes(settings[PRIVATE_KEY]))
-
-
-def report_id(installation_id: bytes, week_key: int) -> bytes:
-    """The report ID: derived from (installation, week), so a re-sent report
-    carries the same ID and the server stores it once."""
-    return uuid.uuid5(uuid.UUID(bytes=installation_id), f"week:{week_key}").bytes

@@ -23,10 +23,10 @@ from printernizer.stats.v1 import (
     ingest_service_pb2,
 )
 
-from stats_agent import consent as consent_mod
 from stats_agent.agent import AgentConfig, StatsAgent
 from stats_agent.consent import Override
 from stats_agent.storage import AgentStore
+from stats_common.identity import report_id
 from stats_common.weeks import Week
 
 from . import agent_harness
@@ -355,7 +355,7 @@ async def test_preview_bytes_are_the_report(agent: RunningAgent) -> None:
     report = aggregated_stats_pb2.AggregatedStats.FromString(first.report)
     assert report.SerializeToString(deterministic=True) == first.report
     assert json_format.Parse(first.report_json, aggregated_stats_pb2.AggregatedStats()) == report
-    assert report.report_id == consent_mod.report_id(identity.installation_id, week.key)
+    assert report.report_id == report_id(identity.installation_id, week)
     assert report.installation.installation_id == identity.installation_id
     assert report.period == week.to_proto()
     assert report.schema_version == aggregated_stats_pb2.REPORT_SCHEMA_VERSION_1
@@ -377,7 +377,7 @@ async def test_export_then_delete_all_then_export(agent: RunningAgent) -> None:
         await agent.record(job_created(), event("job_created"))  # rejected: counted, not stored
     # A report the ledger holds (the agent has no aggregation server in these tests).
     receipt = ingest_service_pb2.ReportReceipt(
-        report_id=consent_mod.report_id(identity.installation_id, 202601),
+        report_id=report_id(identity.installation_id, Week.from_key(202601)),
         status=ingest_service_pb2.RECEIPT_STATUS_ACCEPTED,
         receipt_id=bytes(range(16)),
     )

@@ -1,0 +1,140 @@
+"""The aggregation server's checks on a submitted report (domain rules, no transport)."""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+
+import pytest
+from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, country_pb2
+
+from aggregation_server.validation import check_report, normalise_unknown_values
+from stats_common.identity import report_id, signature_is_valid
+from stats_common.weeks import Week
+
+NOW = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
+INSTALLATION = uuid.UUID("6f1c2a9e-8b3d-4e5f-9a0b-1c2d3e4f5a6b").bytes
+LAST_WEEK = Week.containing(NOW).previous()
+
+
+def valid_report(week: Week = LAST_WEEK) -> aggregated_stats_pb2.AggregatedStats:
+    report = aggregated_stats_pb2.AggregatedStats(
+        schema_version=aggregated_stats_pb2.REPORT_SCHEMA_VERSION_1,
+        report_id=report_id(INSTALLATION, week),
+        installation=aggregated_stats_pb2.InstallationInfo(
+            installation_id=INSTALLATION,
+            app_version=common_pb2.Version(major=2, minor=7),
+            python_version=common_pb2.Version(major=3, minor=11, patch=7),
+            platform=common_pb2.PLATFORM_LINUX,
+            deployment_mode=common_pb2.DEPLOYMENT_MODE_DOCKER,
+            country=country_pb2.COUNTRY_DE,
+        ),
+        period=week.to_proto(),
+    )
+    report.printer_fleet.printers.add(printer_type=common_pb2.PRINTER_TYPE_PRUSA, count=2)
+    report.usage.jobs_created, report.usage.jobs_completed, report.usage.jobs_failed = 5, 3, 2
+    report.usage.completed_job_durations.add(duration=common_pb2.JOB_DURATION_BUCKET_UNDER_1_HOUR, count=3)
+    report.usage.job_failures.add(reason=common_pb2.JOB_FAILURE_REASON_CANCELLED, count=2)
+    report.usage.app_starts, report.usage.unclean_shutdowns, report.usage.uptime_hours = 2, 1, 100
+    report.features.add(feature=common_pb2.FEATURE_LIBRARY, enabled=True)
+    report.errors.add(error_type=common_pb2.ERROR_TYPE_TIMEOUT, component=common_pb2.COMPONENT_API, count=4)
+    return report
+
+
+def fields(report: aggregated_stats_pb2.AggregatedStats, installation: bytes = INSTALLATION) -> list[str]:
+    return [v.field for v in check_report(report, installation, NOW)]
+
+
+def test_a_valid_report_passes() -> None:
+    assert check_report(valid_report(), INSTALLATION, NOW) == []
+
+
+def test_a_report_for_the_week_in_progress_is_refused() -> None:
+    assert fields(valid_report(Week.containing(NOW))) == ["period"]
+
+
+def test_a_report_of_a_week_that_does_not_exist_is_refused() -> None:
+    report = valid_report()
+    report.period.week = 53  # 2026 has 53 ISO weeks; 2025 does not
+    report.period.year = 2025
+    assert "period" in fields(report)
+
+
+def test_unknown_schema_version() -> None:
+    report = valid_report()
+    report.schema_version = 99  # type: ignore[assignment]
+    assert fields(report) == ["schema_version"]
+
+
+def test_report_id_must_be_derived_from_installation_and_week() -> None:
+    report = valid_report()
+    report.report_id = uuid.uuid4().bytes
+    assert fields(report) == ["report_id"]
+
+
+def test_identifier_sizes_and_the_envelope_must_match() -> None:
+    report = valid_report()
+    report.installation.installation_id = b"short"
+    assert fields(report) == ["installation.installation_id", "installation.installation_id"]
+    assert fields(valid_report(), installation=uuid.uuid4().bytes) == [
+        "installation.installation_id",
+        "report_id",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("change", "field"),
+    [
+        (lambda r: setattr(r.usage, "uptime_hours", 169), "usage.uptime_hours"),
+        (lambda r: setattr(r.usage, "unclean_shutdowns", 3), "usage.unclean_shutdowns"),
+        (lambda r: setattr(r.usage, "jobs_failed", 7), "usage.job_failures"),
+        (lambda r: setattr(r.usage, "jobs_completed", 4), "usage.completed_job_durations"),
+        (lambda r: setattr(r.usage, "files_downloaded", 2_000_000), "usage.files_downloaded"),
+        (lambda r: setattr(r.errors[0], "count", 0), "errors[0].count"),
+        (lambda r: setattr(r.printer_fleet.printers[0], "count", 20_000), "printer_fleet.printers[0].count"),
+        (lambda r: setattr(r.installation.app_version, "major", 70_000), "installation.app_version.major"),
+        (lambda r: r.features.add(feature=common_pb2.FEATURE_LIBRARY), "features[1]"),
+        (
+            lambda r: r.errors.add(
+                error_type=common_pb2.ERROR_TYPE_TIMEOUT, component=common_pb2.COMPONENT_API, count=1
+            ),
+            "errors[1]",
+        ),
+        (
+            lambda r: r.printer_fleet.printers.add(printer_type=common_pb2.PRINTER_TYPE_PRUSA, count=1),
+            "printer_fleet.printers[1]",
+        ),
+    ],
+)
+def test_implausible_or_duplicated_values_name_the_field(change: object, field: str) -> None:
+    report = valid_report()
+    change(report)  # type: ignore[operator]
+    assert field in fields(report)
+
+
+def test_unknown_enum_values_become_other_not_raw_values() -> None:
+    report = valid_report()
+    report.installation.platform = 77  # type: ignore[assignment]  # a value from a newer contract
+    report.printer_fleet.printers[0].printer_type = 88  # type: ignore[assignment]
+    report.installation.country = 999  # type: ignore[assignment]  # no OTHER: becomes UNSPECIFIED
+    assert normalise_unknown_values(report) == 3
+    assert report.installation.platform == common_pb2.PLATFORM_OTHER
+    assert report.printer_fleet.printers[0].printer_type == common_pb2.PRINTER_TYPE_OTHER
+    assert report.installation.country == country_pb2.COUNTRY_UNSPECIFIED
+    assert normalise_unknown_values(report) == 0
+
+
+def test_signatures() -> None:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    key = Ed25519PrivateKey.generate()
+    public = key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    data = valid_report().SerializeToString()
+    signature = key.sign(data)
+    assert signature_is_valid(public, signature, data)
+    assert not signature_is_valid(public, signature, data + b"\x00")
+    other = Ed25519PrivateKey.generate().public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+    assert not signature_is_valid(other, signature, data)
+    assert not signature_is_valid(public[:31], signature, data)
+    assert not signature_is_valid(public, signature[:63], data)
