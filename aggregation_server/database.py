@@ -1,0 +1,64 @@
+"""The aggregation server's database: URLs and migrations (Alembic).
+
+Migrations always run on a synchronous driver; the server itself uses the
+asynchronous one of the same database (aiosqlite for SQLite, psycopg for
+PostgreSQL, pyodbc for SQL Server).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from alembic import command
+from alembic.config import Config
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine, make_url
+
+MIGRATIONS = Path(__file__).resolve().parent / "migrations"
+
+# Asynchronous driver -> the synchronous driver migrations use.
+_SYNC_DRIVERS = {
+    "sqlite+aiosqlite": "sqlite",
+    "postgresql+asyncpg": "postgresql+psycopg",
+    "postgresql+psycopg_async": "postgresql+psycopg",
+}
+
+
+def sync_url(url: str) -> str:
+    parsed = make_url(url)
+    driver = _SYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def alembic_config(url: str) -> Config:
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    # '%' must be doubled for the ini-style option parser.
+    config.set_main_option("sqlalchemy.url", sync_url(url).replace("%", "%%"))
+    return config
+
+
+def upgrade(url: str, revision: str = "head") -> None:
+    """Bring the database at `url` to `revision` (by default the latest)."""
+    command.upgrade(alembic_config(url), revision)
+
+
+def downgrade(url: str, revision: str) -> None:
+    """Take the database at `url` back to `revision` ("base": no tables)."""
+    command.downgrade(alembic_config(url), revision)
+
+
+def create_sync_engine(url: str) -> Engine:
+    """A synchronous engine (migrations, tools, tests) with the settings every
+    connection needs: SQLite enforces foreign keys only when asked to."""
+    engine = create_engine(sync_url(url))
+    if engine.dialect.name == "sqlite":
+        event.listen(engine, "connect", _sqlite_foreign_keys)
+    return engine
+
+
+def _sqlite_foreign_keys(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    cursor.execute("PRAGMA foreign_keys = ON")
+    cursor.close()

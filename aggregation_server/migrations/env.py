@@ -1,0 +1,39 @@
+"""Alembic environment: runs the aggregation server's migrations.
+
+Invoked through `aggregation_server.database.upgrade/downgrade` (or the
+`alembic` command with `-x url=...`); always on a synchronous driver.
+"""
+
+from __future__ import annotations
+
+from alembic import context
+from sqlalchemy import create_engine
+
+from aggregation_server.schema import metadata
+
+config = context.config
+url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
+
+
+def run_offline() -> None:
+    """Write the SQL to stdout instead of running it (`alembic upgrade --sql`)."""
+    context.configure(url=url, target_metadata=metadata, literal_binds=True, render_as_batch=True)
+    with context.begin_transaction():
+        context.run_migrations()
+
+
+def run_online() -> None:
+    assert url, "no database URL given"
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        # Batch mode lets later migrations alter tables on SQLite too.
+        context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
+        with context.begin_transaction():
+            context.run_migrations()
+    engine.dispose()
+
+
+if context.is_offline_mode():
+    run_offline()
+else:
+    run_online()

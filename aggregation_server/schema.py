@@ -1,0 +1,175 @@
+"""The aggregation server's database schema (SQLAlchemy Core).
+
+Normalised for the analytics that read it: one row per installation with its
+latest state, one row per accepted weekly report with its scalar figures,
+and child rows per report for the lists (printers, features, errors, job
+failures and durations). Enum columns hold the contract's enum numbers.
+Nothing here can hold an IP address, a name or any free text.
+
+Alembic migrations in `migrations/` create exactly this schema; a test
+compares the two.
+"""
+
+from __future__ import annotations
+
+from sqlalchemy import (
+    BigInteger,
+    Boolean,
+    Column,
+    DateTime,
+    ForeignKey,
+    Index,
+    Integer,
+    LargeBinary,
+    MetaData,
+    SmallInteger,
+    String,
+    Table,
+    UniqueConstraint,
+)
+from sqlalchemy.dialects import mssql
+
+# Constraint names are explicit so every engine (and every migration) agrees.
+metadata = MetaData(
+    naming_convention={
+        "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+        "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+        "fk": "fk_%(table_name)s_%(column_0_name)s",
+        "pk": "pk_%(table_name)s",
+    }
+)
+
+
+def _binary(size: int) -> LargeBinary:
+    # SQL Server's LargeBinary (IMAGE) cannot be a key: use VARBINARY there.
+    return LargeBinary(size).with_variant(mssql.VARBINARY(size), "mssql")
+
+
+ID = _binary(16)
+
+
+def _version(prefix: str) -> list[Column[int]]:
+    return [
+        Column(f"{prefix}_major", Integer, nullable=False, default=0),
+        Column(f"{prefix}_minor", Integer, nullable=False, default=0),
+        Column(f"{prefix}_patch", Integer, nullable=False, default=0),
+    ]
+
+
+def _installation_state() -> list[Column[int]]:
+    """What a report says about the installation (kept per report and, the
+    latest, per installation)."""
+    return [
+        *_version("app"),
+        Column("app_prerelease", Boolean, nullable=False, default=False),
+        *_version("python"),
+        Column("platform", SmallInteger, nullable=False, default=0),
+        Column("architecture", SmallInteger, nullable=False, default=0),
+        Column("deployment_mode", SmallInteger, nullable=False, default=0),
+        Column("country", SmallInteger, nullable=False, default=0),
+        Column("printer_count", Integer, nullable=False, default=0),
+    ]
+
+
+installations = Table(
+    "installations",
+    metadata,
+    Column("installation_id", ID, primary_key=True),
+    # The Ed25519 key registered by the first accepted report.
+    Column("public_key", _binary(32), nullable=False),
+    Column("registered_at", DateTime(timezone=True), nullable=False),
+    # ISO weeks as YYYYWW.
+    Column("first_week", Integer, nullable=False),
+    Column("last_week", Integer, nullable=False, index=True),
+    # When a submission was last accepted: the one-per-hour rule, shared by
+    # every server process through the database.
+    Column("last_accepted_at", DateTime(timezone=True), nullable=False),
+    *_installation_state(),
+)
+
+reports = Table(
+    "reports",
+    metadata,
+    Column("id", BigInteger().with_variant(Integer, "sqlite"), primary_key=True, autoincrement=True),
+    Column("report_id", ID, nullable=False, unique=True),
+    Column(
+        "installation_id",
+        ID,
+        ForeignKey("installations.installation_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("week", Integer, nullable=False),
+    Column("schema_version", SmallInteger, nullable=False),
+    Column("receipt_id", ID, nullable=False, unique=True),
+    Column("stored_at", DateTime(timezone=True), nullable=False),
+    *_installation_state(),
+    Column("jobs_created", Integer, nullable=False, default=0),
+    Column("jobs_completed", Integer, nullable=False, default=0),
+    Column("jobs_failed", Integer, nullable=False, default=0),
+    Column("files_downloaded", Integer, nullable=False, default=0),
+    Column("files_uploaded", Integer, nullable=False, default=0),
+    Column("uptime_hours", SmallInteger, nullable=False, default=0),
+    Column("app_starts", Integer, nullable=False, default=0),
+    Column("unclean_shutdowns", Integer, nullable=False, default=0),
+    Column("printer_connections", Integer, nullable=False, default=0),
+    Column("printer_disconnections", Integer, nullable=False, default=0),
+    # One report per installation and week, whatever its report ID: a retry or
+    # a second server process can never store a week twice.
+    UniqueConstraint("installation_id", "week"),
+    Index(None, "week"),
+)
+
+
+def _report_child(name: str, *columns: Column[int]) -> Table:
+    return Table(
+        name,
+        metadata,
+        Column("report", reports.c.id.type, ForeignKey("reports.id", ondelete="CASCADE"), primary_key=True),
+        *columns,
+    )
+
+
+report_printers = _report_child(
+    "report_printers",
+    Column("printer_type", SmallInteger, primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+report_features = _report_child(
+    "report_features",
+    Column("feature", SmallInteger, primary_key=True),
+    Column("enabled", Boolean, nullable=False),
+)
+report_errors = _report_child(
+    "report_errors",
+    Column("error_type", SmallInteger, primary_key=True),
+    Column("component", SmallInteger, primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+report_job_failures = _report_child(
+    "report_job_failures",
+    Column("reason", SmallInteger, primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+report_job_durations = _report_child(
+    "report_job_durations",
+    Column("duration", SmallInteger, primary_key=True),
+    Column("count", Integer, nullable=False),
+)
+
+# Installations that asked to be deleted: later reports for these IDs are refused.
+tombstones = Table(
+    "tombstones",
+    metadata,
+    Column("installation_id", ID, primary_key=True),
+    Column("deleted_at", DateTime(timezone=True), nullable=False),
+    Column("receipt_id", ID, nullable=False),
+    Column("reports_deleted", Integer, nullable=False),
+)
+
+# Operational counters (unknown enum values seen, reports refused by reason).
+ingest_counters = Table(
+    "ingest_counters",
+    metadata,
+    Column("name", String(64), primary_key=True),
+    Column("value", BigInteger, nullable=False),
+)

@@ -1,0 +1,173 @@
+"""The aggregation server's schema and migrations on real SQLite and PostgreSQL,
+and compiled for SQL Server (which cannot run here)."""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as dt
+import io
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.migration import MigrationContext
+from sqlalchemy import delete, func, insert, inspect, select
+from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.exc import IntegrityError
+
+from aggregation_server import schema
+from aggregation_server.database import alembic_config, create_sync_engine, downgrade, upgrade
+
+POSTGRES_URL = os.environ.get("STATS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+NOW = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
+
+
+@contextlib.contextmanager
+def fresh_postgres_database() -> Iterator[str]:
+    """A new, empty database on the test PostgreSQL server, dropped afterwards."""
+    server = make_url(POSTGRES_URL)
+    name = f"stats_test_{uuid.uuid4().hex[:12]}"
+    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        connection = psycopg.connect(admin, autocommit=True, connect_timeout=5)
+    except psycopg.OperationalError as exc:
+        if "STATS_TEST_POSTGRES_URL" in os.environ:
+            raise  # CI promised a server: its absence is a failure
+        pytest.skip(f"no PostgreSQL at {POSTGRES_URL} ({exc}); .ci/run provides one")
+    with connection:
+        connection.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield server.set(drivername="postgresql+psycopg", database=name).render_as_string(
+                hide_password=False
+            )
+        finally:
+            connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'aggregation.db'}"
+    else:
+        with fresh_postgres_database() as url:
+            yield url
+
+
+@pytest.fixture
+def engine(database_url: str) -> Iterator[Engine]:
+    upgrade(database_url)
+    engine = create_sync_engine(database_url)
+    yield engine
+    engine.dispose()
+
+
+def test_the_migrations_create_exactly_the_schema(engine: Engine) -> None:
+    with engine.connect() as connection:
+        differences = compare_metadata(MigrationContext.configure(connection), schema.metadata)
+    assert differences == []
+
+
+def test_migrations_downgrade_and_upgrade_again(database_url: str) -> None:
+    upgrade(database_url)
+    engine = create_sync_engine(database_url)
+    try:
+        tables = set(inspect(engine).get_table_names())
+        assert set(schema.metadata.tables) <= tables
+        downgrade(database_url, "base")
+        inspector = inspect(engine)
+        assert set(inspector.get_table_names()) <= {"alembic_version"}
+        upgrade(database_url)
+        assert set(schema.metadata.tables) <= set(inspect(engine).get_table_names())
+    finally:
+        engine.dispose()
+
+
+def installation_row(installation_id: bytes) -> dict[str, object]:
+    return {
+        "installation_id": installation_id,
+        "public_key": bytes(32),
+        "registered_at": NOW,
+        "first_week": 202646,
+        "last_week": 202646,
+        "last_accepted_at": NOW,
+    }
+
+
+def report_row(installation_id: bytes, week: int) -> dict[str, object]:
+    return {
+        "report_id": uuid.uuid4().bytes,
+        "installation_id": installation_id,
+        "week": week,
+        "schema_version": 1,
+        "receipt_id": uuid.uuid4().bytes,
+        "stored_at": NOW,
+    }
+
+
+def test_one_report_per_installation_and_week(engine: Engine) -> None:
+    installation = uuid.uuid4().bytes
+    first = report_row(installation, 202646)
+    with engine.begin() as connection:
+        connection.execute(insert(schema.installations), installation_row(installation))
+        connection.execute(insert(schema.reports), first)
+    # The same week under another report ID, and the same report ID in another week.
+    for duplicate in (
+        report_row(installation, 202646),
+        {**report_row(installation, 202647), "report_id": first["report_id"]},
+    ):
+        with pytest.raises(IntegrityError), engine.begin() as connection:
+            connection.execute(insert(schema.reports), duplicate)
+    with engine.connect() as connection:
+        assert connection.execute(select(func.count()).select_from(schema.reports)).scalar() == 1
+
+
+def test_deleting_an_installation_deletes_its_reports_and_their_lists(engine: Engine) -> None:
+    installation = uuid.uuid4().bytes
+    with engine.begin() as connection:
+        connection.execute(insert(schema.installations), installation_row(installation))
+        report = connection.execute(
+            insert(schema.reports), report_row(installation, 202646)
+        ).inserted_primary_key[0]
+        connection.execute(
+            insert(schema.report_errors), {"report": report, "error_type": 2, "component": 3, "count": 4}
+        )
+        connection.execute(insert(schema.report_printers), {"report": report, "printer_type": 2, "count": 1})
+    with engine.begin() as connection:
+        connection.execute(
+            delete(schema.installations).where(schema.installations.c.installation_id == installation)
+        )
+    with engine.connect() as connection:
+        for table in (schema.reports, schema.report_errors, schema.report_printers):
+            assert connection.execute(select(func.count()).select_from(table)).scalar() == 0
+
+
+def test_the_schema_compiles_for_sql_server() -> None:
+    """No SQL Server runs here: the migration is rendered as SQL Server DDL
+    (Alembic's offline mode) and checked for what SQL Server refuses."""
+    script = io.StringIO()
+    with contextlib.redirect_stdout(script):
+        command.upgrade(alembic_config("mssql+pyodbc://user@dsn"), "head", sql=True)
+    ddl = script.getvalue()
+    for table in schema.metadata.tables:
+        assert f"CREATE TABLE {table} (" in ddl
+    assert "IMAGE" not in ddl  # SQL Server cannot key or index IMAGE columns
+    assert "VARBINARY(16)" in ddl
+    assert "DATETIMEOFFSET" in ddl
+    assert "ON DELETE CASCADE" in ddl
+
+
+def test_no_column_can_hold_free_text() -> None:
+    """Like the contract: nothing stored about an installation is text (the
+    only text column is the name of an operational counter)."""
+    text_columns = [
+        f"{table.name}.{column.name}"
+        for table in schema.metadata.tables.values()
+        for column in table.columns
+        if column.type.python_type is str
+    ]
+    assert text_columns == ["ingest_counters.name"]
