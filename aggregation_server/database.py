@@ -17,17 +17,32 @@ from sqlalchemy.engine import Engine, make_url
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
+# Database -> the asynchronous driver the server uses.
+_ASYNC_DRIVERS = {
+    "sqlite": "sqlite+aiosqlite",
+    "postgresql": "postgresql+psycopg",
+    "mssql": "mssql+aioodbc",
+    "mssql+pyodbc": "mssql+aioodbc",
+}
+
 # Asynchronous driver -> the synchronous driver migrations use.
 _SYNC_DRIVERS = {
     "sqlite+aiosqlite": "sqlite",
     "postgresql+asyncpg": "postgresql+psycopg",
     "postgresql+psycopg_async": "postgresql+psycopg",
+    "mssql+aioodbc": "mssql+pyodbc",
 }
 
 
 def sync_url(url: str) -> str:
     parsed = make_url(url)
     driver = _SYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
+    return parsed.set(drivername=driver).render_as_string(hide_password=False)
+
+
+def async_url(url: str) -> str:
+    parsed = make_url(url)
+    driver = _ASYNC_DRIVERS.get(parsed.drivername, parsed.drivername)
     return parsed.set(drivername=driver).render_as_string(hide_password=False)
 
 
@@ -54,11 +69,12 @@ def create_sync_engine(url: str) -> Engine:
     connection needs: SQLite enforces foreign keys only when asked to."""
     engine = create_engine(sync_url(url))
     if engine.dialect.name == "sqlite":
-        event.listen(engine, "connect", _sqlite_foreign_keys)
+        event.listen(engine, "connect", enable_sqlite_foreign_keys)
     return engine
 
 
-def _sqlite_foreign_keys(connection: Any, _record: Any) -> None:
+def enable_sqlite_foreign_keys(connection: Any, _record: Any) -> None:
+    """A connect hook: SQLite enforces foreign keys (and cascades) only when asked."""
     cursor = connection.cursor()
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()

@@ -6,56 +6,26 @@ from __future__ import annotations
 import contextlib
 import datetime as dt
 import io
-import os
 import uuid
 from collections.abc import Iterator
-from pathlib import Path
 
-import psycopg
 import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
 from sqlalchemy import delete, func, insert, inspect, select
-from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from aggregation_server import schema
 from aggregation_server.database import alembic_config, create_sync_engine, downgrade, upgrade
 
-POSTGRES_URL = os.environ.get("STATS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
+from . import databases
+
 NOW = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
 
-
-@contextlib.contextmanager
-def fresh_postgres_database() -> Iterator[str]:
-    """A new, empty database on the test PostgreSQL server, dropped afterwards."""
-    server = make_url(POSTGRES_URL)
-    name = f"stats_test_{uuid.uuid4().hex[:12]}"
-    admin = server.set(drivername="postgresql").render_as_string(hide_password=False)
-    try:
-        connection = psycopg.connect(admin, autocommit=True, connect_timeout=5)
-    except psycopg.OperationalError as exc:
-        if "STATS_TEST_POSTGRES_URL" in os.environ:
-            raise  # CI promised a server: its absence is a failure
-        pytest.skip(f"no PostgreSQL at {POSTGRES_URL} ({exc}); .ci/run provides one")
-    with connection:
-        connection.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield server.set(drivername="postgresql+psycopg", database=name).render_as_string(
-                hide_password=False
-            )
-        finally:
-            connection.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@pytest.fixture(params=["sqlite", "postgresql"])
-def database_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    if request.param == "sqlite":
-        yield f"sqlite:///{tmp_path / 'aggregation.db'}"
-    else:
-        with fresh_postgres_database() as url:
-            yield url
+# Every test here runs on SQLite and on a fresh PostgreSQL database.
+database_url = databases.database_url
 
 
 @pytest.fixture

@@ -1,0 +1,140 @@
+"""Storing reports on real SQLite and PostgreSQL: registration, idempotency, the
+hourly rule across processes, key checks, deletion with tombstones, retention."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+from sqlalchemy import func, select
+
+from aggregation_server import schema
+from aggregation_server.database import upgrade
+from aggregation_server.storage import (
+    SUBMISSION_INTERVAL,
+    IngestStore,
+    InstallationDeleted,
+    KeyMismatch,
+    RateLimited,
+)
+from stats_common.weeks import Week
+
+from . import databases
+from .test_aggregation_validation import INSTALLATION, NOW, valid_report
+
+database_url = databases.database_url
+KEY = bytes(range(32))
+W44, W45, W46 = Week(2026, 44), Week(2026, 45), Week(2026, 46)
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[IngestStore]:
+    upgrade(database_url)
+    opened = IngestStore.open(database_url)
+    yield opened
+    await opened.close()
+
+
+async def count(store: IngestStore, table: object) -> int:
+    async with store.engine.connect() as connection:
+        return int(await connection.scalar(select(func.count()).select_from(table)))  # type: ignore[arg-type]
+
+
+async def test_first_report_registers_the_installation_and_stores_everything(store: IngestStore) -> None:
+    report = valid_report(W46)
+    (receipt,) = await store.store(INSTALLATION, KEY, [report], NOW)
+    assert receipt.report_id == report.report_id
+    assert not receipt.duplicate
+    assert len(receipt.receipt_id) == 16
+    assert await store.registered_key(INSTALLATION) == KEY
+    assert await count(store, schema.reports) == 1
+    assert await count(store, schema.report_errors) == 1
+    assert await count(store, schema.report_printers) == 1
+    assert await count(store, schema.report_job_durations) == 1
+    async with store.engine.connect() as connection:
+        row = (await connection.execute(select(schema.reports))).one()
+    assert (row.week, row.jobs_failed, row.uptime_hours, row.country) == (202646, 2, 100, 276)
+
+
+async def test_a_replayed_report_returns_its_original_receipt_and_stores_nothing(store: IngestStore) -> None:
+    report = valid_report(W46)
+    (first,) = await store.store(INSTALLATION, KEY, [report], NOW)
+    later = NOW + dt.timedelta(minutes=5)  # within the hour: a replay is not a new submission
+    (again,) = await store.store(INSTALLATION, KEY, [report], later)
+    assert again.duplicate
+    assert (again.receipt_id, again.stored_at) == (first.receipt_id, first.stored_at)
+    assert await count(store, schema.reports) == 1
+
+
+async def test_one_accepted_submission_per_hour(store: IngestStore) -> None:
+    await store.store(INSTALLATION, KEY, [valid_report(W45)], NOW)
+    with pytest.raises(RateLimited) as limited:
+        await store.store(INSTALLATION, KEY, [valid_report(W46)], NOW + dt.timedelta(minutes=20))
+    assert limited.value.retry_after == dt.timedelta(minutes=40)
+    assert await count(store, schema.reports) == 1
+    (receipt,) = await store.store(INSTALLATION, KEY, [valid_report(W46)], NOW + SUBMISSION_INTERVAL)
+    assert not receipt.duplicate
+    assert await count(store, schema.reports) == 2
+
+
+async def test_several_pending_weeks_go_in_one_submission(store: IngestStore) -> None:
+    receipts = await store.store(INSTALLATION, KEY, [valid_report(w) for w in (W44, W45, W46)], NOW)
+    assert [r.duplicate for r in receipts] == [False, False, False]
+    async with store.engine.connect() as connection:
+        row = (await connection.execute(select(schema.installations))).one()
+    assert (row.first_week, row.last_week) == (202644, 202646)
+
+
+async def test_a_leaked_installation_id_without_the_key_stores_nothing(store: IngestStore) -> None:
+    await store.store(INSTALLATION, KEY, [valid_report(W45)], NOW)
+    later = NOW + 2 * SUBMISSION_INTERVAL
+    with pytest.raises(KeyMismatch):
+        await store.store(INSTALLATION, bytes(32), [valid_report(W46)], later)
+    with pytest.raises(KeyMismatch):  # not even a replay answers without the key
+        await store.store(INSTALLATION, bytes(32), [valid_report(W45)], later)
+    assert await count(store, schema.reports) == 1
+
+
+async def test_deletion_removes_everything_and_refuses_later_reports(store: IngestStore) -> None:
+    await store.store(INSTALLATION, KEY, [valid_report(w) for w in (W44, W45)], NOW)
+    other = uuid.uuid4().bytes
+    deleted = await store.delete_installation(INSTALLATION, NOW)
+    assert deleted.reports_deleted == 2
+    for table in (schema.reports, schema.installations, schema.report_errors, schema.report_printers):
+        assert await count(store, table) == 0
+    again = await store.delete_installation(INSTALLATION, NOW + dt.timedelta(days=1))
+    assert again == deleted  # asking twice returns the first receipt
+    with pytest.raises(InstallationDeleted):
+        await store.store(INSTALLATION, KEY, [valid_report(W46)], NOW + 2 * SUBMISSION_INTERVAL)
+    unknown = await store.delete_installation(other, NOW)  # never submitted: a receipt all the same
+    assert unknown.reports_deleted == 0
+
+
+async def test_two_processes_storing_the_same_report_at_once_store_it_once(database_url: str) -> None:
+    upgrade(database_url)
+    first, second = IngestStore.open(database_url), IngestStore.open(database_url)
+    try:
+        report = valid_report(W46)
+        results = await asyncio.gather(
+            first.store(INSTALLATION, KEY, [report], NOW),
+            second.store(INSTALLATION, KEY, [report], NOW),
+            return_exceptions=True,
+        )
+        receipts = [r[0] for r in results if isinstance(r, list)]
+        assert len(receipts) == 2, results
+        assert sorted(r.duplicate for r in receipts) == [False, True]
+        assert receipts[0].receipt_id == receipts[1].receipt_id
+        assert await count(first, schema.reports) == 1
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_retention_deletes_old_weeks_only(store: IngestStore) -> None:
+    await store.store(INSTALLATION, KEY, [valid_report(w) for w in (W44, W45, W46)], NOW)
+    assert await store.purge_weeks_before(W46) == 2
+    assert await count(store, schema.reports) == 1
+    assert await count(store, schema.report_errors) == 1
