@@ -1,0 +1,148 @@
+"""What the ingest API does, without gRPC: check a submission or a deletion
+request and hand it to the store.
+
+The servicer maps the errors raised here to status codes: InvalidRequest to
+INVALID_ARGUMENT (with the fields), Unauthenticated to UNAUTHENTICATED,
+Forbidden to PERMISSION_DENIED, TooManySubmissions to RESOURCE_EXHAUSTED with
+a retry delay.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+
+from google.protobuf.message import DecodeError
+from printernizer.stats.v1 import aggregated_stats_pb2, ingest_service_pb2
+
+from stats_common.identity import ID_BYTES, PUBLIC_KEY_BYTES, signature_is_valid
+
+from .storage import IngestStore, InstallationDeleted, KeyMismatch, RateLimited
+from .validation import MAX_REPORT_BYTES, Violation, check_report, normalise_unknown_values
+
+# Finished weeks one submission may carry (an agent that was offline for a year).
+MAX_REPORTS_PER_SUBMISSION = 60
+# A deletion request dated further ahead than this is refused.
+CLOCK_SKEW = dt.timedelta(hours=1)
+
+
+class IngestError(Exception):
+    """A request the ingest API refuses; nothing was stored or deleted."""
+
+
+class InvalidRequest(IngestError):
+    def __init__(self, violations: Sequence[Violation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = list(violations)
+
+
+class Unauthenticated(IngestError):
+    """Not signed by the installation's key."""
+
+
+class Forbidden(IngestError):
+    """The installation asked to be deleted."""
+
+
+class TooManySubmissions(IngestError):
+    def __init__(self, retry_after: dt.timedelta) -> None:
+        super().__init__(f"too many submissions; retry in {retry_after}")
+        self.retry_after = retry_after
+
+
+def _invalid(field: str, description: str) -> InvalidRequest:
+    return InvalidRequest([Violation(field, description)])
+
+
+class Ingest:
+    def __init__(
+        self, store: IngestStore, clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+    ) -> None:
+        self.store = store
+        self.clock = clock
+
+    async def submit(
+        self, request: ingest_service_pb2.SubmitReportsRequest
+    ) -> ingest_service_pb2.SubmitReportsResponse:
+        now = self.clock()
+        if len(request.installation_id) != ID_BYTES:
+            raise _invalid("installation_id", f"must be {ID_BYTES} bytes")
+        if len(request.public_key) != PUBLIC_KEY_BYTES:
+            raise _invalid("public_key", f"must be {PUBLIC_KEY_BYTES} bytes")
+        if not 1 <= len(request.reports) <= MAX_REPORTS_PER_SUBMISSION:
+            raise _invalid("reports", f"between 1 and {MAX_REPORTS_PER_SUBMISSION} reports per submission")
+        reports = [self._open(i, signed, request, now) for i, signed in enumerate(request.reports)]
+        weeks = [(r.period.year, r.period.week) for r in reports]
+        if len(set(weeks)) != len(weeks):
+            raise _invalid("reports", "the same week is submitted twice")
+        for report in reports:
+            normalise_unknown_values(report)
+        try:
+            receipts = await self.store.store(request.installation_id, request.public_key, reports, now)
+        except KeyMismatch as exc:
+            raise Unauthenticated(str(exc)) from None
+        except InstallationDeleted as exc:
+            raise Forbidden(str(exc)) from None
+        except RateLimited as exc:
+            raise TooManySubmissions(exc.retry_after) from None
+        response = ingest_service_pb2.SubmitReportsResponse()
+        for receipt in receipts:
+            item = response.receipts.add(
+                report_id=receipt.report_id,
+                status=ingest_service_pb2.RECEIPT_STATUS_DUPLICATE
+                if receipt.duplicate
+                else ingest_service_pb2.RECEIPT_STATUS_ACCEPTED,
+                receipt_id=receipt.receipt_id,
+            )
+            item.stored_at.FromDatetime(receipt.stored_at)
+        return response
+
+    def _open(
+        self,
+        index: int,
+        signed: ingest_service_pb2.SignedReport,
+        request: ingest_service_pb2.SubmitReportsRequest,
+        now: dt.datetime,
+    ) -> aggregated_stats_pb2.AggregatedStats:
+        """Size, signature, decoding and validation of one report, in that order:
+        nothing is parsed before its size and signature are known to be good."""
+        path = f"reports[{index}]"
+        if len(signed.report) > MAX_REPORT_BYTES:
+            raise _invalid(f"{path}.report", f"larger than {MAX_REPORT_BYTES} bytes")
+        if not signature_is_valid(request.public_key, signed.signature, signed.report):
+            raise Unauthenticated(f"{path}.signature does not verify with public_key")
+        try:
+            report = aggregated_stats_pb2.AggregatedStats.FromString(signed.report)
+        except DecodeError:
+            raise _invalid(f"{path}.report", "is not an AggregatedStats message") from None
+        violations = check_report(report, request.installation_id, now)
+        if violations:
+            raise InvalidRequest([Violation(f"{path}.{v.field}", v.description) for v in violations])
+        return report
+
+    async def delete(
+        self, request: ingest_service_pb2.DeleteInstallationRequest
+    ) -> ingest_service_pb2.DeleteInstallationResponse:
+        now = self.clock()
+        try:
+            order = ingest_service_pb2.DeletionOrder.FromString(request.order)
+        except DecodeError:
+            raise _invalid("order", "is not a DeletionOrder message") from None
+        if len(order.installation_id) != ID_BYTES:
+            raise _invalid("order.installation_id", f"must be {ID_BYTES} bytes")
+        if order.requested_at.ToDatetime(tzinfo=dt.UTC) > now + CLOCK_SKEW:
+            raise _invalid("order.requested_at", "is in the future")
+        if not signature_is_valid(request.public_key, request.signature, request.order):
+            raise Unauthenticated("signature does not verify with public_key")
+        registered = await self.store.registered_key(order.installation_id)
+        if registered is not None and registered != request.public_key:
+            # Knowing an installation's ID does not allow deleting it.
+            raise Unauthenticated("not signed with the key this installation registered")
+        receipt = await self.store.delete_installation(order.installation_id, now)
+        response = ingest_service_pb2.DeleteInstallationResponse(
+            installation_id=receipt.installation_id,
+            reports_deleted=receipt.reports_deleted,
+            receipt_id=receipt.receipt_id,
+        )
+        response.deleted_at.FromDatetime(receipt.deleted_at)
+        return response
