@@ -1,18 +1,27 @@
-"""`python -m aggregation_server`: the public ingest server for signed weekly reports."""
+"""`python -m aggregation_server`: the public ingest server for signed weekly reports.
+
+Serves the IngestService over TLS. Without --tls-cert/--tls-key it makes its own
+CA and server certificate (under --tls-dir) and prints where the CA is, for
+agents to trust. Database migrations are applied at start.
+"""
 
 from __future__ import annotations
 
-import argparse
+import asyncio
+import contextlib
+import logging
 import sys
+from pathlib import Path
 
 from stats_common.cli import EnvArgumentParser, host_port, positive_int, user_data_dir
+
+from .server import ServerConfig, serve
+from .tls import ensure_self_made, given_files
 
 
 def build_parser() -> EnvArgumentParser:
     parser = EnvArgumentParser(
-        prog="aggregation_server",
-        env_prefix="AGGREGATION_SERVER_",
-        description=__doc__,
+        prog="aggregation_server", env_prefix="AGGREGATION_SERVER_", description=__doc__
     )
     parser.add_env_option(
         "--listen",
@@ -24,16 +33,22 @@ def build_parser() -> EnvArgumentParser:
     parser.add_env_option(
         "--database-url",
         help="SQLAlchemy database URL",
-        default=f"sqlite+aiosqlite:///{user_data_dir() / 'aggregation.db'}",
+        default=f"sqlite:///{user_data_dir() / 'aggregation.db'}",
         metavar="URL",
     )
     parser.add_env_option(
         "--tls-cert",
-        help="server certificate (PEM); a self-signed one is made when unset",
+        help="server certificate (PEM); a self-made one is used when unset",
         default="",
         metavar="PATH",
     )
     parser.add_env_option("--tls-key", help="server private key (PEM)", default="", metavar="PATH")
+    parser.add_env_option(
+        "--tls-dir",
+        help="where the self-made CA and certificate are kept",
+        default=str(user_data_dir() / "tls"),
+        metavar="DIR",
+    )
     parser.add_env_option(
         "--retention-days",
         help="weekly reports older than this are deleted",
@@ -46,13 +61,33 @@ def build_parser() -> EnvArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args: argparse.Namespace = build_parser().parse_args(argv)
-    del args
-    print(
-        "aggregation_server: this service is not part of this release yet; only --help is available.",
-        file=sys.stderr,
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
-    return 2
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
+    try:
+        if args.tls_cert:
+            tls = given_files(Path(args.tls_cert), Path(args.tls_key))
+        else:
+            tls = ensure_self_made(Path(args.tls_dir).expanduser())
+            print(
+                f"aggregation_server: self-made TLS; agents trust the CA at {tls.ca_certificate}",
+                file=sys.stderr,
+            )
+    except OSError as exc:
+        print(f"aggregation_server: {exc}", file=sys.stderr)
+        return 1
+    if args.database_url.startswith("sqlite:///"):
+        Path(args.database_url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
+            parents=True, exist_ok=True
+        )
+    config = ServerConfig(args.listen, args.database_url, tls, args.retention_days)
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(config))
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,142 @@
+"""The ingest server end to end: real TLS with a self-made CA, real databases
+(SQLite and PostgreSQL), status codes and their details."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from printernizer.stats.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+
+from aggregation_server.server import ServerConfig, serve
+from aggregation_server.tls import ensure_self_made
+from stats_common.errors import field_violations, retry_delay
+from stats_common.weeks import Week
+
+from . import databases
+from .test_aggregation_ingest import Installation
+from .test_aggregation_validation import valid_report
+
+database_url = databases.database_url
+W45, W46 = Week(2026, 45), Week(2026, 46)
+TIMEOUT = 10
+
+
+@dataclass
+class RunningServer:
+    stub: ingest_service_pb2_grpc.IngestServiceStub
+    channel: grpc.aio.Channel
+    port: int
+    ca: bytes
+    database_url: str
+
+
+@pytest.fixture
+async def server(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    tls = ensure_self_made(tmp_path / "tls")
+    config = ServerConfig("127.0.0.1:0", database_url, tls, retention_days=730)
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, stop, on_ready=ready.set_result))
+    port = await asyncio.wait_for(ready, 30)
+    assert tls.ca_certificate is not None
+    ca = tls.ca_certificate.read_bytes()
+    channel = grpc.aio.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=ca))
+    try:
+        yield RunningServer(
+            ingest_service_pb2_grpc.IngestServiceStub(channel), channel, port, ca, database_url
+        )
+    finally:
+        await channel.close()
+        stop.set()
+        await asyncio.wait_for(task, 30)
+
+
+async def rpc_error(call: object) -> grpc.aio.AioRpcError:
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await call  # type: ignore[misc]
+    return caught.value
+
+
+async def test_submit_replay_and_delete_over_tls(server: RunningServer) -> None:
+    agent = Installation()
+    request = agent.submission(valid_report(W45), valid_report(W46))
+    first = await server.stub.SubmitReports(request, timeout=TIMEOUT)
+    assert [r.status for r in first.receipts] == [ingest_service_pb2.RECEIPT_STATUS_ACCEPTED] * 2
+    replay = await server.stub.SubmitReports(request, timeout=TIMEOUT)
+    assert [r.status for r in replay.receipts] == [ingest_service_pb2.RECEIPT_STATUS_DUPLICATE] * 2
+    assert [r.receipt_id for r in replay.receipts] == [r.receipt_id for r in first.receipts]
+    deleted = await server.stub.DeleteInstallation(agent.deletion(), timeout=TIMEOUT)
+    assert deleted.reports_deleted == 2
+    refused = await rpc_error(server.stub.SubmitReports(request, timeout=TIMEOUT))
+    assert refused.code() == grpc.StatusCode.PERMISSION_DENIED
+
+
+async def test_refusals_carry_the_right_codes_and_details(server: RunningServer) -> None:
+    agent = Installation()
+    unsigned = agent.submission(valid_report(W46))
+    unsigned.reports[0].signature = bytes(64)
+    assert (await rpc_error(server.stub.SubmitReports(unsigned, timeout=TIMEOUT))).code() == (
+        grpc.StatusCode.UNAUTHENTICATED
+    )
+    broken = valid_report(W46)
+    broken.usage.uptime_hours = 999
+    invalid = await rpc_error(server.stub.SubmitReports(agent.submission(broken), timeout=TIMEOUT))
+    assert invalid.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in field_violations(invalid)] == ["reports[0].usage.uptime_hours"]
+    await server.stub.SubmitReports(agent.submission(valid_report(W45)), timeout=TIMEOUT)
+    limited = await rpc_error(server.stub.SubmitReports(agent.submission(valid_report(W46)), timeout=TIMEOUT))
+    assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    delay = retry_delay(limited)
+    assert delay is not None
+    assert dt.timedelta(minutes=59) < delay <= dt.timedelta(hours=1)
+
+
+async def test_garbage_and_oversized_requests(server: RunningServer) -> None:
+    raw = server.channel.unary_unary(
+        "/printernizer.stats.v1.IngestService/SubmitReports",
+        request_serializer=lambda data: data,
+        response_deserializer=ingest_service_pb2.SubmitReportsResponse.FromString,
+    )
+    garbage = await rpc_error(raw(b"\xff\xff\xff", timeout=TIMEOUT))
+    assert garbage.code() == grpc.StatusCode.INVALID_ARGUMENT
+    huge = await rpc_error(raw(b"\x0a" + b"\xff" * 2_000_000, timeout=TIMEOUT))
+    assert huge.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+    health = await server.stub.SubmitReports(Installation().submission(valid_report(W46)), timeout=TIMEOUT)
+    assert len(health.receipts) == 1  # still serving
+
+
+async def test_plaintext_is_refused(server: RunningServer) -> None:
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{server.port}") as plain:
+        stub = ingest_service_pb2_grpc.IngestServiceStub(plain)
+        error = await rpc_error(stub.SubmitReports(Installation().submission(valid_report(W46)), timeout=5))
+    assert error.code() == grpc.StatusCode.UNAVAILABLE
+
+
+async def test_no_ip_address_is_stored_or_logged(
+    server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    agent = Installation()
+    await server.stub.SubmitReports(agent.submission(valid_report(W46)), timeout=TIMEOUT)
+    unsigned = agent.submission(valid_report(W45))
+    unsigned.reports[0].signature = bytes(64)
+    await rpc_error(server.stub.SubmitReports(unsigned, timeout=TIMEOUT))
+    assert "127.0.0.1" not in caplog.text
+    if server.database_url.startswith("sqlite"):
+        raw = b"".join(p.read_bytes() for p in tmp_path.glob("aggregation.db*"))
+        assert raw, "the database file was not found"
+        assert b"127.0.0.1" not in raw
+    else:
+        import psycopg
+
+        with psycopg.connect(server.database_url.replace("+psycopg", "")) as connection:
+            dump = str(connection.execute("SELECT * FROM installations").fetchall())
+            dump += str(connection.execute("SELECT * FROM reports").fetchall())
+        assert "127.0.0.1" not in dump
