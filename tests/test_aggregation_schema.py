@@ -18,7 +18,14 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError
 
 from aggregation_server import schema
-from aggregation_server.database import alembic_config, create_sync_engine, downgrade, upgrade
+from aggregation_server.database import (
+    alembic_config,
+    async_url,
+    create_sync_engine,
+    downgrade,
+    sync_url,
+    upgrade,
+)
 
 from . import databases
 
@@ -141,3 +148,18 @@ def test_no_column_can_hold_free_text() -> None:
         if column.type.python_type is str
     ]
     assert text_columns == ["ingest_counters.name"]
+
+
+@pytest.mark.parametrize(
+    ("url", "sync", "asynchronous"),
+    [
+        ("sqlite:///x.db", "sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("sqlite+aiosqlite:///x.db", "sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("mssql+pyodbc://u@dsn", "mssql+pyodbc://u@dsn", "mssql+aioodbc://u@dsn"),
+    ],
+)
+def test_each_database_url_has_a_sync_and_an_async_driver(url: str, sync: str, asynchronous: str) -> None:
+    assert sync_url(url) == sync
+    assert async_url(url) == asynchronous
