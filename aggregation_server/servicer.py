@@ -10,7 +10,8 @@ import datetime as dt
 import logging
 import time
 from collections import OrderedDict
-from typing import NoReturn
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
 
 import grpc
 from printernizer.stats.v1 import ingest_service_pb2, ingest_service_pb2_grpc
@@ -21,6 +22,8 @@ from stats_common.errors import Context
 from .ingest import Forbidden, Ingest, IngestError, InvalidRequest, TooManySubmissions, Unauthenticated
 
 log = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
 
 
 class PeerLimiter:
@@ -69,29 +72,26 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
                 context, "too many calls from this peer", dt.timedelta(seconds=wait)
             )
 
-    async def SubmitReports(
-        self, request: ingest_service_pb2.SubmitReportsRequest, context: Context
-    ) -> ingest_service_pb2.SubmitReportsResponse:
+    async def _answer(self, context: Context, call: Callable[[], Awaitable[Response]], what: str) -> Response:
+        """Run a call after the peer limit; map refusals and failures to statuses."""
         await self._limit(context)
         try:
-            return await self.ingest.submit(request)
+            return await call()
         except IngestError as exc:
             await _refuse(context, exc)
         except Exception:
-            log.exception("submission failed")
+            log.exception("%s failed", what)
             await errors.internal(context)
+
+    async def SubmitReports(
+        self, request: ingest_service_pb2.SubmitReportsRequest, context: Context
+    ) -> ingest_service_pb2.SubmitReportsResponse:
+        return await self._answer(context, lambda: self.ingest.submit(request), "submission")
 
     async def DeleteInstallation(
         self, request: ingest_service_pb2.DeleteInstallationRequest, context: Context
     ) -> ingest_service_pb2.DeleteInstallationResponse:
-        await self._limit(context)
-        try:
-            return await self.ingest.delete(request)
-        except IngestError as exc:
-            await _refuse(context, exc)
-        except Exception:
-            log.exception("deletion failed")
-            await errors.internal(context)
+        return await self._answer(context, lambda: self.ingest.delete(request), "deletion")
 
 
 async def _refuse(context: Context, exc: IngestError) -> NoReturn:
