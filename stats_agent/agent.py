@@ -40,7 +40,7 @@ from .report import (
     build_report,
     weekly_activity,
 )
-from .storage import AgentStore, DeletionRequestRow
+from .storage import AgentStore, DeletionRequestRow, OutboxRow
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +72,9 @@ class AgentConfig:
     timezone: str
     retention_days: int
     override: Override
+    # The outbox keeps at most this many reports / bytes; the oldest go first.
+    outbox_reports: int = 60
+    outbox_bytes: int = 600_000
 
 
 @dataclass(frozen=True)
@@ -224,15 +227,54 @@ class StatsAgent:
                 return week
         return current
 
+    async def queue_finished_weeks(self) -> int:
+        """Queue the report of every finished week since opting in that is not
+        queued or sent yet: its bytes are frozen and signed now, so what is sent
+        is exactly what the preview showed. Returns how many were queued."""
+        consent = await self.consent()
+        identity = await self.identity()
+        if not consent.sharing or identity is None or consent.since_time is None:
+            return 0
+        now = self.clock()
+        last_finished = Week.containing(now).previous()
+        first = Week.containing(consent.since_time)
+        if last_finished < first:
+            return 0
+        done = {row.week for row in await self.store.sent_reports(MAX_LEDGER)}
+        done |= {row.week for row in await self.store.outbox()}
+        queued = 0
+        for week in weeks_between(first, last_finished):
+            if week.key in done:
+                continue
+            report = await self.report_bytes(week)
+            row = OutboxRow(
+                week.key,
+                report_id(identity.installation_id, week),
+                report,
+                identity.sign(report),
+                to_millis(now),
+            )
+            await self.store.queue_report(row, self.config.outbox_reports, self.config.outbox_bytes)
+            queued += 1
+        return queued
+
     async def report_bytes(self, week: Week) -> bytes:
         """The exact bytes a submission would carry for `week` now."""
         report = await build_report(self.store, week, await self.report_scope(week), self.clock())
         return report.SerializeToString(deterministic=True)
 
     async def preview(self, week: Week | None) -> tuple[Week, bytes]:
+        """The exact bytes of a report: a queued week's frozen bytes, else the
+        report as it would be built now."""
         if week is not None and week > Week.containing(self.clock()):
             raise RequestError("week", "is in the future")
+        queued = {row.week: row.report for row in await self.store.outbox()}
+        if week is None and queued:
+            oldest = min(queued)
+            return Week.from_key(oldest), queued[oldest]
         chosen = week or await self.next_report_week()
+        if chosen.key in queued:
+            return chosen, queued[chosen.key]
         return chosen, await self.report_bytes(chosen)
 
     # --- the user's own view ---------------------------------------------------------
@@ -338,11 +380,12 @@ class StatsAgent:
         opted out first, so the server's copy is deleted too; the consent
         choice itself is kept (deleting data is not a change of mind)."""
         consent = await self.consent()
+        queued = len(await self.store.outbox())  # queued reports are deleted too (by the opt-out or below)
         if consent.chosen == consent_mod.SHARING:
             await self._opt_out(consent_mod.LOCAL_ONLY, self.clock())
         events, reports = await self.store.delete_all(keep_settings=consent_mod.CONSENT_KEYS)
         self._consent = None
-        return events, reports
+        return events, reports + queued
 
     async def status(self) -> agent_service_pb2.GetStatusResponse:
         counters = await self.store.counters()
@@ -352,6 +395,7 @@ class StatsAgent:
             rejected_events=counters.get("rejected_events", 0),
             dropped_events=counters.get("dropped_events", 0),
             evicted_reports=counters.get("evicted_reports", 0),
+            queued_reports=len(await self.store.outbox()),
             last_outcome=agent_service_pb2.DELIVERY_OUTCOME_NONE,
             agent_version=package_version(),
         )

@@ -29,7 +29,7 @@ log = logging.getLogger(__name__)
 MAX_SOCKET_PATH = 107
 # Bounds that protect the agent: a full batch of 1,000 events is ~30 KB.
 MAX_MESSAGE_BYTES = 1 << 20
-PRUNE_INTERVAL_SECONDS = 6 * 3600
+MAINTENANCE_INTERVAL_SECONDS = 3600
 SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
@@ -135,7 +135,7 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
-    pruner = asyncio.create_task(_prune_periodically(agent))
+    pruner = asyncio.create_task(_maintain_periodically(agent))
     log.info("stats agent serving on unix:%s (database %s)", socket_path, config.db_path)
     try:
         await stop.wait()
@@ -152,10 +152,16 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
                 loop.remove_signal_handler(signum)
 
 
-async def _prune_periodically(agent: StatsAgent) -> None:
+async def _maintain_periodically(agent: StatsAgent) -> None:
+    """Hourly (and at start, so missed weeks are caught up): queue the reports of
+    finished weeks, and prune events past their retention."""
     while True:
-        try:
-            await agent.prune()
-        except Exception:
-            log.exception("pruning old events failed; will try again later")
-        await asyncio.sleep(PRUNE_INTERVAL_SECONDS)
+        for task, what in (
+            (agent.queue_finished_weeks, "queueing reports"),
+            (agent.prune, "pruning old events"),
+        ):
+            try:
+                await task()
+            except Exception:
+                log.exception("%s failed; will try again later", what)
+        await asyncio.sleep(MAINTENANCE_INTERVAL_SECONDS)

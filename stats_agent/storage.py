@@ -162,6 +162,20 @@ MIGRATIONS: tuple[Migration, ...] = (
             "DROP TABLE sent_reports",
         ),
     ),
+    Migration(
+        3,
+        "the outbox of finished weeks' signed reports",
+        (
+            """CREATE TABLE outbox (
+                week INTEGER PRIMARY KEY,
+                report_id BLOB NOT NULL,
+                report BLOB NOT NULL,
+                signature BLOB NOT NULL,
+                queued_at INTEGER NOT NULL
+            )""",
+        ),
+        ("DROP TABLE outbox",),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -231,6 +245,15 @@ class SentReportRow:
     report: bytes
     receipt: bytes
     sent_at: int
+
+
+@dataclass(frozen=True)
+class OutboxRow:
+    week: int  # YYYYWW
+    report_id: bytes
+    report: bytes  # the exact bytes that will be sent
+    signature: bytes
+    queued_at: int
 
 
 @dataclass(frozen=True)
@@ -592,11 +615,52 @@ class AgentStore:
             for r in rows
         ]
 
+    # --- outbox --------------------------------------------------------------------
+
+    async def queue_report(self, row: OutboxRow, max_reports: int, max_bytes: int) -> int:
+        """Queue a finished week's report (once: a week already queued is kept),
+        then evict the oldest reports beyond the caps; returns how many were
+        evicted (also added to the `evicted_reports` counter)."""
+        async with self._transaction() as db:
+            await db.execute(
+                "INSERT OR IGNORE INTO outbox (week, report_id, report, signature, queued_at) "
+                "VALUES (?, ?, ?, ?, ?)",
+                (row.week, row.report_id, row.report, row.signature, row.queued_at),
+            )
+            evicted = 0
+            while True:
+                count, size = await self._one_in(
+                    db, "SELECT COUNT(*), COALESCE(SUM(LENGTH(report)), 0) FROM outbox"
+                )
+                if count <= max_reports and size <= max_bytes:
+                    break
+                await db.execute("DELETE FROM outbox WHERE week = (SELECT MIN(week) FROM outbox)")
+                evicted += 1
+            if evicted:
+                await self._add_counter(db, "evicted_reports", evicted)
+            return evicted
+
+    @staticmethod
+    async def _one_in(db: aiosqlite.Connection, sql: str) -> tuple[int, int]:
+        async with db.execute(sql) as cursor:
+            row = await cursor.fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+    async def outbox(self) -> list[OutboxRow]:
+        """Queued reports, oldest week first."""
+        rows = await self._all(
+            "SELECT week, report_id, report, signature, queued_at FROM outbox ORDER BY week"
+        )
+        return [OutboxRow(int(w), bytes(i), bytes(r), bytes(s), int(q)) for w, i, r, s, q in rows]
+
     async def opt_out(self, settings: dict[str, bytes | None], deletion: DeletionRequestRow | None) -> None:
-        """Record an opt-out atomically: new settings (identity removed) and the
-        signed deletion request that asks the server to forget this installation."""
+        """Record an opt-out atomically: new settings (identity removed), an
+        empty outbox, and the signed deletion request that asks the server to
+        forget this installation."""
         async with self._transaction() as db:
             await self._put_settings(db, settings)
+            await db.execute("DELETE FROM outbox")
             if deletion is not None:
                 await db.execute(
                     "INSERT INTO deletion_requests (installation_id, request, created_at) VALUES (?, ?, ?)",
@@ -613,6 +677,7 @@ class AgentStore:
             await db.execute("DELETE FROM event_weeks")
             await db.execute("DELETE FROM week_shapes")
             reports = (await db.execute("DELETE FROM sent_reports")).rowcount
+            await db.execute("DELETE FROM outbox")
             await db.execute("DELETE FROM week_summaries")
             await db.execute("DELETE FROM counters")
             await db.execute("DELETE FROM deletion_requests WHERE confirmed_at IS NOT NULL")
