@@ -48,6 +48,18 @@ def build_parser() -> EnvArgumentParser:
         type=positive_int,
         metavar="DAYS",
     )
+    parser.add_env_option(
+        "--server",
+        help="the aggregation server (HOST:PORT, TLS) that weekly reports go to; unset: nothing is sent",
+        default="",
+        metavar="HOST:PORT",
+    )
+    parser.add_env_option(
+        "--ca-file",
+        help="CA certificates (PEM) that verify the aggregation server (default: the system's)",
+        default="",
+        metavar="PATH",
+    )
     parser.add_env_switch("--disable", help="record nothing and send nothing (DO_NOT_TRACK=1 does the same)")
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
     return parser
@@ -66,6 +78,8 @@ def main(argv: list[str] | None = None) -> int:
             retention_days=args.retention_days,
             override=Override(do_not_track=env_flag("DO_NOT_TRACK"), agent_switch=args.disable),
         ),
+        server_address=args.server or None,
+        ca_file=args.ca_file or None,
     )
     try:
         asyncio.run(serve(config))

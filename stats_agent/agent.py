@@ -402,6 +402,13 @@ class StatsAgent:
         last = await self.store.last_sent_at()
         if last is not None:
             status.last_submission.FromDatetime(from_millis(last))
+        settings = await self.store.settings()
+        if "delivery.last_attempt" in settings:
+            status.last_attempt.FromDatetime(from_millis(int(settings["delivery.last_attempt"].decode())))
+            status.last_outcome = agent_service_pb2.DeliveryOutcome.ValueType(
+                int(settings["delivery.last_outcome"].decode())
+            )
+            status.last_failure_code = settings["delivery.last_failure_code"].decode()
         return status
 
     # --- retention -------------------------------------------------------------------

@@ -20,6 +20,7 @@ from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
 from stats_common.interceptors import RejectUndecodableRequests
 
 from .agent import AgentConfig, StatsAgent
+from .delivery import Courier, Uplink
 from .servicer import AgentServicer
 from .storage import AgentStore
 
@@ -29,7 +30,6 @@ log = logging.getLogger(__name__)
 MAX_SOCKET_PATH = 107
 # Bounds that protect the agent: a full batch of 1,000 events is ~30 KB.
 MAX_MESSAGE_BYTES = 1 << 20
-MAINTENANCE_INTERVAL_SECONDS = 3600
 SERVICE_NAME = agent_service_pb2.DESCRIPTOR.services_by_name["AgentService"].full_name
 
 
@@ -42,6 +42,10 @@ class ServerConfig:
     socket_path: Path
     db_path: Path
     agent: AgentConfig
+    # The aggregation server (HOST:PORT) and the CA bundle that verifies it
+    # (None: the system's CAs). Without a server nothing is ever sent.
+    server_address: str | None = None
+    ca_file: str | None = None
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -92,7 +96,7 @@ def _socket_answers(path: Path) -> bool:
 
 
 async def _start_server(
-    socket_path: Path, agent: StatsAgent
+    socket_path: Path, agent: StatsAgent, courier: Courier
 ) -> tuple[grpc.aio.Server, health.aio.HealthServicer]:
     server = grpc.aio.server(
         interceptors=[RejectUndecodableRequests()],
@@ -101,7 +105,7 @@ async def _start_server(
             ("grpc.max_send_message_length", 16 * MAX_MESSAGE_BYTES),
         ],
     )
-    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent), server)
+    agent_service_pb2_grpc.add_AgentServiceServicer_to_server(AgentServicer(agent, courier), server)
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection((SERVICE_NAME, health.SERVICE_NAME, reflection.SERVICE_NAME), server)
@@ -125,9 +129,13 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     socket_path = config.socket_path.absolute()
     store = await AgentStore.open(config.db_path)
     agent = StatsAgent(store, config.agent)
+    uplink = Uplink(config.server_address, config.ca_file) if config.server_address else None
+    courier = Courier(agent, uplink)
     try:
-        server, health_servicer = await _start_server(socket_path, agent)
+        server, health_servicer = await _start_server(socket_path, agent, courier)
     except BaseException:
+        if uplink is not None:
+            await uplink.close()
         await store.close()
         raise
     stop = stop or asyncio.Event()
@@ -135,33 +143,22 @@ async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
-    pruner = asyncio.create_task(_maintain_periodically(agent))
+    background = asyncio.create_task(courier.run())
     log.info("stats agent serving on unix:%s (database %s)", socket_path, config.db_path)
     try:
         await stop.wait()
     finally:
         log.info("stats agent stopping")
         await health_servicer.enter_graceful_shutdown()
-        pruner.cancel()
+        background.cancel()
         await server.stop(grace=5)
+        with contextlib.suppress(asyncio.CancelledError):
+            await background
+        if uplink is not None:
+            await uplink.close()
         await store.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
-
-
-async def _maintain_periodically(agent: StatsAgent) -> None:
-    """Hourly (and at start, so missed weeks are caught up): queue the reports of
-    finished weeks, and prune events past their retention."""
-    while True:
-        for task, what in (
-            (agent.queue_finished_weeks, "queueing reports"),
-            (agent.prune, "pruning old events"),
-        ):
-            try:
-                await task()
-            except Exception:
-                log.exception("%s failed; will try again later", what)
-        await asyncio.sleep(MAINTENANCE_INTERVAL_SECONDS)

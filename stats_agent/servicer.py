@@ -17,7 +17,8 @@ from stats_common.errors import Context
 from stats_common.weeks import Week
 
 from .agent import NotSharing, RequestError, StatsAgent, report_json
-from .consent import ConsentError
+from .consent import SHARING, ConsentError
+from .delivery import Courier
 from .events import InvalidEvent
 from .storage import StorageError
 
@@ -61,8 +62,9 @@ def _unary(
 
 
 class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
-    def __init__(self, agent: StatsAgent) -> None:
+    def __init__(self, agent: StatsAgent, courier: Courier) -> None:
         self.agent = agent
+        self.courier = courier
 
     @_unary
     async def RecordEvents(
@@ -83,7 +85,10 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def SetConsent(
         self, request: agent_service_pb2.SetConsentRequest, context: Context
     ) -> agent_service_pb2.SetConsentResponse:
+        was_sharing = (await self.agent.consent()).chosen == SHARING
         consent = await self.agent.set_consent(request.state, request.schema_version)
+        if was_sharing and consent.chosen != SHARING:
+            self.courier.stop_sending()  # and send the deletion request now
         return agent_service_pb2.SetConsentResponse(consent=consent.to_proto())
 
     @_unary
@@ -122,7 +127,10 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def DeleteAllData(
         self, request: agent_service_pb2.DeleteAllDataRequest, context: Context
     ) -> agent_service_pb2.DeleteAllDataResponse:
+        was_sharing = (await self.agent.consent()).chosen == SHARING
         events, reports = await self.agent.delete_all()
+        if was_sharing:
+            self.courier.stop_sending()
         return agent_service_pb2.DeleteAllDataResponse(events_deleted=events, reports_deleted=reports)
 
     @_unary
@@ -138,7 +146,20 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         consent = await self.agent.consent()
         if not consent.sharing:
             raise NotSharing("statistics are only sent after opting in to sharing")
-        raise NotSharing("no aggregation server is configured for this agent")
+        await self.agent.queue_finished_weeks()
+        delivery = await self.courier.submit_now()
+        if delivery.outcome == agent_service_pb2.DELIVERY_OUTCOME_RETRYING:
+            await errors.unavailable(
+                context,
+                f"the aggregation server did not take the reports ({delivery.failure_code}); "
+                "they stay queued",
+            )
+        if delivery.outcome == agent_service_pb2.DELIVERY_OUTCOME_DROPPED:
+            await errors.failed_precondition(
+                context,
+                f"the aggregation server refused the reports ({delivery.failure_code}); they were dropped",
+            )
+        return agent_service_pb2.SubmitNowResponse(receipts=delivery.receipts)
 
     @_unary
     async def ListSentReports(

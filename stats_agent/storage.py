@@ -580,11 +580,7 @@ class AgentStore:
 
     async def add_sent_report(self, row: SentReportRow) -> None:
         async with self._transaction() as db:
-            await db.execute(
-                "INSERT OR REPLACE INTO sent_reports (report_id, week, report, receipt, sent_at) "
-                "VALUES (?, ?, ?, ?, ?)",
-                (row.report_id, row.week, row.report, row.receipt, row.sent_at),
-            )
+            await db.execute(_INSERT_SENT, (row.report_id, row.week, row.report, row.receipt, row.sent_at))
 
     async def sent_reports(self, limit: int) -> list[SentReportRow]:
         rows = await self._all(
@@ -654,6 +650,37 @@ class AgentStore:
         )
         return [OutboxRow(int(w), bytes(i), bytes(r), bytes(s), int(q)) for w, i, r, s, q in rows]
 
+    async def drop_outbox(self, weeks: Sequence[int]) -> None:
+        """Remove reports the server refused for good (counted as dropped)."""
+        async with self._transaction() as db:
+            await db.executemany("DELETE FROM outbox WHERE week = ?", [(week,) for week in weeks])
+            await self._add_counter(db, "dropped_reports", len(weeks))
+
+    async def mark_sent(self, rows: Sequence[SentReportRow]) -> None:
+        """Move accepted reports from the outbox to the ledger, atomically."""
+        async with self._transaction() as db:
+            await db.executemany(
+                _INSERT_SENT, [(r.report_id, r.week, r.report, r.receipt, r.sent_at) for r in rows]
+            )
+            await db.executemany("DELETE FROM outbox WHERE week = ?", [(r.week,) for r in rows])
+
+    async def record_delivery(self, attempt: int, outcome: int, failure_code: str) -> None:
+        """The outcome of the last delivery attempt, for the status."""
+        await self.put_settings(
+            {
+                "delivery.last_attempt": str(attempt).encode(),
+                "delivery.last_outcome": str(outcome).encode(),
+                "delivery.last_failure_code": failure_code.encode(),
+            }
+        )
+
+    async def confirm_deletion(self, request_id: int, receipt: bytes, confirmed_at: int) -> None:
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE deletion_requests SET receipt = ?, confirmed_at = ? WHERE id = ?",
+                (receipt, confirmed_at, request_id),
+            )
+
     async def opt_out(self, settings: dict[str, bytes | None], deletion: DeletionRequestRow | None) -> None:
         """Record an opt-out atomically: new settings (identity removed), an
         empty outbox, and the signed deletion request that asks the server to
@@ -690,6 +717,9 @@ class AgentStore:
 
 
 _EVENT_COLUMNS = "e.seq, e.recorded_at, e.occurred_at, e.shape, e.payload"
+_INSERT_SENT = (
+    "INSERT OR REPLACE INTO sent_reports (report_id, week, report, receipt, sent_at) VALUES (?, ?, ?, ?, ?)"
+)
 
 
 def _stored(row: tuple[Any, ...]) -> StoredRow:
