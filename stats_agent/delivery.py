@@ -15,6 +15,7 @@ import contextlib
 import datetime as dt
 import hashlib
 import logging
+import random
 from dataclasses import dataclass
 
 import grpc
@@ -139,9 +140,33 @@ def due_at(installation_id: bytes, week: Week) -> dt.datetime:
     return week.end + dt.timedelta(seconds=int.from_bytes(digest[:4], "big") % 86_400)
 
 
-# When a delivery failed with no delay from the server, the next try waits this long.
+# After the backoff gives up, the next try waits for the hourly schedule.
 RETRY_INTERVAL = dt.timedelta(hours=1)
 MAINTENANCE_INTERVAL_SECONDS = 3600.0
+
+
+@dataclass
+class Backoff:
+    """Exponential backoff with jitter and a cap (5 s -> 30 s, x1.5, +/-20 %),
+    giving up after `give_up_after` tries in a row (then the hourly schedule
+    takes over)."""
+
+    initial: float = 5.0
+    maximum: float = 30.0
+    multiplier: float = 1.5
+    jitter: float = 0.2
+    give_up_after: int = 8
+    attempts: int = 0
+
+    def next_delay(self, rng: random.Random) -> dt.timedelta | None:
+        if self.attempts >= self.give_up_after:
+            return None
+        base = min(self.maximum, self.initial * self.multiplier**self.attempts)
+        self.attempts += 1
+        return dt.timedelta(seconds=base * rng.uniform(1 - self.jitter, 1 + self.jitter))
+
+    def reset(self) -> None:
+        self.attempts = 0
 
 
 class Courier:
@@ -155,6 +180,8 @@ class Courier:
         self._wake = asyncio.Event()
         self._submission: asyncio.Task[Delivery] | None = None
         self._not_before: dt.datetime | None = None
+        self._backoff = Backoff()
+        self._rng = random.Random()  # noqa: S311 - jitter, not secrets
 
     def wake(self) -> None:
         self._wake.set()
@@ -170,8 +197,15 @@ class Courier:
         while True:
             await self.tick()
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), MAINTENANCE_INTERVAL_SECONDS)
+                await asyncio.wait_for(self._wake.wait(), self._seconds_until_next_tick())
             self._wake.clear()
+
+    def _seconds_until_next_tick(self) -> float:
+        """The hour, or sooner when a retry is due."""
+        if self._not_before is None:
+            return MAINTENANCE_INTERVAL_SECONDS
+        waiting = (self._not_before - self.agent.clock()).total_seconds()
+        return max(0.0, min(MAINTENANCE_INTERVAL_SECONDS, waiting))
 
     async def tick(self) -> None:
         for task, what in (
@@ -216,7 +250,18 @@ class Courier:
         finally:
             self._submission = None
         if delivery.outcome == agent_service_pb2.DELIVERY_OUTCOME_RETRYING:
-            self._not_before = self.agent.clock() + (delivery.retry_after or RETRY_INTERVAL)
+            # The server's RetryInfo wins; else back off, and after a bound wait for the hour.
+            delay = delivery.retry_after or self._backoff.next_delay(self._rng)
+            if delay is None:
+                self._backoff.reset()
+                delay = RETRY_INTERVAL
+            self._not_before = self.agent.clock() + delay
         else:
+            self._backoff.reset()
             self._not_before = None
         return delivery
+
+    @property
+    def next_attempt(self) -> dt.datetime | None:
+        """When a failed delivery is tried again (None: no retry pending)."""
+        return self._not_before

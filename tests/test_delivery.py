@@ -21,7 +21,7 @@ from aggregation_server import schema
 from aggregation_server.database import create_sync_engine
 from stats_agent.agent import AgentConfig, StatsAgent
 from stats_agent.consent import LOCAL_ONLY, SHARING, Override
-from stats_agent.delivery import Uplink, deliver
+from stats_agent.delivery import Backoff, Courier, Uplink, deliver
 from stats_agent.storage import AgentStore, OutboxRow
 from stats_common.weeks import Week
 
@@ -191,3 +191,43 @@ async def test_the_agent_server_sends_the_deletion_request_as_soon_as_the_user_o
             await agent.stub.SubmitNow(agent_service_pb2.SubmitNowRequest(), timeout=10)
         assert not_sharing.value.code() == grpc.StatusCode.FAILED_PRECONDITION
     short.cleanup()
+
+
+def test_backoff_grows_with_jitter_to_a_cap_and_gives_up() -> None:
+    import random
+
+    backoff = Backoff()
+    rng = random.Random(1)
+    delays = [backoff.next_delay(rng) for _ in range(backoff.give_up_after)]
+    seconds = [d.total_seconds() for d in delays if d is not None]
+    assert len(seconds) == backoff.give_up_after
+    assert 4.0 <= seconds[0] <= 6.0  # 5 s +/- 20 %
+    assert all(s <= 30 * 1.2 for s in seconds)  # capped
+    assert seconds[-1] > seconds[0] * 3  # grew
+    assert backoff.next_delay(rng) is None  # gave up
+    backoff.reset()
+    assert backoff.next_delay(rng) is not None
+
+
+async def test_a_server_that_stays_down_is_retried_with_backoff_then_hourly(agent: StatsAgent) -> None:
+    clock = agent.clock
+    clock.now = W.end + dt.timedelta(hours=25)  # type: ignore[attr-defined]  # past the week's due time
+    courier = Courier(agent, Uplink("localhost:1"))  # nothing listens there
+    try:
+        waits = []
+        for _ in range(Backoff().give_up_after + 1):
+            await courier.tick()
+            assert courier.next_attempt is not None
+            waits.append(courier.next_attempt - clock())
+            clock.now = courier.next_attempt  # type: ignore[attr-defined]
+        assert dt.timedelta(seconds=4) <= waits[0] <= dt.timedelta(seconds=6)
+        assert waits[1] > waits[0]
+        assert waits[-1] == dt.timedelta(hours=1)  # gave up: the hourly schedule
+        assert len(await agent.store.outbox()) == 1  # nothing lost
+        status = await agent.status()
+        assert (status.last_outcome, status.last_failure_code) == (
+            agent_service_pb2.DELIVERY_OUTCOME_RETRYING,
+            "UNAVAILABLE",
+        )
+    finally:
+        await courier.uplink.close()  # type: ignore[union-attr]
