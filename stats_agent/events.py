@@ -289,11 +289,6 @@ class EventDecoder:
         raise AssertionError("an event with a time out of bounds passed validation")  # pragma: no cover
 
 
-def validate_batch(events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> list[RowValues]:
-    """All events of a batch as rows (see EventDecoder.rows), without caches."""
-    return EventDecoder().rows(events, now)
-
-
 def to_event(row: EventRow) -> usage_event_pb2.UsageEvent:
     """The UsageEvent a stored row came from (for export)."""
     spec = KINDS[row.kind]

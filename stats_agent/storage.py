@@ -578,10 +578,6 @@ class AgentStore:
 
     # --- ledger and deletion requests --------------------------------------------
 
-    async def add_sent_report(self, row: SentReportRow) -> None:
-        async with self._transaction() as db:
-            await db.execute(_INSERT_SENT, (row.report_id, row.week, row.report, row.receipt, row.sent_at))
-
     async def sent_reports(self, limit: int) -> list[SentReportRow]:
         rows = await self._all(
             "SELECT report_id, week, report, receipt, sent_at FROM sent_reports "

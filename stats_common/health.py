@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import time
-
 import grpc
 from grpc_health.v1 import health_pb2
 
@@ -25,13 +23,3 @@ def is_serving(target: str, service: str = "", timeout: float = 2.0) -> bool:
         except grpc.RpcError:
             return False
     return reply.status == health_pb2.HealthCheckResponse.SERVING
-
-
-def wait_until_serving(target: str, timeout: float = 30.0) -> bool:
-    """Poll until the server answers SERVING; False if it did not in time."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if is_serving(target):
-            return True
-        time.sleep(0.05)
-    return False

@@ -68,8 +68,8 @@ async def populated(tmp_path: Path) -> Path:
     try:
         await store.append_events(ROWS, recorded_at=1_767_600_003_000, dropped_by_client=4)
         await store.put_settings({"consent.chosen": b"1", "x.other": b"\x00\xff"})
-        await store.add_sent_report(
-            SentReportRow(report_id=bytes(16), week=202601, report=b"r", receipt=b"", sent_at=1)
+        await store.mark_sent(
+            [SentReportRow(report_id=bytes(16), week=202601, report=b"r", receipt=b"", sent_at=1)]
         )
     finally:
         await store.close()

@@ -188,16 +188,19 @@ def test_betterproto_events_encode_to_the_same_bytes_as_protobuf(
 
 
 def test_the_sdk_batch_encoding_is_protobufs_own() -> None:
+    """The sender's own path: kind parts as the helpers cache them, and a typed
+    event as record() buffers it, framed by _Encoder.batch."""
     encoder = _Encoder()
     when = 1_763_000_000.7
-    batch = b"".join(
-        [
-            encoder.event(when, ("job_created", PrinterType.KLIPPER)),
-            encoder.event(when + 1, ("error_occurred", ErrorType.TIMEOUT, Component.API)),
-            encoder.event(when + 2, ("app_stopped",)),
-            encoder.event(when + 3, bytes(betterproto_and_protobuf_pairs()[1][0])),
-        ]
-    )
+    parts = [
+        encoder.kind_part(("job_created", PrinterType.KLIPPER)),
+        encoder.kind_part(("error_occurred", ErrorType.TIMEOUT, Component.API)),
+        encoder.kind_part(("app_stopped",)),
+        betterproto_and_protobuf_pairs()[1][0],
+    ]
+    framed, invalid = encoder.batch([when + i for i in range(4)], parts)
+    assert invalid == 0
+    batch = b"".join(framed)
     pb = usage_event_pb2
     expected = agent_service_pb2.RecordEventsRequest(
         events=[

@@ -144,11 +144,6 @@ class _Encoder:
             self._seconds[second] = part
         return part
 
-    def event(self, when: float, key: Any) -> bytes:
-        """One event, framed as an element of RecordEventsRequest.events."""
-        body = self.time_part(int(when)) + self.kind_part(key)
-        return _frame(body)
-
     def batch(self, times: list[float], parts: list[Any]) -> tuple[list[bytes], int]:
         """Frame buffered events; returns (framed events, count of invalid ones).
 
@@ -198,10 +193,6 @@ class _Parts(dict[Any, Any]):
         if len(self) < _CACHE_LIMIT:
             self[value] = found
         return found
-
-
-def _frame(body: bytes) -> bytes:
-    return _EVENTS_TAG + _varint(len(body)) + body
 
 
 def _key_of(event: UsageEvent) -> tuple[float | None, Any]:
