@@ -55,6 +55,41 @@ IDENTIFIER_FIELDS: dict[str, int] = {
     f"{PACKAGE}.InstallationInfo.installation_id": 16,
 }
 
+# The only string fields in the whole contract, each with why it may be text.
+# None is reachable from the usage messages or from anything that leaves an
+# installation; a test fails on any other string field.
+ALLOWED_STRING_FIELDS: dict[str, str] = {
+    f"{PACKAGE}.PreviewReportResponse.report_json": "local only: the user's own preview, rendered for reading",
+    f"{PACKAGE}.AgentSettings.time_zone": "local only: the user's own setting, in their export",
+    f"{PACKAGE}.GetStatusResponse.last_failure_code": "local only: a gRPC status code name, for the user",
+    f"{PACKAGE}.GroupValue.label": "admin analytics output: a display label made by the server",
+    f"{PACKAGE}.Anomaly.description": "admin analytics output: the rule in words, made by the server",
+}
+
+# What leaves an installation: the report, and the ingest requests around it.
+LEAVING_ROOTS: tuple[Descriptor, ...] = (
+    aggregated_stats_pb2.AggregatedStats.DESCRIPTOR,
+    ingest_service_pb2.SubmitReportsRequest.DESCRIPTOR,
+    ingest_service_pb2.DeleteInstallationRequest.DESCRIPTOR,
+    ingest_service_pb2.DeletionOrder.DESCRIPTOR,
+)
+
+
+def string_fields(files: Iterable[FileDescriptor] | None = None) -> list[str]:
+    """Full names of every string field in the contract's messages."""
+    found: list[str] = []
+
+    def walk(message: Descriptor) -> None:
+        found.extend(f.full_name for f in message.fields if f.type == FieldDescriptor.TYPE_STRING)
+        for inner in message.nested_types:
+            walk(inner)
+
+    for file in files if files is not None else contract_files():
+        for message in file.message_types_by_name.values():
+            walk(message)
+    return found
+
+
 # The newest report schema this code knows (the highest ReportSchemaVersion).
 CURRENT_SCHEMA_VERSION: int = max(aggregated_stats_pb2.ReportSchemaVersion.values())
 

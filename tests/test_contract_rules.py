@@ -217,3 +217,31 @@ def test_country_numbers_are_iso_numeric_codes() -> None:
         re.fullmatch(r"COUNTRY_([A-Z]{2}|UNSPECIFIED)", name)
         for name in country_pb2.Country.DESCRIPTOR.values_by_name
     )
+
+
+# --- The few strings the contract has -------------------------------------------------------
+
+
+def test_the_only_string_fields_are_the_reviewed_ones() -> None:
+    assert sorted(contract.string_fields()) == sorted(contract.ALLOWED_STRING_FIELDS)
+
+
+def test_no_allowed_string_can_leave_an_installation_or_carry_usage() -> None:
+    roots = (*contract.USAGE_ROOTS, *contract.LEAVING_ROOTS)
+    reachable = {m.full_name for m in contract.reachable_messages(*roots)}
+    for name in contract.ALLOWED_STRING_FIELDS:
+        assert name.rpartition(".")[0] not in reachable, name
+
+
+def test_a_new_string_anywhere_is_caught(tmp_path: Path) -> None:
+    pool = compile_mutated(
+        tmp_path,
+        {
+            "agent_service.proto": (
+                "  uint64 stored_events = 2;",
+                "  uint64 stored_events = 2;\n  string note = 99;",
+            )
+        },
+    )
+    files = [pool.FindFileByName(f.name) for f in contract.contract_files()]
+    assert "printernizer.stats.v1.GetStatusResponse.note" in contract.string_fields(files)
