@@ -59,7 +59,7 @@ IDENTIFIER_FIELDS: dict[str, int] = {
 # None is reachable from the usage messages or from anything that leaves an
 # installation; a test fails on any other string field.
 ALLOWED_STRING_FIELDS: dict[str, str] = {
-    f"{PACKAGE}.PreviewReportResponse.report_json": "local only: the user's own preview, rendered for reading",
+    f"{PACKAGE}.PreviewReportResponse.report_json": "local only: the user's preview, rendered for reading",
     f"{PACKAGE}.AgentSettings.time_zone": "local only: the user's own setting, in their export",
     f"{PACKAGE}.GetStatusResponse.last_failure_code": "local only: a gRPC status code name, for the user",
     f"{PACKAGE}.GroupValue.label": "admin analytics output: a display label made by the server",
