@@ -13,6 +13,8 @@ import logging
 import sys
 from pathlib import Path
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from stats_common.cli import EnvArgumentParser, host_port, positive_int, user_data_dir
 
 from .server import ServerConfig, serve
@@ -85,8 +87,12 @@ def main(argv: list[str] | None = None) -> int:
             parents=True, exist_ok=True
         )
     config = ServerConfig(args.listen, args.database_url, tls, args.retention_days)
-    with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(config))
+    try:
+        with contextlib.suppress(KeyboardInterrupt):
+            asyncio.run(serve(config))
+    except SQLAlchemyError as exc:
+        print(f"aggregation_server: cannot use the database: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
     return 0
 
 

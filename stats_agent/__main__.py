@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -70,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    if args.ca_file and not os.access(args.ca_file, os.R_OK):
+        print(f"stats_agent: cannot read the --ca-file {args.ca_file}", file=sys.stderr)
+        return 1
     config = ServerConfig(
         socket_path=Path(args.socket).expanduser(),
         db_path=Path(args.db).expanduser(),

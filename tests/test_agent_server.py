@@ -199,6 +199,24 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
         assert fragment in lines[0]
 
 
+async def test_command_with_an_unreadable_ca_file(agent_dir: Path) -> None:
+    result = subprocess.run(
+        [
+            *agent_command(agent_dir / "run" / "a.sock", agent_dir / "a.db"),
+            "--server",
+            "localhost:1",
+            "--ca-file",
+            "/nope.pem",
+        ],
+        cwd=ROOT,
+        env=agent_environment(),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert_one_line_error(result, "--ca-file", "/nope.pem")
+
+
 async def test_command_with_an_uncreatable_socket_directory(agent_dir: Path) -> None:
     blocker = agent_dir / "a-file"
     blocker.write_text("")

@@ -140,3 +140,29 @@ async def test_no_ip_address_is_stored_or_logged(
             dump = str(connection.execute("SELECT * FROM installations").fetchall())
             dump += str(connection.execute("SELECT * FROM reports").fetchall())
         assert "127.0.0.1" not in dump
+
+
+@pytest.mark.parametrize(
+    ("url", "fragment"),
+    [
+        ("postgresql://nobody@127.0.0.1:1/none", "connection"),  # nothing listens on port 1
+        ("nonsense://", "nonsense"),
+    ],
+)
+def test_an_unusable_database_url_is_one_clear_line(tmp_path: Path, url: str, fragment: str) -> None:
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run(
+        [sys.executable, "-m", "aggregation_server", "--listen", "127.0.0.1:50997", "--database-url", url],
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 1, result.stderr
+    errors = [line for line in result.stderr.splitlines() if line.startswith("aggregation_server: cannot")]
+    assert len(errors) == 1, result.stderr
+    assert fragment in errors[0]
+    assert "Traceback" not in result.stderr
