@@ -1,53 +1,28 @@
 """What the ingest API does, without gRPC: check a submission or a deletion
 request and hand it to the store.
 
-The servicer maps the errors raised here to status codes: InvalidRequest to
-INVALID_ARGUMENT (with the fields), Unauthenticated to UNAUTHENTICATED,
-Forbidden to PERMISSION_DENIED, TooManySubmissions to RESOURCE_EXHAUSTED with
-a retry delay.
+Refusals (from here or from the store) are the errors in `refusals`; the
+servicer maps them to status codes.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
 from printernizer.stats.v1 import aggregated_stats_pb2, ingest_service_pb2
 
 from stats_common.identity import ID_BYTES, PUBLIC_KEY_BYTES, signature_is_valid
 
-from .storage import IngestStore, InstallationDeleted, KeyMismatch, RateLimited
+from .refusals import InvalidRequest, Unauthenticated
+from .storage import IngestStore
 from .validation import MAX_REPORT_BYTES, Violation, check_report, normalise_unknown_values
 
 # Finished weeks one submission may carry (an agent that was offline for a year).
 MAX_REPORTS_PER_SUBMISSION = 60
 # A deletion request dated further ahead than this is refused.
 CLOCK_SKEW = dt.timedelta(hours=1)
-
-
-class IngestError(Exception):
-    """A request the ingest API refuses; nothing was stored or deleted."""
-
-
-class InvalidRequest(IngestError):
-    def __init__(self, violations: Sequence[Violation]) -> None:
-        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
-        self.violations = list(violations)
-
-
-class Unauthenticated(IngestError):
-    """Not signed by the installation's key."""
-
-
-class Forbidden(IngestError):
-    """The installation asked to be deleted."""
-
-
-class TooManySubmissions(IngestError):
-    def __init__(self, retry_after: dt.timedelta) -> None:
-        super().__init__(f"too many submissions; retry in {retry_after}")
-        self.retry_after = retry_after
 
 
 def _invalid(field: str, description: str) -> InvalidRequest:
@@ -77,14 +52,7 @@ class Ingest:
             raise _invalid("reports", "the same week is submitted twice")
         for report in reports:
             normalise_unknown_values(report)
-        try:
-            receipts = await self.store.store(request.installation_id, request.public_key, reports, now)
-        except KeyMismatch as exc:
-            raise Unauthenticated(str(exc)) from None
-        except InstallationDeleted as exc:
-            raise Forbidden(str(exc)) from None
-        except RateLimited as exc:
-            raise TooManySubmissions(exc.retry_after) from None
+        receipts = await self.store.store(request.installation_id, request.public_key, reports, now)
         response = ingest_service_pb2.SubmitReportsResponse()
         for receipt in receipts:
             item = response.receipts.add(

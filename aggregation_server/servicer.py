@@ -19,7 +19,8 @@ from printernizer.stats.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from stats_common import errors
 from stats_common.errors import Context
 
-from .ingest import Forbidden, Ingest, IngestError, InvalidRequest, TooManySubmissions, Unauthenticated
+from .ingest import Ingest
+from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated
 
 log = logging.getLogger(__name__)
 
@@ -77,7 +78,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         await self._limit(context)
         try:
             return await call()
-        except IngestError as exc:
+        except Refused as exc:
             await _refuse(context, exc)
         except Exception:
             log.exception("%s failed", what)
@@ -94,7 +95,7 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         return await self._answer(context, lambda: self.ingest.delete(request), "deletion")
 
 
-async def _refuse(context: Context, exc: IngestError) -> NoReturn:
+async def _refuse(context: Context, exc: Refused) -> NoReturn:
     if isinstance(exc, InvalidRequest):
         await errors.invalid_argument(context, [(v.field, v.description) for v in exc.violations])
     if isinstance(exc, TooManySubmissions):

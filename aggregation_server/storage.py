@@ -30,30 +30,13 @@ from stats_common.weeks import Week
 
 from . import schema
 from .database import async_url, enable_sqlite_foreign_keys
+from .refusals import Forbidden, TooManySubmissions, Unauthenticated
 
 SUBMISSION_INTERVAL = dt.timedelta(hours=1)
 # A transaction that lost a race is tried again this many times.
 RACE_RETRIES = 3
 
 Report = aggregated_stats_pb2.AggregatedStats
-
-
-class Refused(Exception):
-    """A submission or deletion the store refuses (nothing was changed)."""
-
-
-class InstallationDeleted(Refused):
-    """The installation asked to be deleted; its ID is refused from now on."""
-
-
-class KeyMismatch(Refused):
-    """Signed with a key other than the one the installation registered."""
-
-
-class RateLimited(Refused):
-    def __init__(self, retry_after: dt.timedelta) -> None:
-        super().__init__(f"one submission per installation per hour; retry in {retry_after}")
-        self.retry_after = retry_after
 
 
 @dataclass(frozen=True)
@@ -117,7 +100,7 @@ class IngestStore:
         now: dt.datetime,
     ) -> list[Receipt]:
         if await self._tombstone(connection, installation_id) is not None:
-            raise InstallationDeleted("this installation asked to be deleted")
+            raise Forbidden("this installation asked to be deleted")
         known = await self._receipts(connection, installation_id, [r.report_id for r in reports])
         fresh = [r for r in reports if r.report_id not in known]
         if fresh:
@@ -149,7 +132,7 @@ class IngestStore:
             )
         )
         if registered is not None and bytes(registered) != public_key:
-            raise KeyMismatch("not signed with the key this installation registered")
+            raise Unauthenticated("not signed with the key this installation registered")
 
     async def _claim_submission(
         self,
@@ -185,7 +168,7 @@ class IngestStore:
             )
             return
         if bytes(row.public_key) != public_key:
-            raise KeyMismatch("not signed with the key this installation registered")
+            raise Unauthenticated("not signed with the key this installation registered")
         claimed = await connection.execute(
             update(installations)
             .where(
@@ -195,7 +178,7 @@ class IngestStore:
             .values(last_accepted_at=now)
         )
         if claimed.rowcount != 1:
-            raise RateLimited(_utc(row.last_accepted_at) + SUBMISSION_INTERVAL - now)
+            raise TooManySubmissions(_utc(row.last_accepted_at) + SUBMISSION_INTERVAL - now)
         current = await connection.scalar(
             select(installations.c.last_week).where(installations.c.installation_id == installation_id)
         )

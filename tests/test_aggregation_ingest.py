@@ -15,14 +15,8 @@ from sqlalchemy import select
 
 from aggregation_server import schema
 from aggregation_server.database import upgrade
-from aggregation_server.ingest import (
-    MAX_REPORTS_PER_SUBMISSION,
-    Forbidden,
-    Ingest,
-    InvalidRequest,
-    TooManySubmissions,
-    Unauthenticated,
-)
+from aggregation_server.ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
+from aggregation_server.refusals import Forbidden, InvalidRequest, TooManySubmissions, Unauthenticated
 from aggregation_server.storage import IngestStore
 from stats_common.weeks import Week
 

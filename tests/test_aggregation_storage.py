@@ -13,13 +13,8 @@ from sqlalchemy import func, select
 
 from aggregation_server import schema
 from aggregation_server.database import upgrade
-from aggregation_server.storage import (
-    SUBMISSION_INTERVAL,
-    IngestStore,
-    InstallationDeleted,
-    KeyMismatch,
-    RateLimited,
-)
+from aggregation_server.refusals import Forbidden, TooManySubmissions, Unauthenticated
+from aggregation_server.storage import SUBMISSION_INTERVAL, IngestStore
 from stats_common.weeks import Week
 
 from . import databases
@@ -71,7 +66,7 @@ async def test_a_replayed_report_returns_its_original_receipt_and_stores_nothing
 
 async def test_one_accepted_submission_per_hour(store: IngestStore) -> None:
     await store.store(INSTALLATION, KEY, [valid_report(W45)], NOW)
-    with pytest.raises(RateLimited) as limited:
+    with pytest.raises(TooManySubmissions) as limited:
         await store.store(INSTALLATION, KEY, [valid_report(W46)], NOW + dt.timedelta(minutes=20))
     assert limited.value.retry_after == dt.timedelta(minutes=40)
     assert await count(store, schema.reports) == 1
@@ -91,9 +86,9 @@ async def test_several_pending_weeks_go_in_one_submission(store: IngestStore) ->
 async def test_a_leaked_installation_id_without_the_key_stores_nothing(store: IngestStore) -> None:
     await store.store(INSTALLATION, KEY, [valid_report(W45)], NOW)
     later = NOW + 2 * SUBMISSION_INTERVAL
-    with pytest.raises(KeyMismatch):
+    with pytest.raises(Unauthenticated):
         await store.store(INSTALLATION, bytes(32), [valid_report(W46)], later)
-    with pytest.raises(KeyMismatch):  # not even a replay answers without the key
+    with pytest.raises(Unauthenticated):  # not even a replay answers without the key
         await store.store(INSTALLATION, bytes(32), [valid_report(W45)], later)
     assert await count(store, schema.reports) == 1
 
@@ -107,7 +102,7 @@ async def test_deletion_removes_everything_and_refuses_later_reports(store: Inge
         assert await count(store, table) == 0
     again = await store.delete_installation(INSTALLATION, NOW + dt.timedelta(days=1))
     assert again == deleted  # asking twice returns the first receipt
-    with pytest.raises(InstallationDeleted):
+    with pytest.raises(Forbidden):
         await store.store(INSTALLATION, KEY, [valid_report(W46)], NOW + 2 * SUBMISSION_INTERVAL)
     unknown = await store.delete_installation(other, NOW)  # never submitted: a receipt all the same
     assert unknown.reports_deleted == 0

@@ -1,0 +1,38 @@
+"""Why the aggregation server refuses a request: one set of errors, raised by
+the ingest domain and the store alike and mapped to status codes by the
+servicer. Nothing was stored or deleted when one is raised."""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+
+from .validation import Violation
+
+
+class Refused(Exception):
+    """A request the ingest API refuses."""
+
+
+class InvalidRequest(Refused):
+    """INVALID_ARGUMENT, naming every field at fault."""
+
+    def __init__(self, violations: Sequence[Violation]) -> None:
+        super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
+        self.violations = list(violations)
+
+
+class Unauthenticated(Refused):
+    """UNAUTHENTICATED: not signed by the installation's registered key."""
+
+
+class Forbidden(Refused):
+    """PERMISSION_DENIED: the installation asked to be deleted."""
+
+
+class TooManySubmissions(Refused):
+    """RESOURCE_EXHAUSTED, with the delay after which a retry may succeed."""
+
+    def __init__(self, retry_after: dt.timedelta) -> None:
+        super().__init__(f"one submission per installation per hour; retry in {retry_after}")
+        self.retry_after = retry_after
