@@ -182,16 +182,24 @@ class ReportScope:
     country: int
 
 
+async def _counts(
+    store: AgentStore, start: int, end: int, after_seq: int
+) -> tuple[aggregated_stats_pb2.UsageCounts, list[aggregated_stats_pb2.ErrorCount]]:
+    """Usage and error counts of the events in [start, end) stored after `after_seq`."""
+    rows = await store.week_counts(start, end, after_seq) if end > start else []
+    usage, errors = fold_counts(rows)
+    usage.uptime_hours, usage.unclean_shutdowns = await uptime(store, start, end, after_seq)
+    return usage, errors
+
+
 async def build_report(
     store: AgentStore, week: Week, scope: ReportScope, now: dt.datetime
 ) -> aggregated_stats_pb2.AggregatedStats:
     """The weekly report for `week`, as it would be sent now."""
-    start = to_millis(max(week.start, scope.consent_since))
-    end = to_millis(min(week.end, now))
-    rows = await store.week_counts(start, end, scope.since_sequence) if end > start else []
-    usage, errors = fold_counts(rows)
-    usage.uptime_hours, usage.unclean_shutdowns = await uptime(store, start, end, scope.since_sequence)
     state_time = to_millis(min(week.end, now))
+    usage, errors = await _counts(
+        store, to_millis(max(week.start, scope.consent_since)), state_time, scope.since_sequence
+    )
     report = aggregated_stats_pb2.AggregatedStats(
         schema_version=aggregated_stats_pb2.ReportSchemaVersion.ValueType(scope.consented_schema_version),
         report_id=scope.report_id,
@@ -210,8 +218,5 @@ async def weekly_activity(
     store: AgentStore, week: Week, now: dt.datetime
 ) -> agent_service_pb2.WeeklyActivity:
     """The user's own figures for a week: every stored event, consent or not."""
-    start, end = to_millis(week.start), to_millis(min(week.end, now))
-    rows = await store.week_counts(start, end, 0) if end > start else []
-    usage, errors = fold_counts(rows)
-    usage.uptime_hours, usage.unclean_shutdowns = await uptime(store, start, end)
+    usage, errors = await _counts(store, to_millis(week.start), to_millis(min(week.end, now)), 0)
     return agent_service_pb2.WeeklyActivity(week=week.to_proto(), usage=usage, errors=errors)
