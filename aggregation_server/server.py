@@ -46,8 +46,10 @@ async def serve(
     config: ServerConfig,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT); `on_ready` gets the bound port."""
+    """Run until `stop` is set (or SIGTERM/SIGINT); `on_ready` gets the bound port.
+    `clock` is the time the ingest rules use (tests simulate weeks with it)."""
     if config.migrate:
         await asyncio.to_thread(upgrade, config.database_url)
     store = IngestStore.open(config.database_url)
@@ -57,7 +59,7 @@ async def serve(
             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
         )
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
-            IngestServicer(Ingest(store), PeerLimiter()), server
+            IngestServicer(Ingest(store, clock), PeerLimiter()), server
         )
         health_servicer = health.aio.HealthServicer()
         health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)

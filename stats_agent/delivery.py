@@ -16,6 +16,7 @@ import datetime as dt
 import hashlib
 import logging
 import random
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import grpc
@@ -58,11 +59,15 @@ class Delivery:
 
 class Uplink:
     """The TLS channel to the aggregation server; verifies the server against
-    `ca_file` (the system's CAs when None)."""
+    `ca_file` (the system's CAs when None). `options` are gRPC channel options."""
 
-    def __init__(self, target: str, ca_file: str | None = None) -> None:
+    def __init__(
+        self, target: str, ca_file: str | None = None, options: Sequence[tuple[str, int]] = ()
+    ) -> None:
         roots = open(ca_file, "rb").read() if ca_file else None  # noqa: SIM115 - read once, at start
-        self._channel = grpc.aio.secure_channel(target, grpc.ssl_channel_credentials(root_certificates=roots))
+        self._channel = grpc.aio.secure_channel(
+            target, grpc.ssl_channel_credentials(root_certificates=roots), options=list(options)
+        )
         self._stub = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
 
     async def submit(
@@ -149,7 +154,7 @@ MAINTENANCE_INTERVAL_SECONDS = 3600.0
 class Backoff:
     """Exponential backoff with jitter and a cap (5 s -> 30 s, x1.5, +/-20 %),
     giving up after `give_up_after` tries in a row (then the hourly schedule
-    takes over)."""
+    takes over until a delivery gets an answer)."""
 
     initial: float = 5.0
     maximum: float = 30.0
@@ -251,10 +256,8 @@ class Courier:
             self._submission = None
         if delivery.outcome == agent_service_pb2.DELIVERY_OUTCOME_RETRYING:
             # The server's RetryInfo wins; else back off, and after a bound wait for the hour.
-            delay = delivery.retry_after or self._backoff.next_delay(self._rng)
-            if delay is None:
-                self._backoff.reset()
-                delay = RETRY_INTERVAL
+            # A server that stays down is then tried once an hour, not in bursts.
+            delay = delivery.retry_after or self._backoff.next_delay(self._rng) or RETRY_INTERVAL
             self._not_before = self.agent.clock() + delay
         else:
             self._backoff.reset()
