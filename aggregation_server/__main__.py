@@ -15,7 +15,8 @@ from pathlib import Path
 
 from sqlalchemy.exc import SQLAlchemyError
 
-from stats_common.cli import EnvArgumentParser, host_port, positive_int, user_data_dir
+from stats_common.admin import AdminTokenError, ensure_token_file
+from stats_common.cli import EnvArgumentParser, host_port, non_negative_float, positive_int, user_data_dir
 
 from .server import ServerConfig, serve
 from .tls import ensure_self_made, given_files
@@ -58,6 +59,26 @@ def build_parser() -> EnvArgumentParser:
         type=positive_int,
         metavar="DAYS",
     )
+    parser.add_env_option(
+        "--admin-token-file",
+        help="file holding the admin bearer token for the admin API; made on first start when missing",
+        default=str(user_data_dir() / "admin-token"),
+        metavar="PATH",
+    )
+    parser.add_env_option(
+        "--peer-calls-per-second",
+        help="calls allowed per client address, in memory only (0: no limit, e.g. behind a proxy)",
+        default=5.0,
+        type=non_negative_float,
+        metavar="RATE",
+    )
+    parser.add_env_option(
+        "--global-calls-per-second",
+        help="calls allowed from all clients together, per process (0: no limit)",
+        default=2000.0,
+        type=non_negative_float,
+        metavar="RATE",
+    )
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
     return parser
 
@@ -79,14 +100,25 @@ def main(argv: list[str] | None = None) -> int:
                 f"aggregation_server: self-made TLS; agents trust the CA at {tls.ca_certificate}",
                 file=sys.stderr,
             )
-    except OSError as exc:
+        token_file = Path(args.admin_token_file).expanduser()
+        admin_token = ensure_token_file(token_file)
+    except (OSError, AdminTokenError) as exc:
         print(f"aggregation_server: {exc}", file=sys.stderr)
         return 1
+    print(f"aggregation_server: the admin token is in {token_file}", file=sys.stderr)
     if args.database_url.startswith("sqlite:///"):
         Path(args.database_url.removeprefix("sqlite:///")).expanduser().parent.mkdir(
             parents=True, exist_ok=True
         )
-    config = ServerConfig(args.listen, args.database_url, tls, args.retention_days)
+    config = ServerConfig(
+        args.listen,
+        args.database_url,
+        tls,
+        args.retention_days,
+        admin_token=admin_token,
+        peer_calls_per_second=args.peer_calls_per_second,
+        global_calls_per_second=args.global_calls_per_second,
+    )
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(serve(config))

@@ -1,5 +1,5 @@
 """What the ingest API does, without gRPC: check a submission or a deletion
-request and hand it to the store.
+request and hand it to the store; and the operator's calls of the admin API.
 
 Refusals (from here or from the store) are the errors in `refusals`; the
 servicer maps them to status codes.
@@ -11,18 +11,24 @@ import datetime as dt
 from collections.abc import Callable
 
 from google.protobuf.message import DecodeError
-from printernizer.stats.v1 import aggregated_stats_pb2, ingest_service_pb2
+from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2, ingest_service_pb2
 
 from stats_common.identity import ID_BYTES, PUBLIC_KEY_BYTES, signature_is_valid
+from stats_common.weeks import Week
 
 from .refusals import InvalidRequest, Unauthenticated
-from .storage import IngestStore
+from .storage import DeletionReceipt, IngestStore
 from .validation import MAX_REPORT_BYTES, Violation, check_report, normalise_unknown_values
 
 # Finished weeks one submission may carry (an agent that was offline for a year).
 MAX_REPORTS_PER_SUBMISSION = 60
 # A deletion request dated further ahead than this is refused.
 CLOCK_SKEW = dt.timedelta(hours=1)
+
+
+def retention_cutoff(now: dt.datetime, retention_days: int) -> Week:
+    """The first week retention keeps: reports of earlier weeks are deleted."""
+    return Week.containing(now - dt.timedelta(days=retention_days))
 
 
 def _invalid(field: str, description: str) -> InvalidRequest:
@@ -50,9 +56,10 @@ class Ingest:
         weeks = [(r.period.year, r.period.week) for r in reports]
         if len(set(weeks)) != len(weeks):
             raise _invalid("reports", "the same week is submitted twice")
-        for report in reports:
-            normalise_unknown_values(report)
-        receipts = await self.store.store(request.installation_id, request.public_key, reports, now)
+        unknown_values = sum(normalise_unknown_values(report) for report in reports)
+        receipts = await self.store.store(
+            request.installation_id, request.public_key, reports, now, unknown_values
+        )
         response = ingest_service_pb2.SubmitReportsResponse()
         for receipt in receipts:
             item = response.receipts.add(
@@ -106,11 +113,55 @@ class Ingest:
         if registered is not None and registered != request.public_key:
             # Knowing an installation's ID does not allow deleting it.
             raise Unauthenticated("not signed with the key this installation registered")
-        receipt = await self.store.delete_installation(order.installation_id, now)
-        response = ingest_service_pb2.DeleteInstallationResponse(
-            installation_id=receipt.installation_id,
-            reports_deleted=receipt.reports_deleted,
-            receipt_id=receipt.receipt_id,
+        return _deletion_response(await self.store.delete_installation(order.installation_id, now))
+
+    # --- the operator's calls (the servicer checks the admin credential) -----------
+
+    async def status(self) -> ingest_admin_service_pb2.GetIngestStatusResponse:
+        status = await self.store.status()
+        response = ingest_admin_service_pb2.GetIngestStatusResponse(
+            installations=status.installations, reports=status.reports, tombstones=status.tombstones
         )
-        response.deleted_at.FromDatetime(receipt.deleted_at)
+        if status.oldest_week is not None and status.newest_week is not None:
+            response.oldest_week.CopyFrom(status.oldest_week.to_proto())
+            response.newest_week.CopyFrom(status.newest_week.to_proto())
+        for counter, value in status.counters.items():
+            response.counters.add(
+                counter=ingest_admin_service_pb2.IngestCounter.Value(f"INGEST_COUNTER_{counter.value}"),
+                value=value,
+            )
         return response
+
+    async def delete_as_operator(
+        self, request: ingest_admin_service_pb2.DeleteInstallationAsOperatorRequest
+    ) -> ingest_admin_service_pb2.DeleteInstallationAsOperatorResponse:
+        if len(request.installation_id) != ID_BYTES:
+            raise _invalid("installation_id", f"must be {ID_BYTES} bytes")
+        receipt = await self.store.delete_installation(
+            request.installation_id, self.clock(), by_operator=True
+        )
+        return ingest_admin_service_pb2.DeleteInstallationAsOperatorResponse(
+            receipt=_deletion_response(receipt)
+        )
+
+    async def purge_expired(
+        self, retention_days: int
+    ) -> ingest_admin_service_pb2.PurgeExpiredReportsResponse:
+        now = self.clock()
+        cutoff = retention_cutoff(now, retention_days)
+        deleted = await self.store.purge_weeks_before(cutoff)
+        response = ingest_admin_service_pb2.PurgeExpiredReportsResponse(
+            cutoff=cutoff.to_proto(), reports_deleted=deleted
+        )
+        response.purged_at.FromDatetime(now)
+        return response
+
+
+def _deletion_response(receipt: DeletionReceipt) -> ingest_service_pb2.DeleteInstallationResponse:
+    response = ingest_service_pb2.DeleteInstallationResponse(
+        installation_id=receipt.installation_id,
+        reports_deleted=receipt.reports_deleted,
+        receipt_id=receipt.receipt_id,
+    )
+    response.deleted_at.FromDatetime(receipt.deleted_at)
+    return response

@@ -1,4 +1,6 @@
-"""The IngestService over gRPC: protobuf in, Ingest calls, status codes out.
+"""The IngestService and IngestAdminService over gRPC: protobuf in, Ingest
+calls, status codes out. The admin credential is checked before the admin
+servicer runs (stats_common.admin.RequireAdminToken).
 
 The peer's address is used here, in memory only, to limit how fast one peer
 can call; it is never stored and never logged.
@@ -14,7 +16,12 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
-from printernizer.stats.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from printernizer.stats.v1 import (
+    ingest_admin_service_pb2,
+    ingest_admin_service_pb2_grpc,
+    ingest_service_pb2,
+    ingest_service_pb2_grpc,
+)
 
 from stats_common import errors
 from stats_common.errors import Context
@@ -27,29 +34,62 @@ log = logging.getLogger(__name__)
 Response = TypeVar("Response")
 
 
-class PeerLimiter:
-    """At most `rate` calls per second per peer address (a token bucket),
-    remembering at most `capacity` peers: the oldest are forgotten first, so
-    the state cannot grow without bound. Addresses live in memory only."""
+class TokenBucket:
+    """`rate` calls per second with bursts of up to `burst`."""
 
-    def __init__(self, rate: float = 5.0, burst: float = 20.0, capacity: int = 100_000) -> None:
-        self.rate, self.burst, self.capacity = rate, burst, capacity
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+
+    def take(self, state: tuple[float, float] | None, now: float) -> tuple[tuple[float, float], float]:
+        """The bucket's new (tokens, time) and 0 if a call may go ahead, else seconds to wait."""
+        tokens, last = state if state is not None else (self.burst, now)
+        tokens = min(self.burst, tokens + (now - last) * self.rate)
+        if tokens >= 1:
+            return (tokens - 1, now), 0.0
+        return (tokens, now), (1 - tokens) / self.rate
+
+
+class CallLimiter:
+    """Limits how fast the server is called, in memory only: per peer address
+    (`peer_rate` calls per second, bursts of `peer_burst`) and for all peers
+    together (`global_rate`, bursts of `global_burst`). A rate of 0 turns that
+    limit off (behind a proxy every call has the proxy's address). At most
+    `capacity` peers are remembered, the oldest forgotten first, so the state
+    cannot grow without bound. Addresses are never stored or logged."""
+
+    def __init__(
+        self,
+        peer_rate: float = 5.0,
+        peer_burst: float = 20.0,
+        global_rate: float = 2000.0,
+        global_burst: float = 4000.0,
+        capacity: int = 100_000,
+    ) -> None:
+        self.peer = TokenBucket(peer_rate, peer_burst) if peer_rate > 0 else None
+        self.overall = TokenBucket(global_rate, global_burst) if global_rate > 0 else None
+        self.capacity = capacity
+        self._peers: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._overall: tuple[float, float] | None = None
 
     def wait_needed(self, peer: str, now: float | None = None) -> float:
         """0 if the call may go ahead (and is counted), else seconds to wait."""
         now = time.monotonic() if now is None else now
-        tokens, last = self._buckets.pop(peer, (self.burst, now))
-        tokens = min(self.burst, tokens + (now - last) * self.rate)
-        if tokens >= 1:
-            self._buckets[peer] = (tokens - 1, now)
-            wait = 0.0
-        else:
-            self._buckets[peer] = (tokens, now)
-            wait = (1 - tokens) / self.rate
-        while len(self._buckets) > self.capacity:
-            self._buckets.popitem(last=False)
-        return wait
+        if self.peer is not None:
+            state, wait = self.peer.take(self._peers.pop(peer, None), now)
+            self._peers[peer] = state
+            while len(self._peers) > self.capacity:
+                self._peers.popitem(last=False)
+            if wait:
+                return wait
+        if self.overall is not None:
+            self._overall, wait = self.overall.take(self._overall, now)
+            if wait:
+                return wait
+        return 0.0
+
+    @property
+    def peers_remembered(self) -> int:
+        return len(self._peers)
 
 
 def peer_address(context: Context) -> str:
@@ -62,27 +102,18 @@ def peer_address(context: Context) -> str:
 
 
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
-    def __init__(self, ingest: Ingest, limiter: PeerLimiter) -> None:
+    def __init__(self, ingest: Ingest, limiter: CallLimiter) -> None:
         self.ingest = ingest
         self.limiter = limiter
 
     async def _limit(self, context: Context) -> None:
         wait = self.limiter.wait_needed(peer_address(context))
         if wait > 0:
-            await errors.resource_exhausted(
-                context, "too many calls from this peer", dt.timedelta(seconds=wait)
-            )
+            await errors.resource_exhausted(context, "too many calls; slow down", dt.timedelta(seconds=wait))
 
     async def _answer(self, context: Context, call: Callable[[], Awaitable[Response]], what: str) -> Response:
-        """Run a call after the peer limit; map refusals and failures to statuses."""
         await self._limit(context)
-        try:
-            return await call()
-        except Refused as exc:
-            await _refuse(context, exc)
-        except Exception:
-            log.exception("%s failed", what)
-            await errors.internal(context)
+        return await _answer(context, call, what)
 
     async def SubmitReports(
         self, request: ingest_service_pb2.SubmitReportsRequest, context: Context
@@ -93,6 +124,38 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
         self, request: ingest_service_pb2.DeleteInstallationRequest, context: Context
     ) -> ingest_service_pb2.DeleteInstallationResponse:
         return await self._answer(context, lambda: self.ingest.delete(request), "deletion")
+
+
+class IngestAdminServicer(ingest_admin_service_pb2_grpc.IngestAdminServiceServicer):
+    def __init__(self, ingest: Ingest, retention_days: int) -> None:
+        self.ingest = ingest
+        self.retention_days = retention_days
+
+    async def GetIngestStatus(
+        self, request: ingest_admin_service_pb2.GetIngestStatusRequest, context: Context
+    ) -> ingest_admin_service_pb2.GetIngestStatusResponse:
+        return await _answer(context, self.ingest.status, "status")
+
+    async def DeleteInstallationAsOperator(
+        self, request: ingest_admin_service_pb2.DeleteInstallationAsOperatorRequest, context: Context
+    ) -> ingest_admin_service_pb2.DeleteInstallationAsOperatorResponse:
+        return await _answer(context, lambda: self.ingest.delete_as_operator(request), "operator deletion")
+
+    async def PurgeExpiredReports(
+        self, request: ingest_admin_service_pb2.PurgeExpiredReportsRequest, context: Context
+    ) -> ingest_admin_service_pb2.PurgeExpiredReportsResponse:
+        return await _answer(context, lambda: self.ingest.purge_expired(self.retention_days), "retention")
+
+
+async def _answer(context: Context, call: Callable[[], Awaitable[Response]], what: str) -> Response:
+    """Run a call; map refusals and failures to statuses."""
+    try:
+        return await call()
+    except Refused as exc:
+        await _refuse(context, exc)
+    except Exception:
+        log.exception("%s failed", what)
+        await errors.internal(context)
 
 
 async def _refuse(context: Context, exc: Refused) -> NoReturn:

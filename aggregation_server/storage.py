@@ -19,10 +19,11 @@ import datetime as dt
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 from printernizer.stats.v1 import aggregated_stats_pb2
-from sqlalchemy import delete, event, insert, select, update
+from sqlalchemy import delete, event, func, insert, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -39,6 +40,20 @@ RACE_RETRIES = 3
 Report = aggregated_stats_pb2.AggregatedStats
 
 
+class Counter(StrEnum):
+    """What the ingest path counts in `ingest_counters`, shared by every
+    process. Each has a row made by a migration, so counting is one UPDATE.
+    Only infrequent things are counted: a counter is one row that every
+    process updates."""
+
+    REPORTS_DUPLICATE = "REPORTS_DUPLICATE"
+    UNKNOWN_ENUM_VALUES = "UNKNOWN_ENUM_VALUES"
+    SUBMISSIONS_RATE_LIMITED = "SUBMISSIONS_RATE_LIMITED"
+    INSTALLATIONS_DELETED = "INSTALLATIONS_DELETED"
+    INSTALLATIONS_DELETED_BY_OPERATOR = "INSTALLATIONS_DELETED_BY_OPERATOR"
+    REPORTS_EXPIRED = "REPORTS_EXPIRED"
+
+
 @dataclass(frozen=True)
 class Receipt:
     report_id: bytes
@@ -53,6 +68,16 @@ class DeletionReceipt:
     reports_deleted: int
     receipt_id: bytes
     deleted_at: dt.datetime
+
+
+@dataclass(frozen=True)
+class StoreStatus:
+    installations: int
+    reports: int
+    tombstones: int
+    oldest_week: Week | None
+    newest_week: Week | None
+    counters: dict[Counter, int]
 
 
 def _utc(moment: dt.datetime) -> dt.datetime:
@@ -77,13 +102,29 @@ class IngestStore:
     # --- submissions -------------------------------------------------------------
 
     async def store(
-        self, installation_id: bytes, public_key: bytes, reports: Sequence[Report], now: dt.datetime
+        self,
+        installation_id: bytes,
+        public_key: bytes,
+        reports: Sequence[Report],
+        now: dt.datetime,
+        unknown_values: int = 0,
     ) -> list[Receipt]:
-        """Store the reports of one installation; a receipt per report, in order."""
+        """Store the reports of one installation; a receipt per report, in order.
+        `unknown_values` (enum values replaced before storing) are counted when
+        something new is stored."""
         for attempt in range(RACE_RETRIES):
             try:
                 async with self.engine.begin() as connection:
-                    return await self._store(connection, installation_id, public_key, reports, now)
+                    receipts = await self._store(connection, installation_id, public_key, reports, now)
+                    duplicates = sum(r.duplicate for r in receipts)
+                    await _count(connection, Counter.REPORTS_DUPLICATE, duplicates)
+                    if duplicates < len(receipts):
+                        await _count(connection, Counter.UNKNOWN_ENUM_VALUES, unknown_values)
+                    return receipts
+            except TooManySubmissions:
+                async with self.engine.begin() as connection:
+                    await _count(connection, Counter.SUBMISSIONS_RATE_LIMITED, 1)
+                raise
             except IntegrityError:
                 # Another process stored or registered the same thing first:
                 # the next attempt sees its rows.
@@ -247,7 +288,9 @@ class IngestStore:
 
     # --- deletion -------------------------------------------------------------------
 
-    async def delete_installation(self, installation_id: bytes, now: dt.datetime) -> DeletionReceipt:
+    async def delete_installation(
+        self, installation_id: bytes, now: dt.datetime, by_operator: bool = False
+    ) -> DeletionReceipt:
         """Delete everything stored for an installation and leave a tombstone;
         asking again returns the first receipt."""
         for attempt in range(RACE_RETRIES):
@@ -273,6 +316,12 @@ class IngestStore:
                             reports_deleted=receipt.reports_deleted,
                         )
                     )
+                    counter = (
+                        Counter.INSTALLATIONS_DELETED_BY_OPERATOR
+                        if by_operator
+                        else Counter.INSTALLATIONS_DELETED
+                    )
+                    await _count(connection, counter, 1)
                     return receipt
             except IntegrityError:
                 if attempt == RACE_RETRIES - 1:
@@ -306,7 +355,38 @@ class IngestStore:
         """Delete reports of weeks before `week` (their lists go with them)."""
         async with self.engine.begin() as connection:
             result = await connection.execute(delete(schema.reports).where(schema.reports.c.week < week.key))
+            await _count(connection, Counter.REPORTS_EXPIRED, result.rowcount)
         return result.rowcount
+
+    # --- the operator's view -----------------------------------------------------------
+
+    async def status(self) -> StoreStatus:
+        async with self.engine.connect() as connection:
+            installations = await connection.scalar(select(func.count()).select_from(schema.installations))
+            tombstones = await connection.scalar(select(func.count()).select_from(schema.tombstones))
+            reports, oldest, newest = (
+                await connection.execute(
+                    select(func.count(), func.min(schema.reports.c.week), func.max(schema.reports.c.week))
+                )
+            ).one()
+            counted: dict[str, int] = dict((await connection.execute(select(schema.ingest_counters))).all())
+        return StoreStatus(
+            installations=int(installations or 0),
+            reports=int(reports),
+            tombstones=int(tombstones or 0),
+            oldest_week=Week.from_key(oldest) if oldest is not None else None,
+            newest_week=Week.from_key(newest) if newest is not None else None,
+            counters={counter: int(counted.get(counter.value, 0)) for counter in Counter},
+        )
+
+
+async def _count(connection: AsyncConnection, counter: Counter, amount: int) -> None:
+    if amount:
+        await connection.execute(
+            update(schema.ingest_counters)
+            .where(schema.ingest_counters.c.name == counter.value)
+            .values(value=schema.ingest_counters.c.value + amount)
+        )
 
 
 def _installation_state(report: Report) -> dict[str, Any]:

@@ -23,6 +23,7 @@ from printernizer.stats.v1 import (
     analytics_service_pb2,
     common_pb2,
     country_pb2,
+    ingest_admin_service_pb2,
     ingest_service_pb2,
     options_pb2,
     usage_event_pb2,
@@ -37,6 +38,7 @@ CONTRACT_MODULES: tuple[ModuleType, ...] = (
     usage_event_pb2,
     aggregated_stats_pb2,
     ingest_service_pb2,
+    ingest_admin_service_pb2,
     agent_service_pb2,
     analytics_service_pb2,
 )

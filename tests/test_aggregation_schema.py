@@ -49,6 +49,14 @@ def test_the_migrations_create_exactly_the_schema(engine: Engine) -> None:
     assert differences == []
 
 
+def test_every_counter_has_its_row_after_the_migrations(engine: Engine) -> None:
+    from aggregation_server.storage import Counter
+
+    with engine.connect() as connection:
+        rows = dict(connection.execute(select(schema.ingest_counters)).all())
+    assert rows == {counter.value: 0 for counter in Counter}
+
+
 def test_migrations_downgrade_and_upgrade_again(database_url: str) -> None:
     upgrade(database_url)
     engine = create_sync_engine(database_url)

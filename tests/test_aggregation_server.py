@@ -4,15 +4,18 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import logging
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import grpc
 import pytest
-from printernizer.stats.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from printernizer.stats.v1 import ingest_admin_service_pb2_grpc, ingest_service_pb2, ingest_service_pb2_grpc
 
 from aggregation_server.server import ServerConfig, serve
 from aggregation_server.tls import ensure_self_made
@@ -28,34 +31,52 @@ W45, W46 = Week(2026, 45), Week(2026, 46)
 TIMEOUT = 10
 
 
+ADMIN_TOKEN = "test-admin-token-" + "x" * 32
+
+
 @dataclass
 class RunningServer:
     stub: ingest_service_pb2_grpc.IngestServiceStub
+    admin: ingest_admin_service_pb2_grpc.IngestAdminServiceStub
     channel: grpc.aio.Channel
     port: int
     ca: bytes
     database_url: str
 
 
-@pytest.fixture
-async def server(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
+@asynccontextmanager
+async def running_server(database_url: str, tmp_path: Path, **config: Any) -> AsyncIterator[RunningServer]:
+    """The real server in this process, over TLS with a self-made CA; `config`
+    overrides ServerConfig fields."""
     tls = ensure_self_made(tmp_path / "tls")
-    config = ServerConfig("127.0.0.1:0", database_url, tls, retention_days=730)
+    settings = ServerConfig("127.0.0.1:0", database_url, tls, retention_days=730, admin_token=ADMIN_TOKEN)
+    settings = dataclasses.replace(settings, **config)
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, stop, on_ready=ready.set_result))
+    task = asyncio.create_task(serve(settings, stop, on_ready=ready.set_result))
     port = await asyncio.wait_for(ready, 30)
     assert tls.ca_certificate is not None
     ca = tls.ca_certificate.read_bytes()
     channel = grpc.aio.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=ca))
     try:
         yield RunningServer(
-            ingest_service_pb2_grpc.IngestServiceStub(channel), channel, port, ca, database_url
+            ingest_service_pb2_grpc.IngestServiceStub(channel),
+            ingest_admin_service_pb2_grpc.IngestAdminServiceStub(channel),
+            channel,
+            port,
+            ca,
+            database_url,
         )
     finally:
         await channel.close()
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def server(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
+    async with running_server(database_url, tmp_path) as running:
+        yield running
 
 
 async def rpc_error(call: object) -> grpc.aio.AioRpcError:

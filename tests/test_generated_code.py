@@ -13,6 +13,7 @@ from printernizer.stats.v1 import (
     analytics_service_pb2_grpc,
     common_pb2,
     country_pb2,
+    ingest_admin_service_pb2,
     ingest_service_pb2,
     ingest_service_pb2_grpc,
     usage_event_pb2,
@@ -102,6 +103,11 @@ def test_usage_event_oneof_holds_exactly_one_kind() -> None:
             },
         ),
         (ingest_service_pb2, "IngestService", {"SubmitReports", "DeleteInstallation"}),
+        (
+            ingest_admin_service_pb2,
+            "IngestAdminService",
+            {"GetIngestStatus", "DeleteInstallationAsOperator", "PurgeExpiredReports"},
+        ),
         (
             analytics_service_pb2,
             "AnalyticsService",
