@@ -7,11 +7,13 @@ Invoked through `aggregation_server.database.upgrade/downgrade` (or the
 from __future__ import annotations
 
 from alembic import context
-from sqlalchemy import create_engine
+from sqlalchemy import create_engine, text
 
 from aggregation_server.schema import metadata
 
 config = context.config
+# An arbitrary constant naming this project's migration lock on PostgreSQL.
+MIGRATION_LOCK_KEY = 0x5072696E74  # "Print"
 url = context.get_x_argument(as_dictionary=True).get("url") or config.get_main_option("sqlalchemy.url")
 
 
@@ -29,6 +31,10 @@ def run_online() -> None:
         # Batch mode lets later migrations alter tables on SQLite too.
         context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
         with context.begin_transaction():
+            if connection.dialect.name == "postgresql":
+                # Replicas starting together migrate one after the other; the
+                # later ones then find the database at head. Released at commit.
+                connection.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
             context.run_migrations()
     engine.dispose()
 
