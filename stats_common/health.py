@@ -8,9 +8,18 @@ from grpc_health.v1 import health_pb2
 _CHECK = "/grpc.health.v1.Health/Check"
 
 
-def is_serving(target: str, service: str = "", timeout: float = 2.0) -> bool:
-    """True when the server at `target` (e.g. "unix:/path") answers SERVING."""
-    with grpc.insecure_channel(target) as channel:
+def is_serving(
+    target: str,
+    service: str = "",
+    timeout: float = 2.0,
+    credentials: grpc.ChannelCredentials | None = None,
+) -> bool:
+    """True when the server at `target` (e.g. "unix:/path") answers SERVING;
+    over TLS when `credentials` are given."""
+    channel = (
+        grpc.secure_channel(target, credentials) if credentials is not None else grpc.insecure_channel(target)
+    )
+    with channel:
         check = channel.unary_unary(
             _CHECK,
             request_serializer=health_pb2.HealthCheckRequest.SerializeToString,

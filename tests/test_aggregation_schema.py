@@ -8,6 +8,7 @@ import datetime as dt
 import io
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from alembic import command
@@ -163,11 +164,61 @@ def test_no_column_can_hold_free_text() -> None:
     [
         ("sqlite:///x.db", "sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
         ("sqlite+aiosqlite:///x.db", "sqlite:///x.db", "sqlite+aiosqlite:///x.db"),
-        ("postgresql://u@h/db", "postgresql://u@h/db", "postgresql+psycopg://u@h/db"),
-        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db"),
+        ("postgresql://u@h/db", "postgresql://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgresql+psycopg://u@h/db", "postgresql+psycopg://u@h/db", "postgresql+asyncpg://u@h/db"),
+        ("postgresql+asyncpg://u@h/db", "postgresql+psycopg://u@h/db", "postgresql+asyncpg://u@h/db"),
         ("mssql+pyodbc://u@dsn", "mssql+pyodbc://u@dsn", "mssql+aioodbc://u@dsn"),
     ],
 )
 def test_each_database_url_has_a_sync_and_an_async_driver(url: str, sync: str, asynchronous: str) -> None:
     assert sync_url(url) == sync
     assert async_url(url) == asynchronous
+
+
+async def test_every_query_the_store_runs_compiles_for_sql_server(tmp_path: Path) -> None:
+    """No SQL Server runs here: record every statement the store executes on
+    SQLite through the paths it has (store, replay, refusals, deletion,
+    retention, status) and compile each for SQL Server."""
+    from sqlalchemy import event
+    from sqlalchemy.dialects import mssql
+    from sqlalchemy.sql import ClauseElement
+
+    from aggregation_server.ingest import Ingest
+    from aggregation_server.refusals import Refused
+    from aggregation_server.storage import IngestStore
+    from stats_common.weeks import Week
+
+    from .agent_harness import FakeClock
+    from .test_aggregation_admin import report_of
+    from .test_aggregation_ingest import NOW, Installation
+
+    url = f"sqlite:///{tmp_path / 'aggregation.db'}"
+    upgrade(url)
+    store = IngestStore.open(url)
+    statements: list[ClauseElement] = []
+
+    def remember(_conn: object, clause: object, *_args: object) -> None:
+        if isinstance(clause, ClauseElement):
+            statements.append(clause)
+
+    event.listen(store.engine.sync_engine, "before_execute", remember)
+    ingest = Ingest(store, FakeClock(NOW))
+    agent, week = Installation(uuid.uuid4().bytes), Week.containing(NOW).previous()
+    try:
+        submission = agent.submission(report_of(agent, week.previous()), report_of(agent, week))
+        await ingest.submit(submission)
+        await ingest.submit(submission)  # a replay
+        for refused in (agent.submission(report_of(agent, week.previous().previous())),):
+            with contextlib.suppress(Refused):
+                await ingest.submit(refused)  # within the hour
+        await ingest.delete(agent.deletion())
+        with contextlib.suppress(Refused):
+            await ingest.submit(submission)  # deleted
+        await ingest.purge_expired(30)
+        await ingest.status()
+    finally:
+        await store.close()
+    assert len(statements) >= 10
+    for statement in statements:
+        compiled = str(statement.compile(dialect=mssql.dialect()))
+        assert compiled
