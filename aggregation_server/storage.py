@@ -24,6 +24,7 @@ from typing import Any
 
 from printernizer.stats.v1 import aggregated_stats_pb2
 from sqlalchemy import bindparam, cast, delete, event, func, insert, literal, null, select, union_all, update
+from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -71,16 +72,46 @@ _CLAIM = update(_installations).where(
     _installations.c.last_accepted_at <= bindparam("cutoff"),
 )
 _INSERT_REPORT = insert(_reports)
-_INSERT_CHILD = {
-    table.name: insert(table)
-    for table in (
-        schema.report_printers,
-        schema.report_features,
-        schema.report_errors,
-        schema.report_job_failures,
-        schema.report_job_durations,
+_CHILD_TABLES = (
+    schema.report_printers,
+    schema.report_features,
+    schema.report_errors,
+    schema.report_job_failures,
+    schema.report_job_durations,
+)
+# Each list's columns besides the report it belongs to.
+_CHILD_FIELDS = {table.name: tuple(c.name for c in table.c if c.name != "report") for table in _CHILD_TABLES}
+_INSERT_CHILD = {table.name: insert(table) for table in _CHILD_TABLES}
+
+
+def _report_with_lists() -> Any:
+    """PostgreSQL only: insert a report and all its lists in one statement.
+    Each list arrives as one array per column and is unnested in step; an
+    empty list inserts nothing. The statement's shape never changes, so it is
+    compiled (and prepared by asyncpg) once."""
+    report = (
+        insert(_reports)
+        .values({c.name: bindparam(c.name, type_=c.type) for c in _reports.c if c.name != "id"})
+        .returning(_reports.c.id)
+        .cte("inserted_report")
     )
-}
+    statement = select(report.c.id)
+    for table in _CHILD_TABLES:
+        fields = _CHILD_FIELDS[table.name]
+        rows = select(
+            report.c.id,
+            *(
+                func.unnest(bindparam(f"{table.name}_{field}", type_=postgresql.ARRAY(table.c[field].type)))
+                for field in fields
+            ),
+        )
+        statement = statement.add_cte(
+            insert(table).from_select(["report", *fields], rows).cte(f"{table.name}_rows")
+        )
+    return statement
+
+
+_INSERT_REPORT_WITH_LISTS = _report_with_lists()
 
 
 class Counter(StrEnum):
@@ -274,59 +305,51 @@ class IngestStore:
     ) -> tuple[bytes, dt.datetime]:
         usage = report.usage
         receipt_id = uuid.uuid4().bytes
-        result = await connection.execute(
-            _INSERT_REPORT,
-            {
-                "report_id": report.report_id,
-                "installation_id": installation_id,
-                "week": Week.from_proto(report.period).key,
-                "schema_version": report.schema_version,
-                "receipt_id": receipt_id,
-                "stored_at": now,
-                **_installation_state(report),
-                "jobs_created": usage.jobs_created,
-                "jobs_completed": usage.jobs_completed,
-                "jobs_failed": usage.jobs_failed,
-                "files_downloaded": usage.files_downloaded,
-                "files_uploaded": usage.files_uploaded,
-                "uptime_hours": usage.uptime_hours,
-                "app_starts": usage.app_starts,
-                "unclean_shutdowns": usage.unclean_shutdowns,
-                "printer_connections": usage.printer_connections,
-                "printer_disconnections": usage.printer_disconnections,
-            },
-        )
+        values = {
+            "report_id": report.report_id,
+            "installation_id": installation_id,
+            "week": Week.from_proto(report.period).key,
+            "schema_version": report.schema_version,
+            "receipt_id": receipt_id,
+            "stored_at": now,
+            **_installation_state(report),
+            "jobs_created": usage.jobs_created,
+            "jobs_completed": usage.jobs_completed,
+            "jobs_failed": usage.jobs_failed,
+            "files_downloaded": usage.files_downloaded,
+            "files_uploaded": usage.files_uploaded,
+            "uptime_hours": usage.uptime_hours,
+            "app_starts": usage.app_starts,
+            "unclean_shutdowns": usage.unclean_shutdowns,
+            "printer_connections": usage.printer_connections,
+            "printer_disconnections": usage.printer_disconnections,
+        }
+        children: dict[str, list[tuple[Any, ...]]] = {
+            schema.report_printers.name: [(p.printer_type, p.count) for p in report.printer_fleet.printers],
+            schema.report_features.name: [(f.feature, f.enabled) for f in report.features],
+            schema.report_errors.name: [(e.error_type, e.component, e.count) for e in report.errors],
+            schema.report_job_failures.name: [(f.reason, f.count) for f in usage.job_failures],
+            schema.report_job_durations.name: [(d.duration, d.count) for d in usage.completed_job_durations],
+        }
+        if connection.dialect.name == "postgresql":
+            # One round trip: the report and its lists (each list as arrays).
+            arrays = {
+                f"{table}_{field}": [row[i] for row in rows]
+                for table, rows in children.items()
+                for i, field in enumerate(_CHILD_FIELDS[table])
+            }
+            await connection.execute(_INSERT_REPORT_WITH_LISTS, {**values, **arrays})
+            return receipt_id, now
+        result = await connection.execute(_INSERT_REPORT, values)
         key = result.inserted_primary_key
         assert key is not None
-        report_pk = key[0]
-        children: list[tuple[Any, list[dict[str, Any]]]] = [
-            (
-                _INSERT_CHILD[schema.report_printers.name],
-                [{"printer_type": p.printer_type, "count": p.count} for p in report.printer_fleet.printers],
-            ),
-            (
-                _INSERT_CHILD[schema.report_features.name],
-                [{"feature": f.feature, "enabled": f.enabled} for f in report.features],
-            ),
-            (
-                _INSERT_CHILD[schema.report_errors.name],
-                [
-                    {"error_type": e.error_type, "component": e.component, "count": e.count}
-                    for e in report.errors
-                ],
-            ),
-            (
-                _INSERT_CHILD[schema.report_job_failures.name],
-                [{"reason": f.reason, "count": f.count} for f in usage.job_failures],
-            ),
-            (
-                _INSERT_CHILD[schema.report_job_durations.name],
-                [{"duration": d.duration, "count": d.count} for d in usage.completed_job_durations],
-            ),
-        ]
-        for statement, rows in children:
+        for table, rows in children.items():
             if rows:
-                await connection.execute(statement, [{"report": report_pk, **row} for row in rows])
+                fields = _CHILD_FIELDS[table]
+                await connection.execute(
+                    _INSERT_CHILD[table],
+                    [{"report": key[0], **dict(zip(fields, row, strict=True))} for row in rows],
+                )
         return receipt_id, now
 
     # --- deletion -------------------------------------------------------------------

@@ -94,6 +94,7 @@ def signed_submission(seed: int) -> bytes:
 class ClientResult:
     latencies: list[float]
     failures: dict[str, int]
+    cpu_seconds: float
 
 
 def run_client(
@@ -126,8 +127,9 @@ def run_client(
 
     ready.put(True)
     go.wait()
+    cpu_before = time.process_time()
     asyncio.run(main())
-    out.put(ClientResult(latencies, failures))
+    out.put(ClientResult(latencies, failures, time.process_time() - cpu_before))
 
 
 @contextlib.contextmanager
@@ -202,6 +204,7 @@ class RunResult:
     failures: dict[str, int]
     peak_rss_kib: int
     server_cpu_seconds: float
+    client_cpu_seconds: float
 
 
 def run(engine: str, reports: int, clients: int, concurrency: int) -> RunResult:
@@ -237,7 +240,8 @@ def run(engine: str, reports: int, clients: int, concurrency: int) -> RunResult:
     for r in results:
         for code, n in r.failures.items():
             failures[code] = failures.get(code, 0) + n
-    return RunResult(len(latencies), seconds, latencies, failures, peak, server_cpu)
+    client_cpu = sum(r.cpu_seconds for r in results)
+    return RunResult(len(latencies), seconds, latencies, failures, peak, server_cpu, client_cpu)
 
 
 def main() -> None:
@@ -266,6 +270,7 @@ def main() -> None:
                 f"{percentile(ms, 0.5):.1f} ms",
                 f"{percentile(ms, 0.95):.1f} ms",
                 f"{result.server_cpu_seconds / max(result.stored, 1) * 1000:.2f} ms",
+                f"{result.client_cpu_seconds / max(result.stored, 1) * 1000:.2f} ms",
                 f"{result.peak_rss_kib / 1024:.0f} MiB",
                 ", ".join(f"{k}: {v}" for k, v in result.failures.items()) or "none",
             ]
@@ -282,6 +287,7 @@ def main() -> None:
             "p50",
             "p95",
             "server CPU/report",
+            "client CPU/report",
             "server peak RSS",
             "failures",
         ],

@@ -54,6 +54,49 @@ async def test_first_report_registers_the_installation_and_stores_everything(sto
     assert (row.week, row.jobs_failed, row.uptime_hours, row.country) == (202646, 2, 100, 276)
 
 
+async def test_every_list_is_stored_row_for_row(store: IngestStore) -> None:
+    """Each engine has its own way of writing a report's lists (PostgreSQL in
+    one statement); both store exactly the rows of each list, and none for an
+    empty one."""
+    from printernizer.stats.v1 import common_pb2
+
+    full, empty = valid_report(W45), valid_report(W46)
+    full.printer_fleet.printers.add(printer_type=common_pb2.PRINTER_TYPE_BAMBU_LAB, count=3)
+    full.features.add(feature=common_pb2.FEATURE_TIMELAPSE, enabled=False)
+    full.errors.add(
+        error_type=common_pb2.ERROR_TYPE_TIMEOUT, component=common_pb2.COMPONENT_PRINTER_SERVICE, count=7
+    )
+    for field in ("features", "errors"):
+        empty.ClearField(field)
+    empty.printer_fleet.ClearField("printers")
+    await store.store(INSTALLATION, KEY, [full, empty], NOW)
+    async with store.engine.connect() as connection:
+        weeks = dict((await connection.execute(select(schema.reports.c.id, schema.reports.c.week))).all())
+
+        async def rows(table: object, *columns: str) -> set[tuple[object, ...]]:
+            result = await connection.execute(select(table.c.report, *(table.c[c] for c in columns)))  # type: ignore[attr-defined]
+            return {(weeks[r[0]], *r[1:]) for r in result}
+
+        assert await rows(schema.report_printers, "printer_type", "count") == {
+            (W45.key, common_pb2.PRINTER_TYPE_PRUSA, 2),
+            (W45.key, common_pb2.PRINTER_TYPE_BAMBU_LAB, 3),
+        }
+        assert await rows(schema.report_features, "feature", "enabled") == {
+            (W45.key, common_pb2.FEATURE_LIBRARY, True),
+            (W45.key, common_pb2.FEATURE_TIMELAPSE, False),
+        }
+        assert await rows(schema.report_errors, "error_type", "component", "count") == {
+            (W45.key, common_pb2.ERROR_TYPE_TIMEOUT, common_pb2.COMPONENT_API, 4),
+            (W45.key, common_pb2.ERROR_TYPE_TIMEOUT, common_pb2.COMPONENT_PRINTER_SERVICE, 7),
+        }
+        assert await rows(schema.report_job_failures, "reason", "count") == {
+            (week.key, common_pb2.JOB_FAILURE_REASON_CANCELLED, 2) for week in (W45, W46)
+        }
+        assert await rows(schema.report_job_durations, "duration", "count") == {
+            (week.key, common_pb2.JOB_DURATION_BUCKET_UNDER_1_HOUR, 3) for week in (W45, W46)
+        }
+
+
 async def test_a_replayed_report_returns_its_original_receipt_and_stores_nothing(store: IngestStore) -> None:
     report = valid_report(W46)
     (first,) = await store.store(INSTALLATION, KEY, [report], NOW)
