@@ -15,9 +15,11 @@ the reports; this module trusts its input and keeps the database consistent.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import uuid
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -169,6 +171,18 @@ def _utc(moment: dt.datetime) -> dt.datetime:
 class IngestStore:
     def __init__(self, engine: AsyncEngine) -> None:
         self.engine = engine
+        # SQLite has one writer at a time, and a transaction that read before
+        # writing fails at once (not after a wait) when another wrote meanwhile:
+        # this process's writes take turns. (Several processes: PostgreSQL.)
+        self._write_turn = asyncio.Lock() if engine.dialect.name == "sqlite" else None
+
+    @contextlib.asynccontextmanager
+    async def _writing(self) -> AsyncIterator[AsyncConnection]:
+        """A write transaction (committed on success, rolled back on error)."""
+        async with contextlib.AsyncExitStack() as stack:
+            if self._write_turn is not None:
+                await stack.enter_async_context(self._write_turn)
+            yield await stack.enter_async_context(self.engine.begin())
 
     @classmethod
     def open(cls, url: str) -> IngestStore:
@@ -195,7 +209,7 @@ class IngestStore:
         something new is stored."""
         for attempt in range(RACE_RETRIES):
             try:
-                async with self.engine.begin() as connection:
+                async with self._writing() as connection:
                     receipts = await self._store(connection, installation_id, public_key, reports, now)
                     duplicates = sum(r.duplicate for r in receipts)
                     await _count(connection, Counter.REPORTS_DUPLICATE, duplicates)
@@ -203,7 +217,7 @@ class IngestStore:
                         await _count(connection, Counter.UNKNOWN_ENUM_VALUES, unknown_values)
                     return receipts
             except TooManySubmissions:
-                async with self.engine.begin() as connection:
+                async with self._writing() as connection:
                     await _count(connection, Counter.SUBMISSIONS_RATE_LIMITED, 1)
                 raise
             except IntegrityError:
@@ -361,7 +375,7 @@ class IngestStore:
         asking again returns the first receipt."""
         for attempt in range(RACE_RETRIES):
             try:
-                async with self.engine.begin() as connection:
+                async with self._writing() as connection:
                     earlier = await self._tombstone(connection, installation_id)
                     if earlier is not None:
                         return earlier
@@ -419,7 +433,7 @@ class IngestStore:
 
     async def purge_weeks_before(self, week: Week) -> int:
         """Delete reports of weeks before `week` (their lists go with them)."""
-        async with self.engine.begin() as connection:
+        async with self._writing() as connection:
             result = await connection.execute(delete(schema.reports).where(schema.reports.c.week < week.key))
             await _count(connection, Counter.REPORTS_EXPIRED, result.rowcount)
         return result.rowcount

@@ -177,6 +177,9 @@ def aggregation_server(database_url: str, base: Path) -> Iterator[tuple[subproce
     finally:
         process.terminate()
         process.wait(30)
+        log = log_path.read_text(errors="replace")
+        if "Traceback" in log:
+            print(f"the server logged errors:\n{log[-4000:]}", file=sys.stderr)
 
 
 def _free_port() -> int:

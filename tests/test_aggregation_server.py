@@ -187,3 +187,81 @@ def test_an_unusable_database_url_is_one_clear_line(tmp_path: Path, url: str, fr
     assert len(errors) == 1, result.stderr
     assert fragment in errors[0]
     assert "Traceback" not in result.stderr
+
+
+def snapshot(database_url: str) -> dict[str, list[tuple[object, ...]]]:
+    """Every stored row of every table but the operational counters, sorted."""
+    from aggregation_server import schema
+    from aggregation_server.database import create_sync_engine
+
+    engine = create_sync_engine(database_url)
+    try:
+        with engine.connect() as connection:
+            return {
+                name: sorted((tuple(row) for row in connection.execute(table.select())), key=repr)
+                for name, table in schema.metadata.tables.items()
+                if name != "ingest_counters"
+            }
+    finally:
+        engine.dispose()
+
+
+async def test_bad_input_changes_nothing_already_stored(server: RunningServer) -> None:
+    import uuid
+
+    from .test_aggregation_admin import report_of
+
+    owner = Installation(uuid.uuid4().bytes)
+    W44 = Week(2026, 44)
+    stored = owner.submission(report_of(owner, W44), report_of(owner, W45))
+    await server.stub.SubmitReports(stored, timeout=TIMEOUT)
+    before = snapshot(server.database_url)
+    assert len(before["reports"]) == 2
+
+    impostor = Installation(owner.installation_id)  # knows the ID, not the key
+    unsigned = owner.submission(report_of(owner, W46))
+    unsigned.reports[0].signature = bytes(64)
+    implausible, future, unknown_version, foreign_id = (report_of(owner, W46) for _ in range(4))
+    implausible.usage.uptime_hours = 999
+    future.period.CopyFrom(Week.containing(dt.datetime.now(dt.UTC)).to_proto())
+    unknown_version.schema_version = 99  # type: ignore[assignment]
+    foreign_id.report_id = bytes(16)
+    oversized = owner.submission(report_of(owner, W46))
+    oversized.reports[0].report += b"\x00" * 20_000
+    rewritten = report_of(owner, W44)  # same week and report ID, different figures, properly signed
+    rewritten.usage.jobs_created = 1
+    bad_requests = [
+        unsigned,
+        impostor.submission(report_of(impostor, W46)),
+        owner.submission(implausible),
+        owner.submission(future),
+        owner.submission(unknown_version),
+        owner.submission(foreign_id),
+        oversized,
+        owner.submission(report_of(owner, W46), report_of(owner, W46)),
+        ingest_service_pb2.SubmitReportsRequest(),
+    ]
+    for request in bad_requests:
+        error = await rpc_error(server.stub.SubmitReports(request, timeout=TIMEOUT))
+        assert error.code() in {grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.UNAUTHENTICATED}, request
+    raw = server.channel.unary_unary(
+        "/printernizer.stats.v1.IngestService/SubmitReports",
+        request_serializer=lambda data: data,
+        response_deserializer=ingest_service_pb2.SubmitReportsResponse.FromString,
+    )
+    assert (
+        await rpc_error(raw(b"\x12\xff\x01garbage", timeout=TIMEOUT))
+    ).code() == grpc.StatusCode.INVALID_ARGUMENT
+    wrong_key_deletion = await rpc_error(server.stub.DeleteInstallation(impostor.deletion(), timeout=TIMEOUT))
+    assert wrong_key_deletion.code() == grpc.StatusCode.UNAUTHENTICATED
+    garbage_deletion = ingest_service_pb2.DeleteInstallationRequest(
+        order=b"\xff\xff", public_key=owner.public_key
+    )
+    assert (await rpc_error(server.stub.DeleteInstallation(garbage_deletion, timeout=TIMEOUT))).code() == (
+        grpc.StatusCode.INVALID_ARGUMENT
+    )
+    # A rewritten copy of a stored week is answered with the original receipt; the figures stay.
+    replay = await server.stub.SubmitReports(owner.submission(rewritten), timeout=TIMEOUT)
+    assert replay.receipts[0].status == ingest_service_pb2.RECEIPT_STATUS_DUPLICATE
+
+    assert snapshot(server.database_url) == before
