@@ -173,3 +173,51 @@ ingest_counters = Table(
     Column("name", String(64), primary_key=True),
     Column("value", BigInteger, nullable=False),
 )
+
+# --- weekly rollups, kept by the analytics server -------------------------------------
+# Rebuilt week by week from `reports` when a week's reports change, so dashboard
+# queries read a few rows per week whatever the length of the history.
+
+# Per week: installations active in it (a report for that week) and their job totals.
+weekly_totals = Table(
+    "weekly_totals",
+    metadata,
+    Column("week", Integer, primary_key=True),
+    Column("active", Integer, nullable=False),
+    Column("jobs_completed", BigInteger, nullable=False),
+    Column("jobs_failed", BigInteger, nullable=False),
+)
+
+# Per week and dimension value: active installations in the group (and, for
+# printer types, the printers of that type across the group). A version's
+# value is (major, minor, patch); other values use value_a only.
+weekly_groups = Table(
+    "weekly_groups",
+    metadata,
+    Column("week", Integer, primary_key=True),
+    Column("dimension", SmallInteger, primary_key=True),
+    Column("value_a", Integer, primary_key=True),
+    Column("value_b", Integer, primary_key=True),
+    Column("value_c", Integer, primary_key=True),
+    Column("installations", Integer, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+)
+
+# Installations by the week of their first report (rebuilt whole: it is small).
+weekly_new = Table(
+    "weekly_new",
+    metadata,
+    Column("week", Integer, primary_key=True),
+    Column("installations", Integer, nullable=False),
+)
+
+# Where the rollups stand (one row): the newest report row they include, and
+# how many reports there were then (fewer now means some were deleted).
+rollup_state = Table(
+    "rollup_state",
+    metadata,
+    Column("id", SmallInteger, primary_key=True),
+    Column("last_report", BigInteger, nullable=False),
+    Column("reports", BigInteger, nullable=False),
+    Column("refreshed_at", DateTime(timezone=True), nullable=False),
+)

@@ -216,6 +216,19 @@ async def test_every_query_the_store_runs_compiles_for_sql_server(tmp_path: Path
             await ingest.submit(submission)  # deleted
         await ingest.purge_expired(30)
         await ingest.status()
+        # The analytics server's rollups and queries run on the same database.
+        from printernizer.stats.v1 import analytics_service_pb2
+
+        from analytics_server.queries import Analytics
+        from analytics_server.rollups import Rollups
+
+        other = Installation(uuid.uuid4().bytes)
+        await ingest.submit(other.submission(report_of(other, week)))
+        await Rollups(store.engine, FakeClock(NOW)).refresh()
+        analytics = Analytics(store.engine, 5, FakeClock(NOW))
+        await analytics.installation_trend(analytics_service_pb2.GetInstallationTrendRequest())
+        for dimension in analytics_service_pb2.Dimension.values()[1:]:
+            await analytics.distribution(analytics_service_pb2.GetDistributionRequest(dimensions=[dimension]))
     finally:
         await store.close()
     assert len(statements) >= 10

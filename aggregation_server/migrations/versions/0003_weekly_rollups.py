@@ -1,0 +1,61 @@
+"""weekly rollups for the analytics server
+
+Revision ID: 0003
+Revises: 0002
+Created: 2026-11-22
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+
+revision = "0003"
+down_revision = "0002"
+branch_labels = None
+depends_on = None
+
+
+def upgrade() -> None:
+    op.create_table(
+        "weekly_totals",
+        sa.Column("week", sa.Integer(), nullable=False),
+        sa.Column("active", sa.Integer(), nullable=False),
+        sa.Column("jobs_completed", sa.BigInteger(), nullable=False),
+        sa.Column("jobs_failed", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint("week", name=op.f("pk_weekly_totals")),
+    )
+    op.create_table(
+        "weekly_groups",
+        sa.Column("week", sa.Integer(), nullable=False),
+        sa.Column("dimension", sa.SmallInteger(), nullable=False),
+        sa.Column("value_a", sa.Integer(), nullable=False),
+        sa.Column("value_b", sa.Integer(), nullable=False),
+        sa.Column("value_c", sa.Integer(), nullable=False),
+        sa.Column("installations", sa.Integer(), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "week", "dimension", "value_a", "value_b", "value_c", name=op.f("pk_weekly_groups")
+        ),
+    )
+    op.create_table(
+        "weekly_new",
+        sa.Column("week", sa.Integer(), nullable=False),
+        sa.Column("installations", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("week", name=op.f("pk_weekly_new")),
+    )
+    op.create_table(
+        "rollup_state",
+        sa.Column("id", sa.SmallInteger(), nullable=False),
+        sa.Column("last_report", sa.BigInteger(), nullable=False),
+        sa.Column("reports", sa.BigInteger(), nullable=False),
+        sa.Column("refreshed_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("id", name=op.f("pk_rollup_state")),
+    )
+
+
+def downgrade() -> None:
+    op.drop_table("rollup_state")
+    op.drop_table("weekly_new")
+    op.drop_table("weekly_groups")
+    op.drop_table("weekly_totals")

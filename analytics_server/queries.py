@@ -1,0 +1,241 @@
+"""The maintainers' questions, answered from the weekly rollups (no gRPC here).
+
+Definitions (also in the contract, analytics_service.proto):
+- a week is an ISO week (UTC); "the last complete week" is the newest week
+  whose end has passed;
+- an installation is *active* in a week when it sent a report for that week
+  (the report's period, not the day it arrived), *new* in the week of its
+  first report, and *known* from that week on (until it is deleted);
+- distributions count the active installations of one week by the values in
+  their report for that week; shares are over all of them;
+- no group smaller than `min_group_size` installations is published (see
+  `privacy`). Fleet-wide totals (known, active, new) are not groups.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from printernizer.stats.v1 import analytics_service_pb2, common_pb2
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from aggregation_server import schema
+from stats_common.countries import country_name
+from stats_common.weeks import Week
+
+from .privacy import Folded, Group, fold_small_groups
+
+Dimension = analytics_service_pb2.Dimension
+MAX_WEEKS = 104
+DEFAULT_WEEKS = 12
+
+
+class QueryError(ValueError):
+    """A request that cannot be answered: names the field that is wrong."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field, self.description = field, description
+
+
+def last_complete_week(now: dt.datetime) -> Week:
+    return Week.containing(now).previous()
+
+
+def weeks_ending(until: Week, count: int) -> list[Week]:
+    """`count` weeks ending with `until`, oldest first."""
+    weeks = [until]
+    while len(weeks) < count:
+        weeks.append(weeks[-1].previous())
+    return weeks[::-1]
+
+
+def _week(field: str, given: common_pb2.IsoWeek | None, now: dt.datetime) -> Week:
+    latest = last_complete_week(now)
+    if given is None or (given.year == 0 and given.week == 0):
+        return latest
+    try:
+        week = Week.from_proto(given)
+    except ValueError:
+        raise QueryError(field, f"{given.year}-W{given.week} is not an ISO week") from None
+    if week > latest:
+        raise QueryError(field, f"{week} is not complete yet (the last complete week is {latest})")
+    return week
+
+
+def window(request: analytics_service_pb2.WeekWindow, now: dt.datetime, field: str = "window") -> list[Week]:
+    """The weeks a request's window covers, oldest first; bounded."""
+    count = request.weeks or DEFAULT_WEEKS
+    if count > MAX_WEEKS:
+        raise QueryError(f"{field}.weeks", f"at most {MAX_WEEKS} weeks")
+    until = _week(f"{field}.until", request.until if request.HasField("until") else None, now)
+    return weeks_ending(until, count)
+
+
+# --- labels ---------------------------------------------------------------------------------
+
+_FLEET_LABELS: dict[int, str] = {
+    analytics_service_pb2.FLEET_SIZE_BUCKET_NONE: "no printers",
+    analytics_service_pb2.FLEET_SIZE_BUCKET_ONE: "1 printer",
+    analytics_service_pb2.FLEET_SIZE_BUCKET_TWO_TO_THREE: "2-3 printers",
+    analytics_service_pb2.FLEET_SIZE_BUCKET_FOUR_TO_NINE: "4-9 printers",
+    analytics_service_pb2.FLEET_SIZE_BUCKET_TEN_OR_MORE: "10 or more printers",
+}
+
+_ENUMS: dict[int, tuple[str, object, str]] = {
+    Dimension.DIMENSION_DEPLOYMENT_MODE: ("deployment_mode", common_pb2.DeploymentMode, "DEPLOYMENT_MODE_"),
+    Dimension.DIMENSION_PLATFORM: ("platform", common_pb2.Platform, "PLATFORM_"),
+    Dimension.DIMENSION_ARCHITECTURE: ("architecture", common_pb2.CpuArchitecture, "CPU_ARCHITECTURE_"),
+    Dimension.DIMENSION_PRINTER_TYPE: ("printer_type", common_pb2.PrinterType, "PRINTER_TYPE_"),
+}
+
+
+def _enum_label(enum: object, prefix: str, number: int) -> str:
+    descriptor = enum.DESCRIPTOR  # type: ignore[attr-defined]
+    value = descriptor.values_by_number.get(number)
+    if value is None or number == 0:
+        return "unknown"
+    return str(value.name).removeprefix(prefix).replace("_", " ").title()
+
+
+def group_value(dimension: int, key: Sequence[int]) -> analytics_service_pb2.GroupValue:
+    """The API's value and display label for a group's key."""
+    value = analytics_service_pb2.GroupValue()
+    if dimension in _ENUMS:
+        field, enum, prefix = _ENUMS[dimension]
+        setattr(value, field, key[0])
+        value.label = _enum_label(enum, prefix, key[0])
+    elif dimension == Dimension.DIMENSION_APP_VERSION:
+        value.app_version.major, value.app_version.minor, value.app_version.patch = key[0], key[1], key[2]
+        value.label = f"{key[0]}.{key[1]}.{key[2]}"
+    elif dimension == Dimension.DIMENSION_PYTHON_VERSION:
+        value.python_version.major, value.python_version.minor = key[0], key[1]
+        value.label = f"{key[0]}.{key[1]}"
+    elif dimension == Dimension.DIMENSION_COUNTRY:
+        value.country = key[0]  # type: ignore[assignment]
+        value.label = country_name(key[0])
+    elif dimension == Dimension.DIMENSION_FLEET_SIZE:
+        value.fleet_size = key[0]  # type: ignore[assignment]
+        value.label = _FLEET_LABELS.get(key[0], "unknown")
+    return value
+
+
+# --- the queries ----------------------------------------------------------------------------
+
+
+@dataclass
+class Analytics:
+    engine: AsyncEngine
+    min_group_size: int = 5
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+    async def installation_trend(
+        self, request: analytics_service_pb2.GetInstallationTrendRequest
+    ) -> analytics_service_pb2.GetInstallationTrendResponse:
+        weeks = window(request.window, self.clock())
+        return analytics_service_pb2.GetInstallationTrendResponse(weeks=await self._installation_weeks(weeks))
+
+    async def _installation_weeks(self, weeks: list[Week]) -> list[analytics_service_pb2.InstallationWeek]:
+        before = weeks[0].previous()
+        totals, new = schema.weekly_totals, schema.weekly_new
+        async with self.engine.connect() as connection:
+            active = dict(
+                (
+                    await connection.execute(
+                        select(totals.c.week, totals.c.active).where(
+                            totals.c.week.between(before.key, weeks[-1].key)
+                        )
+                    )
+                ).all()
+            )
+            first_weeks = dict(
+                (
+                    await connection.execute(
+                        select(new.c.week, new.c.installations).where(
+                            new.c.week.between(weeks[0].key, weeks[-1].key)
+                        )
+                    )
+                ).all()
+            )
+            known = int(
+                await connection.scalar(
+                    select(func.coalesce(func.sum(new.c.installations), 0)).where(new.c.week <= before.key)
+                )
+                or 0
+            )
+        result = []
+        previous_active = int(active.get(before.key, 0))
+        for week in weeks:
+            active_now = int(active.get(week.key, 0))
+            new_now = int(first_weeks.get(week.key, 0))
+            known += new_now
+            growth = (active_now - previous_active) / previous_active if previous_active else 0.0
+            result.append(
+                analytics_service_pb2.InstallationWeek(
+                    week=week.to_proto(),
+                    known=known,
+                    active=active_now,
+                    new_installations=new_now,
+                    growth=growth,
+                )
+            )
+            previous_active = active_now
+        return result
+
+    async def distribution(
+        self, request: analytics_service_pb2.GetDistributionRequest
+    ) -> analytics_service_pb2.GetDistributionResponse:
+        dimensions = list(request.dimensions)
+        if len(dimensions) != 1:
+            raise QueryError("dimensions", "give one dimension")
+        if dimensions[0] not in Dimension.values() or dimensions[0] == Dimension.DIMENSION_UNSPECIFIED:
+            raise QueryError("dimensions[0]", "is not a known dimension")
+        week = _week("week", request.week if request.HasField("week") else None, self.clock())
+        groups, total = await self._groups(week, dimensions[0])
+        folded = fold_small_groups(groups, self.min_group_size)
+        response = analytics_service_pb2.GetDistributionResponse(
+            dimensions=dimensions,
+            week=week.to_proto(),
+            total_installations=total,
+            min_group_size=self.min_group_size,
+        )
+        _add_entries(response, folded, dimensions[0], total)
+        return response
+
+    async def _groups(self, week: Week, dimension: int) -> tuple[list[Group], int]:
+        groups, totals = schema.weekly_groups, schema.weekly_totals
+        async with self.engine.connect() as connection:
+            rows = await connection.execute(
+                select(
+                    groups.c.value_a,
+                    groups.c.value_b,
+                    groups.c.value_c,
+                    groups.c.installations,
+                    groups.c.amount,
+                ).where(groups.c.week == week.key, groups.c.dimension == dimension)
+            )
+            found = [Group((int(a), int(b), int(c)), int(n), int(amount)) for a, b, c, n, amount in rows]
+            total = await connection.scalar(select(totals.c.active).where(totals.c.week == week.key))
+        return found, int(total or 0)
+
+
+def _add_entries(
+    response: analytics_service_pb2.GetDistributionResponse, folded: Folded, dimension: int, total: int
+) -> None:
+    for group in folded.groups:
+        entry = response.entries.add(
+            installations=group.installations, share=group.installations / total if total else 0.0
+        )
+        entry.values.append(group_value(dimension, group.key))
+        if dimension == Dimension.DIMENSION_PRINTER_TYPE:
+            entry.printers = group.amount
+    if folded.other is not None:
+        response.entries.add(
+            other=True,
+            installations=folded.other.installations,
+            share=folded.other.installations / total if total else 0.0,
+            printers=folded.other.amount if dimension == Dimension.DIMENSION_PRINTER_TYPE else 0,
+        )

@@ -1,0 +1,182 @@
+"""The analytics queries on a known fleet stored through the real ingest path
+(signed submissions, validation, storage) on SQLite and PostgreSQL, with the
+expected figures worked out by hand; the rollups kept current incrementally;
+small groups folded."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+
+import pytest
+from printernizer.stats.v1 import analytics_service_pb2, common_pb2
+
+from aggregation_server.database import upgrade
+from aggregation_server.ingest import Ingest
+from aggregation_server.storage import IngestStore
+from analytics_server.privacy import Group, fold_small_groups
+from analytics_server.queries import Analytics, QueryError
+from analytics_server.rollups import Rollups
+from stats_common.weeks import Week
+
+from . import databases
+from .agent_harness import FakeClock
+from .test_aggregation_admin import report_of
+from .test_aggregation_ingest import Installation
+from .test_aggregation_validation import NOW
+
+database_url = databases.database_url
+W44, W45, W46 = Week(2026, 44), Week(2026, 45), Week(2026, 46)  # NOW is in W47: W46 is the last complete
+Dimension = analytics_service_pb2.Dimension
+DOCKER, HA, PI, STANDALONE = (
+    common_pb2.DEPLOYMENT_MODE_DOCKER,
+    common_pb2.DEPLOYMENT_MODE_HOME_ASSISTANT_ADDON,
+    common_pb2.DEPLOYMENT_MODE_RASPBERRY_PI,
+    common_pb2.DEPLOYMENT_MODE_STANDALONE,
+)
+K = 3
+
+
+@dataclass
+class Member:
+    mode: int
+    version: tuple[int, int, int]
+    weeks: tuple[Week, ...]
+
+
+# The fleet, by hand: 12 installations.
+FLEET = (
+    [Member(DOCKER, (2, 7, 0), (W45, W46))] * 6
+    + [Member(HA, (2, 8, 0), (W46,))] * 2
+    + [Member(PI, (2, 8, 0), (W45, W46))] * 3
+    + [Member(STANDALONE, (2, 6, 1), (W44,))]
+)
+
+
+@dataclass
+class Stored:
+    ingest: Ingest
+    analytics: Analytics
+    rollups: Rollups
+    installations: list[Installation]
+
+
+@pytest.fixture
+async def stored(database_url: str) -> AsyncIterator[Stored]:
+    upgrade(database_url)
+    store = IngestStore.open(database_url)
+    ingest = Ingest(store, FakeClock(NOW))
+    installations = []
+    for member in FLEET:
+        agent = Installation(uuid.uuid4().bytes)
+        reports = []
+        for week in member.weeks:
+            report = report_of(agent, week)
+            report.installation.deployment_mode = member.mode  # type: ignore[assignment]
+            version = report.installation.app_version
+            version.major, version.minor, version.patch = member.version
+            reports.append(report)
+        await ingest.submit(agent.submission(*reports))
+        installations.append(agent)
+    rollups = Rollups(store.engine, FakeClock(NOW))
+    assert await rollups.refresh() == [W44, W45, W46]
+    yield Stored(ingest, Analytics(store.engine, K, FakeClock(NOW)), rollups, installations)
+    await store.close()
+
+
+def trend_figures(response: analytics_service_pb2.GetInstallationTrendResponse) -> list[tuple[object, ...]]:
+    return [
+        (Week.from_proto(w.week), w.known, w.active, w.new_installations, round(w.growth, 4))
+        for w in response.weeks
+    ]
+
+
+async def test_installation_trend(stored: Stored) -> None:
+    request = analytics_service_pb2.GetInstallationTrendRequest(
+        window=analytics_service_pb2.WeekWindow(weeks=4)
+    )
+    assert trend_figures(await stored.analytics.installation_trend(request)) == [
+        (Week(2026, 43), 0, 0, 0, 0.0),
+        (W44, 1, 1, 1, 0.0),  # no growth figure from a week with none active
+        (W45, 10, 9, 9, 8.0),
+        (W46, 12, 11, 2, round(2 / 9, 4)),
+    ]
+
+
+async def test_a_distribution_folds_small_groups_and_keeps_shares_over_everyone(stored: Stored) -> None:
+    request = analytics_service_pb2.GetDistributionRequest(dimensions=[Dimension.DIMENSION_DEPLOYMENT_MODE])
+    response = await stored.analytics.distribution(request)
+    assert (Week.from_proto(response.week), response.total_installations, response.min_group_size) == (
+        W46,
+        11,
+        K,
+    )
+    # Docker 6, Raspberry Pi 3, Home Assistant 2 (< k): "other" would be 2, so
+    # the smallest published group joins it.
+    entries = [
+        (e.values[0].deployment_mode if e.values else None, e.other, e.installations)
+        for e in response.entries
+    ]
+    assert entries == [(DOCKER, False, 6), (None, True, 5)]
+    assert [round(e.share, 4) for e in response.entries] == [round(6 / 11, 4), round(5 / 11, 4)]
+    assert response.entries[0].values[0].label == "Docker"
+    assert all(e.installations >= K for e in response.entries)
+
+
+async def test_versions_are_ordered_by_size_and_labelled_as_versions(stored: Stored) -> None:
+    request = analytics_service_pb2.GetDistributionRequest(
+        dimensions=[Dimension.DIMENSION_APP_VERSION], week=W45.to_proto()
+    )
+    response = await stored.analytics.distribution(request)
+    assert [(e.values[0].label, e.installations) for e in response.entries] == [("2.7.0", 6), ("2.8.0", 3)]
+    assert response.total_installations == 9
+
+
+async def test_deletion_and_new_reports_refresh_only_the_weeks_they_touch(stored: Stored) -> None:
+    assert await stored.rollups.refresh() == []  # nothing changed
+    await stored.ingest.delete(stored.installations[0].deletion())
+    assert await stored.rollups.refresh() == [W45, W46]
+    request = analytics_service_pb2.GetInstallationTrendRequest(
+        window=analytics_service_pb2.WeekWindow(weeks=3)
+    )
+    assert trend_figures(await stored.analytics.installation_trend(request)) == [
+        (W44, 1, 1, 1, 0.0),
+        (W45, 9, 8, 8, 7.0),
+        (W46, 11, 10, 2, 0.25),
+    ]
+
+
+async def test_bounds_and_bad_requests_name_the_field(stored: Stored) -> None:
+    too_long = analytics_service_pb2.GetInstallationTrendRequest(
+        window=analytics_service_pb2.WeekWindow(weeks=10_000)
+    )
+    with pytest.raises(QueryError) as caught:
+        await stored.analytics.installation_trend(too_long)
+    assert caught.value.field == "window.weeks"
+    future = analytics_service_pb2.GetDistributionRequest(
+        dimensions=[Dimension.DIMENSION_COUNTRY], week=Week(2026, 47).to_proto()
+    )
+    with pytest.raises(QueryError) as caught:
+        await stored.analytics.distribution(future)
+    assert caught.value.field == "week"
+    with pytest.raises(QueryError) as caught:
+        await stored.analytics.distribution(analytics_service_pb2.GetDistributionRequest())
+    assert caught.value.field == "dimensions"
+
+
+@pytest.mark.parametrize(
+    ("sizes", "published", "other"),
+    [
+        ([10, 7, 1, 1], [10], 9),  # "other" (2) is below k: the smallest published group (7) joins it
+        ([10, 4, 3], [10, 4, 3], None),  # nothing small
+        ([2, 2], [], 4),  # the small groups together reach k
+        ([2], [], None),  # everyone together is below k: nothing is published
+        ([6, 5, 1], [6], 6),  # other 1 < k takes the smallest published group (5)
+    ],
+)
+def test_folding(sizes: list[int], published: list[int], other: int | None) -> None:
+    folded = fold_small_groups([Group((i,), n) for i, n in enumerate(sizes)], k=3)
+    assert [g.installations for g in folded.groups] == published
+    assert (folded.other.installations if folded.other else None) == other
+    assert all(g.installations >= 3 for g in folded.groups)
