@@ -43,9 +43,9 @@ from printernizer.stats.v1 import (
 )
 from sqlalchemy.engine import make_url
 
-from aggregation_server.tls import ensure_self_made
 from stats_common.health import is_serving
 from stats_common.identity import report_id
+from stats_common.tls import ensure_self_made
 from stats_common.weeks import Week
 
 from .harness import cpu_seconds, percentile, print_table, rss_kib

@@ -9,9 +9,11 @@ self-made TLS certificates. It is compared in constant time and never logged.
 
 from __future__ import annotations
 
+import contextlib
 import hmac
 import os
 import secrets
+import tempfile
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from pathlib import Path
 from typing import Any
@@ -29,16 +31,19 @@ class AdminTokenError(ValueError):
 
 
 def ensure_token_file(path: Path) -> str:
-    """The token in `path`, made (0600, in a 0700 directory) when missing."""
+    """The token in `path`, made (0600, in a 0700 directory) when missing.
+    Several servers starting at once agree on one token: it is written to a
+    private temporary file first and linked into place only when complete."""
     if not path.exists():
         path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, prefix=".admin-token-")
         try:
-            descriptor = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            pass  # another process made it first: read theirs
-        else:
-            with os.fdopen(descriptor, "w") as file:
+            with os.fdopen(descriptor, "w") as file:  # mkstemp makes it 0600
                 file.write(secrets.token_urlsafe(32) + "\n")
+            with contextlib.suppress(FileExistsError):  # another server made it first: use theirs
+                os.link(temporary, path)
+        finally:
+            os.unlink(temporary)
     return read_token_file(path)
 
 

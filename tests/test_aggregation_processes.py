@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from aggregation_server import schema
 from aggregation_server.database import create_sync_engine
-from aggregation_server.tls import ensure_self_made
+from stats_common.tls import ensure_self_made
 from stats_common.weeks import Week
 
 from . import databases

@@ -18,8 +18,8 @@ import pytest
 from printernizer.stats.v1 import ingest_admin_service_pb2_grpc, ingest_service_pb2, ingest_service_pb2_grpc
 
 from aggregation_server.server import ServerConfig, serve
-from aggregation_server.tls import ensure_self_made
 from stats_common.errors import field_violations, retry_delay
+from stats_common.tls import ensure_self_made
 from stats_common.weeks import Week
 
 from . import databases

@@ -19,11 +19,11 @@ from sqlalchemy import select
 from aggregation_server import schema
 from aggregation_server.database import create_sync_engine
 from aggregation_server.server import ServerConfig, serve
-from aggregation_server.tls import TlsFiles, ensure_self_made
 from stats_agent.agent import AgentConfig, StatsAgent
 from stats_agent.consent import SHARING, Override
 from stats_agent.delivery import Courier, Uplink
 from stats_agent.storage import AgentStore
+from stats_common.tls import TlsFiles, ensure_self_made
 from stats_common.weeks import Week
 
 from . import databases

@@ -1,0 +1,73 @@
+"""Serving the analytics API over TLS, with the rollups refreshed periodically."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import grpc
+from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
+from sqlalchemy.ext.asyncio import create_async_engine
+
+from aggregation_server.database import async_url, upgrade
+from stats_common.admin import RequireAdminToken
+from stats_common.interceptors import RejectUndecodableRequests
+from stats_common.serving import serve_tls
+from stats_common.tls import TlsFiles
+
+from .queries import Analytics
+from .rollups import Rollups
+from .servicer import AnalyticsServicer
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    listen: str
+    database_url: str
+    tls: TlsFiles
+    admin_token: str
+    min_group_size: int = 5
+    refresh_seconds: float = 60.0
+    migrate: bool = True
+
+
+async def serve(
+    config: ServerConfig,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> None:
+    """Run until `stop` is set (or SIGTERM/SIGINT); `on_ready` gets the bound port."""
+    if config.migrate:
+        # The aggregation server's migrations: the same database, one schema.
+        await asyncio.to_thread(upgrade, config.database_url)
+    engine = create_async_engine(async_url(config.database_url))
+    try:
+        rollups = Rollups(engine, clock)
+        await rollups.refresh()  # answer from current rollups from the first call on
+        server = grpc.aio.server(
+            interceptors=[RequireAdminToken(config.admin_token, [SERVICE_NAME]), RejectUndecodableRequests()]
+        )
+        analytics = Analytics(engine, config.min_group_size, clock)
+        analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(
+            AnalyticsServicer(analytics), server
+        )
+        await serve_tls(
+            server,
+            listen=config.listen,
+            key_and_certificate=config.tls.server_credentials_pem(),
+            services=[SERVICE_NAME],
+            what="analytics server",
+            stop=stop,
+            on_ready=on_ready,
+            jobs=[(config.refresh_seconds, rollups.refresh, "refreshing the rollups")],
+        )
+    finally:
+        await engine.dispose()

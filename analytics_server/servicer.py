@@ -1,0 +1,95 @@
+"""The AnalyticsService over gRPC: protobuf in, Analytics calls, status codes
+out. The admin credential is checked before this runs
+(stats_common.admin.RequireAdminToken). Calls not answered yet by this
+release are left to the generated base class (UNIMPLEMENTED)."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable
+from typing import NoReturn, TypeVar
+
+import grpc
+from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
+
+from stats_common import errors
+from stats_common.errors import Context
+
+from .queries import Analytics, QueryError
+
+log = logging.getLogger(__name__)
+
+Response = TypeVar("Response")
+
+
+async def _answer(context: Context, call: Callable[[], Awaitable[Response]], what: str) -> Response:
+    try:
+        return await call()
+    except QueryError as exc:
+        await errors.invalid_argument(context, [(exc.field, exc.description)])
+    except Exception:
+        log.exception("%s failed", what)
+        await errors.internal(context)
+
+
+class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
+    def __init__(self, analytics: Analytics) -> None:
+        self.analytics = analytics
+
+    async def GetInstallationTrend(
+        self, request: analytics_service_pb2.GetInstallationTrendRequest, context: Context
+    ) -> analytics_service_pb2.GetInstallationTrendResponse:
+        return await _answer(
+            context, lambda: self.analytics.installation_trend(request), "installation trend"
+        )
+
+    async def GetDistribution(
+        self, request: analytics_service_pb2.GetDistributionRequest, context: Context
+    ) -> analytics_service_pb2.GetDistributionResponse:
+        return await _answer(context, lambda: self.analytics.distribution(request), "distribution")
+
+    # Answered by later releases; until then UNIMPLEMENTED, as the contract's base class would.
+    async def GetOverview(
+        self, request: analytics_service_pb2.GetOverviewRequest, context: Context
+    ) -> analytics_service_pb2.GetOverviewResponse:
+        await _not_yet(context)
+
+    async def GetFeatureAdoption(
+        self, request: analytics_service_pb2.GetFeatureAdoptionRequest, context: Context
+    ) -> analytics_service_pb2.GetFeatureAdoptionResponse:
+        await _not_yet(context)
+
+    async def GetVersionMigration(
+        self, request: analytics_service_pb2.GetVersionMigrationRequest, context: Context
+    ) -> analytics_service_pb2.GetVersionMigrationResponse:
+        await _not_yet(context)
+
+    async def GetFeatureTrend(
+        self, request: analytics_service_pb2.GetFeatureTrendRequest, context: Context
+    ) -> analytics_service_pb2.GetFeatureTrendResponse:
+        await _not_yet(context)
+
+    async def GetErrorTrend(
+        self, request: analytics_service_pb2.GetErrorTrendRequest, context: Context
+    ) -> analytics_service_pb2.GetErrorTrendResponse:
+        await _not_yet(context)
+
+    async def GetErrorRates(
+        self, request: analytics_service_pb2.GetErrorRatesRequest, context: Context
+    ) -> analytics_service_pb2.GetErrorRatesResponse:
+        await _not_yet(context)
+
+    async def ListAnomalies(
+        self, request: analytics_service_pb2.ListAnomaliesRequest, context: Context
+    ) -> analytics_service_pb2.ListAnomaliesResponse:
+        await _not_yet(context)
+
+    async def ExportAggregates(
+        self, request: analytics_service_pb2.ExportAggregatesRequest, context: Context
+    ) -> analytics_service_pb2.ExportAggregatesResponse:
+        await _not_yet(context)
+
+
+async def _not_yet(context: Context) -> NoReturn:
+    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not answered by this release yet")
+    raise AssertionError("abort returned")  # pragma: no cover - abort always raises

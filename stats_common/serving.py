@@ -1,0 +1,85 @@
+"""Running a TLS gRPC server until it is told to stop: what the aggregation and
+analytics servers share (health, reflection, signals, periodic jobs, a
+graceful stop that never cancels a job inside a transaction)."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import Awaitable, Callable, Sequence
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+log = logging.getLogger(__name__)
+
+# How long a periodic job may take to finish once the server stops.
+JOB_STOP_TIMEOUT_SECONDS = 60
+GRACE_SECONDS = 5
+
+Job = Callable[[], Awaitable[object]]
+
+
+async def every(seconds: float, job: Job, what: str, stop: asyncio.Event) -> None:
+    """Run `job` now and every `seconds` until `stop` is set; a failure is
+    logged and tried again at the next turn."""
+    while not stop.is_set():
+        try:
+            await job()
+        except Exception:
+            log.exception("%s failed; will try again later", what)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+
+async def serve_tls(
+    server: grpc.aio.Server,
+    *,
+    listen: str,
+    key_and_certificate: tuple[bytes, bytes],
+    services: Sequence[str],
+    what: str,
+    stop: asyncio.Event | None = None,
+    on_ready: Callable[[int], None] | None = None,
+    jobs: Sequence[tuple[float, Job, str]] = (),
+) -> None:
+    """Add health checking and reflection for `services`, serve over TLS on
+    `listen`, run the periodic `jobs` (interval, job, name), and stop on
+    SIGTERM/SIGINT or `stop`: NOT_SERVING first, calls in flight get a grace
+    period, jobs end at their next turn."""
+    health_servicer = health.aio.HealthServicer()
+    health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
+    reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
+    credentials = grpc.ssl_server_credentials([key_and_certificate])
+    port = server.add_secure_port(listen, credentials)
+    await server.start()
+    for name in ("", *services):
+        await health_servicer.set(name, health_pb2.HealthCheckResponse.SERVING)
+    log.info("%s serving over TLS on port %d", what, port)
+    if on_ready is not None:
+        on_ready(port)
+    stop = stop or asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+            loop.add_signal_handler(signum, stop.set)
+    running = [asyncio.create_task(every(seconds, job, name, stop)) for seconds, job, name in jobs]
+    try:
+        await stop.wait()
+    finally:
+        stop.set()  # also when this task is cancelled
+        await health_servicer.enter_graceful_shutdown()
+        await server.stop(grace=GRACE_SECONDS)
+        if running:
+            # Cancelling a job inside a transaction would leave the database
+            # driver's connection half-closed: let it reach its next turn.
+            _, late = await asyncio.wait(running, timeout=JOB_STOP_TIMEOUT_SECONDS)
+            for task in late:
+                log.warning("a periodic job did not finish in time; stopped")
+                task.cancel()
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
+                loop.remove_signal_handler(signum)

@@ -1,0 +1,121 @@
+"""The analytics server over real TLS, beside the real aggregation server on
+the same database (SQLite and PostgreSQL): admin credentials, answers that
+follow new reports through the periodic refresh, precise errors."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+import pytest
+from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
+
+from analytics_server.server import ServerConfig, serve
+from stats_common.admin import bearer_metadata
+from stats_common.errors import field_violations
+from stats_common.tls import ensure_self_made
+from stats_common.weeks import Week
+
+from . import databases
+from .test_aggregation_admin import report_of
+from .test_aggregation_ingest import Installation
+from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, RunningServer, rpc_error, server
+
+database_url = databases.database_url
+__all__ = ["server"]  # a fixture used here
+ADMIN = bearer_metadata(ADMIN_TOKEN)
+Dimension = analytics_service_pb2.Dimension
+
+
+@dataclass
+class RunningAnalytics:
+    stub: analytics_service_pb2_grpc.AnalyticsServiceStub
+
+
+@pytest.fixture
+async def analytics(server: RunningServer, tmp_path: Path) -> AsyncIterator[RunningAnalytics]:
+    tls = ensure_self_made(tmp_path / "tls")  # the aggregation server's, as by default
+    config = ServerConfig(
+        "127.0.0.1:0", server.database_url, tls, ADMIN_TOKEN, min_group_size=2, refresh_seconds=0.2
+    )
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    task = asyncio.create_task(serve(config, stop, on_ready=ready.set_result))
+    port = await asyncio.wait_for(ready, 30)
+    credentials = grpc.ssl_channel_credentials(root_certificates=server.ca)
+    async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+        yield RunningAnalytics(analytics_service_pb2_grpc.AnalyticsServiceStub(channel))
+    stop.set()
+    await asyncio.wait_for(task, 30)
+
+
+def last_week() -> Week:
+    import datetime as dt
+
+    return Week.containing(dt.datetime.now(dt.UTC)).previous()
+
+
+async def test_answers_follow_new_reports(server: RunningServer, analytics: RunningAnalytics) -> None:
+    request = analytics_service_pb2.GetDistributionRequest(dimensions=[Dimension.DIMENSION_COUNTRY])
+    empty = await analytics.stub.GetDistribution(request, metadata=ADMIN, timeout=TIMEOUT)
+    assert (empty.total_installations, list(empty.entries)) == (0, [])
+    for _ in range(3):
+        agent = Installation(uuid.uuid4().bytes)
+        await server.stub.SubmitReports(agent.submission(report_of(agent, last_week())), timeout=TIMEOUT)
+    for _ in range(100):  # the refresh runs every 0.2 s
+        answer = await analytics.stub.GetDistribution(request, metadata=ADMIN, timeout=TIMEOUT)
+        if answer.total_installations == 3:
+            break
+        await asyncio.sleep(0.1)
+    assert [(e.values[0].label, e.installations, e.share) for e in answer.entries] == [("Germany", 3, 1.0)]
+    trend = await analytics.stub.GetInstallationTrend(
+        analytics_service_pb2.GetInstallationTrendRequest(window=analytics_service_pb2.WeekWindow(weeks=2)),
+        metadata=ADMIN,
+        timeout=TIMEOUT,
+    )
+    assert [(w.known, w.active, w.new_installations) for w in trend.weeks] == [(0, 0, 0), (3, 3, 3)]
+
+
+@pytest.mark.parametrize(
+    "metadata",
+    [
+        (),
+        (("authorization", "Bearer not-the-admin-token-" + "z" * 32),),
+        # What an installation holds (its ID and public key) is not an admin credential.
+        (("authorization", "Bearer " + Installation().public_key.hex()),),
+    ],
+    ids=["none", "wrong", "installation-key"],
+)
+async def test_every_call_needs_the_admin_token(
+    analytics: RunningAnalytics, metadata: tuple[tuple[str, str], ...]
+) -> None:
+    for call in (
+        analytics.stub.GetInstallationTrend(
+            analytics_service_pb2.GetInstallationTrendRequest(), metadata=metadata
+        ),
+        analytics.stub.GetDistribution(
+            analytics_service_pb2.GetDistributionRequest(dimensions=[Dimension.DIMENSION_COUNTRY]),
+            metadata=metadata,
+        ),
+        analytics.stub.ListAnomalies(analytics_service_pb2.ListAnomaliesRequest(), metadata=metadata),
+    ):
+        assert (await rpc_error(call)).code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+async def test_bad_requests_name_the_field(analytics: RunningAnalytics) -> None:
+    too_long = analytics_service_pb2.GetInstallationTrendRequest(
+        window=analytics_service_pb2.WeekWindow(weeks=10_000)
+    )
+    error = await rpc_error(analytics.stub.GetInstallationTrend(too_long, metadata=ADMIN, timeout=TIMEOUT))
+    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in field_violations(error)] == ["window.weeks"]
+    not_yet = await rpc_error(
+        analytics.stub.ListAnomalies(
+            analytics_service_pb2.ListAnomaliesRequest(), metadata=ADMIN, timeout=TIMEOUT
+        )
+    )
+    assert not_yet.code() == grpc.StatusCode.UNIMPLEMENTED
