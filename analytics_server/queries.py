@@ -27,6 +27,7 @@ from stats_common.countries import country_name
 from stats_common.weeks import Week
 
 from .privacy import Folded, Group, fold_small_groups
+from .rollups import FEATURES
 
 Dimension = analytics_service_pb2.Dimension
 MAX_WEEKS = 104
@@ -90,6 +91,7 @@ _ENUMS: dict[int, tuple[str, object, str]] = {
     Dimension.DIMENSION_PLATFORM: ("platform", common_pb2.Platform, "PLATFORM_"),
     Dimension.DIMENSION_ARCHITECTURE: ("architecture", common_pb2.CpuArchitecture, "CPU_ARCHITECTURE_"),
     Dimension.DIMENSION_PRINTER_TYPE: ("printer_type", common_pb2.PrinterType, "PRINTER_TYPE_"),
+    FEATURES: ("feature", common_pb2.Feature, "FEATURE_"),
 }
 
 
@@ -205,21 +207,134 @@ class Analytics:
         _add_entries(response, folded, dimensions[0], total)
         return response
 
-    async def _groups(self, week: Week, dimension: int) -> tuple[list[Group], int]:
+    async def feature_adoption(
+        self, request: analytics_service_pb2.GetFeatureAdoptionRequest
+    ) -> analytics_service_pb2.GetFeatureAdoptionResponse:
+        week = _week("week", request.week if request.HasField("week") else None, self.clock())
+        groups, total = await self._groups(week, FEATURES)
+        folded = fold_small_groups(groups, self.min_group_size)
+        response = analytics_service_pb2.GetFeatureAdoptionResponse(
+            week=week.to_proto(), total_installations=total, min_group_size=self.min_group_size
+        )
+        for group in folded.groups:
+            response.features.add(
+                feature=group_value(FEATURES, group.key),
+                enabled_installations=group.installations,
+                reporting_installations=group.amount,
+                enabled_share=group.installations / total if total else 0.0,
+            )
+        if folded.other is not None:
+            response.features.add(
+                other=True,
+                enabled_installations=folded.other.installations,
+                reporting_installations=folded.other.amount,
+                enabled_share=folded.other.installations / total if total else 0.0,
+            )
+        return response
+
+    async def version_migration(
+        self, request: analytics_service_pb2.GetVersionMigrationRequest
+    ) -> analytics_service_pb2.GetVersionMigrationResponse:
+        weeks = window(request.window, self.clock())
+        per_week, active = await self._groups_over(weeks, Dimension.DIMENSION_APP_VERSION)
+        return analytics_service_pb2.GetVersionMigrationResponse(
+            weeks=[w.to_proto() for w in weeks],
+            series=_series(
+                weeks, per_week, active, Dimension.DIMENSION_APP_VERSION, self.min_group_size, _version_order
+            ),
+            min_group_size=self.min_group_size,
+        )
+
+    async def feature_trend(
+        self, request: analytics_service_pb2.GetFeatureTrendRequest
+    ) -> analytics_service_pb2.GetFeatureTrendResponse:
+        weeks = window(request.window, self.clock())
+        per_week, active = await self._groups_over(weeks, FEATURES)
+        return analytics_service_pb2.GetFeatureTrendResponse(
+            weeks=[w.to_proto() for w in weeks],
+            series=_series(weeks, per_week, active, FEATURES, self.min_group_size, lambda key: key),
+            min_group_size=self.min_group_size,
+        )
+
+    async def _groups_over(
+        self, weeks: list[Week], dimension: int
+    ) -> tuple[dict[int, list[Group]], dict[int, int]]:
+        """Each week's groups of one dimension, and each week's active installations."""
         groups, totals = schema.weekly_groups, schema.weekly_totals
+        span = (weeks[0].key, weeks[-1].key)
+        per_week: dict[int, list[Group]] = {}
         async with self.engine.connect() as connection:
             rows = await connection.execute(
                 select(
+                    groups.c.week,
                     groups.c.value_a,
                     groups.c.value_b,
                     groups.c.value_c,
                     groups.c.installations,
                     groups.c.amount,
-                ).where(groups.c.week == week.key, groups.c.dimension == dimension)
+                ).where(groups.c.week.between(*span), groups.c.dimension == dimension)
             )
-            found = [Group((int(a), int(b), int(c)), int(n), int(amount)) for a, b, c, n, amount in rows]
-            total = await connection.scalar(select(totals.c.active).where(totals.c.week == week.key))
-        return found, int(total or 0)
+            for week, a, b, c, n, amount in rows:
+                per_week.setdefault(int(week), []).append(
+                    Group((int(a), int(b), int(c)), int(n), int(amount))
+                )
+            active = dict(
+                (
+                    await connection.execute(
+                        select(totals.c.week, totals.c.active).where(totals.c.week.between(*span))
+                    )
+                ).all()
+            )
+        return per_week, {int(w): int(n) for w, n in active.items()}
+
+    async def _groups(self, week: Week, dimension: int) -> tuple[list[Group], int]:
+        """One week's groups of one dimension, and its active installations."""
+        per_week, active = await self._groups_over([week], dimension)
+        return per_week.get(week.key, []), active.get(week.key, 0)
+
+
+def _version_order(key: tuple[int, ...]) -> tuple[int, ...]:
+    """Newest version first (as numbers: 2.10 is newer than 2.9)."""
+    return tuple(-part for part in key)
+
+
+def _series(
+    weeks: list[Week],
+    per_week: dict[int, list[Group]],
+    active: dict[int, int],
+    dimension: int,
+    k: int,
+    order: Callable[[tuple[int, ...]], tuple[int, ...]],
+) -> list[analytics_service_pb2.Series]:
+    """One series per group that is published in at least one week of the
+    window; in a week where a group is smaller than k it counts towards the
+    `other` series (and shows 0). Shares are over the week's active
+    installations."""
+    folded = {week.key: fold_small_groups(per_week.get(week.key, []), k) for week in weeks}
+    published = {g.key for f in folded.values() for g in f.groups}
+    series = []
+    for key in sorted(published, key=order):
+        line = analytics_service_pb2.Series(values=[group_value(dimension, key)])
+        for week in weeks:
+            group = next((g for g in folded[week.key].groups if g.key == key), None)
+            line.points.append(_point(week, group, active.get(week.key, 0)))
+        series.append(line)
+    if any(f.other is not None for f in folded.values()):
+        other = analytics_service_pb2.Series(other=True)
+        for week in weeks:
+            other.points.append(_point(week, folded[week.key].other, active.get(week.key, 0)))
+        series.append(other)
+    return series
+
+
+def _point(week: Week, group: Group | None, active: int) -> analytics_service_pb2.SeriesPoint:
+    installations = group.installations if group is not None else 0
+    return analytics_service_pb2.SeriesPoint(
+        week=week.to_proto(),
+        installations=installations,
+        share=installations / active if active else 0.0,
+        count=group.amount if group is not None else 0,
+    )
 
 
 def _add_entries(

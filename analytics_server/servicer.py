@@ -57,17 +57,17 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     async def GetFeatureAdoption(
         self, request: analytics_service_pb2.GetFeatureAdoptionRequest, context: Context
     ) -> analytics_service_pb2.GetFeatureAdoptionResponse:
-        await _not_yet(context)
+        return await _answer(context, lambda: self.analytics.feature_adoption(request), "feature adoption")
 
     async def GetVersionMigration(
         self, request: analytics_service_pb2.GetVersionMigrationRequest, context: Context
     ) -> analytics_service_pb2.GetVersionMigrationResponse:
-        await _not_yet(context)
+        return await _answer(context, lambda: self.analytics.version_migration(request), "version migration")
 
     async def GetFeatureTrend(
         self, request: analytics_service_pb2.GetFeatureTrendRequest, context: Context
     ) -> analytics_service_pb2.GetFeatureTrendResponse:
-        await _not_yet(context)
+        return await _answer(context, lambda: self.analytics.feature_trend(request), "feature trend")
 
     async def GetErrorTrend(
         self, request: analytics_service_pb2.GetErrorTrendRequest, context: Context

@@ -43,13 +43,14 @@ class Member:
     mode: int
     version: tuple[int, int, int]
     weeks: tuple[Week, ...]
+    timelapse: bool | None = None  # None: the report does not mention it
 
 
-# The fleet, by hand: 12 installations.
+# The fleet, by hand: 12 installations, all with the library switched on.
 FLEET = (
-    [Member(DOCKER, (2, 7, 0), (W45, W46))] * 6
+    [Member(DOCKER, (2, 7, 0), (W45, W46), timelapse=True)] * 6
     + [Member(HA, (2, 8, 0), (W46,))] * 2
-    + [Member(PI, (2, 8, 0), (W45, W46))] * 3
+    + [Member(PI, (2, 8, 0), (W45, W46), timelapse=False)] * 3
     + [Member(STANDALONE, (2, 6, 1), (W44,))]
 )
 
@@ -76,6 +77,8 @@ async def stored(database_url: str) -> AsyncIterator[Stored]:
             report.installation.deployment_mode = member.mode  # type: ignore[assignment]
             version = report.installation.app_version
             version.major, version.minor, version.patch = member.version
+            if member.timelapse is not None:
+                report.features.add(feature=common_pb2.FEATURE_TIMELAPSE, enabled=member.timelapse)
             reports.append(report)
         await ingest.submit(agent.submission(*reports))
         installations.append(agent)
@@ -131,6 +134,54 @@ async def test_versions_are_ordered_by_size_and_labelled_as_versions(stored: Sto
     response = await stored.analytics.distribution(request)
     assert [(e.values[0].label, e.installations) for e in response.entries] == [("2.7.0", 6), ("2.8.0", 3)]
     assert response.total_installations == 9
+
+
+async def test_feature_adoption(stored: Stored) -> None:
+    response = await stored.analytics.feature_adoption(analytics_service_pb2.GetFeatureAdoptionRequest())
+    assert response.total_installations == 11
+    assert [
+        (f.feature.label, f.enabled_installations, f.reporting_installations, round(f.enabled_share, 4))
+        for f in response.features
+    ] == [("Library", 11, 11, 1.0), ("Timelapse", 6, 9, round(6 / 11, 4))]
+
+
+async def test_version_migration_orders_versions_as_numbers_and_hides_small_ones(stored: Stored) -> None:
+    request = analytics_service_pb2.GetVersionMigrationRequest(
+        window=analytics_service_pb2.WeekWindow(weeks=3)
+    )
+    response = await stored.analytics.version_migration(request)
+    assert [Week.from_proto(w) for w in response.weeks] == [W44, W45, W46]
+    # 2.6.1 (one installation, in W44 only) is never published, not even as "other".
+    assert [
+        (s.values[0].label, [p.installations for p in s.points], [round(p.share, 4) for p in s.points])
+        for s in response.series
+    ] == [
+        ("2.8.0", [0, 3, 5], [0.0, round(3 / 9, 4), round(5 / 11, 4)]),
+        ("2.7.0", [0, 6, 6], [0.0, round(6 / 9, 4), round(6 / 11, 4)]),
+    ]
+
+
+async def test_a_group_small_in_one_week_only_is_folded_in_that_week(stored: Stored) -> None:
+    strict = Analytics(stored.analytics.engine, 4, FakeClock(NOW))
+    request = analytics_service_pb2.GetVersionMigrationRequest(
+        window=analytics_service_pb2.WeekWindow(weeks=3)
+    )
+    response = await strict.version_migration(request)
+    # W45: 2.8.0 has 3 (< 4); "other" would be 3, so 2.7.0 (6) joins it: W45 shows only "other".
+    assert [
+        ("other" if s.other else s.values[0].label, [p.installations for p in s.points])
+        for s in response.series
+    ] == [("2.8.0", [0, 0, 5]), ("2.7.0", [0, 0, 6]), ("other", [0, 9, 0])]
+    assert all(p.installations == 0 or p.installations >= 4 for s in response.series for p in s.points)
+
+
+async def test_feature_trend(stored: Stored) -> None:
+    request = analytics_service_pb2.GetFeatureTrendRequest(window=analytics_service_pb2.WeekWindow(weeks=2))
+    response = await stored.analytics.feature_trend(request)
+    assert [(s.values[0].label, [round(p.share, 4) for p in s.points]) for s in response.series] == [
+        ("Library", [1.0, 1.0]),
+        ("Timelapse", [round(6 / 9, 4), round(6 / 11, 4)]),
+    ]
 
 
 async def test_deletion_and_new_reports_refresh_only_the_weeks_they_touch(stored: Stored) -> None:
