@@ -27,7 +27,15 @@ from stats_common.countries import country_name
 from stats_common.weeks import Week
 
 from .privacy import Folded, Group, fold_small_groups
-from .rollups import FEATURES
+from .rollups import (
+    COMPLETED_JOBS_BY_VERSION,
+    ERRORS_BY_COMPONENT,
+    ERRORS_BY_TYPE,
+    ERRORS_BY_TYPE_AND_COMPONENT,
+    ERRORS_BY_VERSION,
+    FAILED_JOBS_BY_VERSION,
+    FEATURES,
+)
 
 Dimension = analytics_service_pb2.Dimension
 MAX_WEEKS = 104
@@ -92,6 +100,18 @@ _ENUMS: dict[int, tuple[str, object, str]] = {
     Dimension.DIMENSION_ARCHITECTURE: ("architecture", common_pb2.CpuArchitecture, "CPU_ARCHITECTURE_"),
     Dimension.DIMENSION_PRINTER_TYPE: ("printer_type", common_pb2.PrinterType, "PRINTER_TYPE_"),
     FEATURES: ("feature", common_pb2.Feature, "FEATURE_"),
+    ERRORS_BY_TYPE: ("error_type", common_pb2.ErrorType, "ERROR_TYPE_"),
+    ERRORS_BY_COMPONENT: ("component", common_pb2.Component, "COMPONENT_"),
+}
+# Rollup codes whose key is an app version.
+_APP_VERSIONS = {Dimension.DIMENSION_APP_VERSION, ERRORS_BY_VERSION}
+
+ErrorGrouping = analytics_service_pb2.ErrorGrouping
+_ERROR_GROUPINGS = {
+    ErrorGrouping.ERROR_GROUPING_ERROR_TYPE: ERRORS_BY_TYPE,
+    ErrorGrouping.ERROR_GROUPING_COMPONENT: ERRORS_BY_COMPONENT,
+    ErrorGrouping.ERROR_GROUPING_ERROR_TYPE_AND_COMPONENT: ERRORS_BY_TYPE_AND_COMPONENT,
+    ErrorGrouping.ERROR_GROUPING_APP_VERSION: ERRORS_BY_VERSION,
 }
 
 
@@ -110,7 +130,7 @@ def group_value(dimension: int, key: Sequence[int]) -> analytics_service_pb2.Gro
         field, enum, prefix = _ENUMS[dimension]
         setattr(value, field, key[0])
         value.label = _enum_label(enum, prefix, key[0])
-    elif dimension == Dimension.DIMENSION_APP_VERSION:
+    elif dimension in _APP_VERSIONS:
         value.app_version.major, value.app_version.minor, value.app_version.patch = key[0], key[1], key[2]
         value.label = f"{key[0]}.{key[1]}.{key[2]}"
     elif dimension == Dimension.DIMENSION_PYTHON_VERSION:
@@ -256,6 +276,75 @@ class Analytics:
             min_group_size=self.min_group_size,
         )
 
+    async def error_trend(
+        self, request: analytics_service_pb2.GetErrorTrendRequest
+    ) -> analytics_service_pb2.GetErrorTrendResponse:
+        weeks = window(request.window, self.clock())
+        grouping = request.group_by or ErrorGrouping.ERROR_GROUPING_ERROR_TYPE
+        if grouping not in _ERROR_GROUPINGS:
+            raise QueryError("group_by", "is not a known grouping")
+        code = _ERROR_GROUPINGS[grouping]
+        per_week, active = await self._groups_over(weeks, code)
+        order = _version_order if code == ERRORS_BY_VERSION else (lambda key: key)
+        return analytics_service_pb2.GetErrorTrendResponse(
+            weeks=[w.to_proto() for w in weeks],
+            group_by=grouping,
+            series=_series(weeks, per_week, active, code, self.min_group_size, order),
+            min_group_size=self.min_group_size,
+        )
+
+    async def error_rates(
+        self, request: analytics_service_pb2.GetErrorRatesRequest
+    ) -> analytics_service_pb2.GetErrorRatesResponse:
+        """Per app version (folded by its active installations): errors per
+        active installation, and the failed share of finished jobs."""
+        weeks = window(request.window, self.clock())
+        versions, _ = await self._groups_over(weeks, Dimension.DIMENSION_APP_VERSION)
+        sums = {}
+        for code in (ERRORS_BY_VERSION, FAILED_JOBS_BY_VERSION, COMPLETED_JOBS_BY_VERSION):
+            per_week, _ = await self._groups_over(weeks, code)
+            sums[code] = {(w, g.key): g.amount for w, groups in per_week.items() for g in groups}
+        folded = {w.key: fold_small_groups(versions.get(w.key, []), self.min_group_size) for w in weeks}
+        published = sorted({g.key for f in folded.values() for g in f.groups}, key=_version_order)
+
+        def point(
+            week: Week, keys: list[tuple[int, ...]], installations: int
+        ) -> analytics_service_pb2.SeriesPoint:
+            errors, failed, completed = (
+                sum(sums[code].get((week.key, key), 0) for key in keys)
+                for code in (ERRORS_BY_VERSION, FAILED_JOBS_BY_VERSION, COMPLETED_JOBS_BY_VERSION)
+            )
+            return analytics_service_pb2.SeriesPoint(
+                week=week.to_proto(),
+                installations=installations,
+                count=errors,
+                rate=errors / installations if installations else 0.0,
+                share=failed / (failed + completed) if failed + completed else 0.0,
+            )
+
+        series = []
+        for key in published:
+            line = analytics_service_pb2.Series(values=group_values(Dimension.DIMENSION_APP_VERSION, key))
+            for week in weeks:
+                group = next((g for g in folded[week.key].groups if g.key == key), None)
+                line.points.append(
+                    point(week, [key], group.installations) if group else _point(week, None, 0)
+                )
+            series.append(line)
+        if any(f.other is not None for f in folded.values()):
+            other = analytics_service_pb2.Series(other=True)
+            for week in weeks:
+                f = folded[week.key]
+                shown = {g.key for g in f.groups}
+                hidden = [g.key for g in versions.get(week.key, []) if g.key not in shown]
+                other.points.append(
+                    point(week, hidden, f.other.installations) if f.other else _point(week, None, 0)
+                )
+            series.append(other)
+        return analytics_service_pb2.GetErrorRatesResponse(
+            weeks=[w.to_proto() for w in weeks], series=series, min_group_size=self.min_group_size
+        )
+
     async def _groups_over(
         self, weeks: list[Week], dimension: int
     ) -> tuple[dict[int, list[Group]], dict[int, int]]:
@@ -293,6 +382,13 @@ class Analytics:
         return per_week.get(week.key, []), active.get(week.key, 0)
 
 
+def group_values(code: int, key: Sequence[int]) -> list[analytics_service_pb2.GroupValue]:
+    """A group's values: one, or two for an (error type, component) pair."""
+    if code == ERRORS_BY_TYPE_AND_COMPONENT:
+        return [group_value(ERRORS_BY_TYPE, key[:1]), group_value(ERRORS_BY_COMPONENT, key[1:2])]
+    return [group_value(code, key)]
+
+
 def _version_order(key: tuple[int, ...]) -> tuple[int, ...]:
     """Newest version first (as numbers: 2.10 is newer than 2.9)."""
     return tuple(-part for part in key)
@@ -314,7 +410,7 @@ def _series(
     published = {g.key for f in folded.values() for g in f.groups}
     series = []
     for key in sorted(published, key=order):
-        line = analytics_service_pb2.Series(values=[group_value(dimension, key)])
+        line = analytics_service_pb2.Series(values=group_values(dimension, key))
         for week in weeks:
             group = next((g for g in folded[week.key].groups if g.key == key), None)
             line.points.append(_point(week, group, active.get(week.key, 0)))

@@ -27,8 +27,15 @@ from stats_common.weeks import Week
 log = logging.getLogger(__name__)
 
 Dimension = analytics_service_pb2.Dimension
-# Rollup rows that are not a Dimension of the API: feature states.
-FEATURES = 100
+# Rollup rows that are not a Dimension of the API. For each: what a row's
+# `installations` and `amount` are.
+FEATURES = 100  # per feature: installations with it on; installations reporting it
+ERRORS_BY_TYPE = 101  # per error type: installations reporting it; errors
+ERRORS_BY_COMPONENT = 102  # per component: installations reporting errors there; errors
+ERRORS_BY_TYPE_AND_COMPONENT = 103  # per (type, component): installations; errors
+ERRORS_BY_VERSION = 104  # per app version: installations reporting errors; errors
+FAILED_JOBS_BY_VERSION = 105  # per app version: active installations; jobs failed
+COMPLETED_JOBS_BY_VERSION = 106  # per app version: active installations; jobs completed
 
 _reports, _groups = schema.reports, schema.weekly_groups
 _ZERO = literal(0)
@@ -92,6 +99,40 @@ def _week_group_inserts(week: int) -> list[Any]:
         .group_by(features.c.feature)
     )
     statements.append(insert(_groups).from_select(_COLUMNS, by_feature))
+    errors = schema.report_errors
+    error_groups: dict[int, tuple[Any, Any, Any]] = {
+        ERRORS_BY_TYPE: (errors.c.error_type, _ZERO, _ZERO),
+        ERRORS_BY_COMPONENT: (errors.c.component, _ZERO, _ZERO),
+        ERRORS_BY_TYPE_AND_COMPONENT: (errors.c.error_type, errors.c.component, _ZERO),
+        ERRORS_BY_VERSION: (_reports.c.app_major, _reports.c.app_minor, _reports.c.app_patch),
+    }
+    for code, (a, b, c) in error_groups.items():
+        rows = (
+            select(
+                literal(week),
+                literal(code),
+                a,
+                b,
+                c,
+                func.count(func.distinct(errors.c.report)),
+                func.sum(errors.c.count),
+            )
+            .select_from(errors.join(_reports, errors.c.report == _reports.c.id))
+            .where(_reports.c.week == week)
+            .group_by(a, b, c)
+        )
+        statements.append(insert(_groups).from_select(_COLUMNS, rows))
+    version = (_reports.c.app_major, _reports.c.app_minor, _reports.c.app_patch)
+    for code, jobs in (
+        (FAILED_JOBS_BY_VERSION, _reports.c.jobs_failed),
+        (COMPLETED_JOBS_BY_VERSION, _reports.c.jobs_completed),
+    ):
+        rows = (
+            select(literal(week), literal(code), *version, func.count(), func.sum(jobs))
+            .where(_reports.c.week == week)
+            .group_by(*version)
+        )
+        statements.append(insert(_groups).from_select(_COLUMNS, rows))
     return statements
 
 

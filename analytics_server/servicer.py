@@ -72,12 +72,12 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     async def GetErrorTrend(
         self, request: analytics_service_pb2.GetErrorTrendRequest, context: Context
     ) -> analytics_service_pb2.GetErrorTrendResponse:
-        await _not_yet(context)
+        return await _answer(context, lambda: self.analytics.error_trend(request), "error trend")
 
     async def GetErrorRates(
         self, request: analytics_service_pb2.GetErrorRatesRequest, context: Context
     ) -> analytics_service_pb2.GetErrorRatesResponse:
-        await _not_yet(context)
+        return await _answer(context, lambda: self.analytics.error_rates(request), "error rates")
 
     async def ListAnomalies(
         self, request: analytics_service_pb2.ListAnomaliesRequest, context: Context

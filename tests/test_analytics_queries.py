@@ -184,6 +184,45 @@ async def test_feature_trend(stored: Stored) -> None:
     ]
 
 
+async def test_error_trend_by_type_and_by_version(stored: Stored) -> None:
+    # Every report carries 4 timeouts in the API (see valid_report).
+    window = analytics_service_pb2.WeekWindow(weeks=2)
+    by_type = await stored.analytics.error_trend(analytics_service_pb2.GetErrorTrendRequest(window=window))
+    assert by_type.group_by == analytics_service_pb2.ERROR_GROUPING_ERROR_TYPE
+    assert [
+        (s.values[0].label, [p.installations for p in s.points], [p.count for p in s.points])
+        for s in by_type.series
+    ] == [("Timeout", [9, 11], [36, 44])]
+    pairs = await stored.analytics.error_trend(
+        analytics_service_pb2.GetErrorTrendRequest(
+            window=window, group_by=analytics_service_pb2.ERROR_GROUPING_ERROR_TYPE_AND_COMPONENT
+        )
+    )
+    assert [[v.label for v in s.values] for s in pairs.series] == [["Timeout", "Api"]]
+    by_version = await stored.analytics.error_trend(
+        analytics_service_pb2.GetErrorTrendRequest(
+            window=window, group_by=analytics_service_pb2.ERROR_GROUPING_APP_VERSION
+        )
+    )
+    assert [(s.values[0].label, [p.count for p in s.points]) for s in by_version.series] == [
+        ("2.8.0", [12, 20]),
+        ("2.7.0", [24, 24]),
+    ]
+
+
+async def test_error_rates_per_version(stored: Stored) -> None:
+    # Per report: 4 errors, 3 jobs completed and 2 failed (see valid_report).
+    request = analytics_service_pb2.GetErrorRatesRequest(window=analytics_service_pb2.WeekWindow(weeks=2))
+    response = await stored.analytics.error_rates(request)
+    assert [
+        (s.values[0].label, [(p.installations, p.count, p.rate, round(p.share, 4)) for p in s.points])
+        for s in response.series
+    ] == [
+        ("2.8.0", [(3, 12, 4.0, 0.4), (5, 20, 4.0, 0.4)]),
+        ("2.7.0", [(6, 24, 4.0, 0.4), (6, 24, 4.0, 0.4)]),
+    ]
+
+
 async def test_deletion_and_new_reports_refresh_only_the_weeks_they_touch(stored: Stored) -> None:
     assert await stored.rollups.refresh() == []  # nothing changed
     await stored.ingest.delete(stored.installations[0].deletion())
