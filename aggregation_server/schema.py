@@ -211,6 +211,15 @@ weekly_new = Table(
     Column("installations", Integer, nullable=False),
 )
 
+# Reports received per week of arrival (not of their period): counted as new
+# report rows are rolled up, so deletions later do not change the history.
+weekly_arrivals = Table(
+    "weekly_arrivals",
+    metadata,
+    Column("week", Integer, primary_key=True),
+    Column("reports", Integer, nullable=False),
+)
+
 # Where the rollups stand (one row): the newest report row they include, and
 # how many reports there were then (fewer now means some were deleted).
 rollup_state = Table(

@@ -26,6 +26,8 @@ from aggregation_server import schema
 from stats_common.countries import country_name
 from stats_common.weeks import Week
 
+from . import anomalies
+from .anomalies import BASELINE_WEEKS
 from .privacy import Folded, Group, fold_small_groups
 from .rollups import (
     COMPLETED_JOBS_BY_VERSION,
@@ -344,6 +346,79 @@ class Analytics:
         return analytics_service_pb2.GetErrorRatesResponse(
             weeks=[w.to_proto() for w in weeks], series=series, min_group_size=self.min_group_size
         )
+
+    async def anomalies(
+        self, request: analytics_service_pb2.ListAnomaliesRequest
+    ) -> analytics_service_pb2.ListAnomaliesResponse:
+        weeks = window(request.window, self.clock())
+        return analytics_service_pb2.ListAnomaliesResponse(anomalies=await self._anomalies(weeks))
+
+    async def _anomalies(self, weeks: list[Week]) -> list[analytics_service_pb2.Anomaly]:
+        """Every rule of `anomalies` on every week of the window (all complete)."""
+        span = weeks_ending(weeks[-1], len(weeks) + BASELINE_WEEKS)
+        k = self.min_group_size
+        versions, active = await self._groups_over(span, Dimension.DIMENSION_APP_VERSION)
+        version_errors, _ = await self._groups_over(span, ERRORS_BY_VERSION)
+        pairs, _ = await self._groups_over(span, ERRORS_BY_TYPE_AND_COMPONENT)
+        arrivals_table = schema.weekly_arrivals
+        async with self.engine.connect() as connection:
+            received = dict(
+                (
+                    await connection.execute(
+                        select(arrivals_table.c.week, arrivals_table.c.reports).where(
+                            arrivals_table.c.week.between(span[0].key, span[-1].key)
+                        )
+                    )
+                ).all()
+            )
+        errors = {w: sum(g.amount for g in groups) for w, groups in pairs.items()}
+        rate = {w.key: errors.get(w.key, 0) / active[w.key] if active.get(w.key) else 0.0 for w in span}
+        by_version: dict[tuple[int, ...], dict[int, tuple[int, int]]] = {}
+        for week_key, groups in versions.items():
+            errors_of = {g.key: g.amount for g in version_errors.get(week_key, [])}
+            for g in groups:
+                by_version.setdefault(g.key, {})[week_key] = (g.installations, errors_of.get(g.key, 0))
+        alerts: list[anomalies.Alert] = []
+        for index, week in enumerate(span[BASELINE_WEEKS:], start=BASELINE_WEEKS):
+            before = [w.key for w in span[index - BASELINE_WEEKS : index]]
+            key = week.key
+            alerts += anomalies.active_alerts(key, active.get(key, 0), [active.get(w, 0) for w in before], k)
+            fleet_history = [rate[w] for w in before]
+            alerts += anomalies.error_alerts(key, errors.get(key, 0), active.get(key, 0), fleet_history)
+            alerts += anomalies.volume_alerts(
+                key, int(received.get(key, 0)), [int(received.get(w, 0)) for w in before], k
+            )
+            for version, figures in by_version.items():
+                installations, version_errors_now = figures.get(key, (0, 0))
+                if installations < k:
+                    continue  # a small group is never published, not even as an alert's scope
+                history = [e / n if n >= k else 0.0 for n, e in (figures.get(w, (0, 0)) for w in before)]
+                if anomalies.baseline(history) is None:
+                    history = fleet_history  # a new version is compared with the fleet
+                alerts += anomalies.error_alerts(
+                    key,
+                    version_errors_now,
+                    installations,
+                    history,
+                    kind=anomalies.Kind.ANOMALY_KIND_VERSION_ERROR_SPIKE,
+                    scope=version,
+                )
+        alerts.sort(key=lambda a: (-a.week, -a.severity, a.kind, a.scope))
+        result = []
+        for alert in alerts:
+            anomaly = analytics_service_pb2.Anomaly(
+                kind=alert.kind,  # type: ignore[arg-type]
+                severity=alert.severity,  # type: ignore[arg-type]
+                week=Week.from_key(alert.week).to_proto(),
+                observed=alert.observed,
+                baseline=alert.baseline,
+                threshold=alert.threshold,
+                description=alert.description,
+            )
+            if alert.scope:
+                anomaly.scope.append(group_value(Dimension.DIMENSION_APP_VERSION, alert.scope))
+            result.append(anomaly)
+        return result
 
     async def _groups_over(
         self, weeks: list[Week], dimension: int

@@ -192,6 +192,25 @@ async def _changed_weeks(connection: AsyncConnection) -> tuple[set[int], int, in
     return weeks, newest, total
 
 
+async def _count_arrivals(connection: AsyncConnection, after: int, upto: int) -> None:
+    """Add the report rows (after, upto] to the reports received per week."""
+    received: dict[int, int] = {}
+    rows = await connection.stream(
+        select(_reports.c.stored_at).where(_reports.c.id > after, _reports.c.id <= upto)
+    )
+    async for (stored_at,) in rows:
+        moment = stored_at if stored_at.tzinfo is not None else stored_at.replace(tzinfo=dt.UTC)
+        week = Week.containing(moment).key
+        received[week] = received.get(week, 0) + 1
+    arrivals = schema.weekly_arrivals
+    for week, count in received.items():
+        updated = await connection.execute(
+            update(arrivals).where(arrivals.c.week == week).values(reports=arrivals.c.reports + count)
+        )
+        if updated.rowcount == 0:
+            await connection.execute(insert(arrivals).values(week=week, reports=count))
+
+
 class Rollups:
     """Refreshes the rollups of the database at `engine`."""
 
@@ -211,7 +230,9 @@ class Rollups:
                 )
                 if not got:
                     return []
+            state = (await connection.execute(select(schema.rollup_state))).first()
             weeks, newest, total = await _changed_weeks(connection)
+            await _count_arrivals(connection, int(state.last_report) if state is not None else 0, newest)
             for week in sorted(weeks):
                 await _rebuild_week(connection, week)
             if weeks:

@@ -82,7 +82,7 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     async def ListAnomalies(
         self, request: analytics_service_pb2.ListAnomaliesRequest, context: Context
     ) -> analytics_service_pb2.ListAnomaliesResponse:
-        await _not_yet(context)
+        return await _answer(context, lambda: self.analytics.anomalies(request), "anomalies")
 
     async def ExportAggregates(
         self, request: analytics_service_pb2.ExportAggregatesRequest, context: Context

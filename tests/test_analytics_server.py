@@ -114,8 +114,8 @@ async def test_bad_requests_name_the_field(analytics: RunningAnalytics) -> None:
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in field_violations(error)] == ["window.weeks"]
     not_yet = await rpc_error(
-        analytics.stub.ListAnomalies(
-            analytics_service_pb2.ListAnomaliesRequest(), metadata=ADMIN, timeout=TIMEOUT
+        analytics.stub.ExportAggregates(
+            analytics_service_pb2.ExportAggregatesRequest(), metadata=ADMIN, timeout=TIMEOUT
         )
     )
     assert not_yet.code() == grpc.StatusCode.UNIMPLEMENTED

@@ -45,6 +45,12 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("week", name=op.f("pk_weekly_new")),
     )
     op.create_table(
+        "weekly_arrivals",
+        sa.Column("week", sa.Integer(), nullable=False),
+        sa.Column("reports", sa.Integer(), nullable=False),
+        sa.PrimaryKeyConstraint("week", name=op.f("pk_weekly_arrivals")),
+    )
+    op.create_table(
         "rollup_state",
         sa.Column("id", sa.SmallInteger(), nullable=False),
         sa.Column("last_report", sa.BigInteger(), nullable=False),
@@ -56,6 +62,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rollup_state")
+    op.drop_table("weekly_arrivals")
     op.drop_table("weekly_new")
     op.drop_table("weekly_groups")
     op.drop_table("weekly_totals")
