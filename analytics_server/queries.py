@@ -17,9 +17,10 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
-from sqlalchemy import func, select
+from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from aggregation_server import schema
@@ -37,9 +38,11 @@ from .rollups import (
     ERRORS_BY_VERSION,
     FAILED_JOBS_BY_VERSION,
     FEATURES,
+    REPORT_DIMENSIONS,
 )
 
 Dimension = analytics_service_pb2.Dimension
+_ZERO = literal(0)
 MAX_WEEKS = 104
 DEFAULT_WEEKS = 12
 
@@ -209,16 +212,104 @@ class Analytics:
             previous_active = active_now
         return result
 
+    async def overview(
+        self, request: analytics_service_pb2.GetOverviewRequest
+    ) -> analytics_service_pb2.GetOverviewResponse:
+        """Everything the dashboard's first screen shows, in one call."""
+        weeks = window(request.window, self.clock())
+        last = weeks[-1]
+        trend = await self._installation_weeks(weeks)
+        latest = trend[-1]
+        active = analytics_service_pb2.ActiveInstallations(
+            week=last.to_proto(),
+            total_known=latest.known,
+            active_last_week=latest.active,
+            active_last_4_weeks=await self._active_within(last, 4),
+            week_over_week_growth=latest.growth,
+        )
+
+        async def distribution_of(
+            dimension: analytics_service_pb2.Dimension.ValueType,
+        ) -> analytics_service_pb2.GetDistributionResponse:
+            request = analytics_service_pb2.GetDistributionRequest(
+                dimensions=[dimension], week=last.to_proto()
+            )
+            return await self.distribution(request)
+
+        return analytics_service_pb2.GetOverviewResponse(
+            active=active,
+            installation_trend=trend,
+            deployment_modes=await distribution_of(Dimension.DIMENSION_DEPLOYMENT_MODE),
+            app_versions=await distribution_of(Dimension.DIMENSION_APP_VERSION),
+            countries=await distribution_of(Dimension.DIMENSION_COUNTRY),
+            printer_types=await distribution_of(Dimension.DIMENSION_PRINTER_TYPE),
+            feature_adoption=await self.feature_adoption(
+                analytics_service_pb2.GetFeatureAdoptionRequest(week=last.to_proto())
+            ),
+            anomalies=await self._anomalies(weeks),
+            min_group_size=self.min_group_size,
+        )
+
+    async def export(
+        self, request: analytics_service_pb2.ExportAggregatesRequest
+    ) -> analytics_service_pb2.ExportAggregatesResponse:
+        """Every aggregated figure of the window (the same answers as the
+        separate calls, so with the same small groups folded away)."""
+        last = window(request.window, self.clock())[-1]  # a bad window is refused before any work
+        return analytics_service_pb2.ExportAggregatesResponse(
+            overview=await self.overview(analytics_service_pb2.GetOverviewRequest(window=request.window)),
+            distributions=[
+                await self.distribution(
+                    analytics_service_pb2.GetDistributionRequest(dimensions=[dimension], week=last.to_proto())
+                )
+                for dimension in Dimension.values()
+                if dimension != Dimension.DIMENSION_UNSPECIFIED
+            ],
+            version_migration=await self.version_migration(
+                analytics_service_pb2.GetVersionMigrationRequest(window=request.window)
+            ),
+            feature_trend=await self.feature_trend(
+                analytics_service_pb2.GetFeatureTrendRequest(window=request.window)
+            ),
+            error_trend=await self.error_trend(
+                analytics_service_pb2.GetErrorTrendRequest(window=request.window)
+            ),
+            error_rates=await self.error_rates(
+                analytics_service_pb2.GetErrorRatesRequest(window=request.window)
+            ),
+        )
+
+    async def _active_within(self, last: Week, count: int) -> int:
+        """Installations active in at least one of `count` weeks ending with `last`."""
+        first = weeks_ending(last, count)[0]
+        installations, reports = schema.installations, schema.reports
+        async with self.engine.connect() as connection:
+            if last == last_complete_week(self.clock()):
+                # No report can be newer than the last complete week: an
+                # installation's newest week tells (an indexed count).
+                statement = select(func.count()).where(installations.c.last_week >= first.key)
+            else:
+                statement = select(func.count(func.distinct(reports.c.installation_id))).where(
+                    reports.c.week.between(first.key, last.key)
+                )
+            return int(await connection.scalar(statement) or 0)
+
     async def distribution(
         self, request: analytics_service_pb2.GetDistributionRequest
     ) -> analytics_service_pb2.GetDistributionResponse:
         dimensions = list(request.dimensions)
-        if len(dimensions) != 1:
-            raise QueryError("dimensions", "give one dimension")
-        if dimensions[0] not in Dimension.values() or dimensions[0] == Dimension.DIMENSION_UNSPECIFIED:
-            raise QueryError("dimensions[0]", "is not a known dimension")
+        if not 1 <= len(dimensions) <= 2:
+            raise QueryError("dimensions", "give one dimension, or two for a combination")
+        for index, dimension in enumerate(dimensions):
+            if dimension not in Dimension.values() or dimension == Dimension.DIMENSION_UNSPECIFIED:
+                raise QueryError(f"dimensions[{index}]", "is not a known dimension")
+        if len(set(dimensions)) != len(dimensions):
+            raise QueryError("dimensions[1]", "repeats the first dimension")
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
-        groups, total = await self._groups(week, dimensions[0])
+        if len(dimensions) == 1:
+            groups, total = await self._groups(week, dimensions[0])
+        else:
+            groups, total = await self._combinations(week, dimensions[0], dimensions[1])
         folded = fold_small_groups(groups, self.min_group_size)
         response = analytics_service_pb2.GetDistributionResponse(
             dimensions=dimensions,
@@ -226,8 +317,35 @@ class Analytics:
             total_installations=total,
             min_group_size=self.min_group_size,
         )
-        _add_entries(response, folded, dimensions[0], total)
+        _add_entries(response, folded, dimensions, total)
         return response
+
+    async def _combinations(self, week: Week, first: int, second: int) -> tuple[list[Group], int]:
+        """Installations by two dimensions at once, counted from the week's
+        reports (combinations are not rolled up: there are too many)."""
+        reports, printers = schema.reports, schema.report_printers
+        columns = []
+        source: Any = reports
+        for dimension in (first, second):
+            if dimension == Dimension.DIMENSION_PRINTER_TYPE:
+                columns += [printers.c.printer_type, _ZERO, _ZERO]
+                source = source.join(printers, printers.c.report == reports.c.id)
+            else:
+                columns += list(REPORT_DIMENSIONS[dimension])
+        printed = func.sum(printers.c.count) if source is not reports else _ZERO
+        statement = (
+            select(*columns, func.count(), printed)
+            .select_from(source)
+            .where(reports.c.week == week.key)
+            .group_by(*columns)
+        )
+        async with self.engine.connect() as connection:
+            rows = (await connection.execute(statement)).all()
+            total = await connection.scalar(
+                select(schema.weekly_totals.c.active).where(schema.weekly_totals.c.week == week.key)
+            )
+        groups = [Group(tuple(int(v) for v in row[:6]), int(row[6]), int(row[7] or 0)) for row in rows]
+        return groups, int(total or 0)
 
     async def feature_adoption(
         self, request: analytics_service_pb2.GetFeatureAdoptionRequest
@@ -509,19 +627,24 @@ def _point(week: Week, group: Group | None, active: int) -> analytics_service_pb
 
 
 def _add_entries(
-    response: analytics_service_pb2.GetDistributionResponse, folded: Folded, dimension: int, total: int
+    response: analytics_service_pb2.GetDistributionResponse,
+    folded: Folded,
+    dimensions: Sequence[int],
+    total: int,
 ) -> None:
+    counts_printers = Dimension.DIMENSION_PRINTER_TYPE in dimensions
     for group in folded.groups:
         entry = response.entries.add(
-            installations=group.installations, share=group.installations / total if total else 0.0
+            installations=group.installations,
+            share=group.installations / total if total else 0.0,
+            printers=group.amount if counts_printers else 0,
         )
-        entry.values.append(group_value(dimension, group.key))
-        if dimension == Dimension.DIMENSION_PRINTER_TYPE:
-            entry.printers = group.amount
+        for index, dimension in enumerate(dimensions):
+            entry.values.append(group_value(dimension, group.key[3 * index : 3 * index + 3]))
     if folded.other is not None:
         response.entries.add(
             other=True,
             installations=folded.other.installations,
             share=folded.other.installations / total if total else 0.0,
-            printers=folded.other.amount if dimension == Dimension.DIMENSION_PRINTER_TYPE else 0,
+            printers=folded.other.amount if counts_printers else 0,
         )

@@ -50,7 +50,7 @@ FLEET_SIZE = case(
 )
 
 # Each dimension's value columns (a, b, c) over `reports`.
-_REPORT_DIMENSIONS: dict[int, tuple[Any, Any, Any]] = {
+REPORT_DIMENSIONS: dict[int, tuple[Any, Any, Any]] = {
     Dimension.DIMENSION_DEPLOYMENT_MODE: (_reports.c.deployment_mode, _ZERO, _ZERO),
     Dimension.DIMENSION_APP_VERSION: (_reports.c.app_major, _reports.c.app_minor, _reports.c.app_patch),
     Dimension.DIMENSION_COUNTRY: (_reports.c.country, _ZERO, _ZERO),
@@ -67,7 +67,7 @@ _COLUMNS = ["week", "dimension", "value_a", "value_b", "value_c", "installations
 def _week_group_inserts(week: int) -> list[Any]:
     """The statements that rebuild one week's group rows."""
     statements = []
-    for dimension, (a, b, c) in _REPORT_DIMENSIONS.items():
+    for dimension, (a, b, c) in REPORT_DIMENSIONS.items():
         rows = (
             select(literal(week), literal(dimension), a, b, c, func.count(), _ZERO)
             .where(_reports.c.week == week)

@@ -1,15 +1,13 @@
 """The AnalyticsService over gRPC: protobuf in, Analytics calls, status codes
 out. The admin credential is checked before this runs
-(stats_common.admin.RequireAdminToken). Calls not answered yet by this
-release are left to the generated base class (UNIMPLEMENTED)."""
+(stats_common.admin.RequireAdminToken)."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import TypeVar
 
-import grpc
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 
 from stats_common import errors
@@ -48,11 +46,10 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     ) -> analytics_service_pb2.GetDistributionResponse:
         return await _answer(context, lambda: self.analytics.distribution(request), "distribution")
 
-    # Answered by later releases; until then UNIMPLEMENTED, as the contract's base class would.
     async def GetOverview(
         self, request: analytics_service_pb2.GetOverviewRequest, context: Context
     ) -> analytics_service_pb2.GetOverviewResponse:
-        await _not_yet(context)
+        return await _answer(context, lambda: self.analytics.overview(request), "overview")
 
     async def GetFeatureAdoption(
         self, request: analytics_service_pb2.GetFeatureAdoptionRequest, context: Context
@@ -87,9 +84,4 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     async def ExportAggregates(
         self, request: analytics_service_pb2.ExportAggregatesRequest, context: Context
     ) -> analytics_service_pb2.ExportAggregatesResponse:
-        await _not_yet(context)
-
-
-async def _not_yet(context: Context) -> NoReturn:
-    await context.abort(grpc.StatusCode.UNIMPLEMENTED, "not answered by this release yet")
-    raise AssertionError("abort returned")  # pragma: no cover - abort always raises
+        return await _answer(context, lambda: self.analytics.export(request), "export")

@@ -136,6 +136,85 @@ async def test_versions_are_ordered_by_size_and_labelled_as_versions(stored: Sto
     assert response.total_installations == 9
 
 
+async def test_combinations_fold_groups_that_are_small_only_in_combination(stored: Stored) -> None:
+    # 2.8.0 alone has 5 installations in W46, but only 2 of them on Home Assistant.
+    response = await stored.analytics.distribution(
+        analytics_service_pb2.GetDistributionRequest(
+            dimensions=[Dimension.DIMENSION_DEPLOYMENT_MODE, Dimension.DIMENSION_APP_VERSION]
+        )
+    )
+    assert [([v.label for v in e.values], e.other, e.installations) for e in response.entries] == [
+        (["Docker", "2.7.0"], False, 6),
+        ([], True, 5),  # Home Assistant/2.8.0 (2) and, to reach k, Raspberry Pi/2.8.0 (3)
+    ]
+    earlier = await stored.analytics.distribution(
+        analytics_service_pb2.GetDistributionRequest(
+            dimensions=[Dimension.DIMENSION_DEPLOYMENT_MODE, Dimension.DIMENSION_APP_VERSION],
+            week=W45.to_proto(),
+        )
+    )
+    assert [([v.label for v in e.values], e.installations) for e in earlier.entries] == [
+        (["Docker", "2.7.0"], 6),
+        (["Raspberry Pi", "2.8.0"], 3),
+    ]
+    printers = await stored.analytics.distribution(
+        analytics_service_pb2.GetDistributionRequest(
+            dimensions=[Dimension.DIMENSION_COUNTRY, Dimension.DIMENSION_PRINTER_TYPE]
+        )
+    )
+    assert [([v.label for v in e.values], e.installations, e.printers) for e in printers.entries] == [
+        (["Germany", "Prusa"], 11, 22)
+    ]
+    with pytest.raises(QueryError) as caught:
+        await stored.analytics.distribution(
+            analytics_service_pb2.GetDistributionRequest(
+                dimensions=[Dimension.DIMENSION_COUNTRY, Dimension.DIMENSION_COUNTRY]
+            )
+        )
+    assert caught.value.field == "dimensions[1]"
+
+
+async def test_the_overview_in_one_call(stored: Stored) -> None:
+    overview = await stored.analytics.overview(analytics_service_pb2.GetOverviewRequest())
+    active = overview.active
+    assert (Week.from_proto(active.week), active.total_known, active.active_last_week) == (W46, 12, 11)
+    assert active.active_last_4_weeks == 12  # the Standalone one last reported for W44
+    assert round(active.week_over_week_growth, 4) == round(2 / 9, 4)
+    assert len(overview.installation_trend) == 12
+    assert [
+        (e.values[0].label if e.values else "other", e.installations) for e in overview.app_versions.entries
+    ] == [
+        ("2.7.0", 6),
+        ("2.8.0", 5),
+    ]
+    assert [(e.values[0].label, e.installations) for e in overview.countries.entries] == [("Germany", 11)]
+    assert [(e.values[0].label, e.printers) for e in overview.printer_types.entries] == [("Prusa", 22)]
+    assert [f.feature.label for f in overview.feature_adoption.features] == ["Library", "Timelapse"]
+    assert list(overview.anomalies) == []  # four weeks of history are needed first
+    assert overview.min_group_size == K
+    earlier = await stored.analytics.overview(
+        analytics_service_pb2.GetOverviewRequest(
+            window=analytics_service_pb2.WeekWindow(until=W45.to_proto())
+        )
+    )
+    assert (earlier.active.active_last_week, earlier.active.active_last_4_weeks) == (9, 10)
+
+
+async def test_the_export_holds_the_same_answers(stored: Stored) -> None:
+    window = analytics_service_pb2.WeekWindow(weeks=3)
+    export = await stored.analytics.export(analytics_service_pb2.ExportAggregatesRequest(window=window))
+    assert [d.dimensions[0] for d in export.distributions] == list(Dimension.values())[1:]
+    assert export.version_migration == await stored.analytics.version_migration(
+        analytics_service_pb2.GetVersionMigrationRequest(window=window)
+    )
+    assert export.overview == await stored.analytics.overview(
+        analytics_service_pb2.GetOverviewRequest(window=window)
+    )
+    entries = [e for d in export.distributions for e in d.entries]
+    assert entries
+    assert all(e.installations >= K for e in entries)
+
+
 async def test_feature_adoption(stored: Stored) -> None:
     response = await stored.analytics.feature_adoption(analytics_service_pb2.GetFeatureAdoptionRequest())
     assert response.total_installations == 11

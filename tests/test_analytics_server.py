@@ -113,9 +113,8 @@ async def test_bad_requests_name_the_field(analytics: RunningAnalytics) -> None:
     error = await rpc_error(analytics.stub.GetInstallationTrend(too_long, metadata=ADMIN, timeout=TIMEOUT))
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert [field for field, _ in field_violations(error)] == ["window.weeks"]
-    not_yet = await rpc_error(
-        analytics.stub.ExportAggregates(
-            analytics_service_pb2.ExportAggregatesRequest(), metadata=ADMIN, timeout=TIMEOUT
-        )
+    future = analytics_service_pb2.GetOverviewRequest(
+        window=analytics_service_pb2.WeekWindow(until=Week(2999, 1).to_proto())
     )
-    assert not_yet.code() == grpc.StatusCode.UNIMPLEMENTED
+    error = await rpc_error(analytics.stub.GetOverview(future, metadata=ADMIN, timeout=TIMEOUT))
+    assert [field for field, _ in field_violations(error)] == ["window.until"]
