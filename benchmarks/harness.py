@@ -6,11 +6,17 @@ import contextlib
 import os
 import subprocess
 import tempfile
+import uuid
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import psycopg
+from sqlalchemy.engine import make_url
+
 from stats_agent.process import agent_process
+
+POSTGRES_URL = os.environ.get("STATS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 
 @dataclass
@@ -65,3 +71,24 @@ def print_table(title: str, header: Sequence[str], rows: Sequence[Sequence[objec
     print("| " + " | ".join("-" * w for w in widths) + " |")
     for row in cells[1:]:
         print("| " + " | ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)) + " |")
+
+
+@contextlib.contextmanager
+def database(engine: str, base: Path) -> Iterator[str]:
+    """An empty database: a SQLite file under `base`, or a new PostgreSQL
+    database ($STATS_BENCH_POSTGRES_URL's server) dropped afterwards."""
+    if engine == "sqlite":
+        yield f"sqlite:///{base / 'aggregation.db'}"
+        return
+    server = make_url(POSTGRES_URL)
+    name = f"stats_bench_{uuid.uuid4().hex[:12]}"
+    with psycopg.connect(
+        server.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
+    ) as admin:
+        admin.execute(f'CREATE DATABASE "{name}"')
+        try:
+            yield server.set(drivername="postgresql+psycopg", database=name).render_as_string(
+                hide_password=False
+            )
+        finally:
+            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')

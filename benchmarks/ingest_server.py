@@ -19,7 +19,6 @@ import argparse
 import asyncio
 import contextlib
 import multiprocessing
-import os
 import subprocess
 import sys
 import tempfile
@@ -31,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-import psycopg
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from printernizer.stats.v1 import (
@@ -41,16 +39,14 @@ from printernizer.stats.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
 )
-from sqlalchemy.engine import make_url
 
 from stats_common.health import is_serving
 from stats_common.identity import report_id
 from stats_common.tls import ensure_self_made
 from stats_common.weeks import Week
 
-from .harness import cpu_seconds, percentile, print_table, rss_kib
+from .harness import cpu_seconds, database, percentile, print_table, rss_kib
 
-POSTGRES_URL = os.environ.get("STATS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 WEEK = Week(2026, 46)
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -133,25 +129,6 @@ def run_client(
 
 
 @contextlib.contextmanager
-def database(engine: str, base: Path) -> Iterator[str]:
-    if engine == "sqlite":
-        yield f"sqlite:///{base / 'aggregation.db'}"
-        return
-    server = make_url(POSTGRES_URL)
-    name = f"stats_bench_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(
-        server.set(drivername="postgresql").render_as_string(hide_password=False), autocommit=True
-    ) as admin:
-        admin.execute(f'CREATE DATABASE "{name}"')
-        try:
-            yield server.set(drivername="postgresql+psycopg", database=name).render_as_string(
-                hide_password=False
-            )
-        finally:
-            admin.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
-
-
-@contextlib.contextmanager
 def aggregation_server(database_url: str, base: Path) -> Iterator[tuple[subprocess.Popen[bytes], str, bytes]]:
     tls = ensure_self_made(base / "tls")
     assert tls.ca_certificate is not None
@@ -177,9 +154,9 @@ def aggregation_server(database_url: str, base: Path) -> Iterator[tuple[subproce
     finally:
         process.terminate()
         process.wait(30)
-        log = log_path.read_text(errors="replace")
-        if "Traceback" in log:
-            print(f"the server logged errors:\n{log[-4000:]}", file=sys.stderr)
+        server_log = log_path.read_text(errors="replace")
+        if "Traceback" in server_log:
+            print(f"the server logged errors:\n{server_log[-4000:]}", file=sys.stderr)
 
 
 def _free_port() -> int:
