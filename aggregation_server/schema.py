@@ -230,3 +230,14 @@ rollup_state = Table(
     Column("reports", BigInteger, nullable=False),
     Column("refreshed_at", DateTime(timezone=True), nullable=False),
 )
+
+# E-mail reports the analytics server has sent (or is sending): one row per
+# kind (1 weekly, 2 monthly) and period (YYYYWW or YYYYMM), claimed before
+# sending so that replicas and restarts send each report once.
+email_reports = Table(
+    "email_reports",
+    metadata,
+    Column("kind", SmallInteger, primary_key=True),
+    Column("period", Integer, primary_key=True),
+    Column("sent_at", DateTime(timezone=True), nullable=False),
+)

@@ -15,15 +15,18 @@ from sqlalchemy.ext.asyncio import create_async_engine
 from aggregation_server.database import async_url, upgrade
 from stats_common.admin import RequireAdminToken
 from stats_common.interceptors import RejectUndecodableRequests
-from stats_common.serving import serve_tls
+from stats_common.serving import Job, serve_tls
 from stats_common.tls import TlsFiles
 
-from .queries import Analytics
+from .queries import Analytics, last_complete_week
+from .reports import MailConfig, Reporter, send, weekly_report
 from .rollups import Rollups
 from .servicer import AnalyticsServicer
 
 log = logging.getLogger(__name__)
 
+# How often the e-mail reports look whether one is due.
+REPORT_CHECK_SECONDS = 300.0
 SERVICE_NAME = analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"].full_name
 
 
@@ -35,6 +38,8 @@ class ServerConfig:
     admin_token: str
     min_group_size: int = 5
     refresh_seconds: float = 60.0
+    # E-mail reports are sent only when configured.
+    mail: MailConfig | None = None
     migrate: bool = True
 
 
@@ -59,6 +64,13 @@ async def serve(
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(
             AnalyticsServicer(analytics), server
         )
+        jobs: list[tuple[float, Job, str]] = [
+            (config.refresh_seconds, rollups.refresh, "refreshing the rollups")
+        ]
+        if config.mail is not None:
+            jobs.append(
+                (REPORT_CHECK_SECONDS, Reporter(analytics, engine, config.mail).tick, "e-mail reports")
+            )
         await serve_tls(
             server,
             listen=config.listen,
@@ -67,7 +79,25 @@ async def serve(
             what="analytics server",
             stop=stop,
             on_ready=on_ready,
-            jobs=[(config.refresh_seconds, rollups.refresh, "refreshing the rollups")],
+            jobs=jobs,
         )
+    finally:
+        await engine.dispose()
+
+
+async def send_test_email(config: ServerConfig) -> None:
+    """Send the weekly summary of the last complete week now (for operators
+    checking their mail settings); raises when it cannot be sent."""
+    if config.mail is None:
+        raise ValueError("no e-mail is configured")
+    if config.migrate:
+        await asyncio.to_thread(upgrade, config.database_url)
+    engine = create_async_engine(async_url(config.database_url))
+    try:
+        await Rollups(engine).refresh()
+        analytics = Analytics(engine, config.min_group_size)
+        report = await weekly_report(analytics, last_complete_week(analytics.clock()))
+        await send(report, config.mail)
+        log.info("sent a test e-mail report to %s", ", ".join(config.mail.recipients))
     finally:
         await engine.dispose()

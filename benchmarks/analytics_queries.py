@@ -91,7 +91,8 @@ def _rows(installations: int, weeks: list[Week]) -> Iterator[tuple[str, Rows]]:
         if len(batch) >= BATCH:
             yield "installations", batch
             batch = []
-    yield "installations", batch
+    if batch:
+        yield "installations", batch
     report = 0
     for index, week in enumerate(weeks):
         tables: dict[str, Rows] = {

@@ -1,4 +1,4 @@
-"""weekly rollups for the analytics server
+"""weekly rollups and sent e-mail reports for the analytics server
 
 Revision ID: 0003
 Revises: 0002
@@ -59,8 +59,17 @@ def upgrade() -> None:
         sa.PrimaryKeyConstraint("id", name=op.f("pk_rollup_state")),
     )
 
+    op.create_table(
+        "email_reports",
+        sa.Column("kind", sa.SmallInteger(), nullable=False),
+        sa.Column("period", sa.Integer(), nullable=False),
+        sa.Column("sent_at", sa.DateTime(timezone=True), nullable=False),
+        sa.PrimaryKeyConstraint("kind", "period", name=op.f("pk_email_reports")),
+    )
+
 
 def downgrade() -> None:
+    op.drop_table("email_reports")
     op.drop_table("rollup_state")
     op.drop_table("weekly_arrivals")
     op.drop_table("weekly_new")
