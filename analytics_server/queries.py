@@ -108,6 +108,8 @@ _ENUMS: dict[int, tuple[str, object, str]] = {
     ERRORS_BY_TYPE: ("error_type", common_pb2.ErrorType, "ERROR_TYPE_"),
     ERRORS_BY_COMPONENT: ("component", common_pb2.Component, "COMPONENT_"),
 }
+# Distributions ordered as versions (newest first), not by size.
+_VERSIONS = {Dimension.DIMENSION_APP_VERSION, Dimension.DIMENSION_PYTHON_VERSION}
 # Rollup codes whose key is an app version.
 _APP_VERSIONS = {Dimension.DIMENSION_APP_VERSION, ERRORS_BY_VERSION}
 
@@ -311,6 +313,8 @@ class Analytics:
         else:
             groups, total = await self._combinations(week, dimensions[0], dimensions[1])
         folded = fold_small_groups(groups, self.min_group_size)
+        if len(dimensions) == 1 and dimensions[0] in _VERSIONS:
+            folded = Folded(sorted(folded.groups, key=lambda g: _version_order(g.key)), folded.other)
         response = analytics_service_pb2.GetDistributionResponse(
             dimensions=dimensions,
             week=week.to_proto(),

@@ -127,13 +127,24 @@ async def test_a_distribution_folds_small_groups_and_keeps_shares_over_everyone(
     assert all(e.installations >= K for e in response.entries)
 
 
-async def test_versions_are_ordered_by_size_and_labelled_as_versions(stored: Stored) -> None:
+async def test_versions_are_ordered_as_versions_newest_first(stored: Stored) -> None:
+    # Three installations on 2.10.0: as a string it would sort before 2.7.0.
+    for _ in range(3):
+        agent = Installation(uuid.uuid4().bytes)
+        report = report_of(agent, W45)
+        report.installation.app_version.minor = 10
+        await stored.ingest.submit(agent.submission(report))
+    await stored.rollups.refresh()
     request = analytics_service_pb2.GetDistributionRequest(
         dimensions=[Dimension.DIMENSION_APP_VERSION], week=W45.to_proto()
     )
     response = await stored.analytics.distribution(request)
-    assert [(e.values[0].label, e.installations) for e in response.entries] == [("2.7.0", 6), ("2.8.0", 3)]
-    assert response.total_installations == 9
+    assert [(e.values[0].label, e.installations) for e in response.entries] == [
+        ("2.10.0", 3),
+        ("2.8.0", 3),
+        ("2.7.0", 6),
+    ]
+    assert response.total_installations == 12
 
 
 async def test_combinations_fold_groups_that_are_small_only_in_combination(stored: Stored) -> None:
@@ -184,8 +195,8 @@ async def test_the_overview_in_one_call(stored: Stored) -> None:
     assert [
         (e.values[0].label if e.values else "other", e.installations) for e in overview.app_versions.entries
     ] == [
-        ("2.7.0", 6),
         ("2.8.0", 5),
+        ("2.7.0", 6),
     ]
     assert [(e.values[0].label, e.installations) for e in overview.countries.entries] == [("Germany", 11)]
     assert [(e.values[0].label, e.printers) for e in overview.printer_types.entries] == [("Prusa", 22)]

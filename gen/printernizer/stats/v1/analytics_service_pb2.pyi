@@ -324,7 +324,9 @@ class GetDistributionResponse(_message.Message):
     def week(self) -> _common_pb2.IsoWeek: ...
     @_builtins.property
     def entries(self) -> _containers.RepeatedCompositeFieldContainer[Global___DistributionEntry]:
-        """Groups, largest first; the folded `other` entry (if any) last."""
+        """Groups, largest first (app and Python versions: newest first, compared as
+        numbers); the folded `other` entry (if any) last.
+        """
 
     def __init__(
         self,
