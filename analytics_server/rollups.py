@@ -221,22 +221,38 @@ class Rollups:
         self.clock = clock
 
     async def refresh(self) -> list[Week]:
-        """Bring the rollups up to date; returns the weeks rebuilt."""
-        async with self.engine.begin() as connection:
-            if connection.dialect.name == "postgresql":
-                # One refresh at a time across analytics replicas; the others skip.
-                got = await connection.scalar(
-                    text("SELECT pg_try_advisory_xact_lock(:key)"), {"key": _LOCK_KEY}
-                )
-                if not got:
-                    return []
+        """Bring the rollups up to date; returns the weeks rebuilt.
+
+        Each week is rebuilt in a transaction of its own, so the aggregation
+        server's writes never wait long behind a refresh (on SQLite a
+        transaction locks the whole database). The watermark and the arrival
+        counts move together in a last transaction: a refresh that stops
+        half-way is simply done again."""
+        async with self.engine.connect() as lock:
+            postgresql = lock.dialect.name == "postgresql"
+            # One refresh at a time across analytics replicas; the others skip.
+            try_lock = text("SELECT pg_try_advisory_lock(:key)")
+            if postgresql and not await lock.scalar(try_lock, {"key": _LOCK_KEY}):
+                return []
+            await lock.commit()
+            try:
+                return await self._refresh()
+            finally:
+                if postgresql:
+                    await lock.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": _LOCK_KEY})
+                    await lock.commit()
+
+    async def _refresh(self) -> list[Week]:
+        async with self.engine.connect() as connection:
             state = (await connection.execute(select(schema.rollup_state))).first()
             weeks, newest, total = await _changed_weeks(connection)
-            await _count_arrivals(connection, int(state.last_report) if state is not None else 0, newest)
-            for week in sorted(weeks):
+        for week in sorted(weeks):
+            async with self.engine.begin() as connection:
                 await _rebuild_week(connection, week)
+        async with self.engine.begin() as connection:
             if weeks:
                 await _rebuild_new_installations(connection)
+            await _count_arrivals(connection, int(state.last_report) if state is not None else 0, newest)
             await _save_state(connection, newest, total, self.clock())
         if weeks:
             log.info("rollups: rebuilt %d week(s)", len(weeks))
