@@ -203,6 +203,25 @@ weekly_groups = Table(
     Column("amount", BigInteger, nullable=False),
 )
 
+# Per week and pair of dimensions (first < second, as API Dimension numbers):
+# active installations in each combination of values, and printers when one
+# of the two is the printer type. Values as in weekly_groups.
+weekly_pairs = Table(
+    "weekly_pairs",
+    metadata,
+    Column("week", Integer, primary_key=True),
+    Column("first", SmallInteger, primary_key=True),
+    Column("second", SmallInteger, primary_key=True),
+    Column("first_a", Integer, primary_key=True),
+    Column("first_b", Integer, primary_key=True),
+    Column("first_c", Integer, primary_key=True),
+    Column("second_a", Integer, primary_key=True),
+    Column("second_b", Integer, primary_key=True),
+    Column("second_c", Integer, primary_key=True),
+    Column("installations", Integer, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+)
+
 # Installations by the week of their first report (rebuilt whole: it is small).
 weekly_new = Table(
     "weekly_new",

@@ -17,7 +17,6 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
 from sqlalchemy import func, literal, select
@@ -38,7 +37,6 @@ from .rollups import (
     ERRORS_BY_VERSION,
     FAILED_JOBS_BY_VERSION,
     FEATURES,
-    REPORT_DIMENSIONS,
 )
 
 Dimension = analytics_service_pb2.Dimension
@@ -325,30 +323,28 @@ class Analytics:
         return response
 
     async def _combinations(self, week: Week, first: int, second: int) -> tuple[list[Group], int]:
-        """Installations by two dimensions at once, counted from the week's
-        reports (combinations are not rolled up: there are too many)."""
-        reports, printers = schema.reports, schema.report_printers
-        columns = []
-        source: Any = reports
-        for dimension in (first, second):
-            if dimension == Dimension.DIMENSION_PRINTER_TYPE:
-                columns += [printers.c.printer_type, _ZERO, _ZERO]
-                source = source.join(printers, printers.c.report == reports.c.id)
-            else:
-                columns += list(REPORT_DIMENSIONS[dimension])
-        printed = func.sum(printers.c.count) if source is not reports else _ZERO
-        statement = (
-            select(*columns, func.count(), printed)
-            .select_from(source)
-            .where(reports.c.week == week.key)
-            .group_by(*columns)
-        )
+        """Installations by two dimensions at once (from the pair rollups)."""
+        pairs = schema.weekly_pairs
+        low, high = sorted((first, second))
         async with self.engine.connect() as connection:
-            rows = (await connection.execute(statement)).all()
+            rows = (
+                await connection.execute(
+                    select(
+                        pairs.c.first_a, pairs.c.first_b, pairs.c.first_c,
+                        pairs.c.second_a, pairs.c.second_b, pairs.c.second_c,
+                        pairs.c.installations, pairs.c.amount,
+                    ).where(pairs.c.week == week.key, pairs.c.first == low, pairs.c.second == high)
+                )
+            ).all()  # fmt: skip
             total = await connection.scalar(
                 select(schema.weekly_totals.c.active).where(schema.weekly_totals.c.week == week.key)
             )
-        groups = [Group(tuple(int(v) for v in row[:6]), int(row[6]), int(row[7] or 0)) for row in rows]
+        groups = []
+        for row in rows:
+            key = tuple(int(v) for v in row[:6])
+            if first > second:  # stored in dimension order; asked the other way round
+                key = key[3:] + key[:3]
+            groups.append(Group(key, int(row[6]), int(row[7])))
         return groups, int(total or 0)
 
     async def feature_adoption(

@@ -13,6 +13,7 @@ dashboard query then reads a few rows per week, however long the history.
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -136,8 +137,42 @@ def _week_group_inserts(week: int) -> list[Any]:
     return statements
 
 
+_PAIR_COLUMNS = [
+    "week", "first", "second", "first_a", "first_b", "first_c", "second_a", "second_b", "second_c",
+    "installations", "amount",
+]  # fmt: skip
+
+
+def _week_pair_inserts(week: int) -> list[Any]:
+    """The statements that rebuild one week's rows for every pair of dimensions."""
+    printers = schema.report_printers
+    columns = dict(REPORT_DIMENSIONS)
+    columns[Dimension.DIMENSION_PRINTER_TYPE] = (printers.c.printer_type, _ZERO, _ZERO)
+    statements = []
+    for first, second in itertools.combinations(sorted(columns), 2):
+        values = [*columns[first], *columns[second]]
+        with_printers = Dimension.DIMENSION_PRINTER_TYPE in (first, second)
+        source = _reports.join(printers, printers.c.report == _reports.c.id) if with_printers else _reports
+        rows = (
+            select(
+                literal(week),
+                literal(first),
+                literal(second),
+                *values,
+                func.count(),
+                func.sum(printers.c.count) if with_printers else _ZERO,
+            )
+            .select_from(source)
+            .where(_reports.c.week == week)
+            .group_by(*values)
+        )
+        statements.append(insert(schema.weekly_pairs).from_select(_PAIR_COLUMNS, rows))
+    return statements
+
+
 async def _rebuild_week(connection: AsyncConnection, week: int) -> None:
     await connection.execute(delete(_groups).where(_groups.c.week == week))
+    await connection.execute(delete(schema.weekly_pairs).where(schema.weekly_pairs.c.week == week))
     await connection.execute(delete(schema.weekly_totals).where(schema.weekly_totals.c.week == week))
     totals = select(
         literal(week), func.count(), func.sum(_reports.c.jobs_completed), func.sum(_reports.c.jobs_failed)
@@ -148,7 +183,7 @@ async def _rebuild_week(connection: AsyncConnection, week: int) -> None:
     await connection.execute(
         insert(schema.weekly_totals).from_select(["week", "active", "jobs_completed", "jobs_failed"], totals)
     )
-    for statement in _week_group_inserts(week):
+    for statement in [*_week_group_inserts(week), *_week_pair_inserts(week)]:
         await connection.execute(statement)
 
 

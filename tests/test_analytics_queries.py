@@ -168,6 +168,16 @@ async def test_combinations_fold_groups_that_are_small_only_in_combination(store
         (["Docker", "2.7.0"], 6),
         (["Raspberry Pi", "2.8.0"], 3),
     ]
+    reversed_order = await stored.analytics.distribution(
+        analytics_service_pb2.GetDistributionRequest(
+            dimensions=[Dimension.DIMENSION_APP_VERSION, Dimension.DIMENSION_DEPLOYMENT_MODE],
+            week=W45.to_proto(),
+        )
+    )
+    assert [[v.label for v in e.values] for e in reversed_order.entries] == [
+        ["2.7.0", "Docker"],
+        ["2.8.0", "Raspberry Pi"],
+    ]
     printers = await stored.analytics.distribution(
         analytics_service_pb2.GetDistributionRequest(
             dimensions=[Dimension.DIMENSION_COUNTRY, Dimension.DIMENSION_PRINTER_TYPE]

@@ -39,6 +39,32 @@ def upgrade() -> None:
         ),
     )
     op.create_table(
+        "weekly_pairs",
+        sa.Column("week", sa.Integer(), nullable=False),
+        sa.Column("first", sa.SmallInteger(), nullable=False),
+        sa.Column("second", sa.SmallInteger(), nullable=False),
+        sa.Column("first_a", sa.Integer(), nullable=False),
+        sa.Column("first_b", sa.Integer(), nullable=False),
+        sa.Column("first_c", sa.Integer(), nullable=False),
+        sa.Column("second_a", sa.Integer(), nullable=False),
+        sa.Column("second_b", sa.Integer(), nullable=False),
+        sa.Column("second_c", sa.Integer(), nullable=False),
+        sa.Column("installations", sa.Integer(), nullable=False),
+        sa.Column("amount", sa.BigInteger(), nullable=False),
+        sa.PrimaryKeyConstraint(
+            "week",
+            "first",
+            "second",
+            "first_a",
+            "first_b",
+            "first_c",
+            "second_a",
+            "second_b",
+            "second_c",
+            name=op.f("pk_weekly_pairs"),
+        ),
+    )
+    op.create_table(
         "weekly_new",
         sa.Column("week", sa.Integer(), nullable=False),
         sa.Column("installations", sa.Integer(), nullable=False),
@@ -73,5 +99,6 @@ def downgrade() -> None:
     op.drop_table("rollup_state")
     op.drop_table("weekly_arrivals")
     op.drop_table("weekly_new")
+    op.drop_table("weekly_pairs")
     op.drop_table("weekly_groups")
     op.drop_table("weekly_totals")
