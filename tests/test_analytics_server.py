@@ -5,6 +5,7 @@ follow new reports through the periodic refresh, precise errors."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -54,8 +55,6 @@ async def analytics(server: RunningServer, tmp_path: Path) -> AsyncIterator[Runn
 
 
 def last_week() -> Week:
-    import datetime as dt
-
     return Week.containing(dt.datetime.now(dt.UTC)).previous()
 
 
@@ -118,3 +117,42 @@ async def test_bad_requests_name_the_field(analytics: RunningAnalytics) -> None:
     )
     error = await rpc_error(analytics.stub.GetOverview(future, metadata=ADMIN, timeout=TIMEOUT))
     assert [field for field, _ in field_violations(error)] == ["window.until"]
+
+
+async def test_a_failing_smtp_server_does_not_stop_the_service(
+    server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from analytics_server.reports import MailConfig
+
+    from .agent_harness import FakeClock
+    from .test_delivery_outage import free_port
+
+    unreachable = MailConfig(
+        "127.0.0.1", free_port(), "none", "stats@printernizer.invalid", ("m@printernizer.invalid",)
+    )
+    tls = ensure_self_made(tmp_path / "tls")
+    config = ServerConfig(
+        "127.0.0.1:0", server.database_url, tls, ADMIN_TOKEN, min_group_size=2, mail=unreachable
+    )
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    monday_morning = FakeClock(dt.datetime(2026, 11, 23, 7, tzinfo=dt.UTC))  # a weekly summary is due
+    task = asyncio.create_task(serve(config, stop, on_ready=ready.set_result, clock=monday_morning))
+    port = await asyncio.wait_for(ready, 30)
+    try:
+        for _ in range(100):  # the reports are looked at once at start: the send fails
+            if "e-mail report" in caplog.text:
+                break
+            await asyncio.sleep(0.05)
+        assert "was not sent" in caplog.text
+        credentials = grpc.ssl_channel_credentials(root_certificates=server.ca)
+        async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+            stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
+            answer = await stub.GetOverview(
+                analytics_service_pb2.GetOverviewRequest(), metadata=ADMIN, timeout=TIMEOUT
+            )
+        assert answer.min_group_size == 2
+        assert not task.done()
+    finally:
+        stop.set()
+        await asyncio.wait_for(task, 30)
