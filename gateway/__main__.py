@@ -1,11 +1,24 @@
-"""`python -m gateway`: the REST gateway: the admin dashboard's API and the local privacy page."""
+"""`python -m gateway`: the REST gateway.
+
+Serves the admin dashboard's statistics API (/api/v1/stats/*, the admin token
+required) over the analytics server. The local privacy API and the two pages
+come with later releases.
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+from pathlib import Path
 
-from stats_common.cli import EnvArgumentParser, host_port, user_runtime_dir
+import uvicorn
+
+from stats_common.admin import AdminTokenError, read_token_file
+from stats_common.cli import EnvArgumentParser, host_port, user_data_dir, user_runtime_dir
+
+from .app import create_app
+from .stats_api import Analytics
 
 
 def build_parser() -> EnvArgumentParser:
@@ -34,15 +47,37 @@ def build_parser() -> EnvArgumentParser:
         default=str(user_runtime_dir() / "agent.sock"),
         metavar="PATH",
     )
+    parser.add_env_option(
+        "--analytics-ca-file",
+        help="CA certificate of the analytics server (default: the self-made CA, as the servers make it)",
+        default=str(user_data_dir() / "tls" / "ca.crt"),
+        metavar="PATH",
+    )
+    parser.add_env_option(
+        "--admin-token-file",
+        help="file holding the admin token that the statistics API needs (the servers' file)",
+        default=str(user_data_dir() / "admin-token"),
+        metavar="PATH",
+    )
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace = build_parser().parse_args(argv)
-    del args
-    print("gateway: this service is not part of this release yet; only --help is available.", file=sys.stderr)
-    return 2
+    logging.basicConfig(
+        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    try:
+        token = read_token_file(Path(args.admin_token_file).expanduser())
+        ca = Path(args.analytics_ca_file).expanduser().read_bytes() if args.analytics_ca_file else None
+    except (OSError, AdminTokenError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    host, _, port = args.listen.rpartition(":")
+    app = create_app(Analytics(args.analytics, ca, token))
+    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level=args.log_level.lower())
+    return 0
 
 
 if __name__ == "__main__":

@@ -1,0 +1,149 @@
+"""The gateway's statistics API end to end: a real HTTP server (uvicorn) in front
+of the real analytics server over TLS, beside the real aggregation server, on
+SQLite and PostgreSQL. Auth, every endpoint, parameter bounds, error mapping,
+and the security headers."""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import httpx
+import pytest
+import uvicorn
+
+from analytics_server.server import ServerConfig, serve
+from gateway.app import create_app
+from gateway.stats_api import Analytics
+from stats_common.tls import ensure_self_made
+
+from . import databases
+from .test_aggregation_admin import report_of
+from .test_aggregation_ingest import Installation
+from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, RunningServer, server
+from .test_analytics_server import last_week
+from .test_delivery_outage import free_port
+
+database_url = databases.database_url
+__all__ = ["server"]  # a fixture used here
+ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
+
+
+async def running_gateway(analytics: Analytics) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    port = free_port()
+    http = uvicorn.Server(
+        uvicorn.Config(create_app(analytics), host="127.0.0.1", port=port, log_level="warning")
+    )
+    task = asyncio.create_task(http.serve())
+    while not http.started:
+        await asyncio.sleep(0.02)
+    return http, task, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture
+async def gateway(server: RunningServer, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    for _ in range(3):  # three installations, last week, in Germany (k = 2 below)
+        agent = Installation(uuid.uuid4().bytes)
+        await server.stub.SubmitReports(agent.submission(report_of(agent, last_week())), timeout=TIMEOUT)
+    tls = ensure_self_made(tmp_path / "tls")
+    config = ServerConfig("127.0.0.1:0", server.database_url, tls, ADMIN_TOKEN, min_group_size=2)
+    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
+    stop = asyncio.Event()
+    analytics_task = asyncio.create_task(serve(config, stop, on_ready=ready.set_result))
+    port = await asyncio.wait_for(ready, 30)
+    http, task, url = await running_gateway(Analytics(f"localhost:{port}", server.ca, ADMIN_TOKEN))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+            yield client
+    finally:
+        http.should_exit = True
+        await asyncio.wait_for(task, 30)
+        stop.set()
+        await asyncio.wait_for(analytics_task, 30)
+
+
+ENDPOINTS = [
+    "/api/v1/stats/overview",
+    "/api/v1/stats/installations?weeks=4",
+    "/api/v1/stats/distribution/country",
+    "/api/v1/stats/distribution/country?and=app-version",
+    "/api/v1/stats/features",
+    "/api/v1/stats/version-migration",
+    "/api/v1/stats/feature-trends",
+    "/api/v1/stats/errors?group_by=component",
+    "/api/v1/stats/error-rates",
+    "/api/v1/stats/anomalies",
+    "/api/v1/stats/export",
+]
+
+
+async def test_every_endpoint_answers_with_the_token_and_only_with_it(gateway: httpx.AsyncClient) -> None:
+    for path in ENDPOINTS:
+        answer = await gateway.get(path, headers=ADMIN)
+        assert answer.status_code == 200, (path, answer.text)
+        assert answer.headers["content-type"] == "application/json"
+        for headers in ({}, {"Authorization": "Bearer wrong-" + "x" * 40}, {"Authorization": ADMIN_TOKEN}):
+            refused = await gateway.get(path, headers=headers)
+            assert refused.status_code == 401, path
+            assert refused.json()["code"] == "UNAUTHENTICATED"
+            assert refused.headers["www-authenticate"] == "Bearer"
+
+
+async def test_answers_carry_the_analytics_figures(gateway: httpx.AsyncClient) -> None:
+    countries = (await gateway.get("/api/v1/stats/distribution/country", headers=ADMIN)).json()
+    assert countries["totalInstallations"] == "3"
+    assert [(e["values"][0]["label"], e["installations"]) for e in countries["entries"]] == [("Germany", "3")]
+    export = await gateway.get("/api/v1/stats/export?weeks=2", headers=ADMIN)
+    assert export.headers["content-disposition"].startswith("attachment;")
+    assert len(export.json()["distributions"]) == 8
+
+
+@pytest.mark.parametrize(
+    ("path", "field"),
+    [
+        ("/api/v1/stats/installations?weeks=10000", "weeks"),
+        ("/api/v1/stats/installations?weeks=0", "weeks"),
+        ("/api/v1/stats/overview?until=last-week", "until"),
+        ("/api/v1/stats/distribution/favourite-colour", "dimension"),
+        ("/api/v1/stats/errors?group_by=mood", "group_by"),
+        (
+            "/api/v1/stats/overview?until=2999-W01",
+            "window.until",
+        ),  # well-formed; the analytics server refuses it
+    ],
+)
+async def test_bad_parameters_are_400_naming_the_field(
+    gateway: httpx.AsyncClient, path: str, field: str
+) -> None:
+    answer = await gateway.get(path, headers=ADMIN)
+    assert answer.status_code == 400, answer.text
+    assert answer.json()["code"] == "INVALID_ARGUMENT"
+    assert answer.json()["field"] == field
+
+
+async def test_an_unreachable_analytics_server_is_503() -> None:
+    http, task, url = await running_gateway(Analytics(f"localhost:{free_port()}", None, ADMIN_TOKEN))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+            answer = await client.get("/api/v1/stats/overview", headers=ADMIN)
+    finally:
+        http.should_exit = True
+        await asyncio.wait_for(task, 30)
+    assert answer.status_code == 503
+    assert answer.json()["code"] == "UNAVAILABLE"
+
+
+async def test_security_headers_and_no_cross_origin_access(gateway: httpx.AsyncClient) -> None:
+    answer = await gateway.get(
+        "/api/v1/stats/overview", headers={**ADMIN, "Origin": "https://elsewhere.example"}
+    )
+    assert "access-control-allow-origin" not in answer.headers
+    assert answer.headers["content-security-policy"].startswith("default-src 'self'")
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert (await gateway.get("/docs")).status_code == 404  # its scripts would come from a CDN
+    schema = (await gateway.get("/openapi.json")).json()
+    assert {path.split("?")[0].replace("/country", "/{dimension}") for path in ENDPOINTS} <= set(
+        schema["paths"]
+    )
