@@ -19,6 +19,7 @@ from stats_common.cli import EnvArgumentParser, host_port, user_data_dir, user_r
 
 from .app import create_app
 from .stats_api import Analytics
+from .usage_api import Agent
 
 
 def build_parser() -> EnvArgumentParser:
@@ -43,7 +44,7 @@ def build_parser() -> EnvArgumentParser:
     )
     parser.add_env_option(
         "--agent-socket",
-        help="the local agent's Unix socket",
+        help="the local agent's Unix socket, for /api/v1/usage-stats (empty: that API is off)",
         default=str(user_runtime_dir() / "agent.sock"),
         metavar="PATH",
     )
@@ -75,7 +76,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
     host, _, port = args.listen.rpartition(":")
-    app = create_app(Analytics(args.analytics, ca, token))
+    agent = Agent(args.agent_socket) if args.agent_socket else None
+    app = create_app(Analytics(args.analytics, ca, token), agent)
     uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level=args.log_level.lower())
     return 0
 

@@ -1,5 +1,5 @@
-"""The gateway's FastAPI application: the admin statistics API (and, in later
-releases, the local privacy API and the two pages)."""
+"""The gateway's FastAPI application: the admin statistics API and the local
+privacy API (the two pages come with a later release)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI, Request, Response
 
 from .stats_api import Analytics, install_error_handlers, stats_router
+from .usage_api import Agent, usage_router
 
 # Pages load nothing from elsewhere: scripts, styles and data come from this origin only.
 CONTENT_SECURITY_POLICY = (
@@ -17,11 +18,15 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def create_app(analytics: Analytics) -> FastAPI:
+def create_app(analytics: Analytics, agent: Agent | None = None) -> FastAPI:
+    """The statistics API over `analytics`; with `agent`, also the local privacy API."""
+
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
         await analytics.close()
+        if agent is not None:
+            await agent.close()
 
     app = FastAPI(
         title="Printernizer usage statistics gateway",
@@ -34,6 +39,8 @@ def create_app(analytics: Analytics) -> FastAPI:
         redoc_url=None,
     )
     app.include_router(stats_router(analytics))
+    if agent is not None:
+        app.include_router(usage_router(agent))
     install_error_handlers(app)
 
     @app.middleware("http")

@@ -73,7 +73,7 @@ class Analytics:
         await self.channel.close()
 
 
-def _week(value: str | None) -> common_pb2.IsoWeek | None:
+def week_of(value: str | None) -> common_pb2.IsoWeek | None:
     if value is None:
         return None
     year, week = re.fullmatch(r"(\d{4})-W(\d{2})", value).groups()  # type: ignore[union-attr]
@@ -82,12 +82,12 @@ def _week(value: str | None) -> common_pb2.IsoWeek | None:
 
 def _window(weeks: int | None, until: str | None) -> api.WeekWindow:
     window = api.WeekWindow(weeks=weeks or 0)
-    if (parsed := _week(until)) is not None:
+    if (parsed := week_of(until)) is not None:
         window.until.CopyFrom(parsed)
     return window
 
 
-def _json(message: Message) -> dict[str, Any]:
+def json_of(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
@@ -104,14 +104,14 @@ def stats_router(analytics: Analytics) -> APIRouter:
     async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
         given = (authorization or "").encode()
         if not hmac.compare_digest(given, expected):
-            raise _Refusal(
+            raise Refusal(
                 401, "this API needs the admin token (Authorization: Bearer <token>)", "UNAUTHENTICATED"
             )
 
     router = APIRouter(prefix="/api/v1/stats", dependencies=[Depends(require_admin)], tags=["statistics"])
 
     async def call(rpc: Callable[..., Awaitable[Message]], request: Message) -> dict[str, Any]:
-        return _json(await rpc(request, metadata=analytics.metadata, timeout=CALL_TIMEOUT_SECONDS))
+        return json_of(await rpc(request, metadata=analytics.metadata, timeout=CALL_TIMEOUT_SECONDS))
 
     stub = analytics.stub
 
@@ -138,7 +138,7 @@ def stats_router(analytics: Analytics) -> APIRouter:
         """Installations by one dimension, or by two (`and`)."""
         dimensions = [DIMENSIONS[dimension]] + ([DIMENSIONS[combined_with]] if combined_with else [])
         request = api.GetDistributionRequest(dimensions=dimensions)
-        if (parsed := _week(week)) is not None:
+        if (parsed := week_of(week)) is not None:
             request.week.CopyFrom(parsed)
         return await call(stub.GetDistribution, request)
 
@@ -146,7 +146,7 @@ def stats_router(analytics: Analytics) -> APIRouter:
     async def features(week: WeekParam = None) -> dict[str, Any]:
         """Share of installations with each feature switched on."""
         request = api.GetFeatureAdoptionRequest()
-        if (parsed := _week(week)) is not None:
+        if (parsed := week_of(week)) is not None:
             request.week.CopyFrom(parsed)
         return await call(stub.GetFeatureAdoption, request)
 
@@ -188,7 +188,7 @@ def stats_router(analytics: Analytics) -> APIRouter:
     return router
 
 
-class _Refusal(Exception):
+class Refusal(Exception):
     def __init__(self, status: int, message: str, code: str, field: str | None = None) -> None:
         super().__init__(message)
         self.status, self.message, self.code, self.field = status, message, code, field
@@ -204,8 +204,8 @@ def install_error_handlers(app: FastAPI) -> None:
             status_code=400,
         )
 
-    @app.exception_handler(_Refusal)
-    async def refused(_: Request, exc: _Refusal) -> JSONResponse:
+    @app.exception_handler(Refusal)
+    async def refused(_: Request, exc: Refusal) -> JSONResponse:
         headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
         return JSONResponse({"error": exc.message, "code": exc.code}, status_code=exc.status, headers=headers)
 

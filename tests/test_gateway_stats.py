@@ -17,6 +17,7 @@ import uvicorn
 from analytics_server.server import ServerConfig, serve
 from gateway.app import create_app
 from gateway.stats_api import Analytics
+from gateway.usage_api import Agent
 from stats_common.tls import ensure_self_made
 
 from . import databases
@@ -31,11 +32,13 @@ __all__ = ["server"]  # a fixture used here
 ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
-async def running_gateway(analytics: Analytics) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+async def running_gateway(
+    analytics: Analytics, agent: Agent | None = None
+) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    """The gateway on a real port (uvicorn), in this process."""
     port = free_port()
-    http = uvicorn.Server(
-        uvicorn.Config(create_app(analytics), host="127.0.0.1", port=port, log_level="warning")
-    )
+    app = create_app(analytics, agent)
+    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     task = asyncio.create_task(http.serve())
     while not http.started:
         await asyncio.sleep(0.02)

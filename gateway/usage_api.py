@@ -1,0 +1,140 @@
+"""`/api/v1/usage-stats/*`: one installation's privacy API over its agent's
+Unix socket (the seeds' local, opt-in, opt-out, export and delete-all, plus
+the next report's preview, the ledger of what was sent, and the disclosure).
+
+It is meant for the user's own machine: it answers only requests addressed to
+a loopback host name (so a web page cannot reach it through DNS rebinding),
+and its changes take JSON bodies only (so a cross-site form cannot post
+them; no cross-origin access is granted either).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+import grpc
+from fastapi import APIRouter, Depends, Header, Query
+from fastapi.responses import StreamingResponse
+from google.protobuf import json_format
+from printernizer.stats.v1 import agent_service_pb2 as agent_api
+from printernizer.stats.v1 import agent_service_pb2_grpc, aggregated_stats_pb2
+from pydantic import BaseModel, Field
+
+from stats_common.contract import CURRENT_SCHEMA_VERSION, disclosure
+
+from .stats_api import CALL_TIMEOUT_SECONDS, WEEK_PATTERN, Refusal, json_of, week_of
+
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
+
+
+class Agent:
+    """The channel to the local agent's Unix socket."""
+
+    def __init__(self, socket_path: str) -> None:
+        self.channel = grpc.aio.insecure_channel(f"unix:{socket_path}")
+        self.stub = agent_service_pb2_grpc.AgentServiceStub(self.channel)
+
+    async def close(self) -> None:
+        await self.channel.close()
+
+
+class OptIn(BaseModel):
+    schema_version: int = Field(
+        ge=1, le=CURRENT_SCHEMA_VERSION, description="the disclosure's version the user saw"
+    )
+
+
+async def _local_only(host: Annotated[str, Header()] = "") -> None:
+    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
+    if name.lower() not in LOOPBACK_HOSTS:
+        raise Refusal(
+            403, "this API answers only on this machine (a loopback host name)", "PERMISSION_DENIED"
+        )
+
+
+async def _json_body(content_type: Annotated[str, Header()] = "") -> None:
+    if content_type.split(";")[0].strip().lower() != "application/json":
+        raise Refusal(415, "send a JSON body (Content-Type: application/json)", "INVALID_ARGUMENT")
+
+
+def usage_router(agent: Agent) -> APIRouter:
+    router = APIRouter(
+        prefix="/api/v1/usage-stats", dependencies=[Depends(_local_only)], tags=["usage statistics"]
+    )
+    stub = agent.stub
+
+    @router.get("/local")
+    async def local(weeks: Annotated[int | None, Query(ge=1, le=104)] = None) -> dict[str, Any]:
+        """This installation's own figures and consent."""
+        answer = await stub.GetLocalStats(
+            agent_api.GetLocalStatsRequest(weeks=weeks or 0), timeout=CALL_TIMEOUT_SECONDS
+        )
+        status = await stub.GetStatus(agent_api.GetStatusRequest(), timeout=CALL_TIMEOUT_SECONDS)
+        return {"stats": json_of(answer), "status": json_of(status)}
+
+    @router.get("/disclosure")
+    async def what_we_collect() -> dict[str, Any]:
+        """What a report contains and why, generated from the contract."""
+        return {
+            "schemaVersion": CURRENT_SCHEMA_VERSION,
+            "fields": [
+                {"field": i.path, "why": i.why, "since": i.since_schema_version} for i in disclosure()
+            ],
+        }
+
+    @router.post("/opt-in", dependencies=[Depends(_json_body)])
+    async def opt_in(choice: OptIn) -> dict[str, Any]:
+        request = agent_api.SetConsentRequest(
+            state=agent_api.CONSENT_STATE_SHARING,
+            schema_version=aggregated_stats_pb2.ReportSchemaVersion.ValueType(choice.schema_version),
+        )
+        return json_of(await stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
+
+    @router.post("/opt-out", dependencies=[Depends(_json_body)])
+    async def opt_out() -> dict[str, Any]:
+        """Stop sharing (the agent sends its deletion request); local figures stay."""
+        request = agent_api.SetConsentRequest(state=agent_api.CONSENT_STATE_LOCAL_ONLY)
+        return json_of(await stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
+
+    @router.post("/delete-all", dependencies=[Depends(_json_body)])
+    async def delete_all() -> dict[str, Any]:
+        return json_of(
+            await stub.DeleteAllData(agent_api.DeleteAllDataRequest(), timeout=CALL_TIMEOUT_SECONDS)
+        )
+
+    @router.get("/preview")
+    async def preview(week: Annotated[str | None, Query(pattern=WEEK_PATTERN)] = None) -> dict[str, Any]:
+        """The exact next report (bytes, base64) and the same rendered for reading."""
+        request = agent_api.PreviewReportRequest()
+        if (parsed := week_of(week)) is not None:
+            request.week.CopyFrom(parsed)
+        return json_of(await stub.PreviewReport(request, timeout=CALL_TIMEOUT_SECONDS))
+
+    @router.get("/ledger")
+    async def ledger(limit: Annotated[int | None, Query(ge=1, le=520)] = None) -> dict[str, Any]:
+        """Every report that was sent, with the server's receipts."""
+        request = agent_api.ListSentReportsRequest(limit=limit or 0)
+        return json_of(await stub.ListSentReports(request, timeout=CALL_TIMEOUT_SECONDS))
+
+    @router.get("/export")
+    async def export() -> StreamingResponse:
+        """Everything the agent keeps, as a JSON file (streamed page by page)."""
+        pages = stub.ExportData(agent_api.ExportDataRequest())
+        first = await anext(aiter(pages), None)  # fail before the download starts
+
+        async def body() -> AsyncIterator[str]:
+            yield '{"pages": ['
+            if first is not None:
+                yield json_format.MessageToJson(first)
+                async for page in pages:
+                    yield "," + json_format.MessageToJson(page)
+            yield "]}"
+
+        return StreamingResponse(
+            body(),
+            media_type="application/json",
+            headers={"Content-Disposition": 'attachment; filename="printernizer-usage-data.json"'},
+        )
+
+    return router
