@@ -5,11 +5,23 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
+from typing import Any
 
 from fastapi import FastAPI, Request, Response
+from fastapi.openapi.utils import get_openapi
 
 from .stats_api import Analytics, install_error_handlers, stats_router
 from .usage_api import Agent, usage_router
+
+ERROR_SCHEMA: dict[str, Any] = {
+    "type": "object",
+    "required": ["error", "code"],
+    "properties": {
+        "error": {"type": "string", "description": "what went wrong, for people"},
+        "code": {"type": "string", "description": "the gRPC status code name"},
+        "field": {"type": "string", "description": "the parameter that is wrong, when one is"},
+    },
+}
 
 # Pages load nothing from elsewhere: scripts, styles and data come from this origin only.
 CONTENT_SECURITY_POLICY = (
@@ -42,6 +54,34 @@ def create_app(analytics: Analytics, agent: Agent | None = None) -> FastAPI:
     if agent is not None:
         app.include_router(usage_router(agent))
     install_error_handlers(app)
+
+    def openapi() -> dict[str, Any]:
+        """FastAPI's schema, corrected to what the gateway answers: a bad
+        parameter is 400 (not 422) and every error has the same JSON body."""
+        if app.openapi_schema is None:
+            schema = get_openapi(
+                title=app.title, version=app.version, description=app.description, routes=app.routes
+            )
+            schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
+            error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
+            for path, operations in schema.get("paths", {}).items():
+                for method, operation in operations.items():
+                    responses = operation.setdefault("responses", {})
+                    responses.pop("422", None)
+                    responses["400"] = {"description": "a parameter is invalid", **error}
+                    if path.startswith("/api/v1/stats"):
+                        responses["401"] = {"description": "the admin token is missing or wrong", **error}
+                    else:
+                        responses["403"] = {"description": "not addressed to this machine", **error}
+                    responses["503"] = {"description": "the analytics server or the agent is down", **error}
+                    if method == "post":
+                        responses["415"] = {"description": "the body is not JSON", **error}
+            for name in ("HTTPValidationError", "ValidationError"):
+                schema["components"]["schemas"].pop(name, None)
+            app.openapi_schema = schema
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
 
     @app.middleware("http")
     async def security_headers(

@@ -150,3 +150,10 @@ async def test_security_headers_and_no_cross_origin_access(gateway: httpx.AsyncC
     assert {path.split("?")[0].replace("/country", "/{dimension}") for path in ENDPOINTS} <= set(
         schema["paths"]
     )
+    for operations in schema["paths"].values():
+        for operation in operations.values():
+            # What the gateway really answers: 400 with its error body, never FastAPI's 422.
+            assert "422" not in operation["responses"]
+            assert operation["responses"]["400"]["content"]["application/json"]["schema"] == {
+                "$ref": "#/components/schemas/Error"
+            }
