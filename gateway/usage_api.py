@@ -19,7 +19,7 @@ from fastapi.responses import StreamingResponse
 from google.protobuf import json_format
 from printernizer.stats.v1 import agent_service_pb2 as agent_api
 from printernizer.stats.v1 import agent_service_pb2_grpc, aggregated_stats_pb2
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, ConfigDict, Field
 
 from stats_common.contract import CURRENT_SCHEMA_VERSION, disclosure
 
@@ -37,6 +37,12 @@ class Agent:
 
     async def close(self) -> None:
         await self.channel.close()
+
+
+class NoFields(BaseModel):
+    """An empty JSON object: a change is always a JSON POST."""
+
+    model_config = ConfigDict(extra="forbid")
 
 
 class OptIn(BaseModel):
@@ -92,13 +98,13 @@ def usage_router(agent: Agent) -> APIRouter:
         return json_of(await stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
 
     @router.post("/opt-out", dependencies=[Depends(_json_body)])
-    async def opt_out() -> dict[str, Any]:
+    async def opt_out(_: NoFields) -> dict[str, Any]:
         """Stop sharing (the agent sends its deletion request); local figures stay."""
         request = agent_api.SetConsentRequest(state=agent_api.CONSENT_STATE_LOCAL_ONLY)
         return json_of(await stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
 
     @router.post("/delete-all", dependencies=[Depends(_json_body)])
-    async def delete_all() -> dict[str, Any]:
+    async def delete_all(_: NoFields) -> dict[str, Any]:
         return json_of(
             await stub.DeleteAllData(agent_api.DeleteAllDataRequest(), timeout=CALL_TIMEOUT_SECONDS)
         )

@@ -6,6 +6,9 @@ and the security headers."""
 from __future__ import annotations
 
 import asyncio
+import os
+import re
+import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -157,3 +160,20 @@ async def test_security_headers_and_no_cross_origin_access(gateway: httpx.AsyncC
             assert operation["responses"]["400"]["content"]["application/json"]["schema"] == {
                 "$ref": "#/components/schemas/Error"
             }
+
+
+async def test_an_openapi_fuzz_run_finds_no_server_error(gateway: httpx.AsyncClient) -> None:
+    """schemathesis generates requests (valid and invalid) from the gateway's
+    own OpenAPI schema against the statistics API, with the analytics server
+    running: no answer may be a 5xx."""
+    fuzz = await asyncio.create_subprocess_exec(
+        str(Path(sys.executable).parent / "schemathesis"), "run", str(gateway.base_url.join("/openapi.json")),
+        "--checks", "not_a_server_error", "--max-examples", "10", "--seed", "1",
+        "--include-path-regex", "^/api/v1/stats/", "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        env={**os.environ, "NO_COLOR": "1"},
+    )  # fmt: skip
+    output, _ = await asyncio.wait_for(fuzz.communicate(), 240)
+    text = output.decode(errors="replace")
+    assert fuzz.returncode == 0, text[-3000:]
+    assert int(re.search(r"Tested: (\d+)", text).group(1)) == 10, text  # type: ignore[union-attr]
