@@ -256,15 +256,28 @@ class Analytics:
         """Every aggregated figure of the window (the same answers as the
         separate calls, so with the same small groups folded away)."""
         last = window(request.window, self.clock())[-1]  # a bad window is refused before any work
+        overview = await self.overview(analytics_service_pb2.GetOverviewRequest(window=request.window))
+        # The overview already holds four of the distributions: not asked twice.
+        known = {
+            d.dimensions[0]: d
+            for d in (
+                overview.deployment_modes,
+                overview.app_versions,
+                overview.countries,
+                overview.printer_types,
+            )
+        }
+        distributions = [
+            known.get(dimension)
+            or await self.distribution(
+                analytics_service_pb2.GetDistributionRequest(dimensions=[dimension], week=last.to_proto())
+            )
+            for dimension in Dimension.values()
+            if dimension != Dimension.DIMENSION_UNSPECIFIED
+        ]
         return analytics_service_pb2.ExportAggregatesResponse(
-            overview=await self.overview(analytics_service_pb2.GetOverviewRequest(window=request.window)),
-            distributions=[
-                await self.distribution(
-                    analytics_service_pb2.GetDistributionRequest(dimensions=[dimension], week=last.to_proto())
-                )
-                for dimension in Dimension.values()
-                if dimension != Dimension.DIMENSION_UNSPECIFIED
-            ],
+            overview=overview,
+            distributions=distributions,
             version_migration=await self.version_migration(
                 analytics_service_pb2.GetVersionMigrationRequest(window=request.window)
             ),

@@ -50,7 +50,7 @@ def build_parser() -> EnvArgumentParser:
     )
     parser.add_env_option(
         "--analytics-ca-file",
-        help="CA certificate of the analytics server (default: the self-made CA, as the servers make it)",
+        help="CA certificate of the analytics server (default: the self-made CA; empty: the system's CAs)",
         default=str(user_data_dir() / "tls" / "ca.crt"),
         metavar="PATH",
     )
