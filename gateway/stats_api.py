@@ -60,17 +60,27 @@ ERROR_GROUPINGS = {
 
 
 class Analytics:
-    """The TLS channel to the analytics server, with the admin token."""
+    """The TLS channel to the analytics server, with the admin token. The
+    channel opens on first use: inside the server's event loop, which is not
+    the one running when the app is built."""
 
     def __init__(self, target: str, ca: bytes | None, token: str) -> None:
-        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
-        self.channel = grpc.aio.secure_channel(target, credentials)
-        self.stub = analytics_service_pb2_grpc.AnalyticsServiceStub(self.channel)
-        self.token = token
+        self.target, self.ca, self.token = target, ca, token
         self.metadata = bearer_metadata(token)
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: analytics_service_pb2_grpc.AnalyticsServiceAsyncStub | None = None
+
+    @property
+    def stub(self) -> analytics_service_pb2_grpc.AnalyticsServiceAsyncStub:
+        if self._stub is None:
+            credentials = grpc.ssl_channel_credentials(root_certificates=self.ca)
+            self._channel = grpc.aio.secure_channel(self.target, credentials)
+            self._stub = analytics_service_pb2_grpc.AnalyticsServiceStub(self._channel)
+        return self._stub
 
     async def close(self) -> None:
-        await self.channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
 
 def week_of(value: str | None) -> common_pb2.IsoWeek | None:
@@ -113,18 +123,16 @@ def stats_router(analytics: Analytics) -> APIRouter:
     async def call(rpc: Callable[..., Awaitable[Message]], request: Message) -> dict[str, Any]:
         return json_of(await rpc(request, metadata=analytics.metadata, timeout=CALL_TIMEOUT_SECONDS))
 
-    stub = analytics.stub
-
     @router.get("/overview")
     async def overview(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:
         """Everything the dashboard's first screen shows."""
-        return await call(stub.GetOverview, api.GetOverviewRequest(window=_window(weeks, until)))
+        return await call(analytics.stub.GetOverview, api.GetOverviewRequest(window=_window(weeks, until)))
 
     @router.get("/installations")
     async def installations(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:
         """Known, active and new installations per week."""
         return await call(
-            stub.GetInstallationTrend, api.GetInstallationTrendRequest(window=_window(weeks, until))
+            analytics.stub.GetInstallationTrend, api.GetInstallationTrendRequest(window=_window(weeks, until))
         )
 
     @router.get("/distribution/{dimension}")
@@ -140,7 +148,7 @@ def stats_router(analytics: Analytics) -> APIRouter:
         request = api.GetDistributionRequest(dimensions=dimensions)
         if (parsed := week_of(week)) is not None:
             request.week.CopyFrom(parsed)
-        return await call(stub.GetDistribution, request)
+        return await call(analytics.stub.GetDistribution, request)
 
     @router.get("/features")
     async def features(week: WeekParam = None) -> dict[str, Any]:
@@ -148,17 +156,19 @@ def stats_router(analytics: Analytics) -> APIRouter:
         request = api.GetFeatureAdoptionRequest()
         if (parsed := week_of(week)) is not None:
             request.week.CopyFrom(parsed)
-        return await call(stub.GetFeatureAdoption, request)
+        return await call(analytics.stub.GetFeatureAdoption, request)
 
     @router.get("/version-migration")
     async def version_migration(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:
         return await call(
-            stub.GetVersionMigration, api.GetVersionMigrationRequest(window=_window(weeks, until))
+            analytics.stub.GetVersionMigration, api.GetVersionMigrationRequest(window=_window(weeks, until))
         )
 
     @router.get("/feature-trends")
     async def feature_trends(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:
-        return await call(stub.GetFeatureTrend, api.GetFeatureTrendRequest(window=_window(weeks, until)))
+        return await call(
+            analytics.stub.GetFeatureTrend, api.GetFeatureTrendRequest(window=_window(weeks, until))
+        )
 
     @router.get("/errors")
     async def errors(
@@ -167,20 +177,26 @@ def stats_router(analytics: Analytics) -> APIRouter:
         group_by: Annotated[str, Query(pattern=f"^({'|'.join(ERROR_GROUPINGS)})$")] = "error-type",
     ) -> dict[str, Any]:
         request = api.GetErrorTrendRequest(window=_window(weeks, until), group_by=ERROR_GROUPINGS[group_by])
-        return await call(stub.GetErrorTrend, request)
+        return await call(analytics.stub.GetErrorTrend, request)
 
     @router.get("/error-rates")
     async def error_rates(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:
-        return await call(stub.GetErrorRates, api.GetErrorRatesRequest(window=_window(weeks, until)))
+        return await call(
+            analytics.stub.GetErrorRates, api.GetErrorRatesRequest(window=_window(weeks, until))
+        )
 
     @router.get("/anomalies")
     async def anomalies(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:
-        return await call(stub.ListAnomalies, api.ListAnomaliesRequest(window=_window(weeks, until)))
+        return await call(
+            analytics.stub.ListAnomalies, api.ListAnomaliesRequest(window=_window(weeks, until))
+        )
 
     @router.get("/export")
     async def export(weeks: Weeks = None, until: Until = None) -> Response:
         """Every aggregated figure of the window, as a JSON file."""
-        body = await call(stub.ExportAggregates, api.ExportAggregatesRequest(window=_window(weeks, until)))
+        body = await call(
+            analytics.stub.ExportAggregates, api.ExportAggregatesRequest(window=_window(weeks, until))
+        )
         return JSONResponse(
             body, headers={"Content-Disposition": 'attachment; filename="printernizer-usage-statistics.json"'}
         )

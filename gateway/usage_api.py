@@ -29,14 +29,24 @@ LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
 
 
 class Agent:
-    """The channel to the local agent's Unix socket."""
+    """The channel to the local agent's Unix socket (opened on first use, in
+    the server's event loop)."""
 
     def __init__(self, socket_path: str) -> None:
-        self.channel = grpc.aio.insecure_channel(f"unix:{socket_path}")
-        self.stub = agent_service_pb2_grpc.AgentServiceStub(self.channel)
+        self.socket_path = socket_path
+        self._channel: grpc.aio.Channel | None = None
+        self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
+
+    @property
+    def stub(self) -> agent_service_pb2_grpc.AgentServiceAsyncStub:
+        if self._stub is None:
+            self._channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}")
+            self._stub = agent_service_pb2_grpc.AgentServiceStub(self._channel)
+        return self._stub
 
     async def close(self) -> None:
-        await self.channel.close()
+        if self._channel is not None:
+            await self._channel.close()
 
 
 class NoFields(BaseModel):
@@ -68,15 +78,14 @@ def usage_router(agent: Agent) -> APIRouter:
     router = APIRouter(
         prefix="/api/v1/usage-stats", dependencies=[Depends(_local_only)], tags=["usage statistics"]
     )
-    stub = agent.stub
 
     @router.get("/local")
     async def local(weeks: Annotated[int | None, Query(ge=1, le=104)] = None) -> dict[str, Any]:
         """This installation's own figures and consent."""
-        answer = await stub.GetLocalStats(
+        answer = await agent.stub.GetLocalStats(
             agent_api.GetLocalStatsRequest(weeks=weeks or 0), timeout=CALL_TIMEOUT_SECONDS
         )
-        status = await stub.GetStatus(agent_api.GetStatusRequest(), timeout=CALL_TIMEOUT_SECONDS)
+        status = await agent.stub.GetStatus(agent_api.GetStatusRequest(), timeout=CALL_TIMEOUT_SECONDS)
         return {"stats": json_of(answer), "status": json_of(status)}
 
     @router.get("/disclosure")
@@ -95,18 +104,18 @@ def usage_router(agent: Agent) -> APIRouter:
             state=agent_api.CONSENT_STATE_SHARING,
             schema_version=aggregated_stats_pb2.ReportSchemaVersion.ValueType(choice.schema_version),
         )
-        return json_of(await stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
+        return json_of(await agent.stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
 
     @router.post("/opt-out", dependencies=[Depends(_json_body)])
     async def opt_out(_: NoFields) -> dict[str, Any]:
         """Stop sharing (the agent sends its deletion request); local figures stay."""
         request = agent_api.SetConsentRequest(state=agent_api.CONSENT_STATE_LOCAL_ONLY)
-        return json_of(await stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
+        return json_of(await agent.stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
 
     @router.post("/delete-all", dependencies=[Depends(_json_body)])
     async def delete_all(_: NoFields) -> dict[str, Any]:
         return json_of(
-            await stub.DeleteAllData(agent_api.DeleteAllDataRequest(), timeout=CALL_TIMEOUT_SECONDS)
+            await agent.stub.DeleteAllData(agent_api.DeleteAllDataRequest(), timeout=CALL_TIMEOUT_SECONDS)
         )
 
     @router.get("/preview")
@@ -115,18 +124,18 @@ def usage_router(agent: Agent) -> APIRouter:
         request = agent_api.PreviewReportRequest()
         if (parsed := week_of(week)) is not None:
             request.week.CopyFrom(parsed)
-        return json_of(await stub.PreviewReport(request, timeout=CALL_TIMEOUT_SECONDS))
+        return json_of(await agent.stub.PreviewReport(request, timeout=CALL_TIMEOUT_SECONDS))
 
     @router.get("/ledger")
     async def ledger(limit: Annotated[int | None, Query(ge=1, le=520)] = None) -> dict[str, Any]:
         """Every report that was sent, with the server's receipts."""
         request = agent_api.ListSentReportsRequest(limit=limit or 0)
-        return json_of(await stub.ListSentReports(request, timeout=CALL_TIMEOUT_SECONDS))
+        return json_of(await agent.stub.ListSentReports(request, timeout=CALL_TIMEOUT_SECONDS))
 
     @router.get("/export")
     async def export() -> StreamingResponse:
         """Everything the agent keeps, as a JSON file (streamed page by page)."""
-        pages = stub.ExportData(agent_api.ExportDataRequest())
+        pages = agent.stub.ExportData(agent_api.ExportDataRequest())
         first = await anext(aiter(pages), None)  # fail before the download starts
 
         async def body() -> AsyncIterator[str]:
