@@ -46,11 +46,13 @@ generate: setup
 	$(BIN)/python tools/generate_country_proto.py
 	$(BIN)/buf format -w
 	$(BIN)/python tools/generate_code.py
+	$(BIN)/python tools/generate_plotly_css.py
 
-## Fail when gen/ or country.proto differ from what their sources produce.
+## Fail when gen/, country.proto or the pages' plotly.css differ from what their sources produce.
 check-generated: setup
 	$(BIN)/python tools/generate_country_proto.py --check
 	$(BIN)/python tools/generate_code.py --check
+	$(BIN)/python tools/generate_plotly_css.py --check
 
 ## At a release: make the current contract the baseline for `buf breaking`.
 contract-release: setup

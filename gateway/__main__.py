@@ -1,8 +1,9 @@
 """`python -m gateway`: the REST gateway.
 
-Serves the admin dashboard's statistics API (/api/v1/stats/*, the admin token
-required) over the analytics server. The local privacy API and the two pages
-come with later releases.
+Serves the admin statistics API (/api/v1/stats/*, the admin token required)
+over the analytics server, with its dashboard at /dashboard; and, beside a
+local agent, that installation's privacy API (/api/v1/usage-stats/*) with its
+page at /privacy.
 """
 
 from __future__ import annotations

@@ -1,5 +1,5 @@
-"""The gateway's FastAPI application: the admin statistics API and the local
-privacy API (the two pages come with a later release)."""
+"""The gateway's FastAPI application: the admin statistics API and its
+dashboard, and the local privacy API and its page."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 
+from .pages import STATIC_PREFIX, install_pages
 from .stats_api import Analytics, install_error_handlers, stats_router
 from .usage_api import Agent, usage_router
 
@@ -54,6 +55,7 @@ def create_app(analytics: Analytics, agent: Agent | None = None) -> FastAPI:
     if agent is not None:
         app.include_router(usage_router(agent))
     install_error_handlers(app)
+    install_pages(app, privacy_page=agent is not None)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, corrected to what the gateway answers: a bad
@@ -91,7 +93,10 @@ def create_app(analytics: Analytics, agent: Agent | None = None) -> FastAPI:
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
-        response.headers["Cache-Control"] = "no-store"
+        # Figures are never cached; the pages' assets (fixed by the installed
+        # version) may be, for a day.
+        static = request.url.path.startswith(f"{STATIC_PREFIX}/") and response.status_code == 200
+        response.headers["Cache-Control"] = "public, max-age=86400" if static else "no-store"
         return response
 
     return app

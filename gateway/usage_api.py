@@ -21,7 +21,7 @@ from printernizer.stats.v1 import agent_service_pb2 as agent_api
 from printernizer.stats.v1 import agent_service_pb2_grpc, aggregated_stats_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
-from stats_common.contract import CURRENT_SCHEMA_VERSION, disclosure
+from stats_common.contract import CURRENT_SCHEMA_VERSION, NEVER_COLLECTED, disclosure, free_text_violations
 
 from .stats_api import CALL_TIMEOUT_SECONDS, WEEK_PATTERN, Refusal, json_of, week_of
 
@@ -61,7 +61,7 @@ class OptIn(BaseModel):
     )
 
 
-async def _local_only(host: Annotated[str, Header()] = "") -> None:
+async def local_only(host: Annotated[str, Header()] = "") -> None:
     name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
     if name.lower() not in LOOPBACK_HOSTS:
         raise Refusal(
@@ -76,7 +76,7 @@ async def _json_body(content_type: Annotated[str, Header()] = "") -> None:
 
 def usage_router(agent: Agent) -> APIRouter:
     router = APIRouter(
-        prefix="/api/v1/usage-stats", dependencies=[Depends(_local_only)], tags=["usage statistics"]
+        prefix="/api/v1/usage-stats", dependencies=[Depends(local_only)], tags=["usage statistics"]
     )
 
     @router.get("/local")
@@ -90,12 +90,16 @@ def usage_router(agent: Agent) -> APIRouter:
 
     @router.get("/disclosure")
     async def what_we_collect() -> dict[str, Any]:
-        """What a report contains and why, generated from the contract."""
+        """What a report contains and why, generated from the contract, and what
+        it can never contain. `freeTextFields` lists any field that could carry
+        text (none: the contract's rules forbid them)."""
         return {
             "schemaVersion": CURRENT_SCHEMA_VERSION,
             "fields": [
                 {"field": i.path, "why": i.why, "since": i.since_schema_version} for i in disclosure()
             ],
+            "neverCollected": list(NEVER_COLLECTED),
+            "freeTextFields": free_text_violations(),
         }
 
     @router.post("/opt-in", dependencies=[Depends(_json_body)])

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import datetime as dt
 import logging
 import os
 import signal
 import socket
 import stat
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -122,13 +124,18 @@ async def _start_server(
     return server, health_servicer
 
 
-async def serve(config: ServerConfig, stop: asyncio.Event | None = None) -> None:
+async def serve(
+    config: ServerConfig,
+    stop: asyncio.Event | None = None,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+) -> None:
     """Run the agent until `stop` is set (or SIGTERM/SIGINT), then stop
-    gracefully: calls in progress finish, so accepted events are committed."""
+    gracefully: calls in progress finish, so accepted events are committed.
+    `clock` is the agent's time (tests simulate weeks with it)."""
     prepare_socket_path(config.socket_path)
     socket_path = config.socket_path.absolute()
     store = await AgentStore.open(config.db_path)
-    agent = StatsAgent(store, config.agent)
+    agent = StatsAgent(store, config.agent, clock)
     uplink = Uplink(config.server_address, config.ca_file) if config.server_address else None
     courier = Courier(agent, uplink)
     try:

@@ -272,6 +272,20 @@ class DisclosureItem:
     since_schema_version: int
 
 
+# "What we never collect", shown beside the disclosure. Each line is a kind of
+# data that a report cannot express: a report has no free-text field
+# (`free_text_violations` stays empty, tested), times are whole weeks and
+# durations and sizes are ranges.
+NEVER_COLLECTED = (
+    "names, e-mail addresses or any other text that you type",
+    "file names, file paths or file contents",
+    "IP addresses, host names or MAC addresses",
+    "serial numbers of printers or of the computer",
+    "exact times (only the week a report covers) or exact durations and sizes (only ranges)",
+    "clicks, pages viewed or time spent in the app",
+)
+
+
 def disclosure() -> list[DisclosureItem]:
     """What a report contains and why, in the contract's order, generated from
     the contract itself so the disclosure cannot drift from what is sent."""

@@ -20,7 +20,7 @@ import signal
 import sqlite3
 import subprocess
 import tempfile
-from collections.abc import AsyncIterator, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -280,10 +280,12 @@ async def wait_until_serving(target: str, timeout: float = START_TIMEOUT, alive:
 
 
 @contextlib.asynccontextmanager
-async def running_agent(config: ServerConfig) -> AsyncIterator[RunningAgent]:
+async def running_agent(
+    config: ServerConfig, clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(UTC)
+) -> AsyncIterator[RunningAgent]:
     """The real server in this process, until the block ends (then a graceful stop)."""
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(config, stop))
+    task = asyncio.create_task(serve(config, stop, clock))
     try:
         target = f"unix:{config.socket_path.absolute()}"
         try:

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,15 +45,20 @@ class RunningServer:
 
 
 @asynccontextmanager
-async def running_server(database_url: str, tmp_path: Path, **config: Any) -> AsyncIterator[RunningServer]:
+async def running_server(
+    database_url: str,
+    tmp_path: Path,
+    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    **config: Any,
+) -> AsyncIterator[RunningServer]:
     """The real server in this process, over TLS with a self-made CA; `config`
-    overrides ServerConfig fields."""
+    overrides ServerConfig fields, `clock` the server's time."""
     tls = ensure_self_made(tmp_path / "tls")
     settings = ServerConfig("127.0.0.1:0", database_url, tls, retention_days=730, admin_token=ADMIN_TOKEN)
     settings = dataclasses.replace(settings, **config)
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop, on_ready=ready.set_result))
+    task = asyncio.create_task(serve(settings, stop, on_ready=ready.set_result, clock=clock))
     port = await asyncio.wait_for(ready, 30)
     assert tls.ca_certificate is not None
     ca = tls.ca_certificate.read_bytes()

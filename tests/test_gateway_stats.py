@@ -162,6 +162,26 @@ async def test_security_headers_and_no_cross_origin_access(gateway: httpx.AsyncC
             }
 
 
+async def test_the_dashboard_and_its_assets_come_from_the_gateway(gateway: httpx.AsyncClient) -> None:
+    home = await gateway.get("/")
+    assert (home.status_code, home.headers["location"]) == (307, "/dashboard")
+    page = await gateway.get("/dashboard")  # the page itself holds no figures: no token needed
+    assert page.status_code == 200
+    assert page.headers["content-security-policy"].startswith("default-src 'self'")
+    scripts = re.findall(r'<script src="([^"]+)"', page.text)
+    styles = re.findall(r'<link[^>]* href="([^"]+)"', page.text)
+    assert "/static/vendor/plotly.min.js" in scripts
+    for asset in scripts + styles:
+        assert asset.startswith("/static/"), asset  # nothing from elsewhere
+        answer = await gateway.get(asset)
+        assert answer.status_code == 200, asset
+        assert answer.headers["cache-control"] == "public, max-age=86400"
+    plotly_js = await gateway.get("/static/vendor/plotly.min.js")
+    assert plotly_js.headers["content-type"].startswith("text/javascript")
+    assert b"plotly.js v" in plotly_js.content[:200]
+    assert (await gateway.get("/static/missing.js")).headers["cache-control"] == "no-store"
+
+
 async def test_an_openapi_fuzz_run_finds_no_server_error(gateway: httpx.AsyncClient) -> None:
     """schemathesis generates requests (valid and invalid) from the gateway's
     own OpenAPI schema against the statistics API, with the analytics server

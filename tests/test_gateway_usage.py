@@ -46,6 +46,8 @@ async def test_the_whole_privacy_journey(local: httpx.AsyncClient) -> None:
     disclosure = (await local.get(f"{BASE}/disclosure")).json()
     assert disclosure["schemaVersion"] == CURRENT_SCHEMA_VERSION
     assert "installation.country" in {f["field"] for f in disclosure["fields"]}
+    assert disclosure["freeTextFields"] == []  # what makes "never collected" true
+    assert any("IP addresses" in line for line in disclosure["neverCollected"])
 
     joined = await local.post(f"{BASE}/opt-in", json={"schema_version": CURRENT_SCHEMA_VERSION})
     assert joined.status_code == 200, joined.text
@@ -83,6 +85,28 @@ async def test_only_loopback_host_names_are_answered(local: httpx.AsyncClient) -
     assert rebound.status_code == 403
     assert rebound.json()["code"] == "PERMISSION_DENIED"
     assert (await local.get(f"{BASE}/local", headers={"Host": "localhost:8470"})).status_code == 200
+
+
+async def test_the_privacy_page_is_served_on_loopback_only(local: httpx.AsyncClient) -> None:
+    page = await local.get("/privacy")
+    assert page.status_code == 200
+    assert page.headers["content-type"].startswith("text/html")
+    assert page.headers["cache-control"] == "no-store"
+    assert (await local.get("/privacy", headers={"Host": "evil.example"})).status_code == 403
+
+
+async def test_without_an_agent_there_is_no_privacy_page_or_api() -> None:
+    unused = Analytics(f"localhost:{free_port()}", None, "t" * 40)
+    http, task, url = await running_gateway(unused)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            answers = [(await client.get(path)).status_code for path in ("/privacy", f"{BASE}/local")]
+            dashboard = (await client.get("/dashboard")).status_code
+    finally:
+        http.should_exit = True
+        await asyncio.wait_for(task, 30)
+    assert answers == [404, 404]
+    assert dashboard == 200
 
 
 async def test_an_agent_that_is_down_is_503() -> None:

@@ -1,0 +1,51 @@
+"""The two pages: the admin statistics dashboard (/dashboard) and one
+installation's privacy page (/privacy, only beside the local privacy API).
+
+The pages are static files (gateway/web, assets in gateway/web/static) that call the REST APIs from the
+browser. Their charts are drawn by plotly.js, served from the installed plotly
+package: nothing is loaded from anywhere else, so the pages work offline and
+under the gateway's strict Content-Security-Policy. plotly.js's own style rules
+come from gateway/web/static/plotly.css (see tools/generate_plotly_css.py) instead of
+the <style> element it would otherwise inject.
+"""
+
+from __future__ import annotations
+
+from importlib.resources import files
+from pathlib import Path
+
+from fastapi import APIRouter, Depends, FastAPI
+from fastapi.responses import FileResponse, RedirectResponse
+from fastapi.staticfiles import StaticFiles
+
+from .usage_api import local_only
+
+WEB = Path(str(files("gateway") / "web"))
+PLOTLY_JS = Path(str(files("plotly") / "package_data" / "plotly.min.js"))
+STATIC_PREFIX = "/static"
+
+
+def install_pages(app: FastAPI, privacy_page: bool) -> None:
+    """The dashboard, the privacy page when `privacy_page`, and their assets."""
+    router = APIRouter(include_in_schema=False)
+
+    @router.get("/")
+    async def home() -> RedirectResponse:
+        return RedirectResponse("/dashboard")
+
+    @router.get("/dashboard")
+    async def dashboard() -> FileResponse:
+        return FileResponse(WEB / "dashboard.html")
+
+    if privacy_page:
+
+        @router.get("/privacy", dependencies=[Depends(local_only)])
+        async def privacy() -> FileResponse:
+            return FileResponse(WEB / "privacy.html")
+
+    @router.get(f"{STATIC_PREFIX}/vendor/plotly.min.js")
+    async def plotly_js() -> FileResponse:
+        return FileResponse(PLOTLY_JS, media_type="text/javascript")
+
+    app.include_router(router)
+    app.mount(STATIC_PREFIX, StaticFiles(directory=WEB / "static"), name="static")

@@ -1,0 +1,185 @@
+// The admin statistics dashboard: /api/v1/stats/* with the admin token.
+"use strict";
+
+(() => {
+  const TOKEN_KEY = "printernizer-stats-admin-token";
+  const SEVERITY = { SEVERITY_CRITICAL: "critical", SEVERITY_WARNING: "warning", SEVERITY_INFO: "info" };
+  const { element, enumLabel, percent, plot, setText, weekLabel } = Pages;
+
+  const token = () => sessionStorage.getItem(TOKEN_KEY);
+  const weeks = () => document.getElementById("weeks").value;
+
+  function api(path) {
+    return Pages.fetchJson(path, { headers: { Authorization: `Bearer ${token()}` } });
+  }
+
+  function showSignIn(message) {
+    document.getElementById("dashboard").hidden = true;
+    document.getElementById("sign-in").hidden = false;
+    const error = document.getElementById("sign-in-error");
+    error.textContent = message || "";
+    error.hidden = !message;
+    document.getElementById("token").focus();
+  }
+
+  function labelOf(entry) {
+    if (entry.other) return "Other";
+    return entry.values.map((v) => v.label).join(" · ");
+  }
+
+  function number(value) {
+    return Number(value || 0).toLocaleString("en");
+  }
+
+  function kpis(active) {
+    setText("kpi-total", number(active.totalKnown));
+    setText("kpi-active-week", number(active.activeLastWeek));
+    setText("kpi-active-4", number(active.activeLast4Weeks));
+    const growth = active.weekOverWeekGrowth || 0;
+    const kpi = document.getElementById("kpi-growth");
+    kpi.textContent = `${growth >= 0 ? "+" : "−"}${Math.abs(growth * 100).toFixed(1)} %`;
+    kpi.classList.toggle("up", growth > 0);
+    kpi.classList.toggle("down", growth < 0);
+    setText("as-of", active.week ? `complete weeks up to ${weekLabel(active.week)}` : "");
+  }
+
+  function anomalies(list) {
+    const target = document.getElementById("anomaly-list");
+    target.replaceChildren();
+    if (!list.length) {
+      target.append(element("li", "Nothing unusual in this window."));
+      return;
+    }
+    for (const anomaly of list) {
+      const item = element("li");
+      item.dataset.kind = anomaly.kind;
+      const severity = SEVERITY[anomaly.severity] || "info";
+      item.append(element("span", severity, `severity ${severity}`));
+      item.append(element("span", weekLabel(anomaly.week), "week"));
+      const scope = (anomaly.scope || []).map((v) => v.label).join(", ");
+      const what = enumLabel(anomaly.kind, "ANOMALY_KIND_") + (scope ? ` (${scope})` : "");
+      const text = element("span");
+      text.append(element("strong", what), document.createTextNode(
+        `: ${anomaly.description}. Observed ${anomaly.observed.toFixed(2)}, baseline ${anomaly.baseline.toFixed(2)}, ` +
+        `threshold ${anomaly.threshold.toFixed(2)}.`));
+      item.append(text);
+      target.append(item);
+    }
+  }
+
+  function bars(id, distribution, { horizontal = false, hover = null } = {}) {
+    const entries = distribution.entries || [];
+    const labels = entries.map(labelOf);
+    const counts = entries.map((e) => Number(e.installations));
+    const trace = horizontal
+      ? { type: "bar", orientation: "h", y: labels.slice().reverse(), x: counts.slice().reverse() }
+      : { type: "bar", x: labels, y: counts };
+    trace.marker = { color: "#2f6fde" };
+    trace.hovertemplate = hover || "%{y} installations<extra></extra>";
+    if (horizontal) trace.hovertemplate = "%{x} installations<extra></extra>";
+    const layout = horizontal ? { margin: { l: 130 }, xaxis: { title: { text: "installations" } } }
+      : { yaxis: { title: { text: "installations" } } };
+    return plot(id, [trace], layout);
+  }
+
+  function seriesTraces(response, value, extra) {
+    const x = response.weeks.map(weekLabel);
+    return response.series.map((series) => ({
+      x,
+      y: series.points.map(value),
+      name: series.other ? "Other" : series.values.map((v) => v.label).join(" · "),
+      ...extra,
+    }));
+  }
+
+  async function draw(overview, migration, errors) {
+    kpis(overview.active);
+    anomalies(overview.anomalies || []);
+    const trend = overview.installationTrend || [];
+    const x = trend.map((w) => weekLabel(w.week));
+    await plot("chart-installations", [
+      { type: "scatter", mode: "lines+markers", name: "known", x, y: trend.map((w) => Number(w.known)) },
+      { type: "scatter", mode: "lines+markers", name: "active", x, y: trend.map((w) => Number(w.active)) },
+      { type: "bar", name: "new", x, y: trend.map((w) => Number(w.newInstallations)), marker: { color: "#9db8ec" } },
+    ], { yaxis: { title: { text: "installations" } } });
+    const modes = overview.deploymentModes.entries || [];
+    await plot("chart-deployment", [{
+      type: "pie", hole: 0.45, sort: false,
+      labels: modes.map(labelOf), values: modes.map((e) => Number(e.installations)),
+    }], { legend: { orientation: "v" } });
+    await bars("chart-versions", overview.appVersions);
+    await bars("chart-countries", overview.countries, { horizontal: true });
+    await bars("chart-printers", overview.printerTypes);
+    const features = overview.featureAdoption.features || [];
+    await plot("chart-features", [{
+      type: "bar", orientation: "h",
+      y: features.map((f) => (f.other ? "Other" : f.feature.label)).reverse(),
+      x: features.map((f) => f.enabledShare * 100).reverse(),
+      text: features.map((f) => percent(f.enabledShare)).reverse(), textposition: "auto",
+      hovertemplate: "%{x:.1f} % of installations<extra></extra>", marker: { color: "#1d7a46" },
+    }], { margin: { l: 140 }, xaxis: { range: [0, 100], title: { text: "% of installations" } } });
+    await plot("chart-errors", seriesTraces(errors, (p) => Number(p.count), { type: "bar" }),
+      { barmode: "stack", yaxis: { title: { text: "errors" } } });
+    await plot("chart-migration", seriesTraces(migration, (p) => p.share * 100,
+      { type: "scatter", mode: "lines", stackgroup: "versions" }),
+      { yaxis: { range: [0, 100], title: { text: "% of active installations" } } });
+    setText("privacy-note",
+      `Groups of fewer than ${overview.minGroupSize} installations are never shown: they are folded into "Other".`);
+  }
+
+  async function load() {
+    if (!token()) return showSignIn();
+    const error = document.getElementById("load-error");
+    const span = `weeks=${weeks()}`;
+    const answers = await Promise.all([
+      api(`/api/v1/stats/overview?${span}`),
+      api(`/api/v1/stats/version-migration?${span}`),
+      api(`/api/v1/stats/errors?${span}&group_by=error-type`),
+    ]);
+    if (answers.some((a) => a.status === 401)) {
+      sessionStorage.removeItem(TOKEN_KEY);
+      return showSignIn("That admin token was not accepted. Check the servers' admin token file and try again.");
+    }
+    const failed = answers.find((a) => !a.ok);
+    document.getElementById("sign-in").hidden = true;
+    document.getElementById("dashboard").hidden = false;
+    if (failed) {
+      error.textContent = `The statistics could not be loaded: ${Pages.errorText(failed)}.`;
+      error.hidden = false;
+      return;
+    }
+    error.hidden = true;
+    await draw(...answers.map((a) => a.body));
+    document.body.dataset.loaded = "true";
+  }
+
+  async function exportJson() {
+    const answer = await fetch(`/api/v1/stats/export?weeks=${weeks()}`, {
+      headers: { Authorization: `Bearer ${token()}` },
+    });
+    if (!answer.ok) {
+      const error = document.getElementById("load-error");
+      error.textContent = "The export failed; try again.";
+      error.hidden = false;
+      return;
+    }
+    Pages.download("printernizer-usage-statistics.json", await answer.blob());
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    document.getElementById("sign-in").addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(TOKEN_KEY, document.getElementById("token").value.trim());
+      document.getElementById("token").value = "";
+      load();
+    });
+    document.getElementById("sign-out").addEventListener("click", () => {
+      sessionStorage.removeItem(TOKEN_KEY);
+      delete document.body.dataset.loaded;
+      showSignIn();
+    });
+    document.getElementById("weeks").addEventListener("change", load);
+    document.getElementById("export").addEventListener("click", exportJson);
+    load();
+  });
+})();
