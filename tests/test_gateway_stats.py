@@ -6,6 +6,7 @@ and the security headers."""
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import os
 import re
 import sys
@@ -13,14 +14,17 @@ import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import grpc
 import httpx
 import pytest
 import uvicorn
+from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 
 from analytics_server.server import ServerConfig, serve
 from gateway.app import create_app
-from gateway.stats_api import Analytics
+from gateway.stats_api import HTTP_STATUS, Analytics
 from gateway.usage_api import Agent
+from stats_common import errors
 from stats_common.tls import ensure_self_made
 
 from . import databases
@@ -197,3 +201,57 @@ async def test_an_openapi_fuzz_run_finds_no_server_error(gateway: httpx.AsyncCli
     text = output.decode(errors="replace")
     assert fuzz.returncode == 0, text[-3000:]
     assert int(re.search(r"Tested: (\d+)", text).group(1)) == 10, text  # type: ignore[union-attr]
+
+
+class RefusingAnalytics(analytics_service_pb2_grpc.AnalyticsServiceServicer):
+    """A stand-in for the analytics server that answers GetOverview with a
+    chosen gRPC status. The real server cannot be made to answer most of these
+    (it is never rate limited, never times out, never unimplemented), and the
+    gateway must still map each one; everything else here is real (gRPC, TLS is
+    not needed for the mapping)."""
+
+    def __init__(self) -> None:
+        self.code = grpc.StatusCode.OK
+
+    async def GetOverview(
+        self, request: analytics_service_pb2.GetOverviewRequest, context: grpc.aio.ServicerContext
+    ) -> analytics_service_pb2.GetOverviewResponse:
+        if self.code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            await errors.resource_exhausted(context, "slow down", dt.timedelta(seconds=7))
+        if self.code == grpc.StatusCode.INVALID_ARGUMENT:
+            await errors.invalid_argument(context, [("window.weeks", "too many")])
+        await context.abort(self.code, f"refused with {self.code.name}")
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(code, status) for code, status in HTTP_STATUS.items() if code != grpc.StatusCode.CANCELLED]
+    + [(grpc.StatusCode.INTERNAL, 502), (grpc.StatusCode.DATA_LOSS, 502), (grpc.StatusCode.UNKNOWN, 502)],
+    ids=lambda value: value.name if isinstance(value, grpc.StatusCode) else str(value),
+)
+async def test_every_grpc_status_maps_to_its_http_status(code: grpc.StatusCode, status: int) -> None:
+    refusing = RefusingAnalytics()
+    refusing.code = code
+    server = grpc.aio.server()
+    analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(refusing, server)
+    port = server.add_insecure_port("127.0.0.1:0")
+    await server.start()
+    analytics = Analytics(f"127.0.0.1:{port}", None, ADMIN_TOKEN)
+    analytics._stub = analytics_service_pb2_grpc.AnalyticsServiceStub(  # plain gRPC to the stand-in
+        grpc.aio.insecure_channel(f"127.0.0.1:{port}")
+    )
+    http, task, url = await running_gateway(analytics)
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+            answer = await client.get("/api/v1/stats/overview", headers=ADMIN)
+    finally:
+        http.should_exit = True
+        await asyncio.wait_for(task, 30)
+        await server.stop(None)
+    assert answer.status_code == status
+    assert answer.json()["code"] == code.name
+    assert answer.json()["error"]
+    if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+        assert answer.headers["retry-after"] == "7"
+    if code == grpc.StatusCode.INVALID_ARGUMENT:
+        assert answer.json()["field"] == "window.weeks"
