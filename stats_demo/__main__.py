@@ -1,205 +1,313 @@
-"""`python -m stats_demo`: show the usage-statistics system working on this machine.
+"""`python -m stats_demo`: the whole usage-statistics system on this machine.
 
-Starts a real stats agent on a private Unix socket (in a temporary directory,
-or --data-dir), lets an example host app record a few days of usage through the
-SDK, and walks through what a Printernizer user sees and controls: statistics
-off by default, the local figures, opting in, the exact bytes of the next
-report, the export, opting out and deleting everything. It also shows the
-contract: its services and what a report contains and why.
+On embedded defaults (SQLite, a self-made TLS CA, every file under one data
+directory) it starts, each as the command an operator would run:
+- the aggregation server (TLS) and the analytics server (TLS);
+- a local stats agent, and an example host app (a Printernizer stand-in) that
+  records its simulated printers' work through the SDK into that agent;
+- the gateway, with the admin dashboard and the agent's privacy page.
+
+Then a simulated fleet of installations reports months of weeks through the
+real ingest path (signed, over TLS), with an upgrade wave and an error spike
+for the dashboard to show. The demo prints both pages' addresses, shows the
+fleet's progress, checks that the dashboard's API shows the fleet's numbers,
+and keeps running until Ctrl-C, which stops everything cleanly.
+
+With --short it uses a small fleet and stops after the checks (CI runs this).
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import contextlib
 import datetime as dt
 import json
 import os
+import signal
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+import urllib.error
+import urllib.request
 from pathlib import Path
+from types import FrameType
+from typing import Any
 
-import grpc
-from printernizer.stats.v1 import (
-    agent_service_pb2,
-    agent_service_pb2_grpc,
-    aggregated_stats_pb2,
-    analytics_service_pb2,
-    ingest_service_pb2,
-)
-
-from stats_agent.process import agent_process
-from stats_agent.sdk import (
-    Component,
-    DeploymentMode,
-    Feature,
-    FileType,
-    JobFailureReason,
-    PrinterType,
-    StatsClient,
-)
+from stats_agent.delivery import Uplink
 from stats_common import contract
+from stats_common.weeks import last_complete_week
 
-SERVICES = (
-    (agent_service_pb2, "AgentService", "stats_agent", "local, on a Unix socket"),
-    (ingest_service_pb2, "IngestService", "aggregation_server", "public, over TLS"),
-    (analytics_service_pb2, "AnalyticsService", "analytics_server", "admin only"),
-)
-RPC_TIMEOUT = 10
+from .fleet import FleetPlan, FleetProgress, build_fleet, report_fleet
+from .services import ServiceFailed, free_port, grpc_ready, http_ready, port_is_free, service
 
-
-def section(title: str) -> None:
-    print(f"\n== {title} ==")
+# The services' own settings in the caller's environment must not leak into
+# the demo, nor a DO_NOT_TRACK meant for real installations into its agent.
+FOREIGN_SETTINGS = ("STATS_AGENT_", "AGGREGATION_SERVER_", "ANALYTICS_SERVER_", "STATS_GATEWAY_")
 
 
-def show_contract() -> None:
-    section("The contract (proto/printernizer/stats/v1)")
-    for module, name, command, reach in SERVICES:
-        service = module.DESCRIPTOR.services_by_name[name]
-        methods = ", ".join(m.name for m in service.methods)
-        print(f"{service.full_name} [{reach}; `python -m {command}`]\n  {methods}")
-    section("What a weekly report contains, and why (generated from the contract)")
-    for item in contract.disclosure():
-        if item.path.count(".") <= 1:  # deeper levels are the parts of versions and counts
-            print(f"  {item.path:<32} {item.why}")
+def clean_environment() -> dict[str, str]:
+    return {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(FOREIGN_SETTINGS) and name != "DO_NOT_TRACK"
+    }
 
 
-@contextlib.contextmanager
-def running_agent(data_dir: Path) -> Iterator[Path]:
-    """`python -m stats_agent` with its socket and database under data_dir."""
-    socket_path, db_path = data_dir / "run" / "agent.sock", data_dir / "agent.db"
-    environment = {k: v for k, v in os.environ.items() if k != "DO_NOT_TRACK"}
-    options = ("--timezone", "Europe/Berlin", "--log-level", "WARNING")
-    with agent_process(socket_path, db_path, *options, env=environment) as agent:
-        print(f"stats agent running (pid {agent.pid}) on unix:{socket_path}")
-        yield socket_path
-    print(f"stats agent stopped (exit code {agent.returncode})")
+def get_json(url: str, token: str | None = None) -> Any:
+    request = urllib.request.Request(url)  # noqa: S310 - the demo's own loopback gateway
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+        return json.load(answer)
 
 
-def example_host_app(stats: StatsClient, days: int) -> int:
-    """A small Printernizer stand-in using the SDK at its integration points."""
-    recorded = 0
-    stats.app_started("2.7.0", DeploymentMode.HOME_ASSISTANT_ADDON)
-    stats.printer_fleet({PrinterType.BAMBU_LAB: 2, PrinterType.PRUSA: 1})
-    stats.feature(Feature.LIBRARY, enabled=True)
-    stats.feature(Feature.TIMELAPSE, enabled=False)
-    recorded += 4
-    for day in range(days):
-        for job in range(6):
-            printer = PrinterType.BAMBU_LAB if job % 3 else PrinterType.PRUSA
-            stats.job_created(printer)
-            if (day + job) % 7 == 0:
-                stats.job_failed(printer, 1800, JobFailureReason.FILAMENT_RUNOUT)
-            else:
-                stats.job_completed(printer, 2.5 * 3600)
-            stats.file_downloaded(12 * 1024 * 1024, FileType.THREE_MF)
-            recorded += 3
-        try:
-            raise ConnectionRefusedError("printer at 192.168.1.23 refused")  # never leaves: class only
-        except ConnectionRefusedError as exc:
-            stats.error(exc, Component.PRINTER_SERVICE)
-        recorded += 1
-    return recorded
+class Progress:
+    """One line that updates in place on a terminal, a line per tenth otherwise."""
+
+    def __init__(self) -> None:
+        self.tty = sys.stdout.isatty()
+        self.shown = -1
+
+    def __call__(self, progress: FleetProgress, total: int) -> None:
+        done = progress.sent + len(progress.failed)
+        line = f"  fleet: {done}/{total} installations reported, {progress.reports} weekly reports"
+        if self.tty:
+            print(f"\r{line}", end="" if done < total else "\n", flush=True)
+        elif done * 10 // total != self.shown or done == total:
+            self.shown = done * 10 // total
+            print(line, flush=True)
 
 
-def show(title: str, message: object) -> None:
-    from google.protobuf import json_format
-
-    print(f"-- {title}")
-    print(json_format.MessageToJson(message, indent=2))  # type: ignore[arg-type]
-
-
-def walk_through(socket_path: Path, days: int) -> bool:
-    with grpc.insecure_channel(f"unix:{socket_path}") as channel:
-        agent = agent_service_pb2_grpc.AgentServiceStub(channel)
-        consent = agent.GetConsent(agent_service_pb2.GetConsentRequest(), timeout=RPC_TIMEOUT).consent
-        section("1. Statistics are off by default")
-        print(
-            "effective consent:",
-            agent_service_pb2.ConsentState.Name(consent.effective),
-            "/",
-            agent_service_pb2.ConsentReason.Name(consent.reason),
-        )
-
-        section("2. The host app records events through the SDK (kept locally only)")
-        stats = StatsClient(socket_path)
-        recorded = example_host_app(stats, days)
-        delivered = stats.flush(timeout=10)
-        stats.close()
-        print(f"recorded {recorded} events; delivered to the agent: {delivered}; {stats.stats()}")
-
-        section("3. The user's own figures (local stats)")
-        local = agent.GetLocalStats(agent_service_pb2.GetLocalStatsRequest(weeks=1), timeout=RPC_TIMEOUT)
-        show("this week", local.this_week)
-
-        section("4. Opting in, then the exact bytes of the next report")
-        agent.SetConsent(
-            agent_service_pb2.SetConsentRequest(
-                state=agent_service_pb2.CONSENT_STATE_SHARING,
-                schema_version=contract.CURRENT_SCHEMA_VERSION,  # type: ignore[arg-type]
-            ),
-            timeout=RPC_TIMEOUT,
-        )
-        stats = StatsClient(socket_path)
-        stats.job_created(PrinterType.BAMBU_LAB)
-        stats.job_completed(PrinterType.BAMBU_LAB, 3 * 3600)
-        stats.flush(timeout=10)
-        stats.close()
-        preview = agent.PreviewReport(agent_service_pb2.PreviewReportRequest(), timeout=RPC_TIMEOUT)
-        report = aggregated_stats_pb2.AggregatedStats.FromString(preview.report)
-        print(f"{len(preview.report)} bytes; only events recorded after opting in are counted:")
-        print(preview.report_json)
-        counted_after_consent = report.usage.jobs_created == 1 and report.usage.jobs_completed == 1
-
-        section("5. Export everything, opt out, delete everything")
-        pages = list(agent.ExportData(agent_service_pb2.ExportDataRequest(), timeout=RPC_TIMEOUT))
-        exported = sum(len(page.events) for page in pages)
-        print(f"export: {exported} events in {len(pages)} page(s); settings: {pages[0].settings.time_zone}")
-        opted_out = agent.SetConsent(
-            agent_service_pb2.SetConsentRequest(state=agent_service_pb2.CONSENT_STATE_LOCAL_ONLY),
-            timeout=RPC_TIMEOUT,
-        ).consent
-        print("after opting out:", agent_service_pb2.ConsentState.Name(opted_out.effective))
-        deleted = agent.DeleteAllData(agent_service_pb2.DeleteAllDataRequest(), timeout=RPC_TIMEOUT)
-        print(f"deleted {deleted.events_deleted} events and {deleted.reports_deleted} reports")
-        status = agent.GetStatus(agent_service_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT)
-        print(f"stored events now: {status.stored_events}")
-        ok = (
-            consent.effective == agent_service_pb2.CONSENT_STATE_LOCAL_ONLY
-            and delivered
-            and counted_after_consent
-            and exported == recorded + 2
-            and status.stored_events == 0
-        )
-    return ok
+def wait_for_dashboard(gateway: str, token: str, known: int, timeout: float = 120.0) -> dict[str, Any]:
+    """The overview, once the analytics server's rollups include the whole fleet."""
+    deadline = time.monotonic() + timeout
+    overview: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            overview = get_json(f"{gateway}/api/v1/stats/overview", token)
+            if int(overview["active"]["totalKnown"]) >= known:
+                return overview
+        time.sleep(1)
+    return overview
 
 
-def summary(ok: bool, started: float) -> None:
-    print(json.dumps({"ok": ok, "seconds": round(time.monotonic() - started, 1)}))
+def wait_for_local_events(gateway: str, timeout: float = 30.0) -> int:
+    """Events the example host app has recorded in the local agent so far."""
+    deadline = time.monotonic() + timeout
+    stored = 0
+    while time.monotonic() < deadline:
+        with contextlib.suppress(urllib.error.URLError, OSError):
+            stored = int(get_json(f"{gateway}/api/v1/usage-stats/local")["status"]["storedEvents"])
+            if stored:
+                return stored
+        time.sleep(0.5)
+    return stored
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="stats_demo", description=__doc__)
+    parser.add_argument("--data-dir", type=Path, help="keep every file here (default: a temporary directory)")
+    parser.add_argument("--installations", type=int, help="simulated installations (default 300; short: 40)")
+    parser.add_argument("--weeks", type=int, help="weeks of history (default 26; short: 10)")
+    parser.add_argument("--gateway-port", type=int, default=8470, help="the pages' port (default 8470)")
+    parser.add_argument("--host-app-port", type=int, default=8471, help="the example host app's port")
+    parser.add_argument("--short", action="store_true", help="a small fleet; stop after the checks")
+    return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="stats_demo", description=__doc__)
-    parser.add_argument("--data-dir", type=Path, help="keep the agent's files here (default: a temp dir)")
-    parser.add_argument("--days", type=int, default=5, help="days of example usage to record")
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    print(f"Printernizer usage statistics, report schema version {contract.CURRENT_SCHEMA_VERSION}")
-    print(f"today: {dt.date.today().isoformat()}")
-    show_contract()
+    args = build_parser().parse_args(argv)
+    installations = args.installations or (40 if args.short else 300)
+    weeks = args.weeks or (10 if args.short else 26)
+
+    def stop_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    print(
+        f"Printernizer usage statistics: the whole system (report schema {contract.CURRENT_SCHEMA_VERSION})"
+    )
+    try:
+        return run(args, installations, weeks)
+    except ServiceFailed as failure:
+        print(f"\nA service did not start: {failure}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("\nStopped.")
+        return 0
+
+
+def run(args: argparse.Namespace, installations: int, weeks: int) -> int:
+    env = clean_environment()
     with contextlib.ExitStack() as stack:
-        data_dir = args.data_dir or Path(
-            stack.enter_context(tempfile.TemporaryDirectory(prefix="stats-demo-"))
+        base = args.data_dir or Path(stack.enter_context(tempfile.TemporaryDirectory(prefix="stats-demo-")))
+        base.mkdir(parents=True, exist_ok=True)
+        base.chmod(0o700)
+        logs, tls, token_file = base / "logs", base / "tls", base / "admin-token"
+        database = f"sqlite:///{base / 'aggregation.db'}"
+        socket_path = base / "run" / "agent.sock"
+        ingest_port, analytics_port = free_port(), free_port()
+        gateway_port = args.gateway_port if port_is_free(args.gateway_port) else free_port()
+        host_app_port = args.host_app_port if port_is_free(args.host_app_port) else free_port()
+        gateway = f"http://127.0.0.1:{gateway_port}"
+        shared = ["--tls-dir", str(tls), "--admin-token-file", str(token_file), "--log-level", "WARNING"]
+        print(f"data directory: {base} (logs in {logs})")
+
+        stack.enter_context(
+            service(
+                "aggregation_server",
+                "aggregation_server",
+                # The simulated fleet sends from this one address: no per-address limit here.
+                [
+                    "--listen",
+                    f"127.0.0.1:{ingest_port}",
+                    "--database-url",
+                    database,
+                    "--peer-calls-per-second",
+                    "0",
+                    *shared,
+                ],
+                logs,
+                grpc_ready(f"localhost:{ingest_port}", tls / "ca.crt"),
+                env,
+            )
         )
-        data_dir.mkdir(parents=True, exist_ok=True)
-        data_dir.chmod(0o700)
-        socket_path = stack.enter_context(running_agent(data_dir))
-        ok = walk_through(socket_path, args.days)
-    print("\nEverything worked." if ok else "\nSomething did not work as expected.")
-    summary(ok, started)
-    return 0 if ok else 1
+        print(f"  aggregation server  https://localhost:{ingest_port} (TLS, CA {tls / 'ca.crt'})")
+        stack.enter_context(
+            service(
+                "analytics_server",
+                "analytics_server",
+                [
+                    "--listen",
+                    f"127.0.0.1:{analytics_port}",
+                    "--database-url",
+                    database,
+                    "--refresh-seconds",
+                    "2",
+                    *shared,
+                ],
+                logs,
+                grpc_ready(f"localhost:{analytics_port}", tls / "ca.crt"),
+                env,
+            )
+        )
+        print(f"  analytics server    https://localhost:{analytics_port} (TLS)")
+        stack.enter_context(
+            service(
+                "stats_agent",
+                "stats_agent",
+                [
+                    "--socket",
+                    str(socket_path),
+                    "--db",
+                    str(base / "agent.db"),
+                    "--timezone",
+                    "Europe/Berlin",
+                    "--server",
+                    f"localhost:{ingest_port}",
+                    "--ca-file",
+                    str(tls / "ca.crt"),
+                    "--log-level",
+                    "WARNING",
+                ],
+                logs,
+                grpc_ready(f"unix:{socket_path}"),
+                env,
+            )
+        )
+        print(f"  stats agent         unix:{socket_path}")
+        stack.enter_context(
+            service(
+                "gateway",
+                "gateway",
+                [
+                    "--listen",
+                    f"127.0.0.1:{gateway_port}",
+                    "--analytics",
+                    f"localhost:{analytics_port}",
+                    "--analytics-ca-file",
+                    str(tls / "ca.crt"),
+                    "--admin-token-file",
+                    str(token_file),
+                    "--agent-socket",
+                    str(socket_path),
+                    "--log-level",
+                    "WARNING",
+                ],
+                logs,
+                http_ready(f"{gateway}/openapi.json"),
+                env,
+            )
+        )
+        print(f"  gateway             {gateway}")
+        stack.enter_context(
+            service(
+                "host_app",
+                "stats_demo.host_app",
+                [
+                    "--listen",
+                    f"127.0.0.1:{host_app_port}",
+                    "--agent-socket",
+                    str(socket_path),
+                    "--privacy-page",
+                    f"{gateway}/privacy",
+                    "--simulate-every",
+                    "1",
+                ],
+                logs,
+                http_ready(f"http://127.0.0.1:{host_app_port}/"),
+                env,
+            )
+        )
+        print(f"  example host app    http://127.0.0.1:{host_app_port}/ (records through the SDK)")
+
+        token = token_file.read_text(encoding="utf-8").strip()
+        print(f"\nAdmin dashboard:  {gateway}/dashboard")
+        print(f"  admin token:    {token}  (from {token_file})")
+        print(f"Privacy page:     {gateway}/privacy  (this installation's agent; sharing is off)")
+
+        plan = FleetPlan(installations, weeks, last_complete_week(dt.datetime.now(dt.UTC)))
+        print(f"\nA simulated fleet of {installations} installations reports {weeks} weeks:")
+        sent = asyncio.run(_report(plan, ingest_port, tls / "ca.crt"))
+        if sent.failed:
+            print(f"  {len(sent.failed)} submission(s) refused, e.g. {sent.failed[0]}")
+
+        fleet = build_fleet(plan)
+        known = sent.sent
+        active = sum(i.first_index <= plan.weeks - 1 <= i.last_index for i in fleet)
+        overview = wait_for_dashboard(gateway, token, known)
+        shown = overview.get("active", {})
+        kinds = [a["kind"].removeprefix("ANOMALY_KIND_").lower() for a in overview.get("anomalies", [])]
+        anomalies = [f"{kind.replace('_', ' ')} x{kinds.count(kind)}" for kind in dict.fromkeys(kinds)]
+        stored = wait_for_local_events(gateway)
+        print(
+            f"\nThe dashboard shows {shown.get('totalKnown')} installations known "
+            f"(the fleet: {known}), {shown.get('activeLastWeek')} active last week (the fleet: {active}); "
+            f"anomalies: {', '.join(anomalies) or 'none'}."
+        )
+        print(f"The example host app has recorded {stored} events in its local agent.")
+        ok = (
+            not sent.failed
+            and shown.get("totalKnown") == str(known)
+            and shown.get("activeLastWeek") == str(active)
+            and bool(anomalies)
+            and stored > 0
+        )
+        print("Everything worked." if ok else "Something did not work as expected (see the logs).")
+        if args.short or not ok:
+            return 0 if ok else 1
+        print("\nPress Ctrl-C to stop.")
+        while True:
+            time.sleep(3600)
+
+
+async def _report(plan: FleetPlan, ingest_port: int, ca_file: Path) -> FleetProgress:
+    uplink = Uplink(f"localhost:{ingest_port}", str(ca_file))
+    try:
+        return await report_fleet(plan, uplink, on_progress=Progress())
+    finally:
+        await uplink.close()
 
 
 if __name__ == "__main__":

@@ -1,32 +1,92 @@
-"""The README's main command works."""
+"""The README's main command: the whole system on embedded defaults, a
+simulated fleet reporting through it, and the dashboard's API showing the
+fleet's numbers (short mode); Ctrl-C stops every service."""
 
 from __future__ import annotations
 
-import json
+import os
+import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+from pathlib import Path
+
+from stats_demo.services import free_port
 
 from .conftest import ROOT
 
+SERVICES = ("aggregation_server", "analytics_server", "stats_agent", "gateway", "host_app")
 
-def test_demo_runs_the_agent_and_everything_works() -> None:
+
+def listening(port: int) -> bool:
+    try:
+        socket.create_connection(("127.0.0.1", port), timeout=2).close()
+    except OSError:
+        return False
+    return True
+
+
+def demo_command(data_dir: Path, *options: str) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "stats_demo",
+        "--data-dir",
+        str(data_dir),
+        "--gateway-port",
+        str(free_port()),
+        "--host-app-port",
+        str(free_port()),
+        *options,
+    ]
+
+
+def test_the_short_demo_shows_the_fleet_on_the_dashboard(tmp_path: Path) -> None:
     result = subprocess.run(
-        [sys.executable, "-m", "stats_demo", "--days", "2"],
+        demo_command(tmp_path / "demo", "--short"),
         cwd=ROOT,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=240,
+        env={**os.environ, "DO_NOT_TRACK": "1"},  # the demo's own agent is not the user's
     )
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     out = result.stdout
+    assert result.returncode == 0, out[-3000:] + result.stderr[-3000:]
     assert "Everything worked." in out
-    assert json.loads(out.strip().splitlines()[-1])["ok"] is True
-    assert "printernizer.stats.v1.IngestService" in out
-    # The preview JSON is printed between its heading and the next section.
-    start = out.index("{", out.index("== 4. Opting in"))
-    end = out.index("== 5. Export")
-    report = json.loads(out[start:end])
-    assert report["installation"]["country"] == "COUNTRY_DE"
-    assert report["usage"]["jobsCreated"] == 1
-    # The exception's message (an IP address) never reaches the report.
-    assert "192.168" not in out[start:end]
+    shown = re.search(
+        r"The dashboard shows (\d+) installations known \(the fleet: (\d+)\), "
+        r"(\d+) active last week \(the fleet: (\d+)\)",
+        out,
+    )
+    assert shown is not None, out
+    assert shown[1] == shown[2] == "40"
+    assert shown[3] == shown[4]
+    assert "version error spike" in out
+    assert re.search(r"The example host app has recorded [1-9]\d* events", out)
+    assert re.search(r"Admin dashboard:  http://127\.0\.0\.1:\d+/dashboard", out)
+    assert re.search(r"Privacy page:     http://127\.0\.0\.1:\d+/privacy", out)
+    for name in SERVICES:  # each service logged to its own file
+        assert (tmp_path / "demo" / "logs" / f"{name}.log").exists(), name
+
+
+def test_ctrl_c_stops_every_service(tmp_path: Path) -> None:
+    command = demo_command(tmp_path / "demo", "--installations", "12", "--weeks", "6")
+    gateway_port = int(command[command.index("--gateway-port") + 1])
+    demo = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert demo.stdout is not None
+    lines: list[str] = []
+    deadline = time.monotonic() + 180
+    for line in demo.stdout:
+        lines.append(line)
+        if "Press Ctrl-C to stop." in line or time.monotonic() > deadline:
+            break
+    assert "Press Ctrl-C to stop.\n" in lines, "".join(lines)
+    assert listening(gateway_port)
+    demo.send_signal(signal.SIGINT)
+    rest, _ = demo.communicate(timeout=60)
+    assert demo.returncode == 0, rest
+    assert "Stopped." in rest
+    assert not listening(gateway_port)  # the gateway is gone
+    assert not (tmp_path / "demo" / "run" / "agent.sock").exists()  # the agent stopped cleanly
