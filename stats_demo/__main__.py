@@ -121,10 +121,12 @@ def main(argv: list[str] | None = None) -> int:
     installations = args.installations or (40 if args.short else 300)
     weeks = args.weeks or (10 if args.short else 26)
 
-    def stop_on_sigterm(_signum: int, _frame: FrameType | None) -> None:
+    def stop_on_signal(_signum: int, _frame: FrameType | None) -> None:
         raise KeyboardInterrupt
 
-    signal.signal(signal.SIGTERM, stop_on_sigterm)
+    # Both stop the demo, even where it was started with SIGINT ignored (a shell's background job).
+    signal.signal(signal.SIGTERM, stop_on_signal)
+    signal.signal(signal.SIGINT, stop_on_signal)
     print(
         f"Printernizer usage statistics: the whole system (report schema {contract.CURRENT_SCHEMA_VERSION})"
     )
@@ -291,11 +293,10 @@ def run(args: argparse.Namespace, installations: int, weeks: int) -> int:
             not sent.failed
             and shown.get("totalKnown") == str(known)
             and shown.get("activeLastWeek") == str(active)
-            and bool(anomalies)
             and stored > 0
         )
         print("Everything worked." if ok else "Something did not work as expected (see the logs).")
-        if args.short or not ok:
+        if args.short:
             return 0 if ok else 1
         print("\nPress Ctrl-C to stop.")
         while True:
