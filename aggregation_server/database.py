@@ -8,13 +8,15 @@ while migrations use psycopg; aioodbc on pyodbc for SQL Server).
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
 from alembic import command
 from alembic.config import Config
-from sqlalchemy import create_engine, event
+from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -80,3 +82,14 @@ def enable_sqlite_foreign_keys(connection: Any, _record: Any) -> None:
     cursor = connection.cursor()
     cursor.execute("PRAGMA foreign_keys = ON")
     cursor.close()
+
+
+async def database_answers(engine: AsyncEngine, timeout: float = 3.0) -> bool:
+    """Whether the database answers a trivial query within `timeout`: the
+    servers' readiness (their gRPC health turns NOT_SERVING while it does not)."""
+    try:
+        async with asyncio.timeout(timeout), engine.connect() as connection:
+            await connection.execute(text("SELECT 1"))
+    except Exception:  # any failure to answer means "not ready"; the cause is the database's
+        return False
+    return True

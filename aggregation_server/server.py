@@ -18,10 +18,10 @@ from printernizer.stats.v1 import (
 
 from stats_common.admin import RequireAdminToken
 from stats_common.interceptors import RejectUndecodableRequests
-from stats_common.serving import serve_tls
+from stats_common.serving import READINESS_SECONDS, serve_tls
 from stats_common.tls import TlsFiles
 
-from .database import upgrade
+from .database import database_answers, upgrade
 from .ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
 from .servicer import CallLimiter, IngestAdminServicer, IngestServicer
 from .storage import IngestStore
@@ -48,6 +48,7 @@ class ServerConfig:
     peer_calls_per_second: float = 5.0
     global_calls_per_second: float = 2000.0
     migrate: bool = True
+    readiness_seconds: float = READINESS_SECONDS  # how often health checks the database
 
     def limiter(self) -> CallLimiter:
         return CallLimiter(
@@ -107,6 +108,8 @@ async def serve(
             stop=stop,
             on_ready=on_ready,
             jobs=[(RETENTION_INTERVAL_SECONDS, purge, "retention")],
+            ready=lambda: database_answers(store.engine),
+            readiness_seconds=config.readiness_seconds,
         )
     finally:
         await store.close()

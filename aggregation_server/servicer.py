@@ -16,6 +16,7 @@ from collections.abc import Awaitable, Callable
 from typing import NoReturn, TypeVar
 
 import grpc
+import sqlalchemy.exc
 from printernizer.stats.v1 import (
     ingest_admin_service_pb2,
     ingest_admin_service_pb2_grpc,
@@ -30,6 +31,9 @@ from .ingest import Ingest
 from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated
 
 log = logging.getLogger(__name__)
+
+# When a caller should try again after the database did not answer.
+DATABASE_RETRY = dt.timedelta(seconds=30)
 
 Response = TypeVar("Response")
 
@@ -153,9 +157,36 @@ async def _answer(context: Context, call: Callable[[], Awaitable[Response]], wha
         return await call()
     except Refused as exc:
         await _refuse(context, exc)
-    except Exception:
-        log.exception("%s failed", what)
-        await errors.internal(context)
+    except Exception as exc:
+        if not database_unreachable(exc):
+            log.exception("%s failed", what)
+            await errors.internal(context)
+        # Nothing was stored (the transaction did not commit): the caller retries.
+        log.warning("%s: the database is not answering (%s)", what, type(exc).__name__)
+        await errors.unavailable(context, "the database is not answering; try again later", DATABASE_RETRY)
+
+
+# PostgreSQL's SQLSTATEs of a database that cannot be reached for now: connection
+# exceptions (08), insufficient resources (53), operator intervention such as a
+# shutdown or a start in progress (57P), and not accepting connections (55000).
+UNREACHABLE_SQLSTATES = ("08", "53", "57P", "55000")
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """A failure to reach the database (down, restarting, connection lost or
+    timed out), as opposed to a bug."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        if exc.connection_invalidated or sqlstate.startswith(UNREACHABLE_SQLSTATES):
+            return True
+    return isinstance(
+        exc,
+        sqlalchemy.exc.OperationalError
+        | sqlalchemy.exc.InterfaceError
+        | sqlalchemy.exc.TimeoutError
+        | OSError
+        | TimeoutError,
+    )
 
 
 async def _refuse(context: Context, exc: Refused) -> NoReturn:

@@ -12,10 +12,10 @@ import grpc
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 from sqlalchemy.ext.asyncio import create_async_engine
 
-from aggregation_server.database import async_url, upgrade
+from aggregation_server.database import async_url, database_answers, upgrade
 from stats_common.admin import RequireAdminToken
 from stats_common.interceptors import RejectUndecodableRequests
-from stats_common.serving import Job, serve_tls
+from stats_common.serving import READINESS_SECONDS, Job, serve_tls
 from stats_common.tls import TlsFiles
 
 from .queries import Analytics, last_complete_week
@@ -41,6 +41,7 @@ class ServerConfig:
     # E-mail reports are sent only when configured.
     mail: MailConfig | None = None
     migrate: bool = True
+    readiness_seconds: float = READINESS_SECONDS  # how often health checks the database
 
 
 async def serve(
@@ -80,6 +81,8 @@ async def serve(
             stop=stop,
             on_ready=on_ready,
             jobs=jobs,
+            ready=lambda: database_answers(engine),
+            readiness_seconds=config.readiness_seconds,
         )
     finally:
         await engine.dispose()

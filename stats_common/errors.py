@@ -50,8 +50,13 @@ async def failed_precondition(context: Context, message: str) -> NoReturn:
     await _abort(context, code_pb2.FAILED_PRECONDITION, message)
 
 
-async def unavailable(context: Context, message: str) -> NoReturn:
-    await _abort(context, code_pb2.UNAVAILABLE, message)
+async def unavailable(context: Context, message: str, retry_after: dt.timedelta | None = None) -> NoReturn:
+    """UNAVAILABLE (try again), with the delay after which a retry may succeed when known."""
+    if retry_after is None:
+        await _abort(context, code_pb2.UNAVAILABLE, message)
+    delay = error_details_pb2.RetryInfo()
+    delay.retry_delay.FromTimedelta(retry_after)
+    await _abort(context, code_pb2.UNAVAILABLE, message, delay)
 
 
 async def internal(context: Context) -> NoReturn:

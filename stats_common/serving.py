@@ -19,6 +19,8 @@ log = logging.getLogger(__name__)
 # How long a periodic job may take to finish once the server stops.
 JOB_STOP_TIMEOUT_SECONDS = 60
 GRACE_SECONDS = 5
+# How often readiness (the database answering) is checked.
+READINESS_SECONDS = 5.0
 
 Job = Callable[[], Awaitable[object]]
 
@@ -45,11 +47,17 @@ async def serve_tls(
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
     jobs: Sequence[tuple[float, Job, str]] = (),
+    ready: Callable[[], Awaitable[bool]] | None = None,
+    readiness_seconds: float = READINESS_SECONDS,
 ) -> None:
     """Add health checking and reflection for `services`, serve over TLS on
     `listen`, run the periodic `jobs` (interval, job, name), and stop on
     SIGTERM/SIGINT or `stop`: NOT_SERVING first, calls in flight get a grace
-    period, jobs end at their next turn."""
+    period, jobs end at their next turn.
+
+    With `ready` (is the database answering?), health follows it: checked
+    every `readiness_seconds`, NOT_SERVING while it is False, so a load
+    balancer sends nothing to a server that cannot store."""
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -66,7 +74,12 @@ async def serve_tls(
     for signum in (signal.SIGTERM, signal.SIGINT):
         with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
             loop.add_signal_handler(signum, stop.set)
-    running = [asyncio.create_task(every(seconds, job, name, stop)) for seconds, job, name in jobs]
+    all_jobs = list(jobs)
+    if ready is not None:
+        all_jobs.append(
+            (readiness_seconds, _follow_readiness(ready, health_servicer, services, what), "readiness")
+        )
+    running = [asyncio.create_task(every(seconds, job, name, stop)) for seconds, job, name in all_jobs]
     try:
         await stop.wait()
     finally:
@@ -83,3 +96,31 @@ async def serve_tls(
         for signum in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError, ValueError):
                 loop.remove_signal_handler(signum)
+
+
+def _follow_readiness(
+    ready: Callable[[], Awaitable[bool]],
+    health_servicer: health.aio.HealthServicer,
+    services: Sequence[str],
+    what: str,
+) -> Job:
+    serving = [True]
+
+    async def check() -> None:
+        now_ready = await ready()
+        if now_ready == serving[0]:
+            return
+        serving[0] = now_ready
+        status = (
+            health_pb2.HealthCheckResponse.SERVING
+            if now_ready
+            else health_pb2.HealthCheckResponse.NOT_SERVING
+        )
+        if now_ready:
+            log.warning("%s: the database answers again; serving", what)
+        else:
+            log.warning("%s: the database does not answer; NOT_SERVING until it does", what)
+        for name in ("", *services):
+            await health_servicer.set(name, status)
+
+    return check
