@@ -2,16 +2,21 @@
 
 Serves the IngestService over TLS. Without --tls-cert/--tls-key it makes its own
 CA and server certificate (under --tls-dir) and prints where the CA is, for
-agents to trust. Database migrations are applied at start.
+agents to trust. Database migrations are applied at start (--migrations
+apply), or only applied (only: then it exits), or left to such a run (skip:
+for replicas started after it).
 """
 
 from __future__ import annotations
 
 import sys
 
+from sqlalchemy.exc import SQLAlchemyError
+
 from stats_common.cli import EnvArgumentParser, host_port, non_negative_float, positive_int, user_data_dir
 from stats_common.startup import add_tls_and_admin_options, prepare_database_url, run, start
 
+from .database import current_revision, upgrade
 from .server import ServerConfig, serve
 
 
@@ -54,12 +59,21 @@ def build_parser() -> EnvArgumentParser:
         type=non_negative_float,
         metavar="RATE",
     )
+    parser.add_env_option(
+        "--migrations",
+        help="apply the database migrations at start (apply), apply them and exit (only), or not (skip)",
+        default="apply",
+        choices=["apply", "only", "skip"],
+    )
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args, tls, admin_token = start(build_parser(), argv)
+    parser = build_parser()
+    if parser.parse_args(argv).migrations == "only":
+        return apply_migrations(parser, argv)
+    args, tls, admin_token = start(parser, argv)
     config = ServerConfig(
         args.listen,
         prepare_database_url(args.database_url),
@@ -68,8 +82,24 @@ def main(argv: list[str] | None = None) -> int:
         admin_token=admin_token,
         peer_calls_per_second=args.peer_calls_per_second,
         global_calls_per_second=args.global_calls_per_second,
+        migrate=args.migrations == "apply",
     )
     return run("aggregation_server", serve(config))
+
+
+def apply_migrations(parser: EnvArgumentParser, argv: list[str] | None) -> int:
+    """Bring the database to the current schema and say so; one line on failure."""
+    args = parser.parse_args(argv)
+    url = prepare_database_url(args.database_url)
+    try:
+        upgrade(url)
+        revision = current_revision(url)
+    except SQLAlchemyError as exc:
+        first_line = str(exc).splitlines()[0]
+        print(f"{parser.prog}: the migrations failed: {first_line}", file=sys.stderr)
+        return 1
+    print(f"{parser.prog}: the database is at schema revision {revision}")
+    return 0
 
 
 if __name__ == "__main__":

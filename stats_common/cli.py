@@ -32,6 +32,7 @@ class EnvArgumentParser(argparse.ArgumentParser):
         type: Callable[[str], Any] = str,
         env: str | None = None,
         metavar: str | None = None,
+        choices: list[str] | None = None,
     ) -> None:
         """Add `--flag VALUE`, defaulting to $PREFIX_FLAG, then to `default`."""
         name = env or self.env_prefix + flag.lstrip("-").upper().replace("-", "_")
@@ -41,11 +42,14 @@ class EnvArgumentParser(argparse.ArgumentParser):
             value = type(raw) if raw else default
         except (ValueError, argparse.ArgumentTypeError) as exc:
             self.error(f"environment variable {name}={raw!r} is invalid: {exc}")
+        if choices is not None and value not in choices:
+            self.error(f"environment variable {name}={raw!r} is invalid: choose from {', '.join(choices)}")
         self.add_argument(
             flag,
             default=value,
             type=type,
             metavar=metavar,
+            choices=choices,
             help=f"{help} [env: {name}; default: {default}]",
         )
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import signal
 import subprocess
 import sys
@@ -53,8 +54,10 @@ class ServerProcess:
             await asyncio.sleep(0.05)
 
 
-def start_server(base: Path, database_url: str, name: str) -> ServerProcess:
-    port = free_port()
+def start_server(
+    base: Path, database_url: str, name: str, port: int | None = None, extra: tuple[str, ...] = ()
+) -> ServerProcess:
+    port = port or free_port()
     log_path = base / f"{name}.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -70,6 +73,7 @@ def start_server(base: Path, database_url: str, name: str) -> ServerProcess:
                 str(base / "tls"),
                 "--admin-token-file",
                 str(base / "admin-token"),
+                *extra,
             ],
             cwd=ROOT,
             stdin=subprocess.DEVNULL,
@@ -166,3 +170,84 @@ async def test_the_server_stops_cleanly_on_a_signal(tmp_path: Path, signum: int)
     assert code == 0, server.log()
     assert "Traceback" not in server.log()
     assert count_reports(database_url) == 1  # what was accepted is kept
+
+
+def established_connections(pid: int, port: int) -> int:
+    """TCP connections to `port` that process `pid` holds open (from /proc)."""
+    inodes = set()
+    for fd in Path(f"/proc/{pid}/fd").iterdir():
+        with contextlib.suppress(OSError):
+            target = os.readlink(fd)
+            if target.startswith("socket:["):
+                inodes.add(target[len("socket:[") : -1])
+    count = 0
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        for row in Path(table).read_text().splitlines()[1:]:
+            columns = row.split()
+            local_port = int(columns[1].rsplit(":", 1)[1], 16)
+            if local_port == port and columns[3] == "01" and columns[9] in inodes:  # 01: ESTABLISHED
+                count += 1
+    return count
+
+
+async def test_processes_behind_one_address_share_the_work(tmp_path: Path) -> None:
+    with databases.fresh_postgres_database() as database_url:
+        migrate = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "aggregation_server",
+                "--migrations",
+                "only",
+                "--database-url",
+                database_url,
+            ],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert migrate.returncode == 0, migrate.stderr
+        assert "schema revision" in migrate.stdout
+        # Two processes listen on one address (the kernel spreads connections
+        # between them: SO_REUSEPORT, which gRPC sets) and leave migrations alone.
+        port = free_port()
+        ensure_self_made(tmp_path / "tls")
+        started = [
+            start_server(tmp_path, database_url, f"server{i}", port=port, extra=("--migrations", "skip"))
+            for i in range(2)
+        ]
+        try:
+            await asyncio.gather(*(s.wait_until_serving() for s in started))
+            credentials = grpc.ssl_channel_credentials(
+                root_certificates=(tmp_path / "tls" / "ca.crt").read_bytes()
+            )
+            # Each installation on its own connection, all kept open.
+            channels = [grpc.aio.secure_channel(f"localhost:{port}", credentials) for _ in range(24)]
+            installations = [Installation(uuid.uuid4().bytes) for _ in channels]
+            for channel, agent in zip(channels, installations, strict=True):
+                stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+                await stub.SubmitReports(agent.submission(report_of(agent, W46)), timeout=TIMEOUT)
+            shares = [established_connections(s.process.pid, port) for s in started]
+            assert sum(shares) == len(channels)
+            assert min(shares) > 0, shares  # both processes took connections
+            for channel in channels:
+                await channel.close()
+            assert count_reports(database_url) == len(installations)
+
+            # One process stops: the address still serves, from the other.
+            started[0].process.send_signal(signal.SIGTERM)
+            assert await asyncio.to_thread(started[0].process.wait, 20) == 0
+            late = Installation(uuid.uuid4().bytes)
+            async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
+                stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
+                await stub.SubmitReports(late.submission(report_of(late, W46)), timeout=TIMEOUT)
+            assert count_reports(database_url) == len(installations) + 1
+        finally:
+            for server in started:
+                if server.process.poll() is None:
+                    server.process.kill()
+                    server.process.wait(10)
+        for server in started:
+            assert "Traceback" not in server.log()
+            assert "migrat" not in server.log().lower()  # --migrations skip
