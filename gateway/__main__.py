@@ -57,7 +57,8 @@ def build_parser() -> EnvArgumentParser:
     )
     parser.add_env_option(
         "--admin-token-file",
-        help="file holding the admin token that the statistics API needs (the servers' file)",
+        help="file holding the admin token that the statistics API needs (the servers' file; "
+        "empty: no statistics API or dashboard, e.g. beside one installation)",
         default=str(user_data_dir() / "admin-token"),
         metavar="PATH",
     )
@@ -70,15 +71,21 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(
         level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
+    analytics = None
     try:
-        token = read_token_file(Path(args.admin_token_file).expanduser())
-        ca = Path(args.analytics_ca_file).expanduser().read_bytes() if args.analytics_ca_file else None
+        if args.admin_token_file:
+            token = read_token_file(Path(args.admin_token_file).expanduser())
+            ca = Path(args.analytics_ca_file).expanduser().read_bytes() if args.analytics_ca_file else None
+            analytics = Analytics(args.analytics, ca, token)
     except (OSError, AdminTokenError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
-    host, _, port = args.listen.rpartition(":")
     agent = Agent(args.agent_socket) if args.agent_socket else None
-    app = create_app(Analytics(args.analytics, ca, token), agent)
+    if analytics is None and agent is None:
+        print("gateway: nothing to serve: set --admin-token-file, --agent-socket or both", file=sys.stderr)
+        return 1
+    host, _, port = args.listen.rpartition(":")
+    app = create_app(analytics, agent)
     uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level=args.log_level.lower())
     return 0
 

@@ -31,13 +31,15 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def create_app(analytics: Analytics, agent: Agent | None = None) -> FastAPI:
-    """The statistics API over `analytics`; with `agent`, also the local privacy API."""
+def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastAPI:
+    """The statistics API and the dashboard over `analytics`, and the local
+    privacy API and its page over `agent`: either may be left out."""
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
         yield
-        await analytics.close()
+        if analytics is not None:
+            await analytics.close()
         if agent is not None:
             await agent.close()
 
@@ -51,11 +53,12 @@ def create_app(analytics: Analytics, agent: Agent | None = None) -> FastAPI:
         docs_url=None,
         redoc_url=None,
     )
-    app.include_router(stats_router(analytics))
+    if analytics is not None:
+        app.include_router(stats_router(analytics))
     if agent is not None:
         app.include_router(usage_router(agent))
     install_error_handlers(app)
-    install_pages(app, privacy_page=agent is not None)
+    install_pages(app, dashboard=analytics is not None, privacy_page=agent is not None)
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, corrected to what the gateway answers: a bad

@@ -25,17 +25,20 @@ PLOTLY_JS = Path(str(files("plotly") / "package_data" / "plotly.min.js"))
 STATIC_PREFIX = "/static"
 
 
-def install_pages(app: FastAPI, privacy_page: bool) -> None:
-    """The dashboard, the privacy page when `privacy_page`, and their assets."""
+def install_pages(app: FastAPI, dashboard: bool, privacy_page: bool) -> None:
+    """The dashboard when `dashboard`, the privacy page when `privacy_page`,
+    and their assets; `/` leads to the first of them."""
     router = APIRouter(include_in_schema=False)
 
     @router.get("/")
     async def home() -> RedirectResponse:
-        return RedirectResponse("/dashboard")
+        return RedirectResponse("/dashboard" if dashboard else "/privacy")
 
-    @router.get("/dashboard")
-    async def dashboard() -> FileResponse:
-        return FileResponse(WEB / "dashboard.html")
+    if dashboard:
+
+        @router.get("/dashboard")
+        async def dashboard_page() -> FileResponse:
+            return FileResponse(WEB / "dashboard.html")
 
     if privacy_page:
 

@@ -40,7 +40,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 async def running_gateway(
-    analytics: Analytics, agent: Agent | None = None
+    analytics: Analytics | None, agent: Agent | None = None
 ) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     """The gateway on a real port (uvicorn), in this process."""
     port = free_port()

@@ -109,6 +109,23 @@ async def test_without_an_agent_there_is_no_privacy_page_or_api() -> None:
     assert dashboard == 200
 
 
+async def test_beside_one_installation_only_the_privacy_side_is_served(agent: RunningAgent) -> None:
+    http, task, url = await running_gateway(None, Agent(str(agent.socket_path)))
+    try:
+        async with httpx.AsyncClient(base_url=url, timeout=10) as client:
+            home = await client.get("/")
+            served = [(await client.get(path)).status_code for path in ("/privacy", f"{BASE}/local")]
+            absent = [
+                (await client.get(path)).status_code for path in ("/dashboard", "/api/v1/stats/overview")
+            ]
+    finally:
+        http.should_exit = True
+        await asyncio.wait_for(task, 30)
+    assert home.headers["location"] == "/privacy"
+    assert served == [200, 200]
+    assert absent == [404, 404]
+
+
 async def test_an_agent_that_is_down_is_503() -> None:
     unused = Analytics(f"localhost:{free_port()}", None, "t" * 40)
     http, task, url = await running_gateway(unused, Agent("/nonexistent/agent.sock"))

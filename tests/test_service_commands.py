@@ -126,3 +126,24 @@ def test_unusable_settings_are_one_clear_line(tmp_path: Path) -> None:
     )
     assert no_mail_host.returncode == 2
     assert "need --smtp-host" in no_mail_host.stderr
+    nothing = subprocess.run(
+        [sys.executable, "-m", "gateway", "--admin-token-file", "", "--agent-socket", ""],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert nothing.returncode == 1
+    assert (
+        nothing.stderr.strip() == "gateway: nothing to serve: set --admin-token-file, --agent-socket or both"
+    )
+    migrations = subprocess.run(
+        [sys.executable, "-m", "aggregation_server", "--migrations", "only", "--database-url", "postgresql:"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert migrations.returncode == 1
+    assert migrations.stderr.startswith("aggregation_server: the migrations failed:")
+    assert len(migrations.stderr.strip().splitlines()) == 1
