@@ -38,6 +38,12 @@ def add_tls_and_admin_options(parser: EnvArgumentParser, admin_help: str) -> Non
         metavar="DIR",
     )
     parser.add_env_option(
+        "--tls-names",
+        help="host names the self-made certificate is also valid for, comma-separated (besides localhost)",
+        default="",
+        metavar="NAMES",
+    )
+    parser.add_env_option(
         "--admin-token-file",
         help=f"file holding the admin bearer token {admin_help}; made on first start when missing",
         default=str(user_data_dir() / "admin-token"),
@@ -71,7 +77,8 @@ def tls_and_admin_token(parser: argparse.ArgumentParser, args: argparse.Namespac
         if args.tls_cert:
             tls = given_files(Path(args.tls_cert), Path(args.tls_key))
         else:
-            tls = ensure_self_made(Path(args.tls_dir).expanduser())
+            names = [name.strip() for name in args.tls_names.split(",") if name.strip()]
+            tls = ensure_self_made(Path(args.tls_dir).expanduser(), names=names)
             print(
                 f"{parser.prog}: self-made TLS; clients trust the CA at {tls.ca_certificate}", file=sys.stderr
             )

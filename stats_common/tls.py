@@ -11,6 +11,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -57,11 +58,24 @@ def _pem(key: ec.EllipticCurvePrivateKey) -> bytes:
     )
 
 
-def ensure_self_made(directory: Path, now: dt.datetime | None = None) -> TlsFiles:
-    """The CA and server certificate in `directory`, made on first use."""
+def _certificate_names(path: Path) -> set[str]:
+    certificate = x509.load_pem_x509_certificate(path.read_bytes())
+    try:
+        names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    except x509.ExtensionNotFound:
+        return set()
+    return set(names.get_values_for_type(x509.DNSName))
+
+
+def ensure_self_made(directory: Path, now: dt.datetime | None = None, names: Sequence[str] = ()) -> TlsFiles:
+    """The CA and server certificate in `directory`, made on first use. The
+    certificate is valid for localhost and for `names` (host names the server
+    is reached by, e.g. a container's service name); when an existing one
+    lacks any of them, new material is made (the CA's key is never kept)."""
     ca_path = directory / "ca.crt"
     files = TlsFiles(directory / "server.crt", directory / "server.key", ca_path)
-    if files.certificate.exists() and files.private_key.exists() and ca_path.exists():
+    existing = files.certificate.exists() and files.private_key.exists() and ca_path.exists()
+    if existing and set(names) <= _certificate_names(files.certificate):
         return files
     now = now or dt.datetime.now(dt.UTC)
     directory.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -87,7 +101,8 @@ def ensure_self_made(directory: Path, now: dt.datetime | None = None) -> TlsFile
         .sign(ca_key, hashes.SHA256())
     )  # fmt: skip
     server_key = ec.generate_private_key(ec.SECP256R1())
-    alternative_names: list[x509.GeneralName] = [x509.DNSName(name) for name in LOCAL_NAMES]
+    dns_names = list(dict.fromkeys([*LOCAL_NAMES, *names]))
+    alternative_names: list[x509.GeneralName] = [x509.DNSName(name) for name in dns_names]
     alternative_names += [x509.IPAddress(ipaddress.ip_address(a)) for a in LOCAL_ADDRESSES]
     server_certificate = (
         x509.CertificateBuilder()

@@ -83,6 +83,18 @@ def test_analytics_server_and_gateway_serve_and_stop(tmp_path: Path) -> None:
         assert overview.json()["minGroupSize"] == 5
         assert httpx.get(f"{url}/api/v1/stats/overview").status_code == 401
         assert httpx.get(f"{url}/api/v1/usage-stats/local").status_code == 404  # --agent-socket "": off
+
+        # The health command containers and scripts use.
+        def health(*options: str) -> subprocess.CompletedProcess[str]:
+            command = [sys.executable, "-m", "stats_common.health", f"localhost:{analytics_port}", *options]
+            return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
+
+        assert (health("--ca-file", str(ca)).returncode, health("--ca-file", str(ca)).stdout) == (
+            0,
+            "SERVING\n",
+        )
+        assert health("--ca-file", str(ca), "--server-name", "analytics").returncode == 1  # not its name
+        assert health().returncode == 1  # TLS only
     finally:
         if gateway is not None:
             # uvicorn shuts down gracefully, then ends by the signal it caught
