@@ -43,16 +43,23 @@ def is_serving(
     return reply.status == health_pb2.HealthCheckResponse.SERVING
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m stats_common.health TARGET`: exit 0 when the server answers
-    SERVING, 1 otherwise (for container health checks and scripts)."""
-    parser = argparse.ArgumentParser(prog="python -m stats_common.health", description=main.__doc__)
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m stats_common.health",
+        description="Exit 0 when the server answers SERVING, 1 otherwise (for health checks and scripts).",
+    )
     parser.add_argument("target", help="HOST:PORT of a TLS server, or unix:PATH of an agent's socket")
     parser.add_argument("--ca-file", help="CA certificate to verify a TLS server with (else: plaintext)")
     parser.add_argument("--server-name", help="the name the server's certificate is checked against")
     parser.add_argument("--service", default="", help="a service's full name (default: the whole server)")
     parser.add_argument("--timeout", type=float, default=3.0, help="seconds to wait for the answer")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m stats_common.health TARGET`: exit 0 when the server answers
+    SERVING, 1 otherwise."""
+    args = build_parser().parse_args(argv)
     credentials = None
     options: list[tuple[str, str]] = []
     if args.ca_file:

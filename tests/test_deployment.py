@@ -1,0 +1,213 @@
+"""The deployment files (deploy/) agree with the services: every flag and
+environment variable they set exists and its value is accepted, the ports
+line up, and the container recipe copies every package. (No container engine
+runs here, so the files are checked by parsing them.)"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import shlex
+import tomllib
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from aggregation_server.__main__ import build_parser as aggregation_parser
+from analytics_server.__main__ import build_parser as analytics_parser
+from gateway.__main__ import build_parser as gateway_parser
+from stats_agent.__main__ import build_parser as agent_parser
+from stats_common.cli import EnvArgumentParser
+from stats_common.health import build_parser as health_parser
+
+from .conftest import ROOT
+
+DEPLOY = ROOT / "deploy"
+PARSERS: dict[str, Callable[[], EnvArgumentParser]] = {
+    "stats_agent": agent_parser,
+    "aggregation_server": aggregation_parser,
+    "analytics_server": analytics_parser,
+    "gateway": gateway_parser,
+}
+IMAGE_ENVIRONMENT = {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "XDG_DATA_HOME"}
+
+
+def known_environment_variables() -> set[str]:
+    return {name for build in PARSERS.values() for name in build().environment_variables.values()}
+
+
+def accepts(
+    module: str, arguments: list[str], environment: dict[str, str], monkeypatch: Any
+) -> argparse.Namespace:
+    """Parse as the service would, with `environment` set: its values must be accepted too."""
+    parser = PARSERS[module]
+    known = set(parser().environment_variables.values())
+    unknown = set(environment) - known
+    assert not unknown, f"{module} has no such environment variables: {unknown}"
+    flags = {a.split("=", 1)[0] for a in arguments if a.startswith("--")}
+    assert flags <= set(parser().environment_variables), f"{module} has no such flags: {flags}"
+    with monkeypatch.context() as patch:
+        for name in known:
+            patch.delenv(name, raising=False)
+        for name, value in environment.items():
+            patch.setenv(name, value)
+        try:
+            return parser().parse_args(arguments)
+        except SystemExit as exc:
+            raise AssertionError(f"{module} refuses {arguments} with {environment}") from exc
+
+
+def interpolated(value: Any) -> str:
+    """Compose's ${NAME...} with a stand-in value."""
+    return re.sub(r"\$\{(\w+)[^}]*\}", lambda m: f"example-{m.group(1).lower()}", str(value))
+
+
+def compose() -> dict[str, Any]:
+    loaded: dict[str, Any] = yaml.safe_load((DEPLOY / "compose.yaml").read_text())
+    return loaded
+
+
+def stats_services() -> Iterator[tuple[str, dict[str, Any]]]:
+    for name, service in compose()["services"].items():
+        if service.get("image", "").startswith("printernizer-stats"):
+            yield name, service
+
+
+def containerfile_env() -> dict[str, str]:
+    text = (DEPLOY / "Containerfile").read_text().replace("\\\n", " ")
+    found: dict[str, str] = {}
+    for line in text.splitlines():
+        if line.startswith("ENV "):
+            for pair in shlex.split(line[4:]):
+                name, _, value = pair.partition("=")
+                found[name] = value
+    return found
+
+
+def test_the_compose_services_run_real_commands_with_real_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = dict(stats_services())
+    assert {"migrate", "aggregation", "analytics", "gateway"} <= set(services)
+    image_env = {k: v for k, v in containerfile_env().items() if k not in IMAGE_ENVIRONMENT}
+    for name, service in services.items():
+        module, *arguments = service["command"]
+        environment = {k: interpolated(v) for k, v in service.get("environment", {}).items()}
+        own = {k: v for k, v in image_env.items() if k in PARSERS[module]().environment_variables.values()}
+        args = accepts(module, [interpolated(a) for a in arguments], {**own, **environment}, monkeypatch)
+        for container_port in [str(p).rsplit(":", 1)[-1] for p in service.get("ports", [])]:
+            assert args.listen.endswith(f":{container_port}"), (name, args.listen, container_port)
+        check = service.get("healthcheck", {}).get("test")
+        if check:
+            assert check[:4] == ["CMD", "python", "-m", "stats_common.health"], name
+            health = health_parser().parse_args([interpolated(a) for a in check[4:]])
+            assert health.target.endswith(args.listen.rsplit(":", 1)[1]), (name, health.target)
+
+
+def test_the_compose_file_wires_the_services_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    services = dict(stats_services())
+    migrate = services["migrate"]
+    assert migrate["command"][1:] == ["--migrations", "only"]
+    for name in ("aggregation", "analytics"):
+        assert services[name]["depends_on"]["migrate"]["condition"] == "service_completed_successfully"
+    assert services["aggregation"]["environment"]["AGGREGATION_SERVER_MIGRATIONS"] == "skip"
+    urls = {
+        interpolated(services[name]["environment"][variable])
+        for name, variable in (
+            ("migrate", "AGGREGATION_SERVER_DATABASE_URL"),
+            ("aggregation", "AGGREGATION_SERVER_DATABASE_URL"),
+            ("analytics", "ANALYTICS_SERVER_DATABASE_URL"),
+        )
+    }
+    assert len(urls) == 1, urls  # one database
+    assert urls.pop().startswith("postgresql://")
+    # The gateway reaches the analytics server by its service name, and the
+    # analytics server's self-made certificate is valid for that name.
+    analytics_env = services["analytics"]["environment"]
+    gateway_env = services["gateway"]["environment"]
+    assert gateway_env["STATS_GATEWAY_ANALYTICS"] == "analytics:50444"
+    assert "analytics" in analytics_env["ANALYTICS_SERVER_TLS_NAMES"].split(",")
+    assert (
+        gateway_env["STATS_GATEWAY_ANALYTICS_CA_FILE"]
+        == analytics_env["ANALYTICS_SERVER_TLS_DIR"] + "/ca.crt"
+    )
+    tokens = {
+        services["aggregation"]["environment"]["AGGREGATION_SERVER_ADMIN_TOKEN_FILE"],
+        analytics_env["ANALYTICS_SERVER_ADMIN_TOKEN_FILE"],
+        gateway_env["STATS_GATEWAY_ADMIN_TOKEN_FILE"],
+    }
+    assert len(tokens) == 1, tokens  # one admin token
+    assert services["gateway"]["command"] == ["gateway", "--agent-socket", ""]  # no local agent there
+    secrets = set(compose()["secrets"])
+    for name, service in services.items():
+        assert set(service.get("secrets", [])) <= secrets, name
+        for value in service.get("environment", {}).values():
+            if str(value).startswith("/run/secrets/"):
+                assert str(value).removeprefix("/run/secrets/") in service["secrets"], (name, value)
+
+
+def test_the_container_recipe_copies_every_package_and_exposes_the_listen_ports() -> None:
+    recipe = (DEPLOY / "Containerfile").read_text()
+    copied = set(re.findall(r"^COPY (\S+) \./\1$", recipe, flags=re.MULTILINE))
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
+    assert packages - {"printernizer"} <= copied, "a package the image would lack"
+    assert "gen" in copied  # where the printernizer package lives
+    environment = containerfile_env()
+    assert set(environment) - IMAGE_ENVIRONMENT <= known_environment_variables()
+    listen_ports = {v.rsplit(":", 1)[1] for k, v in environment.items() if k.endswith("_LISTEN")}
+    exposed = set(re.search(r"^EXPOSE (.+)$", recipe, flags=re.MULTILINE)[1].split())  # type: ignore[index]
+    assert listen_ports == exposed
+    assert 'ENTRYPOINT ["python", "-m"]' in recipe
+    assert re.search(r'^CMD \["(\w+)"\]$', recipe, flags=re.MULTILINE)[1] in PARSERS  # type: ignore[index]
+
+
+def systemd_unit(name: str) -> dict[str, list[str]]:
+    """Section.Key -> values (a key may repeat, as Environment= does)."""
+    values: dict[str, list[str]] = {}
+    section = ""
+    for line in (DEPLOY / "systemd" / name).read_text().splitlines():
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        if line.startswith("["):
+            section = line.strip("[]")
+            continue
+        key, _, value = line.partition("=")
+        values.setdefault(f"{section}.{key}", []).append(value)
+    return values
+
+
+def unit_command(unit: dict[str, list[str]]) -> tuple[str, list[str], dict[str, str]]:
+    command = shlex.split(unit["Service.ExecStart"][0])
+    assert command[0].endswith("/python")
+    assert command[1] == "-m"
+    environment = dict(v.split("=", 1) for v in unit.get("Service.Environment", []))
+    return command[2], command[3:], environment
+
+
+@pytest.mark.parametrize("name", ["printernizer-stats-agent.service", "printernizer-stats-gateway.service"])
+def test_the_systemd_units_run_real_commands_with_real_settings(
+    name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    unit = systemd_unit(name)
+    module, arguments, environment = unit_command(unit)
+    accepts(module, arguments, environment, monkeypatch)
+    assert unit["Service.KillSignal"] == ["SIGTERM"]  # the services stop cleanly on it
+    assert unit["Install.WantedBy"] == ["multi-user.target"]
+
+
+def test_the_local_units_share_one_socket_and_keep_it_private(monkeypatch: pytest.MonkeyPatch) -> None:
+    agent = systemd_unit("printernizer-stats-agent.service")
+    gateway = systemd_unit("printernizer-stats-gateway.service")
+    _, _, agent_env = unit_command(agent)
+    _, gateway_args, gateway_env = unit_command(gateway)
+    socket = Path(agent_env["STATS_AGENT_SOCKET"])
+    assert gateway_env["STATS_GATEWAY_AGENT_SOCKET"] == str(socket)
+    assert socket.parent == Path("/run") / agent["Service.RuntimeDirectory"][0]
+    assert int(agent["Service.RuntimeDirectoryMode"][0], 8) & 0o007 == 0  # no access for others
+    assert Path(agent_env["STATS_AGENT_DB"]).parent == Path("/var/lib") / agent["Service.StateDirectory"][0]
+    parsed = accepts("gateway", gateway_args, gateway_env, monkeypatch)
+    assert parsed.admin_token_file == ""  # the statistics side is off beside one installation
+    assert parsed.listen.startswith("127.0.0.1:")  # this machine only
