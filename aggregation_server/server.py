@@ -19,6 +19,7 @@ from printernizer.stats.v1 import (
 from stats_common.admin import RequireAdminToken
 from stats_common.interceptors import RejectUndecodableRequests
 from stats_common.serving import READINESS_SECONDS, serve_tls
+from stats_common.telemetry import grpc_server_interceptors, trace_database
 from stats_common.tls import TlsFiles
 
 from .database import database_answers, upgrade
@@ -71,9 +72,13 @@ async def serve(
         await asyncio.to_thread(upgrade, config.database_url)
     store = IngestStore.open(config.database_url)
     try:
-        interceptors: list[grpc.aio.ServerInterceptor] = [RejectUndecodableRequests()]
+        trace_database(store.engine)
+        interceptors: list[grpc.aio.ServerInterceptor] = [
+            *grpc_server_interceptors(),
+            RejectUndecodableRequests(),
+        ]
         if config.admin_token is not None:
-            interceptors.insert(0, RequireAdminToken(config.admin_token, [ADMIN_SERVICE_NAME]))
+            interceptors.insert(1, RequireAdminToken(config.admin_token, [ADMIN_SERVICE_NAME]))
         server = grpc.aio.server(
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],

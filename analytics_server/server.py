@@ -16,6 +16,7 @@ from aggregation_server.database import async_url, database_answers, upgrade
 from stats_common.admin import RequireAdminToken
 from stats_common.interceptors import RejectUndecodableRequests
 from stats_common.serving import READINESS_SECONDS, Job, serve_tls
+from stats_common.telemetry import grpc_server_interceptors, trace_database
 from stats_common.tls import TlsFiles
 
 from .queries import Analytics, last_complete_week
@@ -55,11 +56,16 @@ async def serve(
         # The aggregation server's migrations: the same database, one schema.
         await asyncio.to_thread(upgrade, config.database_url)
     engine = create_async_engine(async_url(config.database_url))
+    trace_database(engine)
     try:
         rollups = Rollups(engine, clock)
         await rollups.refresh()  # answer from current rollups from the first call on
         server = grpc.aio.server(
-            interceptors=[RequireAdminToken(config.admin_token, [SERVICE_NAME]), RejectUndecodableRequests()]
+            interceptors=[
+                *grpc_server_interceptors(),
+                RequireAdminToken(config.admin_token, [SERVICE_NAME]),
+                RejectUndecodableRequests(),
+            ]
         )
         analytics = Analytics(engine, config.min_group_size, clock)
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(

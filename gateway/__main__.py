@@ -9,7 +9,6 @@ page at /privacy.
 from __future__ import annotations
 
 import argparse
-import logging
 import sys
 from pathlib import Path
 
@@ -17,6 +16,7 @@ import uvicorn
 
 from stats_common.admin import AdminTokenError, read_token_file
 from stats_common.cli import EnvArgumentParser, host_port, user_data_dir, user_runtime_dir
+from stats_common.telemetry import add_telemetry_options, configure, settings_from
 
 from .app import create_app
 from .stats_api import Analytics
@@ -62,15 +62,14 @@ def build_parser() -> EnvArgumentParser:
         default=str(user_data_dir() / "admin-token"),
         metavar="PATH",
     )
+    add_telemetry_options(parser)
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(settings_from(args, "gateway"))
     analytics = None
     try:
         if args.admin_token_file:
@@ -86,7 +85,16 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     host, _, port = args.listen.rpartition(":")
     app = create_app(analytics, agent)
-    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level=args.log_level.lower())
+    # uvicorn logs through the configured handler (structured), and writes no
+    # access log: each of its lines would hold the client's address.
+    uvicorn.run(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        log_level=args.log_level.lower(),
+        log_config=None,
+        access_log=False,
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
+from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from .pages import STATIC_PREFIX, install_pages
 from .stats_api import Analytics, install_error_handlers, stats_router
@@ -87,6 +88,8 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
+    # Spans for each request (no client address: see stats_common.telemetry).
+    FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
 
     @app.middleware("http")
     async def security_headers(

@@ -25,6 +25,7 @@ from printernizer.stats.v1 import analytics_service_pb2_grpc, common_pb2
 
 from stats_common.admin import bearer_metadata
 from stats_common.errors import field_violations, retry_delay
+from stats_common.telemetry import grpc_client_interceptors
 
 WEEK_PATTERN = r"^\d{4}-W\d{2}$"
 MAX_WEEKS = 104
@@ -74,7 +75,9 @@ class Analytics:
     def stub(self) -> analytics_service_pb2_grpc.AnalyticsServiceAsyncStub:
         if self._stub is None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self.ca)
-            self._channel = grpc.aio.secure_channel(self.target, credentials)
+            self._channel = grpc.aio.secure_channel(
+                self.target, credentials, interceptors=grpc_client_interceptors()
+            )
             self._stub = analytics_service_pb2_grpc.AnalyticsServiceStub(self._channel)
         return self._stub
 

@@ -22,6 +22,7 @@ from printernizer.stats.v1 import agent_service_pb2_grpc, aggregated_stats_pb2
 from pydantic import BaseModel, ConfigDict, Field
 
 from stats_common.contract import CURRENT_SCHEMA_VERSION, NEVER_COLLECTED, disclosure, free_text_violations
+from stats_common.telemetry import grpc_client_interceptors
 
 from .stats_api import CALL_TIMEOUT_SECONDS, WEEK_PATTERN, Refusal, json_of, week_of
 
@@ -40,7 +41,9 @@ class Agent:
     @property
     def stub(self) -> agent_service_pb2_grpc.AgentServiceAsyncStub:
         if self._stub is None:
-            self._channel = grpc.aio.insecure_channel(f"unix:{self.socket_path}")
+            self._channel = grpc.aio.insecure_channel(
+                f"unix:{self.socket_path}", interceptors=grpc_client_interceptors()
+            )
             self._stub = agent_service_pb2_grpc.AgentServiceStub(self._channel)
         return self._stub
 

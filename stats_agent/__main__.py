@@ -8,13 +8,13 @@ are off by default: nothing is sent unless the user opts in, and DO_NOT_TRACK=1
 from __future__ import annotations
 
 import asyncio
-import logging
 import os
 import sys
 from pathlib import Path
 
 from stats_common.cli import EnvArgumentParser, env_flag, positive_int, user_data_dir, user_runtime_dir
 from stats_common.countries import system_timezone
+from stats_common.telemetry import add_telemetry_options, configure, settings_from
 
 from .agent import AgentConfig
 from .consent import Override
@@ -62,15 +62,14 @@ def build_parser() -> EnvArgumentParser:
         metavar="PATH",
     )
     parser.add_env_switch("--disable", help="record nothing and send nothing (DO_NOT_TRACK=1 does the same)")
+    add_telemetry_options(parser)
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(settings_from(args, "stats_agent"))
     if args.ca_file and not os.access(args.ca_file, os.R_OK):
         print(f"stats_agent: cannot read the --ca-file {args.ca_file}", file=sys.stderr)
         return 1

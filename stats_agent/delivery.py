@@ -23,6 +23,7 @@ import grpc
 from printernizer.stats.v1 import agent_service_pb2, ingest_service_pb2, ingest_service_pb2_grpc
 
 from stats_common.errors import retry_delay
+from stats_common.telemetry import grpc_client_interceptors
 from stats_common.weeks import Week
 
 from .agent import NotSharing, StatsAgent
@@ -66,7 +67,10 @@ class Uplink:
     ) -> None:
         roots = open(ca_file, "rb").read() if ca_file else None  # noqa: SIM115 - read once, at start
         self._channel = grpc.aio.secure_channel(
-            target, grpc.ssl_channel_credentials(root_certificates=roots), options=list(options)
+            target,
+            grpc.ssl_channel_credentials(root_certificates=roots),
+            options=list(options),
+            interceptors=grpc_client_interceptors(),
         )
         self._stub = ingest_service_pb2_grpc.IngestServiceStub(self._channel)
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import sys
 from collections.abc import Coroutine
 from pathlib import Path
@@ -16,6 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .admin import AdminTokenError, ensure_token_file
 from .cli import EnvArgumentParser, user_data_dir
+from .telemetry import add_telemetry_options, configure, settings_from
 from .tls import TlsFiles, ensure_self_made, given_files
 
 
@@ -24,6 +24,8 @@ class StartupError(Exception):
 
 
 def add_tls_and_admin_options(parser: EnvArgumentParser, admin_help: str) -> None:
+    """TLS, the admin token, and telemetry: what both TLS servers take."""
+    add_telemetry_options(parser)
     parser.add_env_option(
         "--tls-cert",
         help="server certificate (PEM); a self-made one is used when unset",
@@ -57,9 +59,7 @@ def start(
     """Parse the options, set up logging, and load the TLS material and the
     admin token; a problem ends the program with one line and exit code 1."""
     args = parser.parse_args(argv)
-    logging.basicConfig(
-        level=args.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    configure(settings_from(args, parser.prog))
     try:
         tls, token = tls_and_admin_token(parser, args)
     except StartupError as exc:

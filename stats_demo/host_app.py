@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     stats = StatsClient(args.agent_socket, error_types={PrinterOfflineError: ErrorType.PRINTER_OFFLINE})
     host, _, port = args.listen.rpartition(":")
     app = create_app(stats, args.privacy_page, args.simulate_every)
-    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning")
+    uvicorn.run(app, host=host.strip("[]"), port=int(port), log_level="warning", access_log=False)
     return 0
 
 

@@ -1,0 +1,284 @@
+"""Traces, metrics and logs for every service (OpenTelemetry), private by construction.
+
+- **Traces.** gRPC calls (server and client side), the gateway's HTTP requests
+  and database statements become spans; the W3C trace context travels in gRPC
+  metadata, so one trace runs agent -> aggregation server -> database, and
+  gateway -> analytics server -> database. With --otlp-endpoint they are sent
+  to an OpenTelemetry collector over OTLP/gRPC.
+- **Metrics.** Each service's own counters and histograms (see
+  docs/operations.md), exported over OTLP and/or served as Prometheus text on
+  --metrics-listen.
+- **Logs.** One JSON object per line (or plain text with --log-format text),
+  with the trace and span IDs of the call that logged.
+
+Privacy: no client address ever leaves a process. Spans lose every address
+attribute before export (`PrivateSpanExporter`); HTTP metrics keep only the
+method, route and status; any IP address in a log message is masked. The
+services never put an installation ID or a report's contents into a span,
+a metric or a log (tested).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from opentelemetry import metrics, trace
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.metrics.view import View
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from sqlalchemy.ext.asyncio import AsyncEngine
+
+from .cli import EnvArgumentParser
+
+# Span attributes that can hold a client's (or any peer's) address.
+PRIVATE_ATTRIBUTES = frozenset(
+    {
+        "net.peer.ip",
+        "net.peer.name",
+        "net.peer.port",
+        "net.sock.peer.addr",
+        "net.sock.peer.name",
+        "net.sock.peer.port",
+        "net.host.ip",
+        "net.host.name",
+        "net.host.port",
+        "client.address",
+        "client.port",
+        "server.address",
+        "server.port",
+        "network.peer.address",
+        "network.peer.port",
+        "network.local.address",
+        "network.local.port",
+        "http.client_ip",
+        "http.host",
+        "http.server_name",
+        "http.url",
+        "url.full",
+        "user_agent.original",
+        "http.user_agent",
+        "rpc.user_agent",
+    }
+)
+# The only attributes HTTP server metrics keep (no host, no address).
+HTTP_METRIC_ATTRIBUTES = {
+    "http.method",
+    "http.request.method",
+    "http.route",
+    "http.status_code",
+    "http.response.status_code",
+}
+
+_IPV4 = r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])"
+_IPV6 = r"(?<![\w:])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:])"
+ADDRESS = re.compile(f"{_IPV4}|{_IPV6}")
+
+
+def mask_addresses(text: str) -> str:
+    """`text` with every IPv4 or IPv6 address replaced by "<address>"."""
+    return ADDRESS.sub("<address>", text)
+
+
+class PrivateSpanExporter(SpanExporter):
+    """Passes spans on without their address attributes."""
+
+    def __init__(self, inner: SpanExporter) -> None:
+        self.inner = inner
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return self.inner.export([without_private_attributes(span) for span in spans])
+
+    def shutdown(self) -> None:
+        self.inner.shutdown()
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return self.inner.force_flush(timeout_millis)
+
+
+def without_private_attributes(span: ReadableSpan) -> ReadableSpan:
+    attributes = dict(span.attributes or {})
+    kept = {key: value for key, value in attributes.items() if key not in PRIVATE_ATTRIBUTES}
+    if len(kept) == len(attributes):
+        return span
+    return ReadableSpan(
+        name=span.name,
+        context=span.context,
+        parent=span.parent,
+        resource=span.resource,
+        attributes=kept,
+        events=span.events,
+        links=span.links,
+        kind=span.kind,
+        status=span.status,
+        start_time=span.start_time,
+        end_time=span.end_time,
+        instrumentation_scope=span.instrumentation_scope,
+    )
+
+
+class JsonFormatter(logging.Formatter):
+    """One JSON object per record, with the current trace and span IDs."""
+
+    converter = time.gmtime  # type: ignore[assignment]  # UTC, as the "Z" says
+
+    def __init__(self, service: str) -> None:
+        super().__init__()
+        self.service = service
+
+    def format(self, record: logging.LogRecord) -> str:
+        entry: dict[str, Any] = {
+            "time": self.formatTime(record, "%Y-%m-%dT%H:%M:%S") + f".{int(record.msecs):03d}Z",
+            "level": record.levelname,
+            "service": self.service,
+            "logger": record.name,
+            "message": mask_addresses(record.getMessage()),
+        }
+        context = trace.get_current_span().get_span_context()
+        if context.is_valid:
+            entry["trace_id"] = format(context.trace_id, "032x")
+            entry["span_id"] = format(context.span_id, "016x")
+        if record.exc_info:
+            entry["exception"] = mask_addresses(self.formatException(record.exc_info))
+        return json.dumps(entry, ensure_ascii=False)
+
+
+class TextFormatter(logging.Formatter):
+    """Plain lines for people; the trace ID when there is one; addresses masked."""
+
+    converter = time.gmtime  # type: ignore[assignment]  # UTC, as the "Z" says
+
+    def format(self, record: logging.LogRecord) -> str:
+        context = trace.get_current_span().get_span_context()
+        record.trace = f" trace={context.trace_id:032x}" if context.is_valid else ""
+        return mask_addresses(super().format(record))
+
+
+def add_telemetry_options(parser: EnvArgumentParser) -> None:
+    parser.add_env_option(
+        "--otlp-endpoint",
+        help="OpenTelemetry collector to send traces and metrics to over OTLP/gRPC, "
+        "e.g. http://collector:4317 (empty: none)",
+        default="",
+        metavar="URL",
+    )
+    parser.add_env_option(
+        "--metrics-listen",
+        help="serve Prometheus metrics (text) on this address at /metrics (empty: off)",
+        default="",
+        metavar="HOST:PORT",
+    )
+    parser.add_env_option(
+        "--log-format",
+        help="json: one JSON object per line, with trace IDs; text: plain lines",
+        default="json",
+        choices=["json", "text"],
+    )
+
+
+@dataclass(frozen=True)
+class TelemetrySettings:
+    service: str
+    log_level: str = "INFO"
+    log_format: str = "json"
+    otlp_endpoint: str = ""
+    metrics_listen: str = ""
+
+
+@dataclass
+class Telemetry:
+    """What `configure` set up (None: left to the API's no-op default)."""
+
+    tracer_provider: TracerProvider | None = None
+    meter_provider: MeterProvider | None = None
+    readers: list[MetricReader] = field(default_factory=list)
+
+
+def configure_logging(service: str, level: str, log_format: str) -> None:
+    handler = logging.StreamHandler()
+    if log_format == "json":
+        handler.setFormatter(JsonFormatter(service))
+    else:
+        handler.setFormatter(TextFormatter("%(asctime)s %(levelname)s %(name)s: %(message)s%(trace)s"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level.upper())
+
+
+def settings_from(args: Any, service: str) -> TelemetrySettings:
+    """The settings from parsed options (add_telemetry_options and --log-level)."""
+    return TelemetrySettings(
+        service, args.log_level, args.log_format, args.otlp_endpoint, args.metrics_listen
+    )
+
+
+def configure(settings: TelemetrySettings) -> Telemetry:
+    """Logging, and the process's tracer and meter providers (once, at start).
+    Without an exporter or a metrics endpoint, tracing and metrics stay the
+    API's no-op defaults, which cost next to nothing; a caller's trace ID
+    still reaches the logs."""
+    configure_logging(settings.service, settings.log_level, settings.log_format)
+    resource = Resource.create({"service.name": settings.service, "service.namespace": "printernizer-stats"})
+    telemetry = Telemetry()
+    readers: list[MetricReader] = []
+    if settings.otlp_endpoint:
+        telemetry.tracer_provider = TracerProvider(resource=resource)
+        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
+        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+
+        exporter = PrivateSpanExporter(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
+        telemetry.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(telemetry.tracer_provider)
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=settings.otlp_endpoint)))
+    if settings.metrics_listen:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from prometheus_client import start_http_server
+
+        readers.append(PrometheusMetricReader())
+        host, _, port = settings.metrics_listen.rpartition(":")
+        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
+    if readers:
+        telemetry.meter_provider = MeterProvider(
+            resource=resource, metric_readers=readers, views=private_views()
+        )
+        telemetry.readers = readers
+        metrics.set_meter_provider(telemetry.meter_provider)
+    return telemetry
+
+
+def private_views() -> list[View]:
+    """HTTP server metrics keep the method, route and status only."""
+    return [View(instrument_name="http.server.*", attribute_keys=HTTP_METRIC_ATTRIBUTES)]
+
+
+def trace_database(engine: AsyncEngine) -> None:
+    """Spans for the statements `engine` runs (their text, never their parameters)."""
+    from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
+
+    tracer = trace.get_tracer("printernizer_stats.database")
+    usage = metrics.get_meter("printernizer_stats.database").create_up_down_counter(
+        "db.client.connections.usage", unit="connections", description="database connections in use"
+    )
+    EngineTracer(tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+
+
+def grpc_server_interceptors() -> list[Any]:
+    """Server spans for every call, continuing the caller's trace."""
+    from opentelemetry.instrumentation.grpc import aio_server_interceptor
+
+    return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
+
+
+def grpc_client_interceptors() -> list[Any]:
+    """Client spans, and the trace context sent along in metadata."""
+    from opentelemetry.instrumentation.grpc import aio_client_interceptors
+
+    return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
