@@ -13,7 +13,7 @@ import logging
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
-from typing import NoReturn, TypeVar
+from typing import NamedTuple, NoReturn, TypeVar
 
 import grpc
 import sqlalchemy.exc
@@ -27,6 +27,7 @@ from printernizer.stats.v1 import (
 from stats_common import errors
 from stats_common.errors import Context
 
+from . import metrics
 from .ingest import Ingest
 from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated
 
@@ -36,6 +37,11 @@ log = logging.getLogger(__name__)
 DATABASE_RETRY = dt.timedelta(seconds=30)
 
 Response = TypeVar("Response")
+
+
+class Wait(NamedTuple):
+    seconds: float
+    scope: str  # the limit that asks for the wait: "peer" or "global"
 
 
 class TokenBucket:
@@ -75,8 +81,9 @@ class CallLimiter:
         self._peers: OrderedDict[str, tuple[float, float]] = OrderedDict()
         self._overall: tuple[float, float] | None = None
 
-    def wait_needed(self, peer: str, now: float | None = None) -> float:
-        """0 if the call may go ahead (and is counted), else seconds to wait."""
+    def wait_needed(self, peer: str, now: float | None = None) -> Wait:
+        """Seconds 0 if the call may go ahead (and is counted), else the
+        seconds to wait and which limit ("peer" or "global") says so."""
         now = time.monotonic() if now is None else now
         if self.peer is not None:
             state, wait = self.peer.take(self._peers.pop(peer, None), now)
@@ -84,12 +91,12 @@ class CallLimiter:
             while len(self._peers) > self.capacity:
                 self._peers.popitem(last=False)
             if wait:
-                return wait
+                return Wait(wait, "peer")
         if self.overall is not None:
             self._overall, wait = self.overall.take(self._overall, now)
             if wait:
-                return wait
-        return 0.0
+                return Wait(wait, "global")
+        return Wait(0.0, "")
 
     @property
     def peers_remembered(self) -> int:
@@ -112,22 +119,35 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
 
     async def _limit(self, context: Context) -> None:
         wait = self.limiter.wait_needed(peer_address(context))
-        if wait > 0:
-            await errors.resource_exhausted(context, "too many calls; slow down", dt.timedelta(seconds=wait))
+        if wait.seconds > 0:
+            metrics.RATE_LIMITED.add(1, {"scope": wait.scope})
+            await errors.resource_exhausted(
+                context, "too many calls; slow down", dt.timedelta(seconds=wait.seconds)
+            )
 
     async def _answer(self, context: Context, call: Callable[[], Awaitable[Response]], what: str) -> Response:
-        await self._limit(context)
-        return await _answer(context, call, what)
+        started = time.perf_counter()
+        try:
+            await self._limit(context)
+            return await _answer(context, call, what)
+        finally:
+            metrics.DURATION.record(time.perf_counter() - started, {"method": what})
 
     async def SubmitReports(
         self, request: ingest_service_pb2.SubmitReportsRequest, context: Context
     ) -> ingest_service_pb2.SubmitReportsResponse:
-        return await self._answer(context, lambda: self.ingest.submit(request), "submission")
+        response = await self._answer(context, lambda: self.ingest.submit(request), "submission")
+        for receipt in response.receipts:
+            accepted = receipt.status == ingest_service_pb2.RECEIPT_STATUS_ACCEPTED
+            metrics.REPORTS.add(1, {"outcome": "accepted" if accepted else "duplicate"})
+        return response
 
     async def DeleteInstallation(
         self, request: ingest_service_pb2.DeleteInstallationRequest, context: Context
     ) -> ingest_service_pb2.DeleteInstallationResponse:
-        return await self._answer(context, lambda: self.ingest.delete(request), "deletion")
+        response = await self._answer(context, lambda: self.ingest.delete(request), "deletion")
+        metrics.DELETIONS.add(1)
+        return response
 
 
 class IngestAdminServicer(ingest_admin_service_pb2_grpc.IngestAdminServiceServicer):
@@ -156,14 +176,26 @@ async def _answer(context: Context, call: Callable[[], Awaitable[Response]], wha
     try:
         return await call()
     except Refused as exc:
+        metrics.REFUSED.add(1, {"reason": REFUSAL_REASONS.get(type(exc), "other"), "method": what})
         await _refuse(context, exc)
     except Exception as exc:
         if not database_unreachable(exc):
+            metrics.REFUSED.add(1, {"reason": "internal_error", "method": what})
             log.exception("%s failed", what)
             await errors.internal(context)
         # Nothing was stored (the transaction did not commit): the caller retries.
+        metrics.REFUSED.add(1, {"reason": "database_unavailable", "method": what})
         log.warning("%s: the database is not answering (%s)", what, type(exc).__name__)
         await errors.unavailable(context, "the database is not answering; try again later", DATABASE_RETRY)
+
+
+# The reason a refusal is counted under (stats.ingest.refused).
+REFUSAL_REASONS: dict[type[Refused], str] = {
+    InvalidRequest: "invalid",
+    Unauthenticated: "unauthenticated",
+    Forbidden: "deleted_installation",
+    TooManySubmissions: "too_many_submissions",
+}
 
 
 # PostgreSQL's SQLSTATEs of a database that cannot be reached for now: connection

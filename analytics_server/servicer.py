@@ -5,9 +5,11 @@ out. The admin credential is checked before this runs
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
+from opentelemetry import metrics
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 
 from stats_common import errors
@@ -20,14 +22,25 @@ log = logging.getLogger(__name__)
 Response = TypeVar("Response")
 
 
+_meter = metrics.get_meter("printernizer_stats.analytics_server")
+QUERY_DURATION = _meter.create_histogram(
+    "stats.query.duration", unit="s", description="time to answer an analytics query, by query and outcome"
+)
+
+
 async def _answer(context: Context, call: Callable[[], Awaitable[Response]], what: str) -> Response:
+    started, outcome = time.perf_counter(), "ok"
     try:
         return await call()
     except QueryError as exc:
+        outcome = "invalid"
         await errors.invalid_argument(context, [(exc.field, exc.description)])
     except Exception:
+        outcome = "error"
         log.exception("%s failed", what)
         await errors.internal(context)
+    finally:
+        QUERY_DURATION.record(time.perf_counter() - started, {"query": what, "outcome": outcome})
 
 
 class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):

@@ -23,6 +23,7 @@ from stats_common.interceptors import RejectUndecodableRequests
 
 from .agent import AgentConfig, StatsAgent
 from .delivery import Courier, Uplink
+from .metrics import AgentMetrics
 from .servicer import AgentServicer
 from .storage import AgentStore
 
@@ -136,6 +137,7 @@ async def serve(
     socket_path = config.socket_path.absolute()
     store = await AgentStore.open(config.db_path)
     agent = StatsAgent(store, config.agent, clock)
+    AgentMetrics(agent, asyncio.get_running_loop())
     uplink = Uplink(config.server_address, config.ca_file) if config.server_address else None
     courier = Courier(agent, uplink)
     try:

@@ -264,10 +264,10 @@ def trace_database(engine: AsyncEngine) -> None:
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 
     tracer = trace.get_tracer("printernizer_stats.database")
-    usage = metrics.get_meter("printernizer_stats.database").create_up_down_counter(
-        "db.client.connections.usage", unit="connections", description="database connections in use"
-    )
-    EngineTracer(tracer, engine.sync_engine, usage)  # type: ignore[no-untyped-call]
+    # Its connection-pool metric is labelled with the database URL (a host,
+    # perhaps an address): not recorded.
+    unrecorded = metrics.NoOpMeter("printernizer_stats.database").create_up_down_counter("unused")
+    EngineTracer(tracer, engine.sync_engine, unrecorded)  # type: ignore[no-untyped-call]
 
 
 def grpc_server_interceptors() -> list[Any]:

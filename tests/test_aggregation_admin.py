@@ -205,13 +205,13 @@ async def test_the_global_limit_holds_across_peers(database_url: str, tmp_path: 
 
 def test_the_limiter_per_peer_globally_and_bounded() -> None:
     limiter = CallLimiter(peer_rate=1, peer_burst=2, global_rate=10, global_burst=3, capacity=2)
-    assert [limiter.wait_needed("a", now=0.0) for _ in range(3)] == [0.0, 0.0, 1.0]  # a's burst is 2
-    assert limiter.wait_needed("b", now=0.0) == 0.0  # the third call overall
-    assert limiter.wait_needed("c", now=0.0) == pytest.approx(0.1)  # the global burst is spent
+    assert [limiter.wait_needed("a", now=0.0).seconds for _ in range(3)] == [0.0, 0.0, 1.0]  # a's burst is 2
+    assert limiter.wait_needed("b", now=0.0).seconds == 0.0  # the third call overall
+    assert limiter.wait_needed("c", now=0.0) == (pytest.approx(0.1), "global")  # the global burst is spent
     assert limiter.peers_remembered == 2  # the oldest peer was forgotten
-    assert limiter.wait_needed("a", now=1.0) == 0.0  # refilled
+    assert limiter.wait_needed("a", now=1.0).seconds == 0.0  # refilled
     unlimited = CallLimiter(peer_rate=0, global_rate=0)
-    assert all(unlimited.wait_needed("a", now=0.0) == 0.0 for _ in range(1000))
+    assert all(unlimited.wait_needed("a", now=0.0).seconds == 0.0 for _ in range(1000))
     assert unlimited.peers_remembered == 0
 
 

@@ -1,0 +1,80 @@
+"""The agent's metrics, read from its status when they are collected (a
+Prometheus scrape or an OTLP export): nothing is counted twice, and nothing
+is computed while no one collects. docs/operations.md says what each means."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Callable, Iterable
+
+from opentelemetry import metrics
+from opentelemetry.metrics import CallbackOptions, Observation
+from printernizer.stats.v1 import agent_service_pb2
+
+from .agent import StatsAgent
+
+STATUS_TIMEOUT_SECONDS = 5.0
+STATUS_MAX_AGE_SECONDS = 1.0  # one status serves every instrument of one collection
+
+
+class AgentMetrics:
+    def __init__(self, agent: StatsAgent, loop: asyncio.AbstractEventLoop) -> None:
+        self.agent, self.loop = agent, loop
+        self._loop_thread = threading.get_ident()  # made on the loop's thread
+        self._status: agent_service_pb2.GetStatusResponse | None = None
+        self._read_at = 0.0
+        meter = metrics.get_meter("printernizer_stats.stats_agent")
+        meter.create_observable_gauge(
+            "stats.agent.outbox.reports",
+            [self._observe(lambda s: s.queued_reports)],
+            unit="{report}",
+            description="reports waiting to be sent",
+        )
+        meter.create_observable_gauge(
+            "stats.agent.events.stored",
+            [self._observe(lambda s: s.stored_events)],
+            unit="{event}",
+            description="events kept in the local database",
+        )
+        meter.create_observable_counter(
+            "stats.agent.events.dropped",
+            [self._observe(lambda s: s.dropped_events)],
+            unit="{event}",
+            description="events the host app's SDK dropped (its buffer was full or the agent away)",
+        )
+        meter.create_observable_counter(
+            "stats.agent.events.rejected",
+            [self._observe(lambda s: s.rejected_events)],
+            unit="{event}",
+            description="events the agent refused as invalid",
+        )
+        meter.create_observable_counter(
+            "stats.agent.reports.evicted",
+            [self._observe(lambda s: s.evicted_reports)],
+            unit="{report}",
+            description="unsent reports dropped because the outbox was full",
+        )
+
+    def _observe(
+        self, value: Callable[[agent_service_pb2.GetStatusResponse], int]
+    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+        def callback(_: CallbackOptions) -> Iterable[Observation]:
+            status = self._current_status()
+            return [] if status is None else [Observation(value(status))]
+
+        return callback
+
+    def _current_status(self) -> agent_service_pb2.GetStatusResponse | None:
+        """The agent's status, read on its own event loop (collection runs in another thread)."""
+        if threading.get_ident() == self._loop_thread:
+            return self._status  # waiting for the loop from its own thread would never end
+        if self._status is None or time.monotonic() - self._read_at > STATUS_MAX_AGE_SECONDS:
+            try:
+                future = asyncio.run_coroutine_threadsafe(self.agent.status(), self.loop)
+                self._status = future.result(timeout=STATUS_TIMEOUT_SECONDS)
+                self._read_at = time.monotonic()
+            except Exception:  # the loop is stopping or the database is busy: skip this collection
+                return None
+        return self._status
