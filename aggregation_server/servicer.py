@@ -34,7 +34,7 @@ from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Un
 log = logging.getLogger(__name__)
 
 # When a caller should try again after the database did not answer.
-DATABASE_RETRY = dt.timedelta(seconds=30)
+DATABASE_RETRY = dt.timedelta(seconds=10)
 
 Response = TypeVar("Response")
 

@@ -10,6 +10,7 @@ import datetime as dt
 import importlib.metadata
 import logging
 import re
+import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
@@ -40,7 +41,7 @@ from .report import (
     build_report,
     weekly_activity,
 )
-from .storage import AgentStore, DeletionRequestRow, OutboxRow
+from .storage import AgentStore, DeletionRequestRow, OutboxRow, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,8 @@ class StatsAgent:
         self.clock = clock
         self.country = country_for_timezone(config.timezone)
         self._consent: ConsentRecord | None = None  # cached; the agent is the only writer
+        self._storage = agent_service_pb2.STORAGE_CONDITION_OK
+        self._storage_since: dt.datetime | None = None
         self._decoder = EventDecoder()
 
     # --- consent -----------------------------------------------------------------
@@ -185,8 +188,28 @@ class StatsAgent:
         except ValueError:
             await self.store.add_counter("rejected_events", len(events))
             raise
-        await self.store.append_events(rows, to_millis(now), dropped_by_client)
+        try:
+            await self.store.append_events(rows, to_millis(now), dropped_by_client)
+        except (sqlite3.Error, OSError, StorageError) as exc:
+            full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+            self._note_storage(
+                agent_service_pb2.STORAGE_CONDITION_FULL
+                if full
+                else agent_service_pb2.STORAGE_CONDITION_FAILING
+            )
+            raise
+        self._note_storage(agent_service_pb2.STORAGE_CONDITION_OK)
         return RecordResult(stored=len(rows), recording_disabled=False)
+
+    def _note_storage(self, condition: agent_service_pb2.StorageCondition.ValueType) -> None:
+        """Remember whether writes succeed (the status shows it); log each change once."""
+        if condition == self._storage:
+            return
+        if condition == agent_service_pb2.STORAGE_CONDITION_OK:
+            log.warning("storage: writes succeed again")
+        else:
+            log.warning("storage: %s", agent_service_pb2.StorageCondition.Name(condition))
+        self._storage, self._storage_since = condition, self.clock()
 
     # --- reports -------------------------------------------------------------------
 
@@ -398,7 +421,10 @@ class StatsAgent:
             queued_reports=len(await self.store.outbox()),
             last_outcome=agent_service_pb2.DELIVERY_OUTCOME_NONE,
             agent_version=package_version(),
+            storage=self._storage,
         )
+        if self._storage != agent_service_pb2.STORAGE_CONDITION_OK and self._storage_since is not None:
+            status.storage_condition_since.FromDatetime(self._storage_since)
         last = await self.store.last_sent_at()
         if last is not None:
             status.last_submission.FromDatetime(from_millis(last))

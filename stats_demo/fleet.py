@@ -30,7 +30,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, country_pb2, ingest_service_pb2
 
-from stats_agent.delivery import Uplink
+from stats_agent.delivery import RETRYABLE, Uplink
 from stats_common.errors import retry_delay
 from stats_common.identity import report_id
 from stats_common.weeks import Week
@@ -268,10 +268,12 @@ async def report_fleet(
     uplink: Uplink,
     concurrency: int = 4,
     on_progress: Callable[[FleetProgress, int], None] | None = None,
+    max_retry_delay: float = 60.0,
 ) -> FleetProgress:
     """Send every installation's submission through `uplink`. A submission
-    the server asks to retry later (RESOURCE_EXHAUSTED, UNAVAILABLE) is
-    retried after the delay it gives, as an agent would."""
+    that fails in a way an agent retries (the agent's own list: the server
+    down, overloaded, restarting, or its database away) is retried after the
+    delay the server gives (at most `max_retry_delay`), as an agent would."""
     fleet = build_fleet(plan)
     progress = FleetProgress()
     queue: asyncio.Queue[ingest_service_pb2.SubmitReportsRequest] = asyncio.Queue()
@@ -287,12 +289,12 @@ async def report_fleet(
                 try:
                     await uplink.submit(request)
                 except grpc.aio.AioRpcError as exc:
-                    if exc.code() not in (grpc.StatusCode.RESOURCE_EXHAUSTED, grpc.StatusCode.UNAVAILABLE):
+                    if exc.code() not in RETRYABLE:
                         progress.failed.append(f"{exc.code().name}: {exc.details()}")
                         break
                     progress.retried += 1
                     delay = retry_delay(exc)
-                    await asyncio.sleep(delay.total_seconds() if delay is not None else 0.5)
+                    await asyncio.sleep(min(max_retry_delay, delay.total_seconds() if delay else 0.5))
                     continue
                 progress.sent += 1
                 progress.reports += len(request.reports)

@@ -15,6 +15,10 @@
     CONSENT_REASON_AGENT_SWITCH:
       "The statistics agent is switched off by its own setting: nothing is recorded or sent.",
   };
+  const STORAGE = {
+    STORAGE_CONDITION_FULL: "the disk is full: new events are not recorded until there is room",
+    STORAGE_CONDITION_FAILING: "the agent cannot write to its database (see its log)",
+  };
   const OUTCOMES = {
     DELIVERY_OUTCOME_ACCEPTED: "accepted",
     DELIVERY_OUTCOME_RETRYING: "will be retried",
@@ -90,6 +94,7 @@
       ["Recording since", when(stats.firstSeen)],
       ["Events stored", Number(status.storedEvents).toLocaleString("en")],
       ["Reports waiting to be sent", String(status.queuedReports)],
+      ["Storage", STORAGE[status.storage] || "working"],
       ["Last delivery", status.lastAttempt
         ? `${when(status.lastAttempt)}: ${OUTCOMES[status.lastOutcome] || "nothing to send"}` +
           (status.lastFailureCode ? ` (${status.lastFailureCode})` : "")

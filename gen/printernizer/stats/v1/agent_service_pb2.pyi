@@ -156,6 +156,36 @@ DELIVERY_OUTCOME_DROPPED: DeliveryOutcome.ValueType  # 4
 """The server refused the reports for good; they were dropped."""
 Global___DeliveryOutcome: _TypeAlias = DeliveryOutcome  # noqa: Y015
 
+class _StorageCondition:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _StorageConditionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_StorageCondition.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    STORAGE_CONDITION_UNSPECIFIED: _StorageCondition.ValueType  # 0
+    STORAGE_CONDITION_OK: _StorageCondition.ValueType  # 1
+    """Writes succeed."""
+    STORAGE_CONDITION_FULL: _StorageCondition.ValueType  # 2
+    """The disk is full: new events are refused (RESOURCE_EXHAUSTED) until there
+    is room again; what was stored is kept intact.
+    """
+    STORAGE_CONDITION_FAILING: _StorageCondition.ValueType  # 3
+    """Writes fail for another reason (permissions, I/O errors)."""
+
+class StorageCondition(_StorageCondition, metaclass=_StorageConditionEnumTypeWrapper):
+    """Whether the agent's database accepts writes."""
+
+STORAGE_CONDITION_UNSPECIFIED: StorageCondition.ValueType  # 0
+STORAGE_CONDITION_OK: StorageCondition.ValueType  # 1
+"""Writes succeed."""
+STORAGE_CONDITION_FULL: StorageCondition.ValueType  # 2
+"""The disk is full: new events are refused (RESOURCE_EXHAUSTED) until there
+is room again; what was stored is kept intact.
+"""
+STORAGE_CONDITION_FAILING: StorageCondition.ValueType  # 3
+"""Writes fail for another reason (permissions, I/O errors)."""
+Global___StorageCondition: _TypeAlias = StorageCondition  # noqa: Y015
+
 @_typing.final
 class Consent(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
@@ -759,6 +789,8 @@ class GetStatusResponse(_message.Message):
     LAST_SUBMISSION_FIELD_NUMBER: _builtins.int
     NEXT_SUBMISSION_FIELD_NUMBER: _builtins.int
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
+    STORAGE_FIELD_NUMBER: _builtins.int
+    STORAGE_CONDITION_SINCE_FIELD_NUMBER: _builtins.int
     stored_events: _builtins.int
     """Events stored locally."""
     queued_reports: _builtins.int
@@ -772,6 +804,8 @@ class GetStatusResponse(_message.Message):
     last_outcome: Global___DeliveryOutcome.ValueType
     last_failure_code: _builtins.str
     """The gRPC status code name of the last failure (e.g. "UNAVAILABLE")."""
+    storage: Global___StorageCondition.ValueType
+    """Whether the agent can store what it is given, and since when it cannot."""
     @_builtins.property
     def consent(self) -> Global___Consent: ...
     @_builtins.property
@@ -790,6 +824,8 @@ class GetStatusResponse(_message.Message):
     def agent_version(self) -> _common_pb2.Version:
         """The agent's own version."""
 
+    @_builtins.property
+    def storage_condition_since(self) -> _timestamp_pb2.Timestamp: ...
     def __init__(
         self,
         *,
@@ -805,10 +841,12 @@ class GetStatusResponse(_message.Message):
         last_submission: _timestamp_pb2.Timestamp | None = ...,
         next_submission: _timestamp_pb2.Timestamp | None = ...,
         agent_version: _common_pb2.Version | None = ...,
+        storage: Global___StorageCondition.ValueType = ...,
+        storage_condition_since: _timestamp_pb2.Timestamp | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "last_attempt", b"last_attempt", "last_submission", b"last_submission", "next_submission", b"next_submission"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "last_attempt", b"last_attempt", "last_submission", b"last_submission", "next_submission", b"next_submission", "storage_condition_since", b"storage_condition_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "dropped_events", b"dropped_events", "evicted_reports", b"evicted_reports", "last_attempt", b"last_attempt", "last_failure_code", b"last_failure_code", "last_outcome", b"last_outcome", "last_submission", b"last_submission", "next_submission", b"next_submission", "queued_reports", b"queued_reports", "rejected_events", b"rejected_events", "stored_events", b"stored_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "dropped_events", b"dropped_events", "evicted_reports", b"evicted_reports", "last_attempt", b"last_attempt", "last_failure_code", b"last_failure_code", "last_outcome", b"last_outcome", "last_submission", b"last_submission", "next_submission", b"next_submission", "queued_reports", b"queued_reports", "rejected_events", b"rejected_events", "storage", b"storage", "storage_condition_since", b"storage_condition_since", "stored_events", b"stored_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

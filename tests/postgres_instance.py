@@ -1,0 +1,90 @@
+"""A PostgreSQL server of the test's own, from the machine's PostgreSQL
+binaries, in a temporary directory: a test may restart or stop it without
+touching the shared server the other tests use."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pwd
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from .test_delivery_outage import free_port
+
+
+@dataclass
+class PostgresInstance:
+    data: Path
+    port: int
+    bin: Path
+    as_postgres: list[str]
+
+    @property
+    def url(self) -> str:
+        return f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+
+    def ctl(self, *arguments: str) -> None:
+        options = f"-p {self.port} -k {self.data} -c listen_addresses=127.0.0.1 -c fsync=off"
+        command = [*self.as_postgres, str(self.bin / "pg_ctl"), "-D", str(self.data), "-o", options]
+        # The server's output goes to its log file: a pipe would be held open by it.
+        log = self.data.parent / "server.log"
+        subprocess.run(
+            [*command, "-l", str(log), "-w", *arguments],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=120,
+        )
+
+    def restart(self) -> None:
+        """A fast restart: sessions end, the server starts again (as after an upgrade)."""
+        self.ctl("restart", "-m", "fast")
+
+
+@contextlib.contextmanager
+def postgres_instance() -> Iterator[PostgresInstance]:
+    binaries = sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb"))
+    if not binaries:
+        if "STATS_TEST_POSTGRES_URL" in os.environ:
+            pytest.fail("PostgreSQL's binaries are missing (/usr/lib/postgresql/*/bin)")
+        pytest.skip("PostgreSQL's binaries are not installed; .ci/run installs them")
+    bin_dir = binaries[-1].parent
+    base = Path(tempfile.mkdtemp(prefix="pg-", dir="/tmp"))
+    as_postgres: list[str] = []
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        account = pwd.getpwnam("postgres")
+        base.chmod(0o755)
+        os.chown(base, account.pw_uid, account.pw_gid)
+        as_postgres = ["runuser", "-u", "postgres", "--"]
+    data = base / "data"
+    subprocess.run(
+        [
+            *as_postgres,
+            str(bin_dir / "initdb"),
+            "-D",
+            str(data),
+            "-A",
+            "trust",
+            "-U",
+            "postgres",
+            "--no-sync",
+        ],
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+    instance = PostgresInstance(data, free_port(), bin_dir, as_postgres)
+    instance.ctl("start")
+    try:
+        yield instance
+    finally:
+        with contextlib.suppress(subprocess.SubprocessError):
+            instance.ctl("stop", "-m", "immediate")
+        shutil.rmtree(base, ignore_errors=True)
