@@ -11,6 +11,8 @@ from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
+from stats_common.telemetry import metrics_enabled, tracing_enabled
+
 from .pages import STATIC_PREFIX, install_pages
 from .stats_api import Analytics, install_error_handlers, stats_router
 from .usage_api import Agent, usage_router
@@ -88,8 +90,9 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
         return app.openapi_schema
 
     app.openapi = openapi  # type: ignore[method-assign]
-    # Spans for each request (no client address: see stats_common.telemetry).
-    FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
+    # Spans and request metrics (no client address: see stats_common.telemetry).
+    if tracing_enabled() or metrics_enabled():
+        FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
 
     @app.middleware("http")
     async def security_headers(

@@ -223,8 +223,8 @@ def settings_from(args: Any, service: str) -> TelemetrySettings:
 def configure(settings: TelemetrySettings) -> Telemetry:
     """Logging, and the process's tracer and meter providers (once, at start).
     Without an exporter or a metrics endpoint, tracing and metrics stay the
-    API's no-op defaults, which cost next to nothing; a caller's trace ID
-    still reaches the logs."""
+    API's no-op defaults and nothing is instrumented, which costs nothing;
+    log lines then carry no trace IDs."""
     configure_logging(settings.service, settings.log_level, settings.log_format)
     resource = Resource.create({"service.name": settings.service, "service.namespace": "printernizer-stats"})
     telemetry = Telemetry()
@@ -259,8 +259,22 @@ def private_views() -> list[View]:
     return [View(instrument_name="http.server.*", attribute_keys=HTTP_METRIC_ATTRIBUTES)]
 
 
+def tracing_enabled() -> bool:
+    """Whether this process records spans (an SDK tracer provider is set: by
+    `configure` with an exporter, or by a test). Without it, nothing is
+    instrumented at all, which keeps the per-call cost at zero."""
+    return isinstance(trace.get_tracer_provider(), TracerProvider)
+
+
+def metrics_enabled() -> bool:
+    """Whether this process collects metrics (an SDK meter provider is set)."""
+    return isinstance(metrics.get_meter_provider(), MeterProvider)
+
+
 def trace_database(engine: AsyncEngine) -> None:
     """Spans for the statements `engine` runs (their text, never their parameters)."""
+    if not tracing_enabled():
+        return
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 
     tracer = trace.get_tracer("printernizer_stats.database")
@@ -272,6 +286,8 @@ def trace_database(engine: AsyncEngine) -> None:
 
 def grpc_server_interceptors() -> list[Any]:
     """Server spans for every call, continuing the caller's trace."""
+    if not tracing_enabled():
+        return []
     from opentelemetry.instrumentation.grpc import aio_server_interceptor
 
     return [aio_server_interceptor()]  # type: ignore[no-untyped-call]
@@ -279,6 +295,8 @@ def grpc_server_interceptors() -> list[Any]:
 
 def grpc_client_interceptors() -> list[Any]:
     """Client spans, and the trace context sent along in metadata."""
+    if not tracing_enabled():
+        return []
     from opentelemetry.instrumentation.grpc import aio_client_interceptors
 
     return list(aio_client_interceptors())  # type: ignore[no-untyped-call]
