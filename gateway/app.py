@@ -13,6 +13,7 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from stats_common.telemetry import metrics_enabled, tracing_enabled
 
+from .health import health_router
 from .pages import STATIC_PREFIX, install_pages
 from .stats_api import Analytics, install_error_handlers, stats_router
 from .usage_api import Agent, usage_router
@@ -60,6 +61,7 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
         app.include_router(stats_router(analytics))
     if agent is not None:
         app.include_router(usage_router(agent))
+    app.include_router(health_router(analytics, agent))
     install_error_handlers(app)
     install_pages(app, dashboard=analytics is not None, privacy_page=agent is not None)
 
@@ -73,6 +75,8 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
             schema.setdefault("components", {}).setdefault("schemas", {})["Error"] = ERROR_SCHEMA
             error = {"content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
             for path, operations in schema.get("paths", {}).items():
+                if not path.startswith("/api/"):
+                    continue  # /health: no parameters, no credentials
                 for method, operation in operations.items():
                     responses = operation.setdefault("responses", {})
                     responses.pop("422", None)

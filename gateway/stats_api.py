@@ -72,13 +72,18 @@ class Analytics:
         self._stub: analytics_service_pb2_grpc.AnalyticsServiceAsyncStub | None = None
 
     @property
-    def stub(self) -> analytics_service_pb2_grpc.AnalyticsServiceAsyncStub:
-        if self._stub is None:
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
             credentials = grpc.ssl_channel_credentials(root_certificates=self.ca)
             self._channel = grpc.aio.secure_channel(
                 self.target, credentials, interceptors=grpc_client_interceptors()
             )
-            self._stub = analytics_service_pb2_grpc.AnalyticsServiceStub(self._channel)
+        return self._channel
+
+    @property
+    def stub(self) -> analytics_service_pb2_grpc.AnalyticsServiceAsyncStub:
+        if self._stub is None:
+            self._stub = analytics_service_pb2_grpc.AnalyticsServiceStub(self.channel)
         return self._stub
 
     async def close(self) -> None:

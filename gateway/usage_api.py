@@ -39,12 +39,17 @@ class Agent:
         self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
 
     @property
-    def stub(self) -> agent_service_pb2_grpc.AgentServiceAsyncStub:
-        if self._stub is None:
+    def channel(self) -> grpc.aio.Channel:
+        if self._channel is None:
             self._channel = grpc.aio.insecure_channel(
                 f"unix:{self.socket_path}", interceptors=grpc_client_interceptors()
             )
-            self._stub = agent_service_pb2_grpc.AgentServiceStub(self._channel)
+        return self._channel
+
+    @property
+    def stub(self) -> agent_service_pb2_grpc.AgentServiceAsyncStub:
+        if self._stub is None:
+            self._stub = agent_service_pb2_grpc.AgentServiceStub(self.channel)
         return self._stub
 
     async def close(self) -> None:

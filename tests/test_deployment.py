@@ -99,10 +99,14 @@ def test_the_compose_services_run_real_commands_with_real_settings(monkeypatch: 
         for container_port in [str(p).rsplit(":", 1)[-1] for p in service.get("ports", [])]:
             assert args.listen.endswith(f":{container_port}"), (name, args.listen, container_port)
         check = service.get("healthcheck", {}).get("test")
-        if check:
+        port = args.listen.rsplit(":", 1)[1]
+        if check and module == "gateway":  # HTTP: GET /health on its own port
+            assert check[:3] == ["CMD", "python", "-c"], name
+            assert f"http://127.0.0.1:{port}/health" in check[3], name
+        elif check:
             assert check[:4] == ["CMD", "python", "-m", "stats_common.health"], name
             health = health_parser().parse_args([interpolated(a) for a in check[4:]])
-            assert health.target.endswith(args.listen.rsplit(":", 1)[1]), (name, health.target)
+            assert health.target.endswith(f":{port}"), (name, health.target)
 
 
 def test_the_compose_file_wires_the_services_together(monkeypatch: pytest.MonkeyPatch) -> None:

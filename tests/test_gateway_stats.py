@@ -101,6 +101,11 @@ async def test_every_endpoint_answers_with_the_token_and_only_with_it(gateway: h
             assert refused.headers["www-authenticate"] == "Bearer"
 
 
+async def test_health_says_serving_when_the_analytics_server_is(gateway: httpx.AsyncClient) -> None:
+    health = await gateway.get("/health")  # no credentials needed, nothing else said
+    assert (health.status_code, health.json()) == (200, {"status": "serving"})
+
+
 async def test_answers_carry_the_analytics_figures(gateway: httpx.AsyncClient) -> None:
     countries = (await gateway.get("/api/v1/stats/distribution/country", headers=ADMIN)).json()
     assert countries["totalInstallations"] == "3"
@@ -138,11 +143,13 @@ async def test_an_unreachable_analytics_server_is_503() -> None:
     try:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
             answer = await client.get("/api/v1/stats/overview", headers=ADMIN)
+            health = await client.get("/health")
     finally:
         http.should_exit = True
         await asyncio.wait_for(task, 30)
     assert answer.status_code == 503
     assert answer.json()["code"] == "UNAVAILABLE"
+    assert (health.status_code, health.json()) == (503, {"status": "not serving", "down": ["analytics"]})
 
 
 async def test_security_headers_and_no_cross_origin_access(gateway: httpx.AsyncClient) -> None:
@@ -157,7 +164,10 @@ async def test_security_headers_and_no_cross_origin_access(gateway: httpx.AsyncC
     assert {path.split("?")[0].replace("/country", "/{dimension}") for path in ENDPOINTS} <= set(
         schema["paths"]
     )
-    for operations in schema["paths"].values():
+    assert "503" in schema["paths"]["/health"]["get"]["responses"]
+    for path, operations in schema["paths"].items():
+        if path == "/health":
+            continue
         for operation in operations.values():
             # What the gateway really answers: 400 with its error body, never FastAPI's 422.
             assert "422" not in operation["responses"]

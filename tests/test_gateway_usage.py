@@ -132,11 +132,14 @@ async def test_an_agent_that_is_down_is_503() -> None:
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
             answer = await client.get(f"{BASE}/local")
+            health = await client.get("/health")
     finally:
         http.should_exit = True
         await asyncio.wait_for(task, 30)
     assert answer.status_code == 503
     assert answer.json()["code"] == "UNAVAILABLE"
+    assert health.status_code == 503
+    assert "agent" in health.json()["down"]
 
 
 async def test_an_openapi_fuzz_run_finds_no_server_error(agent: RunningAgent, tmp_path: Path) -> None:
