@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import os
 import re
+import socket
 import subprocess
 import sys
 import urllib.request
@@ -178,6 +179,9 @@ async def test_the_aggregation_servers_metrics_count_outcomes_and_limits(tmp_pat
     try:
         ca = tmp_path / "tls" / "ca.crt"
         await wait_for_serving(port, ca, process, log_path)
+        # Not TLS at all: gRPC's core library would log the failed handshake on its own.
+        with socket.create_connection(("127.0.0.1", port)) as garbage:
+            garbage.sendall(b"GET / HTTP/1.1\r\n\r\n" * 3)
         credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
         async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
             stub = ingest_service_pb2_grpc.IngestServiceStub(channel)
@@ -207,6 +211,10 @@ async def test_the_aggregation_servers_metrics_count_outcomes_and_limits(tmp_pat
     log_text = log_path.read_text()
     entries = [json.loads(line) for line in log_text.splitlines() if line.startswith("{")]
     assert entries, log_text  # structured: one JSON object per line
+    # Besides the two start-up lines for the operator (where the CA and the
+    # token are), nothing unstructured: gRPC's core logs only errors.
+    others = [line for line in log_text.splitlines() if not line.startswith(("{", "aggregation_server: "))]
+    assert others == []
     assert {"time", "level", "service", "logger", "message"} <= set(entries[0])
     assert {e["service"] for e in entries} == {"aggregation_server"}
     for form in identifier_forms(agent.installation_id):
