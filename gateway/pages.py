@@ -11,10 +11,14 @@ the <style> element it would otherwise inject.
 
 from __future__ import annotations
 
+import asyncio
+import functools
+import gzip
 from importlib.resources import files
 from pathlib import Path
+from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI
+from fastapi import APIRouter, Depends, FastAPI, Header, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
@@ -23,6 +27,12 @@ from .usage_api import local_only
 WEB = Path(str(files("gateway") / "web"))
 PLOTLY_JS = Path(str(files("plotly") / "package_data" / "plotly.min.js"))
 STATIC_PREFIX = "/static"
+
+
+@functools.cache
+def plotly_gzipped() -> bytes:
+    """plotly.js compressed once per process, on first request (4.8 MB, 1.4 MB on the wire)."""
+    return gzip.compress(PLOTLY_JS.read_bytes(), compresslevel=9, mtime=0)
 
 
 def install_pages(app: FastAPI, dashboard: bool, privacy_page: bool) -> None:
@@ -47,8 +57,14 @@ def install_pages(app: FastAPI, dashboard: bool, privacy_page: bool) -> None:
             return FileResponse(WEB / "privacy.html")
 
     @router.get(f"{STATIC_PREFIX}/vendor/plotly.min.js")
-    async def plotly_js() -> FileResponse:
-        return FileResponse(PLOTLY_JS, media_type="text/javascript")
+    async def plotly_js(accept_encoding: Annotated[str, Header()] = "") -> Response:
+        if "gzip" not in accept_encoding.lower():
+            return FileResponse(PLOTLY_JS, media_type="text/javascript")
+        return Response(
+            await asyncio.to_thread(plotly_gzipped),
+            media_type="text/javascript",
+            headers={"Content-Encoding": "gzip", "Vary": "Accept-Encoding"},
+        )
 
     app.include_router(router)
     app.mount(STATIC_PREFIX, StaticFiles(directory=WEB / "static"), name="static")

@@ -22,6 +22,7 @@ from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_g
 
 from analytics_server.server import ServerConfig, serve
 from gateway.app import create_app
+from gateway.pages import PLOTLY_JS
 from gateway.stats_api import HTTP_STATUS, Analytics
 from gateway.usage_api import Agent
 from stats_common import errors
@@ -190,9 +191,14 @@ async def test_the_dashboard_and_its_assets_come_from_the_gateway(gateway: httpx
         answer = await gateway.get(asset)
         assert answer.status_code == 200, asset
         assert answer.headers["cache-control"] == "public, max-age=86400"
-    plotly_js = await gateway.get("/static/vendor/plotly.min.js")
+    plotly_js = await gateway.get("/static/vendor/plotly.min.js")  # httpx asks for gzip
     assert plotly_js.headers["content-type"].startswith("text/javascript")
-    assert b"plotly.js v" in plotly_js.content[:200]
+    assert plotly_js.headers["content-encoding"] == "gzip"
+    assert int(plotly_js.headers["content-length"]) < len(plotly_js.content) / 2  # compressed on the wire
+    assert plotly_js.content == PLOTLY_JS.read_bytes()  # and the same file once unpacked
+    plain = await gateway.get("/static/vendor/plotly.min.js", headers={"Accept-Encoding": "identity"})
+    assert "content-encoding" not in plain.headers
+    assert plain.content == PLOTLY_JS.read_bytes()
     assert (await gateway.get("/static/missing.js")).headers["cache-control"] == "no-store"
 
 
