@@ -44,6 +44,7 @@ from stats_common.health import is_serving
 from stats_common.identity import report_id
 from stats_common.tls import ensure_self_made
 from stats_common.weeks import Week
+from stats_demo.services import free_port
 
 from .harness import cpu_seconds, database, percentile, print_table, rss_kib
 
@@ -133,7 +134,7 @@ def aggregation_server(database_url: str, base: Path) -> Iterator[tuple[subproce
     tls = ensure_self_made(base / "tls")
     assert tls.ca_certificate is not None
     log_path = base / "server.log"
-    port = _free_port()
+    port = free_port()
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
@@ -157,14 +158,6 @@ def aggregation_server(database_url: str, base: Path) -> Iterator[tuple[subproce
         server_log = log_path.read_text(errors="replace")
         if "Traceback" in server_log:
             print(f"the server logged errors:\n{server_log[-4000:]}", file=sys.stderr)
-
-
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _wait_until_serving(target: str, ca: bytes, process: subprocess.Popen[bytes], log_path: Path) -> None:

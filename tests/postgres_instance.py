@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from .test_delivery_outage import free_port
+from stats_demo.services import free_port
 
 
 @dataclass

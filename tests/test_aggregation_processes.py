@@ -25,12 +25,12 @@ from aggregation_server import schema
 from aggregation_server.database import create_sync_engine
 from stats_common.tls import ensure_self_made
 from stats_common.weeks import Week
+from stats_demo.services import free_port
 
 from . import databases
 from .conftest import ROOT
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
-from .test_delivery_outage import free_port
 
 W45, W46 = Week(2026, 45), Week(2026, 46)
 START_TIMEOUT = 60.0

@@ -35,13 +35,13 @@ from analytics_server.reports import (
 )
 from stats_common.tls import ensure_self_made
 from stats_common.weeks import Week
+from stats_demo.services import free_port
 
 from .agent_harness import FakeClock
 from .conftest import ROOT
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
 from .test_analytics_queries import W46, Stored, database_url, stored
-from .test_delivery_outage import free_port
 
 __all__ = ["database_url", "stored"]  # fixtures used here
 

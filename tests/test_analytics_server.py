@@ -123,9 +123,9 @@ async def test_a_failing_smtp_server_does_not_stop_the_service(
     server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     from analytics_server.reports import MailConfig
+    from stats_demo.services import free_port
 
     from .agent_harness import FakeClock
-    from .test_delivery_outage import free_port
 
     unreachable = MailConfig(
         "127.0.0.1", free_port(), "none", "stats@printernizer.invalid", ("m@printernizer.invalid",)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import socket
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ from stats_agent.delivery import Courier, Uplink
 from stats_agent.storage import AgentStore
 from stats_common.tls import TlsFiles, ensure_self_made
 from stats_common.weeks import Week
+from stats_demo.services import free_port
 
 from . import databases
 from .agent_harness import FakeClock, job_created
@@ -37,12 +37,6 @@ AGENT_RESTART_AT = WEEKS[2].start + dt.timedelta(hours=30)
 # gRPC's own reconnect backoff runs on the real clock (up to two minutes); the
 # simulated weeks pass in seconds, so the channel is told to retry quickly.
 FAST_RECONNECT = (("grpc.initial_reconnect_backoff_ms", 50), ("grpc.max_reconnect_backoff_ms", 100))
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 @asynccontextmanager

@@ -25,11 +25,11 @@ from stats_agent.sdk import PrinterType, StatsClient
 from stats_common.tls import ensure_self_made
 from stats_common.weeks import last_complete_week
 from stats_demo.fleet import FleetPlan, FleetProgress, build_fleet, report_fleet, submission
+from stats_demo.services import free_port
 
 from .agent_harness import RPC_TIMEOUT, agent_process, db_event_count, job_created
 from .postgres_instance import postgres_instance
 from .test_aggregation_processes import ServerProcess, count_reports, start_server
-from .test_delivery_outage import free_port
 
 
 def expected_reports(plan: FleetPlan) -> int:

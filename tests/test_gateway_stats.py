@@ -27,13 +27,13 @@ from gateway.stats_api import HTTP_STATUS, Analytics
 from gateway.usage_api import Agent
 from stats_common import errors
 from stats_common.tls import ensure_self_made
+from stats_demo.services import free_port
 
 from . import databases
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
 from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, RunningServer, server
 from .test_analytics_server import last_week
-from .test_delivery_outage import free_port
 
 database_url = databases.database_url
 __all__ = ["server"]  # a fixture used here

@@ -18,9 +18,9 @@ import pytest
 from gateway.stats_api import Analytics
 from gateway.usage_api import Agent
 from stats_common.contract import CURRENT_SCHEMA_VERSION
+from stats_demo.services import free_port
 
 from .agent_harness import RunningAgent, agent, agent_dir
-from .test_delivery_outage import free_port
 from .test_gateway_stats import running_gateway
 
 __all__ = ["agent", "agent_dir"]  # fixtures used here

@@ -15,9 +15,9 @@ import grpc
 import httpx
 
 from stats_common.health import is_serving
+from stats_demo.services import free_port
 
 from .conftest import ROOT
-from .test_delivery_outage import free_port
 
 
 def start(tmp_path: Path, *command: str) -> subprocess.Popen[str]:

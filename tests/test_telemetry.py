@@ -37,6 +37,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stats_common.health import is_serving
 from stats_common.telemetry import ADDRESS, grpc_client_interceptors, mask_addresses
+from stats_demo.services import free_port
 
 from . import databases
 from .agent_harness import (
@@ -54,7 +55,6 @@ from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
 from .test_aggregation_server import TIMEOUT, rpc_error, running_server
 from .test_analytics_server import last_week
-from .test_delivery_outage import free_port
 from .test_gateway_stats import ADMIN
 from .test_gateway_stats import gateway as gateway
 from .test_gateway_stats import server as server
