@@ -9,9 +9,11 @@ while migrations use psycopg; aioodbc on pyodbc for SQL Server).
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
@@ -104,3 +106,29 @@ async def database_answers(engine: AsyncEngine, timeout: float = 3.0) -> bool:
     except Exception:  # any failure to answer means "not ready"; the cause is the database's
         return False
     return True
+
+
+# When a caller should try again after the database did not answer.
+DATABASE_RETRY = dt.timedelta(seconds=10)
+
+# PostgreSQL's SQLSTATEs of a database that cannot be reached for now: connection
+# exceptions (08), insufficient resources (53), operator intervention such as a
+# shutdown or a start in progress (57P), and not accepting connections (55000).
+UNREACHABLE_SQLSTATES = ("08", "53", "57P", "55000")
+
+
+def database_unreachable(exc: BaseException) -> bool:
+    """A failure to reach the database (down, restarting, connection lost or
+    timed out), as opposed to a bug."""
+    if isinstance(exc, sqlalchemy.exc.DBAPIError):
+        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+        if exc.connection_invalidated or sqlstate.startswith(UNREACHABLE_SQLSTATES):
+            return True
+    return isinstance(
+        exc,
+        sqlalchemy.exc.OperationalError
+        | sqlalchemy.exc.InterfaceError
+        | sqlalchemy.exc.TimeoutError
+        | OSError
+        | TimeoutError,
+    )

@@ -16,7 +16,6 @@ from collections.abc import Awaitable, Callable
 from typing import NamedTuple, NoReturn, TypeVar
 
 import grpc
-import sqlalchemy.exc
 from printernizer.stats.v1 import (
     ingest_admin_service_pb2,
     ingest_admin_service_pb2_grpc,
@@ -28,13 +27,11 @@ from stats_common import errors
 from stats_common.errors import Context
 
 from . import metrics
+from .database import DATABASE_RETRY, database_unreachable
 from .ingest import Ingest
 from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated
 
 log = logging.getLogger(__name__)
-
-# When a caller should try again after the database did not answer.
-DATABASE_RETRY = dt.timedelta(seconds=10)
 
 Response = TypeVar("Response")
 
@@ -196,29 +193,6 @@ REFUSAL_REASONS: dict[type[Refused], str] = {
     Forbidden: "deleted_installation",
     TooManySubmissions: "too_many_submissions",
 }
-
-
-# PostgreSQL's SQLSTATEs of a database that cannot be reached for now: connection
-# exceptions (08), insufficient resources (53), operator intervention such as a
-# shutdown or a start in progress (57P), and not accepting connections (55000).
-UNREACHABLE_SQLSTATES = ("08", "53", "57P", "55000")
-
-
-def database_unreachable(exc: BaseException) -> bool:
-    """A failure to reach the database (down, restarting, connection lost or
-    timed out), as opposed to a bug."""
-    if isinstance(exc, sqlalchemy.exc.DBAPIError):
-        sqlstate = getattr(exc.orig, "sqlstate", None) or ""
-        if exc.connection_invalidated or sqlstate.startswith(UNREACHABLE_SQLSTATES):
-            return True
-    return isinstance(
-        exc,
-        sqlalchemy.exc.OperationalError
-        | sqlalchemy.exc.InterfaceError
-        | sqlalchemy.exc.TimeoutError
-        | OSError
-        | TimeoutError,
-    )
 
 
 async def _refuse(context: Context, exc: Refused) -> NoReturn:

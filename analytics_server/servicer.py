@@ -12,6 +12,7 @@ from typing import TypeVar
 from opentelemetry import metrics
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 
+from aggregation_server.database import DATABASE_RETRY, database_unreachable
 from stats_common import errors
 from stats_common.errors import Context
 
@@ -35,10 +36,14 @@ async def _answer(context: Context, call: Callable[[], Awaitable[Response]], wha
     except QueryError as exc:
         outcome = "invalid"
         await errors.invalid_argument(context, [(exc.field, exc.description)])
-    except Exception:
-        outcome = "error"
-        log.exception("%s failed", what)
-        await errors.internal(context)
+    except Exception as exc:
+        if not database_unreachable(exc):
+            outcome = "error"
+            log.exception("%s failed", what)
+            await errors.internal(context)
+        outcome = "unavailable"
+        log.warning("%s: the database is not answering (%s)", what, type(exc).__name__)
+        await errors.unavailable(context, "the database is not answering; try again later", DATABASE_RETRY)
     finally:
         QUERY_DURATION.record(time.perf_counter() - started, {"query": what, "outcome": outcome})
 

@@ -16,11 +16,12 @@ import grpc
 import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
-from printernizer.stats.v1 import ingest_service_pb2
+from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc, ingest_service_pb2
 from sqlalchemy.engine import make_url
 
 from analytics_server.server import ServerConfig as AnalyticsConfig
 from analytics_server.server import serve as serve_analytics
+from stats_common.admin import bearer_metadata
 from stats_common.errors import retry_delay
 from stats_common.tls import ensure_self_made
 
@@ -30,6 +31,7 @@ from .test_aggregation_ingest import Installation
 from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, rpc_error, running_server
 from .test_analytics_server import last_week
 
+ADMIN = bearer_metadata(ADMIN_TOKEN)
 SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
@@ -105,9 +107,16 @@ async def test_the_analytics_server_is_ready_only_while_its_database_answers(
         credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca_certificate.read_bytes())
         async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
             await wait_for_health(channel, SERVING)
+            stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
+            overview = analytics_service_pb2.GetOverviewRequest()
             with database_away(postgres_url):
                 await wait_for_health(channel, NOT_SERVING)
+                # A query meanwhile is told to retry, not that the server broke.
+                refused = await rpc_error(stub.GetOverview(overview, metadata=ADMIN, timeout=TIMEOUT))
+                assert refused.code() == grpc.StatusCode.UNAVAILABLE
+                assert retry_delay(refused) is not None
             await wait_for_health(channel, SERVING)
+            await stub.GetOverview(overview, metadata=ADMIN, timeout=TIMEOUT)
     finally:
         stop.set()
         await asyncio.wait_for(task, 60)
