@@ -14,13 +14,14 @@ Definitions (also in the contract, analytics_service.proto):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Sequence
 from dataclasses import dataclass
 
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
 from sqlalchemy import func, literal, select
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from aggregation_server import schema
 from stats_common.countries import country_name
@@ -159,6 +160,19 @@ class Analytics:
     min_group_size: int = 5
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
+    @contextlib.asynccontextmanager
+    async def reading(self) -> AsyncIterator[AsyncConnection]:
+        """A connection whose statements all see one snapshot of the rollups, so
+        a refresh committing between two of them cannot tear an answer (a
+        week's total counted, its groups not yet). PostgreSQL: REPEATABLE READ;
+        SQLite: one read transaction (writers wait for it; it is short)."""
+        async with self.engine.connect() as connection:
+            if connection.dialect.name == "postgresql":
+                await connection.execution_options(isolation_level="REPEATABLE READ")
+            elif connection.dialect.name == "sqlite":
+                await connection.exec_driver_sql("BEGIN")
+            yield connection
+
     async def installation_trend(
         self, request: analytics_service_pb2.GetInstallationTrendRequest
     ) -> analytics_service_pb2.GetInstallationTrendResponse:
@@ -168,7 +182,7 @@ class Analytics:
     async def _installation_weeks(self, weeks: list[Week]) -> list[analytics_service_pb2.InstallationWeek]:
         before = weeks[0].previous()
         totals, new = schema.weekly_totals, schema.weekly_new
-        async with self.engine.connect() as connection:
+        async with self.reading() as connection:
             active = dict(
                 (
                     await connection.execute(
@@ -296,7 +310,7 @@ class Analytics:
         """Installations active in at least one of `count` weeks ending with `last`."""
         first = weeks_ending(last, count)[0]
         installations, reports = schema.installations, schema.reports
-        async with self.engine.connect() as connection:
+        async with self.reading() as connection:
             if last == last_complete_week(self.clock()):
                 # No report can be newer than the last complete week: an
                 # installation's newest week tells (an indexed count).
@@ -339,7 +353,7 @@ class Analytics:
         """Installations by two dimensions at once (from the pair rollups)."""
         pairs = schema.weekly_pairs
         low, high = sorted((first, second))
-        async with self.engine.connect() as connection:
+        async with self.reading() as connection:
             rows = (
                 await connection.execute(
                     select(
@@ -492,7 +506,7 @@ class Analytics:
         version_errors, _ = await self._groups_over(span, ERRORS_BY_VERSION)
         pairs, _ = await self._groups_over(span, ERRORS_BY_TYPE_AND_COMPONENT)
         arrivals_table = schema.weekly_arrivals
-        async with self.engine.connect() as connection:
+        async with self.reading() as connection:
             received = dict(
                 (
                     await connection.execute(
@@ -558,7 +572,7 @@ class Analytics:
         groups, totals = schema.weekly_groups, schema.weekly_totals
         span = (weeks[0].key, weeks[-1].key)
         per_week: dict[int, list[Group]] = {}
-        async with self.engine.connect() as connection:
+        async with self.reading() as connection:
             rows = await connection.execute(
                 select(
                     groups.c.week,

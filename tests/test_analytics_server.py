@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import sqlite3
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
@@ -14,7 +15,13 @@ from pathlib import Path
 import grpc
 import pytest
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
+from sqlalchemy import func, select
+from sqlalchemy.ext.asyncio import create_async_engine
 
+from aggregation_server import schema
+from aggregation_server.database import async_url
+from analytics_server.queries import Analytics
+from analytics_server.rollups import Rollups
 from analytics_server.server import ServerConfig, serve
 from stats_common.admin import bearer_metadata
 from stats_common.errors import field_violations
@@ -156,3 +163,43 @@ async def test_a_failing_smtp_server_does_not_stop_the_service(
     finally:
         stop.set()
         await asyncio.wait_for(task, 30)
+
+
+def write_totals(path: str) -> None:
+    writer = sqlite3.connect(path, timeout=0.2)
+    try:
+        writer.execute("BEGIN IMMEDIATE")
+        writer.execute("UPDATE weekly_totals SET active = active")
+        writer.commit()
+    finally:
+        writer.close()
+
+
+async def test_a_query_reads_one_snapshot_while_a_refresh_commits(server: RunningServer) -> None:
+    """A refresh that commits between two statements of one query must not
+    tear its answer (seen once: a week's total of 3 with no country groups)."""
+    engine = create_async_engine(async_url(server.database_url))
+    try:
+        analytics = Analytics(engine, min_group_size=1)
+        rollups = Rollups(engine)
+        await rollups.refresh()
+        totals = select(func.count()).select_from(schema.weekly_totals)
+        async with analytics.reading() as connection:
+            before = await connection.scalar(totals)
+            if engine.dialect.name == "postgresql":
+                agent = Installation(uuid.uuid4().bytes)
+                await server.stub.SubmitReports(
+                    agent.submission(report_of(agent, last_week())), timeout=TIMEOUT
+                )
+                assert await rollups.refresh()  # a week rebuilt and committed meanwhile
+            else:
+                # SQLite: the read transaction holds the file, so a writer cannot
+                # commit in the middle of it (it waits, here 0.2 s, then gives up).
+                with pytest.raises(sqlite3.OperationalError, match="locked"):
+                    await asyncio.to_thread(write_totals, server.database_url.removeprefix("sqlite:///"))
+            assert await connection.scalar(totals) == before  # still the snapshot it started with
+        async with analytics.reading() as connection:
+            if engine.dialect.name == "postgresql":
+                assert await connection.scalar(totals) == (before or 0) + 1  # a new query sees the refresh
+    finally:
+        await engine.dispose()
