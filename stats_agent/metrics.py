@@ -19,6 +19,35 @@ STATUS_TIMEOUT_SECONDS = 5.0
 STATUS_MAX_AGE_SECONDS = 1.0  # one status serves every instrument of one collection
 
 
+Status = agent_service_pb2.GetStatusResponse
+# (name, a level (gauge) or a total that only grows (counter), read from the status, unit, meaning)
+INSTRUMENTS: tuple[tuple[str, str, Callable[[Status], int], str, str], ...] = (
+    (
+        "stats.agent.outbox.reports",
+        "gauge",
+        lambda s: s.queued_reports,
+        "{report}",
+        "reports waiting to be sent",
+    ),
+    ("stats.agent.events.stored", "gauge", lambda s: s.stored_events, "{event}", "events kept locally"),
+    (
+        "stats.agent.events.dropped",
+        "counter",
+        lambda s: s.dropped_events,
+        "{event}",
+        "events the host app's SDK dropped (its buffer was full or the agent away)",
+    ),
+    ("stats.agent.events.rejected", "counter", lambda s: s.rejected_events, "{event}", "events refused"),
+    (
+        "stats.agent.reports.evicted",
+        "counter",
+        lambda s: s.evicted_reports,
+        "{report}",
+        "unsent reports dropped because the outbox was full",
+    ),
+)
+
+
 class AgentMetrics:
     def __init__(self, agent: StatsAgent, loop: asyncio.AbstractEventLoop) -> None:
         self.agent, self.loop = agent, loop
@@ -26,40 +55,11 @@ class AgentMetrics:
         self._status: agent_service_pb2.GetStatusResponse | None = None
         self._read_at = 0.0
         meter = metrics.get_meter("printernizer_stats.stats_agent")
-        meter.create_observable_gauge(
-            "stats.agent.outbox.reports",
-            [self._observe(lambda s: s.queued_reports)],
-            unit="{report}",
-            description="reports waiting to be sent",
-        )
-        meter.create_observable_gauge(
-            "stats.agent.events.stored",
-            [self._observe(lambda s: s.stored_events)],
-            unit="{event}",
-            description="events kept in the local database",
-        )
-        meter.create_observable_counter(
-            "stats.agent.events.dropped",
-            [self._observe(lambda s: s.dropped_events)],
-            unit="{event}",
-            description="events the host app's SDK dropped (its buffer was full or the agent away)",
-        )
-        meter.create_observable_counter(
-            "stats.agent.events.rejected",
-            [self._observe(lambda s: s.rejected_events)],
-            unit="{event}",
-            description="events the agent refused as invalid",
-        )
-        meter.create_observable_counter(
-            "stats.agent.reports.evicted",
-            [self._observe(lambda s: s.evicted_reports)],
-            unit="{report}",
-            description="unsent reports dropped because the outbox was full",
-        )
+        for name, kind, read, unit, description in INSTRUMENTS:
+            create = meter.create_observable_counter if kind == "counter" else meter.create_observable_gauge
+            create(name, [self._observe(read)], unit=unit, description=description)
 
-    def _observe(
-        self, value: Callable[[agent_service_pb2.GetStatusResponse], int]
-    ) -> Callable[[CallbackOptions], Iterable[Observation]]:
+    def _observe(self, value: Callable[[Status], int]) -> Callable[[CallbackOptions], Iterable[Observation]]:
         def callback(_: CallbackOptions) -> Iterable[Observation]:
             status = self._current_status()
             return [] if status is None else [Observation(value(status))]
