@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,25 @@ def host_port(value: str) -> str:
     host, sep, port = value.rpartition(":")
     if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
         raise argparse.ArgumentTypeError(f"expected HOST:PORT, got {value!r}")
+    return value
+
+
+def host_port_or_empty(value: str) -> str:
+    """HOST:PORT, or empty for "off"."""
+    return host_port(value) if value else value
+
+
+_HOST_NAME = re.compile(
+    r"(?=.{1,253}$)([A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)(\.[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?)*"
+)
+
+
+def host_names(value: str) -> str:
+    """Comma-separated DNS host names (ASCII; write international names as
+    their xn-- form), or empty."""
+    for name in (n.strip() for n in value.split(",") if n.strip()):
+        if not _HOST_NAME.fullmatch(name):
+            raise argparse.ArgumentTypeError(f"{name!r} is not a host name (letters, digits, '-' and '.')")
     return value
 
 

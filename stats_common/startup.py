@@ -14,7 +14,7 @@ from typing import Any
 from sqlalchemy.exc import SQLAlchemyError
 
 from .admin import AdminTokenError, ensure_token_file
-from .cli import EnvArgumentParser, user_data_dir
+from .cli import EnvArgumentParser, host_names, user_data_dir
 from .telemetry import add_telemetry_options, configure, settings_from
 from .tls import TlsFiles, ensure_self_made, given_files
 
@@ -43,6 +43,7 @@ def add_tls_and_admin_options(parser: EnvArgumentParser, admin_help: str) -> Non
         "--tls-names",
         help="host names the self-made certificate is also valid for, comma-separated (besides localhost)",
         default="",
+        type=host_names,
         metavar="NAMES",
     )
     parser.add_env_option(

@@ -37,7 +37,7 @@ from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .cli import EnvArgumentParser
+from .cli import EnvArgumentParser, host_port_or_empty
 
 # Span attributes that can hold a client's (or any peer's) address.
 PRIVATE_ATTRIBUTES = frozenset(
@@ -174,6 +174,7 @@ def add_telemetry_options(parser: EnvArgumentParser) -> None:
         "--metrics-listen",
         help="serve Prometheus metrics (text) on this address at /metrics (empty: off)",
         default="",
+        type=host_port_or_empty,
         metavar="HOST:PORT",
     )
     parser.add_env_option(
@@ -244,7 +245,11 @@ def configure(settings: TelemetrySettings) -> Telemetry:
 
         readers.append(PrometheusMetricReader())
         host, _, port = settings.metrics_listen.rpartition(":")
-        start_http_server(int(port), addr=host.strip("[]") or "127.0.0.1")
+        try:
+            start_http_server(int(port), addr=host.strip("[]"))
+        except OSError as exc:  # one line and exit code 1, as for any unusable setting
+            where = settings.metrics_listen
+            raise SystemExit(f"{settings.service}: cannot serve metrics on {where}: {exc.strerror}") from None
     if readers:
         telemetry.meter_provider = MeterProvider(
             resource=resource, metric_readers=readers, views=private_views()

@@ -34,8 +34,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
+from aggregation_server.ingest import MAX_REPORTS_PER_SUBMISSION
 from stats_agent.delivery import Uplink
 from stats_common import contract
+from stats_common.cli import positive_int
 from stats_common.weeks import last_complete_week
 
 from .fleet import FleetPlan, FleetProgress, build_fleet, report_fleet
@@ -105,11 +107,25 @@ def wait_for_local_events(gateway: str, timeout: float = 30.0) -> int:
     return stored
 
 
+def weeks_of_history(value: str) -> int:
+    """Each simulated installation sends its history in one submission, which holds at most so many weeks."""
+    weeks = positive_int(value)
+    if weeks > MAX_REPORTS_PER_SUBMISSION:
+        raise argparse.ArgumentTypeError(f"at most {MAX_REPORTS_PER_SUBMISSION} weeks, got {weeks}")
+    return weeks
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stats_demo", description=__doc__)
     parser.add_argument("--data-dir", type=Path, help="keep every file here (default: a temporary directory)")
-    parser.add_argument("--installations", type=int, help="simulated installations (default 300; short: 40)")
-    parser.add_argument("--weeks", type=int, help="weeks of history (default 26; short: 10)")
+    parser.add_argument(
+        "--installations", type=positive_int, help="simulated installations (default 300; short: 40)"
+    )
+    parser.add_argument(
+        "--weeks",
+        type=weeks_of_history,
+        help=f"weeks of history, 1-{MAX_REPORTS_PER_SUBMISSION} (default 26; short: 10)",
+    )
     parser.add_argument("--gateway-port", type=int, default=8470, help="the pages' port (default 8470)")
     parser.add_argument("--host-app-port", type=int, default=8471, help="the example host app's port")
     parser.add_argument("--short", action="store_true", help="a small fleet; stop after the checks")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -159,3 +160,24 @@ def test_unusable_settings_are_one_clear_line(tmp_path: Path) -> None:
     assert migrations.returncode == 1
     assert migrations.stderr.startswith("aggregation_server: the migrations failed:")
     assert len(migrations.stderr.strip().splitlines()) == 1
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = f"127.0.0.1:{taken.getsockname()[1]}"
+        for command, says in (
+            (["analytics_server", "--metrics-listen", busy], "cannot serve metrics on"),  # in use
+            (["aggregation_server", "--tls-names", "bad name"], "is not a host name"),
+            (["gateway", "--metrics-listen", "nonsense"], "expected HOST:PORT"),
+            (["stats_demo", "--weeks", "61"], "--weeks"),  # more than one submission holds
+        ):
+            refused = subprocess.run(
+                [sys.executable, "-m", *command],
+                cwd=ROOT,
+                env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            assert refused.returncode in (1, 2), (command, refused.stderr)
+            assert "Traceback" not in refused.stderr, command
+            assert says in refused.stderr.strip().splitlines()[-1], (command, refused.stderr)
