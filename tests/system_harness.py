@@ -15,12 +15,9 @@ from pathlib import Path
 
 from printernizer.stats.v1 import common_pb2
 
-from analytics_server.server import ServerConfig as AnalyticsConfig
-from analytics_server.server import serve as serve_analytics
 from gateway.stats_api import Analytics
 from gateway.usage_api import Agent
 from stats_agent.delivery import Uplink
-from stats_common.tls import ensure_self_made
 from stats_common.weeks import Week, last_complete_week
 from stats_demo.fleet import FleetPlan, FleetProgress, report_fleet
 
@@ -37,6 +34,7 @@ from .agent_harness import (
     short_private_dir,
 )
 from .test_aggregation_server import ADMIN_TOKEN, running_server
+from .test_analytics_server import running_analytics
 from .test_gateway_stats import running_gateway
 
 
@@ -101,14 +99,10 @@ async def running_system(
         finally:
             await uplink.close()
         assert not sent.failed, sent.failed
-        tls = ensure_self_made(base / "analytics-tls")
-        config = AnalyticsConfig("127.0.0.1:0", database_url, tls, ADMIN_TOKEN, min_group_size=min_group_size)
-        ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-        stop = asyncio.Event()
-        analytics_task = asyncio.create_task(serve_analytics(config, stop, on_ready=ready.set_result))
-        try:
-            port = await asyncio.wait_for(ready, 60)
-            assert tls.ca_certificate is not None
+        async with running_analytics(database_url, base / "analytics-tls", min_group_size=min_group_size) as (
+            port,
+            ca,
+        ):
             agent_config = dataclasses.replace(
                 make_config(short_private_dir()),  # a socket path must be short
                 server_address=f"localhost:{ingest.port}",
@@ -116,13 +110,10 @@ async def running_system(
             )
             async with running_agent(agent_config, clock) as agent:
                 await record_own_activity(agent, 6, now)
-                analytics = Analytics(f"localhost:{port}", tls.ca_certificate.read_bytes(), ADMIN_TOKEN)
+                analytics = Analytics(f"localhost:{port}", ca, ADMIN_TOKEN)
                 http, task, url = await running_gateway(analytics, Agent(str(agent.socket_path)))
                 try:
                     yield RunningSystem(url, ADMIN_TOKEN, plan, sent, agent, clock)
                 finally:
                     http.should_exit = True
                     await asyncio.wait_for(task, 30)
-        finally:
-            stop.set()
-            await asyncio.wait_for(analytics_task, 30)

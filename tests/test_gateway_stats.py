@@ -20,20 +20,18 @@ import pytest
 import uvicorn
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 
-from analytics_server.server import ServerConfig, serve
 from gateway.app import create_app
 from gateway.pages import PLOTLY_JS
 from gateway.stats_api import HTTP_STATUS, Analytics
 from gateway.usage_api import Agent
 from stats_common import errors
-from stats_common.tls import ensure_self_made
 from stats_demo.services import free_port
 
 from . import databases
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
 from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, RunningServer, server
-from .test_analytics_server import last_week
+from .test_analytics_server import last_week, running_analytics
 
 database_url = databases.database_url
 __all__ = ["server"]  # a fixture used here
@@ -58,21 +56,14 @@ async def gateway(server: RunningServer, tmp_path: Path) -> AsyncIterator[httpx.
     for _ in range(3):  # three installations, last week, in Germany (k = 2 below)
         agent = Installation(uuid.uuid4().bytes)
         await server.stub.SubmitReports(agent.submission(report_of(agent, last_week())), timeout=TIMEOUT)
-    tls = ensure_self_made(tmp_path / "tls")
-    config = ServerConfig("127.0.0.1:0", server.database_url, tls, ADMIN_TOKEN, min_group_size=2)
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-    analytics_task = asyncio.create_task(serve(config, stop, on_ready=ready.set_result))
-    port = await asyncio.wait_for(ready, 30)
-    http, task, url = await running_gateway(Analytics(f"localhost:{port}", server.ca, ADMIN_TOKEN))
-    try:
-        async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
-            yield client
-    finally:
-        http.should_exit = True
-        await asyncio.wait_for(task, 30)
-        stop.set()
-        await asyncio.wait_for(analytics_task, 30)
+    async with running_analytics(server.database_url, tmp_path / "tls", min_group_size=2) as (port, ca):
+        http, task, url = await running_gateway(Analytics(f"localhost:{port}", ca, ADMIN_TOKEN))
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+                yield client
+        finally:
+            http.should_exit = True
+            await asyncio.wait_for(task, 30)
 
 
 ENDPOINTS = [

@@ -19,17 +19,14 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc, ingest_service_pb2
 from sqlalchemy.engine import make_url
 
-from analytics_server.server import ServerConfig as AnalyticsConfig
-from analytics_server.server import serve as serve_analytics
 from stats_common.admin import bearer_metadata
 from stats_common.errors import retry_delay
-from stats_common.tls import ensure_self_made
 
 from . import databases
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
 from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, rpc_error, running_server
-from .test_analytics_server import last_week
+from .test_analytics_server import last_week, running_analytics
 
 ADMIN = bearer_metadata(ADMIN_TOKEN)
 SERVING = health_pb2.HealthCheckResponse.SERVING
@@ -96,15 +93,8 @@ async def test_the_aggregation_server_is_ready_only_while_its_database_answers(
 async def test_the_analytics_server_is_ready_only_while_its_database_answers(
     postgres_url: str, tmp_path: Path
 ) -> None:
-    tls = ensure_self_made(tmp_path / "tls")
-    config = AnalyticsConfig("127.0.0.1:0", postgres_url, tls, ADMIN_TOKEN, readiness_seconds=0.2)
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve_analytics(config, stop, on_ready=ready.set_result))
-    try:
-        port = await asyncio.wait_for(ready, 30)
-        assert tls.ca_certificate is not None
-        credentials = grpc.ssl_channel_credentials(root_certificates=tls.ca_certificate.read_bytes())
+    async with running_analytics(postgres_url, tmp_path / "tls", readiness_seconds=0.2) as (port, ca):
+        credentials = grpc.ssl_channel_credentials(root_certificates=ca)
         async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
             await wait_for_health(channel, SERVING)
             stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
@@ -117,6 +107,3 @@ async def test_the_analytics_server_is_ready_only_while_its_database_answers(
                 assert retry_delay(refused) is not None
             await wait_for_health(channel, SERVING)
             await stub.GetOverview(overview, metadata=ADMIN, timeout=TIMEOUT)
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
