@@ -7,15 +7,13 @@ says nothing else."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
 
 import grpc
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from grpc_health.v1 import health_pb2
 
-from .stats_api import Analytics
-from .usage_api import Agent
+from .backend import Backend
 
 HEALTH_TIMEOUT_SECONDS = 3.0
 
@@ -35,18 +33,14 @@ async def _serving(channel: grpc.aio.Channel) -> bool:
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
 
 
-def health_router(analytics: Analytics | None, agent: Agent | None) -> APIRouter:
+def health_router(analytics: Backend | None, agent: Backend | None) -> APIRouter:
     router = APIRouter(tags=["health"])
 
     @router.get("/health", responses={503: {"description": "a backend is not serving"}})
     async def health() -> JSONResponse:
         """200 when every backend answers SERVING, else 503."""
-        backends: dict[str, Any] = {}
-        if analytics is not None:
-            backends["analytics"] = analytics.channel
-        if agent is not None:
-            backends["agent"] = agent.channel
-        states = await asyncio.gather(*(_serving(channel) for channel in backends.values()))
+        backends = {name: b for name, b in (("analytics", analytics), ("agent", agent)) if b is not None}
+        states = await asyncio.gather(*(_serving(backend.channel) for backend in backends.values()))
         down = sorted(name for name, serving in zip(backends, states, strict=True) if not serving)
         if down:
             return JSONResponse({"status": "not serving", "down": down}, status_code=503)

@@ -9,6 +9,7 @@ parameter, when one is>}.
 
 from __future__ import annotations
 
+import functools
 import hmac
 import re
 from collections.abc import Awaitable, Callable
@@ -26,6 +27,8 @@ from printernizer.stats.v1 import analytics_service_pb2_grpc, common_pb2
 from stats_common.admin import bearer_metadata
 from stats_common.errors import field_violations, retry_delay
 from stats_common.telemetry import grpc_client_interceptors
+
+from .backend import Backend
 
 WEEK_PATTERN = r"^\d{4}-W\d{2}$"
 MAX_WEEKS = 104
@@ -60,35 +63,21 @@ ERROR_GROUPINGS = {
 }
 
 
-class Analytics:
-    """The TLS channel to the analytics server, with the admin token. The
-    channel opens on first use: inside the server's event loop, which is not
-    the one running when the app is built."""
+class Analytics(Backend):
+    """The TLS channel to the analytics server, with the admin token."""
 
     def __init__(self, target: str, ca: bytes | None, token: str) -> None:
+        super().__init__()
         self.target, self.ca, self.token = target, ca, token
         self.metadata = bearer_metadata(token)
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: analytics_service_pb2_grpc.AnalyticsServiceAsyncStub | None = None
 
-    @property
-    def channel(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            credentials = grpc.ssl_channel_credentials(root_certificates=self.ca)
-            self._channel = grpc.aio.secure_channel(
-                self.target, credentials, interceptors=grpc_client_interceptors()
-            )
-        return self._channel
+    def _open(self) -> grpc.aio.Channel:
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.ca)
+        return grpc.aio.secure_channel(self.target, credentials, interceptors=grpc_client_interceptors())
 
-    @property
+    @functools.cached_property
     def stub(self) -> analytics_service_pb2_grpc.AnalyticsServiceAsyncStub:
-        if self._stub is None:
-            self._stub = analytics_service_pb2_grpc.AnalyticsServiceStub(self.channel)
-        return self._stub
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
+        return analytics_service_pb2_grpc.AnalyticsServiceStub(self.channel)
 
 
 def week_of(value: str | None) -> common_pb2.IsoWeek | None:

@@ -10,6 +10,7 @@ them; no cross-origin access is granted either).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
@@ -24,37 +25,25 @@ from pydantic import BaseModel, ConfigDict, Field
 from stats_common.contract import CURRENT_SCHEMA_VERSION, NEVER_COLLECTED, disclosure, free_text_violations
 from stats_common.telemetry import grpc_client_interceptors
 
+from .backend import Backend
 from .stats_api import CALL_TIMEOUT_SECONDS, WEEK_PATTERN, Refusal, json_of, week_of
 
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
 
 
-class Agent:
-    """The channel to the local agent's Unix socket (opened on first use, in
-    the server's event loop)."""
+class Agent(Backend):
+    """The channel to the local agent's Unix socket."""
 
     def __init__(self, socket_path: str) -> None:
+        super().__init__()
         self.socket_path = socket_path
-        self._channel: grpc.aio.Channel | None = None
-        self._stub: agent_service_pb2_grpc.AgentServiceAsyncStub | None = None
 
-    @property
-    def channel(self) -> grpc.aio.Channel:
-        if self._channel is None:
-            self._channel = grpc.aio.insecure_channel(
-                f"unix:{self.socket_path}", interceptors=grpc_client_interceptors()
-            )
-        return self._channel
+    def _open(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(f"unix:{self.socket_path}", interceptors=grpc_client_interceptors())
 
-    @property
+    @functools.cached_property
     def stub(self) -> agent_service_pb2_grpc.AgentServiceAsyncStub:
-        if self._stub is None:
-            self._stub = agent_service_pb2_grpc.AgentServiceStub(self.channel)
-        return self._stub
-
-    async def close(self) -> None:
-        if self._channel is not None:
-            await self._channel.close()
+        return agent_service_pb2_grpc.AgentServiceStub(self.channel)
 
 
 class NoFields(BaseModel):

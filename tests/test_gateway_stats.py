@@ -210,6 +210,13 @@ async def test_an_openapi_fuzz_run_finds_no_server_error(gateway: httpx.AsyncCli
     assert int(re.search(r"Tested: (\d+)", text).group(1)) == 10, text  # type: ignore[union-attr]
 
 
+class PlainAnalytics(Analytics):
+    """The gateway's channel, without TLS: to the stand-in below."""
+
+    def _open(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.target)
+
+
 class RefusingAnalytics(analytics_service_pb2_grpc.AnalyticsServiceServicer):
     """A stand-in for the analytics server that answers GetOverview with a
     chosen gRPC status. The real server cannot be made to answer most of these
@@ -243,10 +250,7 @@ async def test_every_grpc_status_maps_to_its_http_status(code: grpc.StatusCode, 
     analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(refusing, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    analytics = Analytics(f"127.0.0.1:{port}", None, ADMIN_TOKEN)
-    analytics._stub = analytics_service_pb2_grpc.AnalyticsServiceStub(  # plain gRPC to the stand-in
-        grpc.aio.insecure_channel(f"127.0.0.1:{port}")
-    )
+    analytics = PlainAnalytics(f"127.0.0.1:{port}", None, ADMIN_TOKEN)
     http, task, url = await running_gateway(analytics)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
