@@ -45,3 +45,9 @@ _tracer_provider.add_span_processor(SimpleSpanProcessor(PrivateSpanExporter(SPAN
 trace.set_tracer_provider(_tracer_provider)
 METRICS = InMemoryMetricReader()
 metrics.set_meter_provider(MeterProvider(metric_readers=[METRICS], views=private_views()))
+
+
+@pytest.fixture(autouse=True)
+def _forget_spans() -> None:
+    """Each test starts with no spans kept: the in-memory store never grows past one test."""
+    SPANS.clear()

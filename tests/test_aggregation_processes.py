@@ -55,8 +55,14 @@ class ServerProcess:
 
 
 def start_server(
-    base: Path, database_url: str, name: str, port: int | None = None, extra: tuple[str, ...] = ()
+    base: Path,
+    database_url: str,
+    name: str,
+    port: int | None = None,
+    extra: tuple[str, ...] = (),
+    env: dict[str, str] | None = None,
 ) -> ServerProcess:
+    """`python -m aggregation_server` with its files under `base`, logging to base/NAME.log."""
     port = port or free_port()
     log_path = base / f"{name}.log"
     with log_path.open("wb") as log:
@@ -79,6 +85,7 @@ def start_server(
             stdin=subprocess.DEVNULL,
             stdout=log,
             stderr=log,
+            env=env,
         )
     return ServerProcess(process, port, log_path)
 

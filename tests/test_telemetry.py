@@ -13,8 +13,6 @@ import json
 import os
 import re
 import socket
-import subprocess
-import sys
 import urllib.request
 import uuid
 from collections.abc import Iterable
@@ -35,7 +33,6 @@ from printernizer.stats.v1 import (
 )
 from prometheus_client.parser import text_string_to_metric_families
 
-from stats_common.health import is_serving
 from stats_common.telemetry import ADDRESS, grpc_client_interceptors, mask_addresses
 from stats_demo.services import free_port
 
@@ -48,11 +45,12 @@ from .agent_harness import (
     running_agent,
     short_private_dir,
 )
-from .conftest import ROOT, SPANS
+from .conftest import SPANS
 from .databases import database_url as database_url
 from .system_harness import MovableClock
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
+from .test_aggregation_processes import start_server
 from .test_aggregation_server import TIMEOUT, rpc_error, running_server
 from .test_analytics_server import last_week
 from .test_gateway_stats import ADMIN
@@ -163,22 +161,17 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
 
 async def test_the_aggregation_servers_metrics_count_outcomes_and_limits(tmp_path: Path) -> None:
     metrics_port, port = free_port(), free_port()
-    log_path = tmp_path / "server.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "aggregation_server", "--listen", f"127.0.0.1:{port}"),
-                *("--database-url", f"sqlite:///{tmp_path / 'aggregation.db'}"),
-                *("--tls-dir", str(tmp_path / "tls"), "--admin-token-file", str(tmp_path / "admin-token")),
-                *("--metrics-listen", f"127.0.0.1:{metrics_port}", "--peer-calls-per-second", "1"),
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
-        )
+    server = start_server(
+        tmp_path,
+        f"sqlite:///{tmp_path / 'aggregation.db'}",
+        "server",
+        port=port,
+        extra=("--metrics-listen", f"127.0.0.1:{metrics_port}", "--peer-calls-per-second", "1"),
+    )
+    process, log_path = server.process, server.log_path
     try:
         ca = tmp_path / "tls" / "ca.crt"
-        await wait_for_serving(port, ca, process, log_path)
+        await server.wait_until_serving()
         # Not TLS at all: gRPC's core library would log the failed handshake on its own.
         with socket.create_connection(("127.0.0.1", port)) as garbage:
             garbage.sendall(b"GET / HTTP/1.1\r\n\r\n" * 3)
@@ -220,18 +213,6 @@ async def test_the_aggregation_servers_metrics_count_outcomes_and_limits(tmp_pat
     for form in identifier_forms(agent.installation_id):
         assert form not in log_text
     assert not ADDRESS.search(log_text), ADDRESS.findall(log_text)
-
-
-async def wait_for_serving(port: int, ca: Path, process: subprocess.Popen[bytes], log: Path) -> None:
-    for _ in range(300):
-        if process.poll() is not None:
-            raise AssertionError(log.read_text())
-        if ca.exists():
-            credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
-            if await asyncio.to_thread(is_serving, f"localhost:{port}", "", 1.0, credentials):
-                return
-        await asyncio.sleep(0.1)
-    raise AssertionError(log.read_text())
 
 
 def test_addresses_are_masked_in_any_text() -> None:
@@ -276,23 +257,19 @@ async def test_otlp_export_and_logs_share_trace_ids_and_hold_no_address(tmp_path
     collector_port = receiver.add_insecure_port("127.0.0.1:0")
     await receiver.start()
     port = free_port()
-    log_path = tmp_path / "server.log"
-    with databases.fresh_postgres_database() as database_url, log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                *(sys.executable, "-m", "aggregation_server", "--listen", f"127.0.0.1:{port}"),
-                *("--database-url", database_url, "--tls-dir", str(tmp_path / "tls")),
-                *("--admin-token-file", str(tmp_path / "admin-token")),
-                *("--otlp-endpoint", f"http://127.0.0.1:{collector_port}"),
-            ],
-            cwd=ROOT,
-            stdout=log,
-            stderr=log,
+    with databases.fresh_postgres_database() as database_url:
+        server = start_server(
+            tmp_path,
+            database_url,
+            "server",
+            port=port,
+            extra=("--otlp-endpoint", f"http://127.0.0.1:{collector_port}"),
             env={**os.environ, "OTEL_BSP_SCHEDULE_DELAY": "100", "OTEL_METRIC_EXPORT_INTERVAL": "500"},
         )
+        process, log_path = server.process, server.log_path
         try:
             ca = tmp_path / "tls" / "ca.crt"
-            await wait_for_serving(port, ca, process, log_path)
+            await server.wait_until_serving()
             credentials = grpc.ssl_channel_credentials(root_certificates=ca.read_bytes())
             agent = Installation(uuid.uuid4().bytes)
             async with grpc.aio.secure_channel(
