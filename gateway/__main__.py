@@ -16,7 +16,7 @@ import uvicorn
 
 from stats_common.admin import AdminTokenError, read_token_file
 from stats_common.cli import EnvArgumentParser, host_port, user_data_dir, user_runtime_dir
-from stats_common.telemetry import add_telemetry_options, configure, settings_from
+from stats_common.telemetry import add_telemetry_options, configure
 
 from .app import create_app
 from .stats_api import Analytics
@@ -69,7 +69,7 @@ def build_parser() -> EnvArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args: argparse.Namespace = build_parser().parse_args(argv)
-    configure(settings_from(args, "gateway"))
+    configure("gateway", args)
     analytics = None
     try:
         if args.admin_token_file:

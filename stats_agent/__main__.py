@@ -14,7 +14,7 @@ from pathlib import Path
 
 from stats_common.cli import EnvArgumentParser, env_flag, positive_int, user_data_dir, user_runtime_dir
 from stats_common.countries import system_timezone
-from stats_common.telemetry import add_telemetry_options, configure, settings_from
+from stats_common.telemetry import add_telemetry_options, configure
 
 from .agent import AgentConfig
 from .consent import Override
@@ -69,7 +69,7 @@ def build_parser() -> EnvArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    configure(settings_from(args, "stats_agent"))
+    configure("stats_agent", args)
     if args.ca_file and not os.access(args.ca_file, os.R_OK):
         print(f"stats_agent: cannot read the --ca-file {args.ca_file}", file=sys.stderr)
         return 1

@@ -15,7 +15,7 @@ from sqlalchemy.exc import SQLAlchemyError
 
 from .admin import AdminTokenError, ensure_token_file
 from .cli import EnvArgumentParser, host_names, user_data_dir
-from .telemetry import add_telemetry_options, configure, settings_from
+from .telemetry import add_telemetry_options, configure
 from .tls import TlsFiles, ensure_self_made, given_files
 
 
@@ -60,7 +60,7 @@ def start(
     """Parse the options, set up logging, and load the TLS material and the
     admin token; a problem ends the program with one line and exit code 1."""
     args = parser.parse_args(argv)
-    configure(settings_from(args, parser.prog))
+    configure(parser.prog, args)
     try:
         tls, token = tls_and_admin_token(parser, args)
     except StartupError as exc:

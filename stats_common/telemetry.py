@@ -20,12 +20,12 @@ a metric or a log (tested).
 
 from __future__ import annotations
 
+import argparse
 import json
 import logging
 import re
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from opentelemetry import metrics, trace
@@ -185,24 +185,6 @@ def add_telemetry_options(parser: EnvArgumentParser) -> None:
     )
 
 
-@dataclass(frozen=True)
-class TelemetrySettings:
-    service: str
-    log_level: str = "INFO"
-    log_format: str = "json"
-    otlp_endpoint: str = ""
-    metrics_listen: str = ""
-
-
-@dataclass
-class Telemetry:
-    """What `configure` set up (None: left to the API's no-op default)."""
-
-    tracer_provider: TracerProvider | None = None
-    meter_provider: MeterProvider | None = None
-    readers: list[MetricReader] = field(default_factory=list)
-
-
 def configure_logging(service: str, level: str, log_format: str) -> None:
     handler = logging.StreamHandler()
     if log_format == "json":
@@ -214,49 +196,39 @@ def configure_logging(service: str, level: str, log_format: str) -> None:
     root.setLevel(level.upper())
 
 
-def settings_from(args: Any, service: str) -> TelemetrySettings:
-    """The settings from parsed options (add_telemetry_options and --log-level)."""
-    return TelemetrySettings(
-        service, args.log_level, args.log_format, args.otlp_endpoint, args.metrics_listen
-    )
-
-
-def configure(settings: TelemetrySettings) -> Telemetry:
-    """Logging, and the process's tracer and meter providers (once, at start).
-    Without an exporter or a metrics endpoint, tracing and metrics stay the
-    API's no-op defaults and nothing is instrumented, which costs nothing;
-    log lines then carry no trace IDs."""
-    configure_logging(settings.service, settings.log_level, settings.log_format)
-    resource = Resource.create({"service.name": settings.service, "service.namespace": "printernizer-stats"})
-    telemetry = Telemetry()
+def configure(service: str, args: argparse.Namespace) -> None:
+    """Logging, and the process's tracer and meter providers, from the options
+    of `add_telemetry_options` and --log-level (once, at start). Without an
+    exporter or a metrics endpoint, tracing and metrics stay the API's no-op
+    defaults and nothing is instrumented, which costs nothing; log lines then
+    carry no trace IDs."""
+    configure_logging(service, args.log_level, args.log_format)
+    resource = Resource.create({"service.name": service, "service.namespace": "printernizer-stats"})
     readers: list[MetricReader] = []
-    if settings.otlp_endpoint:
-        telemetry.tracer_provider = TracerProvider(resource=resource)
+    if args.otlp_endpoint:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        exporter = PrivateSpanExporter(OTLPSpanExporter(endpoint=settings.otlp_endpoint))
-        telemetry.tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-        trace.set_tracer_provider(telemetry.tracer_provider)
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=settings.otlp_endpoint)))
-    if settings.metrics_listen:
+        tracer_provider = TracerProvider(resource=resource)
+        exporter = PrivateSpanExporter(OTLPSpanExporter(endpoint=args.otlp_endpoint))
+        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
+        trace.set_tracer_provider(tracer_provider)
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=args.otlp_endpoint)))
+    if args.metrics_listen:
         from opentelemetry.exporter.prometheus import PrometheusMetricReader
         from prometheus_client import start_http_server
 
         readers.append(PrometheusMetricReader())
-        host, _, port = settings.metrics_listen.rpartition(":")
+        host, _, port = args.metrics_listen.rpartition(":")
         try:
             start_http_server(int(port), addr=host.strip("[]"))
         except OSError as exc:  # one line and exit code 1, as for any unusable setting
-            where = settings.metrics_listen
-            raise SystemExit(f"{settings.service}: cannot serve metrics on {where}: {exc.strerror}") from None
+            where = args.metrics_listen
+            raise SystemExit(f"{service}: cannot serve metrics on {where}: {exc.strerror}") from None
     if readers:
-        telemetry.meter_provider = MeterProvider(
-            resource=resource, metric_readers=readers, views=private_views()
+        metrics.set_meter_provider(
+            MeterProvider(resource=resource, metric_readers=readers, views=private_views())
         )
-        telemetry.readers = readers
-        metrics.set_meter_provider(telemetry.meter_provider)
-    return telemetry
 
 
 def private_views() -> list[View]:
