@@ -115,6 +115,13 @@ def weeks_of_history(value: str) -> int:
     return weeks
 
 
+def port_number(value: str) -> int:
+    port = positive_int(value)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"expected a port (1-65535), got {port}")
+    return port
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="stats_demo", description=__doc__)
     parser.add_argument("--data-dir", type=Path, help="keep every file here (default: a temporary directory)")
@@ -126,8 +133,8 @@ def build_parser() -> argparse.ArgumentParser:
         type=weeks_of_history,
         help=f"weeks of history, 1-{MAX_REPORTS_PER_SUBMISSION} (default 26; short: 10)",
     )
-    parser.add_argument("--gateway-port", type=int, default=8470, help="the pages' port (default 8470)")
-    parser.add_argument("--host-app-port", type=int, default=8471, help="the example host app's port")
+    parser.add_argument("--gateway-port", type=port_number, default=8470, help="the pages' port")
+    parser.add_argument("--host-app-port", type=port_number, default=8471, help="the example host app's port")
     parser.add_argument("--short", action="store_true", help="a small fleet; stop after the checks")
     return parser
 

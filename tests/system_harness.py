@@ -19,7 +19,7 @@ from gateway.stats_api import Analytics
 from gateway.usage_api import Agent
 from stats_agent.delivery import Uplink
 from stats_common.weeks import Week, last_complete_week
-from stats_demo.fleet import FleetPlan, FleetProgress, report_fleet
+from stats_demo.fleet import FleetPlan, report_fleet
 
 from .agent_harness import (
     RunningAgent,
@@ -53,7 +53,6 @@ class RunningSystem:
     url: str  # the gateway
     token: str  # the admin token
     plan: FleetPlan
-    sent: FleetProgress
     agent: RunningAgent
     clock: MovableClock  # the agent's and the ingest server's time
 
@@ -113,7 +112,7 @@ async def running_system(
                 analytics = Analytics(f"localhost:{port}", ca, ADMIN_TOKEN)
                 http, task, url = await running_gateway(analytics, Agent(str(agent.socket_path)))
                 try:
-                    yield RunningSystem(url, ADMIN_TOKEN, plan, sent, agent, clock)
+                    yield RunningSystem(url, ADMIN_TOKEN, plan, agent, clock)
                 finally:
                     http.should_exit = True
                     await asyncio.wait_for(task, 30)

@@ -169,6 +169,7 @@ def test_unusable_settings_are_one_clear_line(tmp_path: Path) -> None:
             (["aggregation_server", "--tls-names", "bad name"], "is not a host name"),
             (["gateway", "--metrics-listen", "nonsense"], "expected HOST:PORT"),
             (["stats_demo", "--weeks", "61"], "--weeks"),  # more than one submission holds
+            (["stats_demo", "--gateway-port", "99999"], "expected a port"),
         ):
             refused = subprocess.run(
                 [sys.executable, "-m", *command],
