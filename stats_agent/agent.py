@@ -41,7 +41,7 @@ from .report import (
     build_report,
     weekly_activity,
 )
-from .storage import AgentStore, DeletionRequestRow, OutboxRow, StorageError
+from .storage import AgentStore, DeletionRequestRow, OutboxRow, StorageError, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -191,10 +191,9 @@ class StatsAgent:
         try:
             await self.store.append_events(rows, to_millis(now), dropped_by_client)
         except (sqlite3.Error, OSError, StorageError) as exc:
-            full = isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
             self._note_storage(
                 agent_service_pb2.STORAGE_CONDITION_FULL
-                if full
+                if disk_full(exc)
                 else agent_service_pb2.STORAGE_CONDITION_FAILING
             )
             raise

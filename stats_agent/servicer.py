@@ -20,7 +20,7 @@ from .agent import NotSharing, RequestError, StatsAgent, report_json
 from .consent import SHARING, ConsentError
 from .delivery import Courier
 from .events import InvalidEvent
-from .storage import StorageError
+from .storage import StorageError, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ async def _map_error(context: Context, exc: Exception) -> None:
         await errors.invalid_argument(context, [(exc.field, exc.description)])
     if isinstance(exc, NotSharing):
         await errors.failed_precondition(context, str(exc))
-    if isinstance(exc, sqlite3.OperationalError) and "full" in str(exc):
+    if disk_full(exc):
         await errors.resource_exhausted(context, "the agent's disk is full", _DISK_FULL_RETRY)
     if isinstance(exc, StorageError | sqlite3.Error | OSError):
         log.warning("storage failure: %s", exc)

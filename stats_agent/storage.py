@@ -181,6 +181,11 @@ MIGRATIONS: tuple[Migration, ...] = (
 LATEST_VERSION = MIGRATIONS[-1].version
 
 
+def disk_full(exc: BaseException) -> bool:
+    """Whether a storage failure is SQLite's "database or disk is full"."""
+    return isinstance(exc, sqlite3.OperationalError) and "full" in str(exc)
+
+
 class StorageError(RuntimeError):
     """The database cannot be opened or used (permissions, disk, corruption)."""
 
