@@ -14,6 +14,13 @@ from printernizer.stats.v1 import common_pb2
 
 UTC = dt.UTC
 
+# The ISO-week years a Week may have. Far from the calendar's ends (years 1
+# and 9999), so no week arithmetic can overflow a datetime, and wide enough for
+# any clock, even a Raspberry Pi's that starts in 1970. What each service
+# accepts from outside is narrower (see its validation).
+MIN_YEAR = 1900
+MAX_YEAR = 9000
+
 
 @dataclass(frozen=True, order=True)
 class Week:
@@ -24,7 +31,10 @@ class Week:
 
     def __post_init__(self) -> None:
         # Raises ValueError for a week that does not exist (e.g. week 53 of a
-        # 52-week year), so an invalid Week can never be constructed.
+        # 52-week year) or lies outside MIN_YEAR..MAX_YEAR, so an invalid Week
+        # can never be constructed.
+        if not MIN_YEAR <= self.year <= MAX_YEAR:
+            raise ValueError(f"{self.year} is outside the years {MIN_YEAR}-{MAX_YEAR}")
         dt.date.fromisocalendar(self.year, self.week, 1)
 
     @classmethod

@@ -791,6 +791,7 @@ class GetStatusResponse(_message.Message):
     AGENT_VERSION_FIELD_NUMBER: _builtins.int
     STORAGE_FIELD_NUMBER: _builtins.int
     STORAGE_CONDITION_SINCE_FIELD_NUMBER: _builtins.int
+    EVENTS_WITH_UNKNOWN_FIELDS_FIELD_NUMBER: _builtins.int
     stored_events: _builtins.int
     """Events stored locally."""
     queued_reports: _builtins.int
@@ -806,6 +807,11 @@ class GetStatusResponse(_message.Message):
     """The gRPC status code name of the last failure (e.g. "UNAVAILABLE")."""
     storage: Global___StorageCondition.ValueType
     """Whether the agent can store what it is given, and since when it cannot."""
+    events_with_unknown_fields: _builtins.int
+    """Events that carried fields this agent does not know (from a newer SDK, or
+    a careless client): those fields were discarded before anything was
+    stored, so they can never reach a report; the rest of each event was kept.
+    """
     @_builtins.property
     def consent(self) -> Global___Consent: ...
     @_builtins.property
@@ -843,10 +849,11 @@ class GetStatusResponse(_message.Message):
         agent_version: _common_pb2.Version | None = ...,
         storage: Global___StorageCondition.ValueType = ...,
         storage_condition_since: _timestamp_pb2.Timestamp | None = ...,
+        events_with_unknown_fields: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "last_attempt", b"last_attempt", "last_submission", b"last_submission", "next_submission", b"next_submission", "storage_condition_since", b"storage_condition_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "dropped_events", b"dropped_events", "evicted_reports", b"evicted_reports", "last_attempt", b"last_attempt", "last_failure_code", b"last_failure_code", "last_outcome", b"last_outcome", "last_submission", b"last_submission", "next_submission", b"next_submission", "queued_reports", b"queued_reports", "rejected_events", b"rejected_events", "storage", b"storage", "storage_condition_since", b"storage_condition_since", "stored_events", b"stored_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "dropped_events", b"dropped_events", "events_with_unknown_fields", b"events_with_unknown_fields", "evicted_reports", b"evicted_reports", "last_attempt", b"last_attempt", "last_failure_code", b"last_failure_code", "last_outcome", b"last_outcome", "last_submission", b"last_submission", "next_submission", b"next_submission", "queued_reports", b"queued_reports", "rejected_events", b"rejected_events", "storage", b"storage", "storage_condition_since", b"storage_condition_since", "stored_events", b"stored_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -139,9 +139,10 @@ class InstallationInfo(_message.Message):
     DEPLOYMENT_MODE_FIELD_NUMBER: _builtins.int
     COUNTRY_FIELD_NUMBER: _builtins.int
     installation_id: _builtins.bytes
-    """Why: to count installations without knowing who runs them. A random UUID
-    (16 bytes) created on the device at opt-in, never derived from hardware,
-    and replaced on opt-out so a later opt-in cannot be linked to it.
+    """Why: to count installations without knowing who runs them. A random
+    version-4 UUID (16 bytes) created on the device at opt-in, never derived
+    from hardware, and replaced on opt-out so a later opt-in cannot be linked
+    to it.
     """
     platform: _common_pb2.Platform.ValueType
     """Why: which operating systems must stay supported."""

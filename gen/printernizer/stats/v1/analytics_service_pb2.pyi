@@ -249,13 +249,17 @@ class DistributionEntry(_message.Message):
     SHARE_FIELD_NUMBER: _builtins.int
     PRINTERS_FIELD_NUMBER: _builtins.int
     other: _builtins.bool
-    """True for the entry that folds every group smaller than min_group_size."""
+    """True for the entry that folds every group smaller than min_group_size
+    (only where each installation has one value of every dimension asked).
+    """
     installations: _builtins.int
-    """Installations in the group."""
+    """Installations in the group (rounded to a multiple of min_group_size)."""
     share: _builtins.float
     """installations / total_installations."""
     printers: _builtins.int
-    """For DIMENSION_PRINTER_TYPE: printers of that family across the group."""
+    """For DIMENSION_PRINTER_TYPE: printers of that family across the group
+    (rounded to a multiple of min_group_size).
+    """
     @_builtins.property
     def values(self) -> _containers.RepeatedCompositeFieldContainer[Global___GroupValue]:
         """The group's value, one per requested dimension; empty when `other` is set."""
@@ -315,7 +319,7 @@ class GetDistributionResponse(_message.Message):
     ENTRIES_FIELD_NUMBER: _builtins.int
     MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
     total_installations: _builtins.int
-    """Active installations in the week."""
+    """Active installations in the week (rounded to a multiple of min_group_size)."""
     min_group_size: _builtins.int
     """The smallest group size that is published (k)."""
     @_builtins.property
@@ -347,7 +351,9 @@ Global___GetDistributionResponse: _TypeAlias = GetDistributionResponse  # noqa: 
 
 @_typing.final
 class InstallationWeek(_message.Message):
-    """Installation counts for one week."""
+    """Installation counts for one week, each rounded to a multiple of
+    min_group_size.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -363,8 +369,8 @@ class InstallationWeek(_message.Message):
     new_installations: _builtins.int
     """Installations whose first report is for this week."""
     growth: _builtins.float
-    """(active - active of the previous week) / active of the previous week;
-    0 when the previous week had none.
+    """(active - active of the previous week) / active of the previous week,
+    from the rounded figures; 0 when the previous week had none.
     """
     @_builtins.property
     def week(self) -> _common_pb2.IsoWeek: ...
@@ -387,6 +393,8 @@ Global___InstallationWeek: _TypeAlias = InstallationWeek  # noqa: Y015
 
 @_typing.final
 class ActiveInstallations(_message.Message):
+    """Counts rounded to a multiple of min_group_size."""
+
     DESCRIPTOR: _descriptor.Descriptor
 
     WEEK_FIELD_NUMBER: _builtins.int
@@ -467,7 +475,10 @@ Global___GetInstallationTrendResponse: _TypeAlias = GetInstallationTrendResponse
 
 @_typing.final
 class FeatureAdoption(_message.Message):
-    """Adoption of one feature in one week."""
+    """Adoption of one feature in one week. A feature is listed only when the
+    installations that have it on, and those that have it off, each number 0 or
+    at least k (and together at least k); counts are rounded to a multiple of k.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
 
@@ -477,6 +488,9 @@ class FeatureAdoption(_message.Message):
     REPORTING_INSTALLATIONS_FIELD_NUMBER: _builtins.int
     ENABLED_SHARE_FIELD_NUMBER: _builtins.int
     other: _builtins.bool
+    """Never set: an installation reports several features, so small ones are
+    left out rather than folded together.
+    """
     enabled_installations: _builtins.int
     """Active installations reporting the feature on."""
     reporting_installations: _builtins.int
@@ -485,7 +499,7 @@ class FeatureAdoption(_message.Message):
     """enabled_installations / active installations in the week."""
     @_builtins.property
     def feature(self) -> Global___GroupValue:
-        """The feature (or `other` for features reported by fewer than k)."""
+        """The feature."""
 
     def __init__(
         self,
@@ -568,11 +582,15 @@ class SeriesPoint(_message.Message):
     COUNT_FIELD_NUMBER: _builtins.int
     RATE_FIELD_NUMBER: _builtins.int
     installations: _builtins.int
-    """Installations in the group this week (0 when folded away this week)."""
+    """Installations in the group this week, rounded to a multiple of
+    min_group_size (0 when the group is smaller than k this week).
+    """
     share: _builtins.float
     """The group's share of active installations this week."""
     count: _builtins.int
-    """The summed count this week (errors for error trends)."""
+    """The summed count this week (errors for error trends), rounded to a
+    multiple of min_group_size.
+    """
     rate: _builtins.float
     """A rate for this week (errors per active installation for error rates)."""
     @_builtins.property
@@ -597,7 +615,9 @@ Global___SeriesPoint: _TypeAlias = SeriesPoint  # noqa: Y015
 @_typing.final
 class Series(_message.Message):
     """One group followed over weeks. A group smaller than k in a week counts
-    towards the `other` series in that week.
+    towards the `other` series in that week, where each installation has one
+    value (app versions); where it can have several (features, errors), there
+    is no `other` series.
     """
 
     DESCRIPTOR: _descriptor.Descriptor

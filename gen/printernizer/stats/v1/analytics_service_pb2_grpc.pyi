@@ -40,9 +40,19 @@ class AnalyticsServiceStub:
     - Distributions count active installations in the week, by the values in
       their report for that week; shares are over all of them, never over a
       truncated top-N.
-    - Privacy: no group smaller than `min_group_size` installations is returned.
-      Such groups are folded into one entry with `other` set, in every
-      distribution, trend and export; no minimum or maximum figures are given.
+    - Privacy (docs/privacy.md): no group smaller than `min_group_size` (k)
+      installations is returned, and none can be derived by combining what is
+      returned. Small groups are removed first; then every count (installations,
+      and the printers, errors and jobs summed over them) is rounded to the
+      nearest multiple of k, and every share, rate and growth is computed from
+      the rounded counts, so any sum or difference of returned counts is again
+      a multiple of k. Where each installation has exactly one value (deployment
+      mode, versions, country, platform, architecture, fleet size, and pairs of
+      them), small groups are folded into one entry with `other` set, itself of
+      at least k distinct installations or left out. Where an installation can
+      have several values (printer types, features, errors), small groups are
+      left out and there is no `other` entry. No minimum or maximum figures are
+      given.
 
     A request for more than 104 weeks, or for a week in the future, fails with
     INVALID_ARGUMENT naming the field.
@@ -88,9 +98,19 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     - Distributions count active installations in the week, by the values in
       their report for that week; shares are over all of them, never over a
       truncated top-N.
-    - Privacy: no group smaller than `min_group_size` installations is returned.
-      Such groups are folded into one entry with `other` set, in every
-      distribution, trend and export; no minimum or maximum figures are given.
+    - Privacy (docs/privacy.md): no group smaller than `min_group_size` (k)
+      installations is returned, and none can be derived by combining what is
+      returned. Small groups are removed first; then every count (installations,
+      and the printers, errors and jobs summed over them) is rounded to the
+      nearest multiple of k, and every share, rate and growth is computed from
+      the rounded counts, so any sum or difference of returned counts is again
+      a multiple of k. Where each installation has exactly one value (deployment
+      mode, versions, country, platform, architecture, fleet size, and pairs of
+      them), small groups are folded into one entry with `other` set, itself of
+      at least k distinct installations or left out. Where an installation can
+      have several values (printer types, features, errors), small groups are
+      left out and there is no `other` entry. No minimum or maximum figures are
+      given.
 
     A request for more than 104 weeks, or for a week in the future, fails with
     INVALID_ARGUMENT naming the field.
@@ -132,9 +152,19 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     - Distributions count active installations in the week, by the values in
       their report for that week; shares are over all of them, never over a
       truncated top-N.
-    - Privacy: no group smaller than `min_group_size` installations is returned.
-      Such groups are folded into one entry with `other` set, in every
-      distribution, trend and export; no minimum or maximum figures are given.
+    - Privacy (docs/privacy.md): no group smaller than `min_group_size` (k)
+      installations is returned, and none can be derived by combining what is
+      returned. Small groups are removed first; then every count (installations,
+      and the printers, errors and jobs summed over them) is rounded to the
+      nearest multiple of k, and every share, rate and growth is computed from
+      the rounded counts, so any sum or difference of returned counts is again
+      a multiple of k. Where each installation has exactly one value (deployment
+      mode, versions, country, platform, architecture, fleet size, and pairs of
+      them), small groups are folded into one entry with `other` set, itself of
+      at least k distinct installations or left out. Where an installation can
+      have several values (printer types, features, errors), small groups are
+      left out and there is no `other` entry. No minimum or maximum figures are
+      given.
 
     A request for more than 104 weeks, or for a week in the future, fails with
     INVALID_ARGUMENT naming the field.

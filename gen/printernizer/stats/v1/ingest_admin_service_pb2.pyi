@@ -43,6 +43,10 @@ class _IngestCounterEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_IngestC
     """Installations deleted by an operator."""
     INGEST_COUNTER_REPORTS_EXPIRED: _IngestCounter.ValueType  # 6
     """Weekly reports deleted by retention."""
+    INGEST_COUNTER_REPORTS_WITH_UNKNOWN_FIELDS: _IngestCounter.ValueType  # 7
+    """Reports that carried fields this server does not know: the fields were
+    discarded before validation and never stored.
+    """
 
 class IngestCounter(_IngestCounter, metaclass=_IngestCounterEnumTypeWrapper):
     """Infrequent events the ingest path counts in the database, shared by every
@@ -65,6 +69,10 @@ INGEST_COUNTER_INSTALLATIONS_DELETED_BY_OPERATOR: IngestCounter.ValueType  # 5
 """Installations deleted by an operator."""
 INGEST_COUNTER_REPORTS_EXPIRED: IngestCounter.ValueType  # 6
 """Weekly reports deleted by retention."""
+INGEST_COUNTER_REPORTS_WITH_UNKNOWN_FIELDS: IngestCounter.ValueType  # 7
+"""Reports that carried fields this server does not know: the fields were
+discarded before validation and never stored.
+"""
 Global___IngestCounter: _TypeAlias = IngestCounter  # noqa: Y015
 
 @_typing.final

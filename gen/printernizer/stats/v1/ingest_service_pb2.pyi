@@ -81,8 +81,8 @@ class SubmitReportsRequest(_message.Message):
     PUBLIC_KEY_FIELD_NUMBER: _builtins.int
     REPORTS_FIELD_NUMBER: _builtins.int
     installation_id: _builtins.bytes
-    """Why: which installation the reports belong to (16 bytes, equal to the
-    installation_id inside every report).
+    """Why: which installation the reports belong to (a version-4 UUID, 16
+    bytes, equal to the installation_id inside every report).
     """
     public_key: _builtins.bytes
     """Why: the installation's Ed25519 public key (32 bytes), registered with the
@@ -174,7 +174,9 @@ class DeletionOrder(_message.Message):
     INSTALLATION_ID_FIELD_NUMBER: _builtins.int
     REQUESTED_AT_FIELD_NUMBER: _builtins.int
     installation_id: _builtins.bytes
-    """Why: the installation whose data must be deleted (16 bytes)."""
+    """Why: the installation whose data must be deleted (a version-4 UUID, 16
+    bytes).
+    """
     @_builtins.property
     def requested_at(self) -> _timestamp_pb2.Timestamp:
         """Why: when the user opted out; bounds replays of an old request."""

@@ -32,9 +32,16 @@ class IngestServiceStub:
     reports and the deletion request must be signed by it, so knowing an
     installation ID alone allows nothing.
 
+    Nothing about an installation (a receipt, whether it was deleted, whether it
+    exists) is answered to a caller that does not prove possession of its key:
+    a request signed by any other key is UNAUTHENTICATED, whatever the
+    installation's state. Fields this server does not know are discarded before
+    anything is checked, and never stored.
+
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
-    malformed report; UNAUTHENTICATED for a bad signature; PERMISSION_DENIED for
-    an installation that asked to be deleted; RESOURCE_EXHAUSTED with a
+    malformed request; UNAUTHENTICATED for a signature that does not verify with
+    the installation's key; PERMISSION_DENIED (to the key's holder) for an
+    installation that asked to be deleted; RESOURCE_EXHAUSTED with a
     google.rpc.RetryInfo delay when rate-limited.
     """
 
@@ -63,9 +70,16 @@ class IngestServiceServicer:
     reports and the deletion request must be signed by it, so knowing an
     installation ID alone allows nothing.
 
+    Nothing about an installation (a receipt, whether it was deleted, whether it
+    exists) is answered to a caller that does not prove possession of its key:
+    a request signed by any other key is UNAUTHENTICATED, whatever the
+    installation's state. Fields this server does not know are discarded before
+    anything is checked, and never stored.
+
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
-    malformed report; UNAUTHENTICATED for a bad signature; PERMISSION_DENIED for
-    an installation that asked to be deleted; RESOURCE_EXHAUSTED with a
+    malformed request; UNAUTHENTICATED for a signature that does not verify with
+    the installation's key; PERMISSION_DENIED (to the key's holder) for an
+    installation that asked to be deleted; RESOURCE_EXHAUSTED with a
     google.rpc.RetryInfo delay when rate-limited.
     """
 
@@ -113,9 +127,16 @@ class IngestService:
     reports and the deletion request must be signed by it, so knowing an
     installation ID alone allows nothing.
 
+    Nothing about an installation (a receipt, whether it was deleted, whether it
+    exists) is answered to a caller that does not prove possession of its key:
+    a request signed by any other key is UNAUTHENTICATED, whatever the
+    installation's state. Fields this server does not know are discarded before
+    anything is checked, and never stored.
+
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
-    malformed report; UNAUTHENTICATED for a bad signature; PERMISSION_DENIED for
-    an installation that asked to be deleted; RESOURCE_EXHAUSTED with a
+    malformed request; UNAUTHENTICATED for a signature that does not verify with
+    the installation's key; PERMISSION_DENIED (to the key's holder) for an
+    installation that asked to be deleted; RESOURCE_EXHAUSTED with a
     google.rpc.RetryInfo delay when rate-limited.
     """
 

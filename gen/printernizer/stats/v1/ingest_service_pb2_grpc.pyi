@@ -33,9 +33,16 @@ class IngestServiceStub:
     reports and the deletion request must be signed by it, so knowing an
     installation ID alone allows nothing.
 
+    Nothing about an installation (a receipt, whether it was deleted, whether it
+    exists) is answered to a caller that does not prove possession of its key:
+    a request signed by any other key is UNAUTHENTICATED, whatever the
+    installation's state. Fields this server does not know are discarded before
+    anything is checked, and never stored.
+
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
-    malformed report; UNAUTHENTICATED for a bad signature; PERMISSION_DENIED for
-    an installation that asked to be deleted; RESOURCE_EXHAUSTED with a
+    malformed request; UNAUTHENTICATED for a signature that does not verify with
+    the installation's key; PERMISSION_DENIED (to the key's holder) for an
+    installation that asked to be deleted; RESOURCE_EXHAUSTED with a
     google.rpc.RetryInfo delay when rate-limited.
     """
 
@@ -60,9 +67,16 @@ class IngestServiceAsyncStub(IngestServiceStub):
     reports and the deletion request must be signed by it, so knowing an
     installation ID alone allows nothing.
 
+    Nothing about an installation (a receipt, whether it was deleted, whether it
+    exists) is answered to a caller that does not prove possession of its key:
+    a request signed by any other key is UNAUTHENTICATED, whatever the
+    installation's state. Fields this server does not know are discarded before
+    anything is checked, and never stored.
+
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
-    malformed report; UNAUTHENTICATED for a bad signature; PERMISSION_DENIED for
-    an installation that asked to be deleted; RESOURCE_EXHAUSTED with a
+    malformed request; UNAUTHENTICATED for a signature that does not verify with
+    the installation's key; PERMISSION_DENIED (to the key's holder) for an
+    installation that asked to be deleted; RESOURCE_EXHAUSTED with a
     google.rpc.RetryInfo delay when rate-limited.
     """
 
@@ -83,9 +97,16 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     reports and the deletion request must be signed by it, so knowing an
     installation ID alone allows nothing.
 
+    Nothing about an installation (a receipt, whether it was deleted, whether it
+    exists) is answered to a caller that does not prove possession of its key:
+    a request signed by any other key is UNAUTHENTICATED, whatever the
+    installation's state. Fields this server does not know are discarded before
+    anything is checked, and never stored.
+
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
-    malformed report; UNAUTHENTICATED for a bad signature; PERMISSION_DENIED for
-    an installation that asked to be deleted; RESOURCE_EXHAUSTED with a
+    malformed request; UNAUTHENTICATED for a signature that does not verify with
+    the installation's key; PERMISSION_DENIED (to the key's holder) for an
+    installation that asked to be deleted; RESOURCE_EXHAUSTED with a
     google.rpc.RetryInfo delay when rate-limited.
     """
 
