@@ -85,7 +85,10 @@ def window(request: analytics_service_pb2.WeekWindow, now: dt.datetime, field: s
     if count > MAX_WEEKS:
         raise QueryError(f"{field}.weeks", f"at most {MAX_WEEKS} weeks")
     until = _week(f"{field}.until", request.until if request.HasField("until") else None, now)
-    return weeks_ending(until, count)
+    try:
+        return weeks_ending(until, count)
+    except ValueError:
+        raise QueryError(f"{field}.until", f"a window of {count} weeks ending {until} starts too early") from None
 
 
 # --- labels ---------------------------------------------------------------------------------
