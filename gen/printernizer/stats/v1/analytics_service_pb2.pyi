@@ -581,6 +581,7 @@ class SeriesPoint(_message.Message):
     SHARE_FIELD_NUMBER: _builtins.int
     COUNT_FIELD_NUMBER: _builtins.int
     RATE_FIELD_NUMBER: _builtins.int
+    SUPPRESSED_FIELD_NUMBER: _builtins.int
     installations: _builtins.int
     """Installations in the group this week, rounded to a multiple of
     min_group_size (0 when the group is smaller than k this week).
@@ -593,6 +594,11 @@ class SeriesPoint(_message.Message):
     """
     rate: _builtins.float
     """A rate for this week (errors per active installation for error rates)."""
+    suppressed: _builtins.bool
+    """True when the group is not published this week (fewer than k
+    installations, possibly none): every figure of the point is 0, and a
+    chart should show a gap rather than a fall to zero.
+    """
     @_builtins.property
     def week(self) -> _common_pb2.IsoWeek: ...
     def __init__(
@@ -603,10 +609,11 @@ class SeriesPoint(_message.Message):
         share: _builtins.float = ...,
         count: _builtins.int = ...,
         rate: _builtins.float = ...,
+        suppressed: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "installations", b"installations", "rate", b"rate", "share", b"share", "week", b"week"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["count", b"count", "installations", b"installations", "rate", b"rate", "share", b"share", "suppressed", b"suppressed", "week", b"week"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
