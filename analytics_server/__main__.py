@@ -17,6 +17,7 @@ from pathlib import Path
 from stats_common.cli import EnvArgumentParser, host_port, positive_int, user_data_dir
 from stats_common.startup import add_tls_and_admin_options, prepare_database_url, run, start
 
+from .privacy import DEFAULT_MIN_GROUP_SIZE
 from .reports import SECURITY_MODES, MailConfig
 from .server import ServerConfig, send_test_email, serve
 
@@ -38,8 +39,8 @@ def build_parser() -> EnvArgumentParser:
     )
     parser.add_env_option(
         "--min-group-size",
-        help="smallest group of installations ever published (k)",
-        default=5,
+        help="smallest group of installations ever published (k); every count is rounded to a multiple of it",
+        default=DEFAULT_MIN_GROUP_SIZE,
         type=positive_int,
         metavar="K",
     )

@@ -46,10 +46,12 @@ class Alert:
 
 
 def baseline(history: Sequence[float]) -> float | None:
-    """The median of the last BASELINE_WEEKS values that are not zero; None
-    when fewer than MIN_HISTORY_WEEKS weeks have data."""
+    """The median of the last BASELINE_WEEKS values that are not zero (the
+    lower of the middle two when their number is even, so the baseline is
+    always one of the published figures); None when fewer than
+    MIN_HISTORY_WEEKS weeks have data."""
     recent = [v for v in history[-BASELINE_WEEKS:] if v > 0]
-    return statistics.median(recent) if len(recent) >= MIN_HISTORY_WEEKS else None
+    return statistics.median_low(recent) if len(recent) >= MIN_HISTORY_WEEKS else None
 
 
 def active_alerts(week: int, observed: int, history: Sequence[int], min_size: int) -> list[Alert]:

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
@@ -29,7 +29,7 @@ from stats_common.weeks import Week
 
 from . import anomalies
 from .anomalies import BASELINE_WEEKS
-from .privacy import Folded, Group, fold_small_groups
+from .privacy import DEFAULT_MIN_GROUP_SIZE, Disclosure, Folded, Group, ratio
 from .rollups import (
     COMPLETED_JOBS_BY_VERSION,
     ERRORS_BY_COMPONENT,
@@ -86,9 +86,12 @@ def window(request: analytics_service_pb2.WeekWindow, now: dt.datetime, field: s
         raise QueryError(f"{field}.weeks", f"at most {MAX_WEEKS} weeks")
     until = _week(f"{field}.until", request.until if request.HasField("until") else None, now)
     try:
-        return weeks_ending(until, count)
+        # The weeks before the window are read too (growth, anomaly baselines).
+        weeks_ending(until, count + BASELINE_WEEKS + 1)
     except ValueError:
-        raise QueryError(f"{field}.until", f"a window of {count} weeks ending {until} starts too early") from None
+        too_early = f"a window of {count} weeks ending {until} starts too early"
+        raise QueryError(f"{field}.until", too_early) from None
+    return weeks_ending(until, count)
 
 
 # --- labels ---------------------------------------------------------------------------------
@@ -159,9 +162,16 @@ def group_value(dimension: int, key: Sequence[int]) -> analytics_service_pb2.Gro
 
 @dataclass
 class Analytics:
+    """Every answer goes through `disclosure` (analytics_server.privacy): small
+    groups suppressed, every count rounded to a multiple of min_group_size."""
+
     engine: AsyncEngine
-    min_group_size: int = 5
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+
+    @property
+    def disclosure(self) -> Disclosure:
+        return Disclosure(self.min_group_size)
 
     @contextlib.asynccontextmanager
     async def reading(self) -> AsyncIterator[AsyncConnection]:
@@ -211,19 +221,19 @@ class Analytics:
                 or 0
             )
         result = []
-        previous_active = int(active.get(before.key, 0))
+        count = self.disclosure.count
+        previous_active = count(int(active.get(before.key, 0)))
         for week in weeks:
-            active_now = int(active.get(week.key, 0))
+            active_now = count(int(active.get(week.key, 0)))
             new_now = int(first_weeks.get(week.key, 0))
             known += new_now
-            growth = (active_now - previous_active) / previous_active if previous_active else 0.0
             result.append(
                 analytics_service_pb2.InstallationWeek(
                     week=week.to_proto(),
-                    known=known,
+                    known=count(known),
                     active=active_now,
-                    new_installations=new_now,
-                    growth=growth,
+                    new_installations=count(new_now),
+                    growth=ratio(active_now - previous_active, previous_active),
                 )
             )
             previous_active = active_now
@@ -241,7 +251,7 @@ class Analytics:
             week=last.to_proto(),
             total_known=latest.known,
             active_last_week=latest.active,
-            active_last_4_weeks=await self._active_within(last, 4),
+            active_last_4_weeks=self.disclosure.count(await self._active_within(last, 4)),
             week_over_week_growth=latest.growth,
         )
 
@@ -340,16 +350,22 @@ class Analytics:
             groups, total = await self._groups(week, dimensions[0])
         else:
             groups, total = await self._combinations(week, dimensions[0], dimensions[1])
-        folded = fold_small_groups(groups, self.min_group_size)
+        if Dimension.DIMENSION_PRINTER_TYPE in dimensions:
+            folded = self.disclosure.drop_small(groups)  # an installation can have several types
+        else:
+            folded = self.disclosure.fold(groups)
         if len(dimensions) == 1 and dimensions[0] in _VERSIONS:
-            folded = Folded(sorted(folded.groups, key=lambda g: _version_order(g.key)), folded.other)
+            folded = Folded(
+                sorted(folded.groups, key=lambda g: _version_order(g.key)), folded.other, folded.hidden
+            )
+        published_total = self.disclosure.count(total)
         response = analytics_service_pb2.GetDistributionResponse(
             dimensions=dimensions,
             week=week.to_proto(),
-            total_installations=total,
+            total_installations=published_total,
             min_group_size=self.min_group_size,
         )
-        _add_entries(response, folded, dimensions, total)
+        _add_entries(response, folded, dimensions, published_total)
         return response
 
     async def _combinations(self, week: Week, first: int, second: int) -> tuple[list[Group], int]:
@@ -382,23 +398,17 @@ class Analytics:
     ) -> analytics_service_pb2.GetFeatureAdoptionResponse:
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
         groups, total = await self._groups(week, FEATURES)
-        folded = fold_small_groups(groups, self.min_group_size)
+        published = self.disclosure.features(groups)
+        total = self.disclosure.count(total)
         response = analytics_service_pb2.GetFeatureAdoptionResponse(
             week=week.to_proto(), total_installations=total, min_group_size=self.min_group_size
         )
-        for group in folded.groups:
+        for group in published.groups:
             response.features.add(
                 feature=group_value(FEATURES, group.key),
                 enabled_installations=group.installations,
                 reporting_installations=group.amount,
-                enabled_share=group.installations / total if total else 0.0,
-            )
-        if folded.other is not None:
-            response.features.add(
-                other=True,
-                enabled_installations=folded.other.installations,
-                reporting_installations=folded.other.amount,
-                enabled_share=folded.other.installations / total if total else 0.0,
+                enabled_share=ratio(group.installations, total),
             )
         return response
 
@@ -409,8 +419,8 @@ class Analytics:
         per_week, active = await self._groups_over(weeks, Dimension.DIMENSION_APP_VERSION)
         return analytics_service_pb2.GetVersionMigrationResponse(
             weeks=[w.to_proto() for w in weeks],
-            series=_series(
-                weeks, per_week, active, Dimension.DIMENSION_APP_VERSION, self.min_group_size, _version_order
+            series=self._series(
+                weeks, per_week, active, Dimension.DIMENSION_APP_VERSION, self.disclosure.fold, _version_order
             ),
             min_group_size=self.min_group_size,
         )
@@ -422,7 +432,7 @@ class Analytics:
         per_week, active = await self._groups_over(weeks, FEATURES)
         return analytics_service_pb2.GetFeatureTrendResponse(
             weeks=[w.to_proto() for w in weeks],
-            series=_series(weeks, per_week, active, FEATURES, self.min_group_size, lambda key: key),
+            series=self._series(weeks, per_week, active, FEATURES, self.disclosure.features, lambda key: key),
             min_group_size=self.min_group_size,
         )
 
@@ -435,11 +445,14 @@ class Analytics:
             raise QueryError("group_by", "is not a known grouping")
         code = _ERROR_GROUPINGS[grouping]
         per_week, active = await self._groups_over(weeks, code)
-        order = _version_order if code == ERRORS_BY_VERSION else (lambda key: key)
+        if code == ERRORS_BY_VERSION:  # each installation reports one version
+            fold, order = self.disclosure.fold, _version_order
+        else:  # an installation can report several error types and components
+            fold, order = self.disclosure.drop_small, (lambda key: key)
         return analytics_service_pb2.GetErrorTrendResponse(
             weeks=[w.to_proto() for w in weeks],
             group_by=grouping,
-            series=_series(weeks, per_week, active, code, self.min_group_size, order),
+            series=self._series(weeks, per_week, active, code, fold, order),
             min_group_size=self.min_group_size,
         )
 
@@ -447,29 +460,31 @@ class Analytics:
         self, request: analytics_service_pb2.GetErrorRatesRequest
     ) -> analytics_service_pb2.GetErrorRatesResponse:
         """Per app version (folded by its active installations): errors per
-        active installation, and the failed share of finished jobs."""
+        active installation, and the failed share of finished jobs, from the
+        rounded figures."""
         weeks = window(request.window, self.clock())
         versions, _ = await self._groups_over(weeks, Dimension.DIMENSION_APP_VERSION)
         sums = {}
         for code in (ERRORS_BY_VERSION, FAILED_JOBS_BY_VERSION, COMPLETED_JOBS_BY_VERSION):
             per_week, _ = await self._groups_over(weeks, code)
             sums[code] = {(w, g.key): g.amount for w, groups in per_week.items() for g in groups}
-        folded = {w.key: fold_small_groups(versions.get(w.key, []), self.min_group_size) for w in weeks}
+        folded = {w.key: self.disclosure.fold(versions.get(w.key, [])) for w in weeks}
         published = sorted({g.key for f in folded.values() for g in f.groups}, key=_version_order)
+        count = self.disclosure.count
 
         def point(
-            week: Week, keys: list[tuple[int, ...]], installations: int
+            week: Week, keys: Iterable[tuple[int, ...]], installations: int
         ) -> analytics_service_pb2.SeriesPoint:
             errors, failed, completed = (
-                sum(sums[code].get((week.key, key), 0) for key in keys)
+                count(sum(sums[code].get((week.key, key), 0) for key in keys))
                 for code in (ERRORS_BY_VERSION, FAILED_JOBS_BY_VERSION, COMPLETED_JOBS_BY_VERSION)
             )
             return analytics_service_pb2.SeriesPoint(
                 week=week.to_proto(),
                 installations=installations,
                 count=errors,
-                rate=errors / installations if installations else 0.0,
-                share=failed / (failed + completed) if failed + completed else 0.0,
+                rate=ratio(errors, installations),
+                share=ratio(failed, failed + completed),
             )
 
         series = []
@@ -477,18 +492,14 @@ class Analytics:
             line = analytics_service_pb2.Series(values=group_values(Dimension.DIMENSION_APP_VERSION, key))
             for week in weeks:
                 group = next((g for g in folded[week.key].groups if g.key == key), None)
-                line.points.append(
-                    point(week, [key], group.installations) if group else _point(week, None, 0)
-                )
+                line.points.append(point(week, [key], group.installations) if group else _suppressed(week))
             series.append(line)
         if any(f.other is not None for f in folded.values()):
             other = analytics_service_pb2.Series(other=True)
             for week in weeks:
                 f = folded[week.key]
-                shown = {g.key for g in f.groups}
-                hidden = [g.key for g in versions.get(week.key, []) if g.key not in shown]
                 other.points.append(
-                    point(week, hidden, f.other.installations) if f.other else _point(week, None, 0)
+                    point(week, f.hidden, f.other.installations) if f.other else _suppressed(week)
                 )
             series.append(other)
         return analytics_service_pb2.GetErrorRatesResponse(
@@ -519,13 +530,17 @@ class Analytics:
                     )
                 ).all()
             )
-        errors = {w: sum(g.amount for g in groups) for w, groups in pairs.items()}
-        rate = {w.key: errors.get(w.key, 0) / active[w.key] if active.get(w.key) else 0.0 for w in span}
+        # The rules see only what is published: rounded figures, groups of at least k.
+        count = self.disclosure.count
+        active = {w: count(n) for w, n in active.items()}
+        received = {w: count(int(n)) for w, n in received.items()}
+        errors = {w: count(sum(g.amount for g in groups)) for w, groups in pairs.items()}
+        rate = {w.key: ratio(errors.get(w.key, 0), active.get(w.key, 0)) for w in span}
         by_version: dict[tuple[int, ...], dict[int, tuple[int, int]]] = {}
         for week_key, groups in versions.items():
             errors_of = {g.key: g.amount for g in version_errors.get(week_key, [])}
-            for g in groups:
-                by_version.setdefault(g.key, {})[week_key] = (g.installations, errors_of.get(g.key, 0))
+            for g in self.disclosure.fold(groups).groups:
+                by_version.setdefault(g.key, {})[week_key] = (g.installations, count(errors_of.get(g.key, 0)))
         alerts: list[anomalies.Alert] = []
         for index, week in enumerate(span[BASELINE_WEEKS:], start=BASELINE_WEEKS):
             before = [w.key for w in span[index - BASELINE_WEEKS : index]]
@@ -538,9 +553,9 @@ class Analytics:
             )
             for version, figures in by_version.items():
                 installations, version_errors_now = figures.get(key, (0, 0))
-                if installations < k:
-                    continue  # a small group is never published, not even as an alert's scope
-                history = [e / n if n >= k else 0.0 for n, e in (figures.get(w, (0, 0)) for w in before)]
+                if installations == 0:
+                    continue  # not published this week, so not an alert's scope either
+                history = [ratio(e, n) for n, e in (figures.get(w, (0, 0)) for w in before)]
                 if anomalies.baseline(history) is None:
                     history = fleet_history  # a new version is compared with the fleet
                 alerts += anomalies.error_alerts(
@@ -599,6 +614,36 @@ class Analytics:
             )
         return per_week, {int(w): int(n) for w, n in active.items()}
 
+    def _series(
+        self,
+        weeks: list[Week],
+        per_week: dict[int, list[Group]],
+        active: dict[int, int],
+        dimension: int,
+        fold: Callable[[list[Group]], Folded],
+        order: Callable[[tuple[int, ...]], tuple[int, ...]],
+    ) -> list[analytics_service_pb2.Series]:
+        """One series per group that is published in at least one week of the
+        window (`fold` decides, per week); in a week where it is not, its point
+        is marked suppressed. Where `fold` keeps an "other" group, an `other`
+        series follows. Shares are over the week's rounded active installations."""
+        folded = {week.key: fold(per_week.get(week.key, [])) for week in weeks}
+        published = {g.key for f in folded.values() for g in f.groups}
+        active = {w: self.disclosure.count(n) for w, n in active.items()}
+        series = []
+        for key in sorted(published, key=order):
+            line = analytics_service_pb2.Series(values=group_values(dimension, key))
+            for week in weeks:
+                group = next((g for g in folded[week.key].groups if g.key == key), None)
+                line.points.append(_point(week, group, active.get(week.key, 0)))
+            series.append(line)
+        if any(f.other is not None for f in folded.values()):
+            other = analytics_service_pb2.Series(other=True)
+            for week in weeks:
+                other.points.append(_point(week, folded[week.key].other, active.get(week.key, 0)))
+            series.append(other)
+        return series
+
     async def _groups(self, week: Week, dimension: int) -> tuple[list[Group], int]:
         """One week's groups of one dimension, and its active installations."""
         per_week, active = await self._groups_over([week], dimension)
@@ -617,42 +662,20 @@ def _version_order(key: tuple[int, ...]) -> tuple[int, ...]:
     return tuple(-part for part in key)
 
 
-def _series(
-    weeks: list[Week],
-    per_week: dict[int, list[Group]],
-    active: dict[int, int],
-    dimension: int,
-    k: int,
-    order: Callable[[tuple[int, ...]], tuple[int, ...]],
-) -> list[analytics_service_pb2.Series]:
-    """One series per group that is published in at least one week of the
-    window; in a week where a group is smaller than k it counts towards the
-    `other` series (and shows 0). Shares are over the week's active
-    installations."""
-    folded = {week.key: fold_small_groups(per_week.get(week.key, []), k) for week in weeks}
-    published = {g.key for f in folded.values() for g in f.groups}
-    series = []
-    for key in sorted(published, key=order):
-        line = analytics_service_pb2.Series(values=group_values(dimension, key))
-        for week in weeks:
-            group = next((g for g in folded[week.key].groups if g.key == key), None)
-            line.points.append(_point(week, group, active.get(week.key, 0)))
-        series.append(line)
-    if any(f.other is not None for f in folded.values()):
-        other = analytics_service_pb2.Series(other=True)
-        for week in weeks:
-            other.points.append(_point(week, folded[week.key].other, active.get(week.key, 0)))
-        series.append(other)
-    return series
+def _suppressed(week: Week) -> analytics_service_pb2.SeriesPoint:
+    """A week in which a group is not published: no figures, and marked so."""
+    return analytics_service_pb2.SeriesPoint(week=week.to_proto(), suppressed=True)
 
 
 def _point(week: Week, group: Group | None, active: int) -> analytics_service_pb2.SeriesPoint:
-    installations = group.installations if group is not None else 0
+    """A published (already rounded) group's point; shares over the rounded active installations."""
+    if group is None:
+        return _suppressed(week)
     return analytics_service_pb2.SeriesPoint(
         week=week.to_proto(),
-        installations=installations,
-        share=installations / active if active else 0.0,
-        count=group.amount if group is not None else 0,
+        installations=group.installations,
+        share=ratio(group.installations, active),
+        count=group.amount,
     )
 
 
@@ -662,11 +685,12 @@ def _add_entries(
     dimensions: Sequence[int],
     total: int,
 ) -> None:
+    """The published (rounded) groups as entries; shares over the rounded `total`."""
     counts_printers = Dimension.DIMENSION_PRINTER_TYPE in dimensions
     for group in folded.groups:
         entry = response.entries.add(
             installations=group.installations,
-            share=group.installations / total if total else 0.0,
+            share=ratio(group.installations, total),
             printers=group.amount if counts_printers else 0,
         )
         for index, dimension in enumerate(dimensions):
@@ -675,6 +699,6 @@ def _add_entries(
         response.entries.add(
             other=True,
             installations=folded.other.installations,
-            share=folded.other.installations / total if total else 0.0,
+            share=ratio(folded.other.installations, total),
             printers=folded.other.amount if counts_printers else 0,
         )

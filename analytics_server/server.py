@@ -19,6 +19,7 @@ from stats_common.serving import READINESS_SECONDS, Job, serve_tls
 from stats_common.telemetry import grpc_server_interceptors, trace_database
 from stats_common.tls import TlsFiles
 
+from .privacy import DEFAULT_MIN_GROUP_SIZE
 from .queries import Analytics, last_complete_week
 from .reports import MailConfig, Reporter, send, weekly_report
 from .rollups import Rollups
@@ -37,7 +38,7 @@ class ServerConfig:
     database_url: str
     tls: TlsFiles
     admin_token: str
-    min_group_size: int = 5
+    min_group_size: int = DEFAULT_MIN_GROUP_SIZE
     refresh_seconds: float = 60.0
     # E-mail reports are sent only when configured.
     mail: MailConfig | None = None

@@ -35,6 +35,7 @@ from types import FrameType
 from typing import Any
 
 from aggregation_server.ingest import MAX_REPORTS_PER_SUBMISSION
+from analytics_server.privacy import DEFAULT_MIN_GROUP_SIZE, rounded
 from stats_agent.delivery import Uplink
 from stats_common import contract
 from stats_common.cli import positive_int
@@ -301,7 +302,10 @@ def run(args: argparse.Namespace, installations: int, weeks: int) -> int:
         fleet = build_fleet(plan)
         known = sent.sent
         active = sum(i.first_index <= plan.weeks - 1 <= i.last_index for i in fleet)
-        overview = wait_for_dashboard(gateway, token, known)
+        # Every published count is rounded to a multiple of k (docs/privacy.md).
+        published_known = rounded(known, DEFAULT_MIN_GROUP_SIZE)
+        published_active = rounded(active, DEFAULT_MIN_GROUP_SIZE)
+        overview = wait_for_dashboard(gateway, token, published_known)
         shown = overview.get("active", {})
         kinds = [a["kind"].removeprefix("ANOMALY_KIND_").lower() for a in overview.get("anomalies", [])]
         anomalies = [f"{kind.replace('_', ' ')} x{kinds.count(kind)}" for kind in dict.fromkeys(kinds)]
@@ -309,13 +313,14 @@ def run(args: argparse.Namespace, installations: int, weeks: int) -> int:
         print(
             f"\nThe dashboard shows {shown.get('totalKnown')} installations known "
             f"(the fleet: {known}), {shown.get('activeLastWeek')} active last week (the fleet: {active}); "
-            f"anomalies: {', '.join(anomalies) or 'none'}."
+            f"anomalies: {', '.join(anomalies) or 'none'}. Counts are published rounded to a multiple "
+            f"of {DEFAULT_MIN_GROUP_SIZE}."
         )
         print(f"The example host app has recorded {stored} events in its local agent.")
         ok = (
             not sent.failed
-            and shown.get("totalKnown") == str(known)
-            and shown.get("activeLastWeek") == str(active)
+            and shown.get("totalKnown") == str(published_known)
+            and shown.get("activeLastWeek") == str(published_active)
             and stored > 0
         )
         print("Everything worked." if ok else "Something did not work as expected (see the logs).")

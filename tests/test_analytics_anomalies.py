@@ -122,8 +122,10 @@ async def test_a_steady_fleet_raises_nothing(database_url: str) -> None:
 
 async def test_a_planted_drop_raises_exactly_one_alert(database_url: str) -> None:
     alerts = await fleet_alerts(database_url, lambda n, w: w != LAST or n < 8, lambda n, w: 4)
+    # The rules see the published figures: 8 active installations are published
+    # as 10, half the baseline of 20 (a warning below 70 %, critical below 50 %).
     assert [(a.kind, a.severity, Week.from_proto(a.week), a.observed, a.baseline) for a in alerts] == [
-        (Kind.ANOMALY_KIND_ACTIVE_DROP, Severity.SEVERITY_CRITICAL, LAST, 8.0, 20.0)
+        (Kind.ANOMALY_KIND_ACTIVE_DROP, Severity.SEVERITY_WARNING, LAST, 10.0, 20.0)
     ]
 
 
@@ -131,13 +133,14 @@ async def test_an_error_surge_in_one_version_is_named(database_url: str) -> None
     alerts = await fleet_alerts(
         database_url, lambda n, w: True, lambda n, w: 40 if (w == LAST and n >= 14) else 4
     )
-    # The fleet: (14 x 4 + 6 x 40) / 20 = 14.8 errors per installation against 4 (critical above 16: a
-    # warning); version 2.8.0: 40 against 4 (critical).
+    # From the published (rounded to 5) figures. The fleet: 14 x 4 + 6 x 40 = 296 errors (295) over 20
+    # installations, 14.75 per installation against 4 (critical above 16: a warning). Version 2.8.0:
+    # 240 errors over 6 installations (published as 5) = 48 against 25 / 5 = 5 before (critical).
     assert [
         (a.kind, a.severity, Week.from_proto(a.week), [v.label for v in a.scope], round(a.observed, 2))
         for a in alerts
     ] == [
-        (Kind.ANOMALY_KIND_VERSION_ERROR_SPIKE, Severity.SEVERITY_CRITICAL, LAST, ["2.8.0"], 40.0),
-        (Kind.ANOMALY_KIND_ERROR_SPIKE, Severity.SEVERITY_WARNING, LAST, [], 14.8),
+        (Kind.ANOMALY_KIND_VERSION_ERROR_SPIKE, Severity.SEVERITY_CRITICAL, LAST, ["2.8.0"], 48.0),
+        (Kind.ANOMALY_KIND_ERROR_SPIKE, Severity.SEVERITY_WARNING, LAST, [], 14.75),
     ]
     assert all(a.description and str(round(a.threshold, 2)) for a in alerts)

@@ -106,7 +106,8 @@ async def test_the_weekly_summary_arrives_with_the_dashboards_figures(
         )
     )
     assert f"{overview.active.active_last_week} active installations" in text
-    assert "Week 2026-W46: 11 active installations (+22.2 % on the week before), 12 known, 2 new." in text
+    # Exact: 11 active (9 the week before), 12 known, 2 new; published rounded to multiples of 3.
+    assert "Week 2026-W46: 12 active installations (+33.3 % on the week before), 12 known, 3 new." in text
     for distribution in (overview.deployment_modes, overview.app_versions, overview.countries):
         for entry in distribution.entries:
             label = "other" if entry.other else " / ".join(v.label for v in entry.values)

@@ -13,6 +13,7 @@ import sys
 import time
 from pathlib import Path
 
+from analytics_server.privacy import rounded
 from stats_demo.services import free_port
 
 from .conftest import ROOT
@@ -61,8 +62,10 @@ def test_the_short_demo_shows_the_fleet_on_the_dashboard(tmp_path: Path) -> None
         out,
     )
     assert shown is not None, out
+    # Published counts are rounded to a multiple of k = 5 (docs/privacy.md).
     assert shown[1] == shown[2] == "40"
-    assert shown[3] == shown[4]
+    assert int(shown[3]) == rounded(int(shown[4]), 5)
+    assert "rounded to a multiple of 5" in out
     assert "version error spike" in out
     assert re.search(r"The example host app has recorded [1-9]\d* events", out)
     assert re.search(r"Admin dashboard:  http://127\.0\.0\.1:\d+/dashboard", out)
