@@ -13,20 +13,28 @@ from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 
 from stats_common.telemetry import metrics_enabled, tracing_enabled
 
+from .bodies import MAX_BODY_BYTES, BodyLimit
+from .errors import BACKEND_FAILED, ERROR_SCHEMA, install_error_handlers
 from .health import health_router
-from .pages import STATIC_PREFIX, install_pages
-from .stats_api import Analytics, install_error_handlers, stats_router
-from .usage_api import Agent, usage_router
+from .pages import PRIVACY_PAGE, STATIC_PREFIX, install_pages
+from .stats_api import Analytics, stats_router
+from .usage_api import USAGE_PREFIX, Agent, LoopbackOnly, usage_router
 
-ERROR_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["error", "code"],
-    "properties": {
-        "error": {"type": "string", "description": "what went wrong, for people"},
-        "code": {"type": "string", "description": "the gRPC status code name"},
-        "field": {"type": "string", "description": "the parameter that is wrong, when one is"},
-    },
+# Every error an API operation can answer, for its OpenAPI description: the
+# gateway's own refusals, and each status a backend's gRPC status becomes.
+API_ERRORS = {
+    400: "a parameter or the body is invalid",
+    404: "the backend found nothing",
+    409: "the backend refused the change as conflicting",
+    429: "the backend is busy, or its disk is full: try again after Retry-After seconds",
+    501: "the backend does not implement this call",
+    BACKEND_FAILED: "the backend failed",
+    503: "the analytics server or the agent is down",
+    504: "the backend did not answer in time",
 }
+STATS_ERRORS = {401: "the admin token is missing or wrong", 403: "the analytics server refused the token"}
+USAGE_ERRORS = {401: "the agent refused the call", 403: "not addressed to this machine (a loopback name)"}
+BODY_ERRORS = {413: f"the body is larger than {MAX_BODY_BYTES} bytes", 415: "the body is not JSON"}
 
 # Pages load nothing from elsewhere: scripts, styles and data come from this origin only.
 CONTENT_SECURITY_POLICY = (
@@ -67,7 +75,7 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, corrected to what the gateway answers: a bad
-        parameter is 400 (not 422) and every error has the same JSON body."""
+        parameter is 400 (not 422), and every error has the same JSON body."""
         if app.openapi_schema is None:
             schema = get_openapi(
                 title=app.title, version=app.version, description=app.description, routes=app.routes
@@ -77,17 +85,15 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
             for path, operations in schema.get("paths", {}).items():
                 if not path.startswith("/api/"):
                     continue  # /health: no parameters, no credentials
+                own = STATS_ERRORS if path.startswith("/api/v1/stats") else USAGE_ERRORS
                 for method, operation in operations.items():
+                    errors = {**API_ERRORS, **own}
+                    if method == "post":
+                        errors.update(BODY_ERRORS)
                     responses = operation.setdefault("responses", {})
                     responses.pop("422", None)
-                    responses["400"] = {"description": "a parameter is invalid", **error}
-                    if path.startswith("/api/v1/stats"):
-                        responses["401"] = {"description": "the admin token is missing or wrong", **error}
-                    else:
-                        responses["403"] = {"description": "not addressed to this machine", **error}
-                    responses["503"] = {"description": "the analytics server or the agent is down", **error}
-                    if method == "post":
-                        responses["415"] = {"description": "the body is not JSON", **error}
+                    for status, description in sorted(errors.items()):
+                        responses[str(status)] = {"description": description, **error}
             for name in ("HTTPValidationError", "ValidationError"):
                 schema["components"]["schemas"].pop(name, None)
             app.openapi_schema = schema
@@ -97,6 +103,12 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
     # Spans and request metrics (no client address: see stats_common.telemetry).
     if tracing_enabled() or metrics_enabled():
         FastAPIInstrumentor.instrument_app(app, exclude_spans=["receive", "send"])
+
+    # Outermost last: the security headers go on every answer; a request that is
+    # not addressed to this machine is refused before its body is even counted.
+    app.add_middleware(BodyLimit)
+    if agent is not None:
+        app.add_middleware(LoopbackOnly, prefixes=(USAGE_PREFIX, PRIVACY_PAGE))
 
     @app.middleware("http")
     async def security_headers(

@@ -18,15 +18,14 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, Depends, FastAPI, Header, Response
+from fastapi import APIRouter, FastAPI, Header, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
-
-from .usage_api import local_only
 
 WEB = Path(str(files("gateway") / "web"))
 PLOTLY_JS = Path(str(files("plotly") / "package_data" / "plotly.min.js"))
 STATIC_PREFIX = "/static"
+PRIVACY_PAGE = "/privacy"
 
 
 @functools.cache
@@ -42,7 +41,7 @@ def install_pages(app: FastAPI, dashboard: bool, privacy_page: bool) -> None:
 
     @router.get("/")
     async def home() -> RedirectResponse:
-        return RedirectResponse("/dashboard" if dashboard else "/privacy")
+        return RedirectResponse("/dashboard" if dashboard else PRIVACY_PAGE)
 
     if dashboard:
 
@@ -51,8 +50,8 @@ def install_pages(app: FastAPI, dashboard: bool, privacy_page: bool) -> None:
             return FileResponse(WEB / "dashboard.html")
 
     if privacy_page:
-
-        @router.get("/privacy", dependencies=[Depends(local_only)])
+        # Loopback only, like its API (usage_api.LoopbackOnly).
+        @router.get(PRIVACY_PAGE)
         async def privacy() -> FileResponse:
             return FileResponse(WEB / "privacy.html")
 

@@ -11,44 +11,25 @@ from __future__ import annotations
 
 import functools
 import hmac
-import re
 from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Depends, FastAPI, Header, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
+from fastapi import APIRouter, Depends, Path, Query
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from google.protobuf import json_format
 from google.protobuf.message import Message
 from printernizer.stats.v1 import analytics_service_pb2 as api
-from printernizer.stats.v1 import analytics_service_pb2_grpc, common_pb2
+from printernizer.stats.v1 import analytics_service_pb2_grpc
 
 from stats_common.admin import bearer_metadata
-from stats_common.errors import field_violations, retry_delay
 from stats_common.telemetry import grpc_client_interceptors
 
 from .backend import Backend
+from .errors import Refusal, invalid
+from .params import Until, WeekParam, Weeks, only_declared_parameters, week_of
 
-WEEK_PATTERN = r"^\d{4}-W\d{2}$"
-MAX_WEEKS = 104
-
-# gRPC status -> HTTP status.
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
 CALL_TIMEOUT_SECONDS = 10.0
 
 DIMENSIONS = {
@@ -61,6 +42,13 @@ ERROR_GROUPINGS = {
     for name, number in api.ErrorGrouping.items()
     if number
 }
+DimensionName = Annotated[str, Path(pattern=f"^({'|'.join(DIMENSIONS)})$")]
+SecondDimension = Annotated[
+    str | None,
+    Query(alias="and", pattern=f"^({'|'.join(DIMENSIONS)})$", description="a second, other dimension"),
+]
+# In OpenAPI as a security scheme (not a header parameter); checked in require_admin.
+ADMIN_BEARER = HTTPBearer(auto_error=False, description="the admin token")
 
 
 class Analytics(Backend):
@@ -80,13 +68,6 @@ class Analytics(Backend):
         return analytics_service_pb2_grpc.AnalyticsServiceStub(self.channel)
 
 
-def week_of(value: str | None) -> common_pb2.IsoWeek | None:
-    if value is None:
-        return None
-    year, week = re.fullmatch(r"(\d{4})-W(\d{2})", value).groups()  # type: ignore[union-attr]
-    return common_pb2.IsoWeek(year=int(year), week=int(week))
-
-
 def _window(weeks: int | None, until: str | None) -> api.WeekWindow:
     window = api.WeekWindow(weeks=weeks or 0)
     if (parsed := week_of(until)) is not None:
@@ -98,24 +79,27 @@ def json_of(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
-Weeks = Annotated[int | None, Query(ge=1, le=MAX_WEEKS, description=f"weeks in the window (1-{MAX_WEEKS})")]
-Until = Annotated[
-    str | None, Query(pattern=WEEK_PATTERN, description="the window's last week, e.g. 2026-W46")
-]
-WeekParam = Annotated[str | None, Query(pattern=WEEK_PATTERN, description="the week, e.g. 2026-W46")]
-
-
 def stats_router(analytics: Analytics) -> APIRouter:
-    expected = f"Bearer {analytics.token}".encode()
+    expected = analytics.token.encode()
 
-    async def require_admin(authorization: Annotated[str | None, Header()] = None) -> None:
-        given = (authorization or "").encode()
+    async def require_admin(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(ADMIN_BEARER)],
+    ) -> None:
+        given = credentials.credentials.encode() if credentials is not None else b""
         if not hmac.compare_digest(given, expected):
             raise Refusal(
-                401, "this API needs the admin token (Authorization: Bearer <token>)", "UNAUTHENTICATED"
+                401,
+                "this API needs the admin token (Authorization: Bearer <token>)",
+                "UNAUTHENTICATED",
+                headers={"WWW-Authenticate": "Bearer"},
             )
 
-    router = APIRouter(prefix="/api/v1/stats", dependencies=[Depends(require_admin)], tags=["statistics"])
+    # The token first: without it, nothing about the parameters is said.
+    router = APIRouter(
+        prefix="/api/v1/stats",
+        dependencies=[Depends(require_admin), Depends(only_declared_parameters)],
+        tags=["statistics"],
+    )
 
     async def call(rpc: Callable[..., Awaitable[Message]], request: Message) -> dict[str, Any]:
         return json_of(await rpc(request, metadata=analytics.metadata, timeout=CALL_TIMEOUT_SECONDS))
@@ -134,13 +118,11 @@ def stats_router(analytics: Analytics) -> APIRouter:
 
     @router.get("/distribution/{dimension}")
     async def distribution(
-        dimension: Annotated[str, Path(pattern=f"^({'|'.join(DIMENSIONS)})$")],
-        combined_with: Annotated[
-            str | None, Query(alias="and", pattern=f"^({'|'.join(DIMENSIONS)})$")
-        ] = None,
-        week: WeekParam = None,
+        dimension: DimensionName, combined_with: SecondDimension = None, week: WeekParam = None
     ) -> dict[str, Any]:
         """Installations by one dimension, or by two (`and`)."""
+        if combined_with == dimension:
+            raise invalid("and", f"must name a dimension other than {dimension}")
         dimensions = [DIMENSIONS[dimension]] + ([DIMENSIONS[combined_with]] if combined_with else [])
         request = api.GetDistributionRequest(dimensions=dimensions)
         if (parsed := week_of(week)) is not None:
@@ -199,38 +181,3 @@ def stats_router(analytics: Analytics) -> APIRouter:
         )
 
     return router
-
-
-class Refusal(Exception):
-    def __init__(self, status: int, message: str, code: str, field: str | None = None) -> None:
-        super().__init__(message)
-        self.status, self.message, self.code, self.field = status, message, code, field
-
-
-def install_error_handlers(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        first = exc.errors()[0]
-        field = str(first["loc"][-1]) if first.get("loc") else ""
-        return JSONResponse(
-            {"error": f"{field}: {first.get('msg', 'invalid')}", "code": "INVALID_ARGUMENT", "field": field},
-            status_code=400,
-        )
-
-    @app.exception_handler(Refusal)
-    async def refused(_: Request, exc: Refusal) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if exc.status == 401 else None
-        return JSONResponse({"error": exc.message, "code": exc.code}, status_code=exc.status, headers=headers)
-
-    @app.exception_handler(grpc.aio.AioRpcError)
-    async def rpc_failed(_: Request, exc: grpc.aio.AioRpcError) -> JSONResponse:
-        status = HTTP_STATUS.get(exc.code(), 502)
-        body: dict[str, Any] = {"error": exc.details() or exc.code().name.lower(), "code": exc.code().name}
-        violations = field_violations(exc)
-        if violations:
-            body["field"] = violations[0][0]
-        headers = {}
-        delay = retry_delay(exc)
-        if delay is not None:
-            headers["Retry-After"] = str(max(1, round(delay.total_seconds())))
-        return JSONResponse(body, status_code=status, headers=headers)

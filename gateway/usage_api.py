@@ -11,24 +11,32 @@ them; no cross-origin access is granted either).
 from __future__ import annotations
 
 import functools
+import re
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
 import grpc
-from fastapi import APIRouter, Depends, Header, Query
+from fastapi import APIRouter, Depends
 from fastapi.responses import StreamingResponse
 from google.protobuf import json_format
 from printernizer.stats.v1 import agent_service_pb2 as agent_api
 from printernizer.stats.v1 import agent_service_pb2_grpc, aggregated_stats_pb2
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import Field
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from stats_common.contract import CURRENT_SCHEMA_VERSION, NEVER_COLLECTED, disclosure, free_text_violations
 from stats_common.telemetry import grpc_client_interceptors
 
 from .backend import Backend
-from .stats_api import CALL_TIMEOUT_SECONDS, WEEK_PATTERN, Refusal, json_of, week_of
+from .bodies import StrictBody, documented_body, json_body
+from .errors import ErrorResponse
+from .params import Limit, WeekParam, Weeks, only_declared_parameters, week_of
+from .stats_api import CALL_TIMEOUT_SECONDS, json_of
 
-LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]", "::1"}
+USAGE_PREFIX = "/api/v1/usage-stats"
+LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]"}
+# A Host header: a name or a bracketed IPv6 address, then an optional port.
+_HOST = re.compile(r"(?P<name>\[[0-9A-Fa-f:.]+\]|[^:\[\]]*)(?::[0-9]{1,5})?")
 
 
 class Agent(Backend):
@@ -46,38 +54,55 @@ class Agent(Backend):
         return agent_service_pb2_grpc.AgentServiceStub(self.channel)
 
 
-class NoFields(BaseModel):
+class NoFields(StrictBody):
     """An empty JSON object: a change is always a JSON POST."""
 
-    model_config = ConfigDict(extra="forbid")
 
-
-class OptIn(BaseModel):
+class OptIn(StrictBody):
     schema_version: int = Field(
         ge=1, le=CURRENT_SCHEMA_VERSION, description="the disclosure's version the user saw"
     )
 
 
-async def local_only(host: Annotated[str, Header()] = "") -> None:
-    name = host.rsplit(":", 1)[0] if not host.startswith("[") else host.split("]")[0] + "]"
-    if name.lower() not in LOOPBACK_HOSTS:
-        raise Refusal(
-            403, "this API answers only on this machine (a loopback host name)", "PERMISSION_DENIED"
-        )
+def is_loopback(host_headers: list[bytes]) -> bool:
+    """Whether a request is addressed to this machine: exactly one Host header,
+    naming a loopback host."""
+    if len(host_headers) != 1:
+        return False
+    match = _HOST.fullmatch(host_headers[0].decode("latin-1"))
+    return match is not None and match["name"].lower() in LOOPBACK_HOSTS
 
 
-async def _json_body(content_type: Annotated[str, Header()] = "") -> None:
-    if content_type.split(";")[0].strip().lower() != "application/json":
-        raise Refusal(415, "send a JSON body (Content-Type: application/json)", "INVALID_ARGUMENT")
+class LoopbackOnly:
+    """ASGI middleware: requests under `prefixes` that are not addressed to a
+    loopback host name are refused with 403 before anything else is looked at
+    (the path, the parameters, the body), so no answer tells such a caller more."""
+
+    def __init__(self, app: ASGIApp, prefixes: tuple[str, ...]) -> None:
+        self.app, self.prefixes = app, prefixes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        path = scope.get("path", "")
+        guarded = any(path == prefix or path.startswith(f"{prefix}/") for prefix in self.prefixes)
+        if scope["type"] == "http" and guarded:
+            hosts = [value for name, value in scope["headers"] if name == b"host"]
+            if not is_loopback(hosts):
+                refusal = ErrorResponse(
+                    403, "this API answers only on this machine (a loopback host name)", "PERMISSION_DENIED"
+                )
+                await refusal(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def usage_router(agent: Agent) -> APIRouter:
+    # Loopback only: LoopbackOnly, installed beside this router (gateway.app).
     router = APIRouter(
-        prefix="/api/v1/usage-stats", dependencies=[Depends(local_only)], tags=["usage statistics"]
+        prefix=USAGE_PREFIX, dependencies=[Depends(only_declared_parameters)], tags=["usage statistics"]
     )
 
     @router.get("/local")
-    async def local(weeks: Annotated[int | None, Query(ge=1, le=104)] = None) -> dict[str, Any]:
+    async def local(weeks: Weeks = None) -> dict[str, Any]:
         """This installation's own figures and consent."""
         answer = await agent.stub.GetLocalStats(
             agent_api.GetLocalStatsRequest(weeks=weeks or 0), timeout=CALL_TIMEOUT_SECONDS
@@ -99,28 +124,32 @@ def usage_router(agent: Agent) -> APIRouter:
             "freeTextFields": free_text_violations(),
         }
 
-    @router.post("/opt-in", dependencies=[Depends(_json_body)])
-    async def opt_in(choice: OptIn) -> dict[str, Any]:
+    @router.post("/opt-in", openapi_extra=documented_body(OptIn))
+    async def opt_in(choice: Annotated[OptIn, Depends(json_body(OptIn))]) -> dict[str, Any]:
         request = agent_api.SetConsentRequest(
             state=agent_api.CONSENT_STATE_SHARING,
             schema_version=aggregated_stats_pb2.ReportSchemaVersion.ValueType(choice.schema_version),
         )
         return json_of(await agent.stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
 
-    @router.post("/opt-out", dependencies=[Depends(_json_body)])
-    async def opt_out(_: NoFields) -> dict[str, Any]:
+    @router.post(
+        "/opt-out", dependencies=[Depends(json_body(NoFields))], openapi_extra=documented_body(NoFields)
+    )
+    async def opt_out() -> dict[str, Any]:
         """Stop sharing (the agent sends its deletion request); local figures stay."""
         request = agent_api.SetConsentRequest(state=agent_api.CONSENT_STATE_LOCAL_ONLY)
         return json_of(await agent.stub.SetConsent(request, timeout=CALL_TIMEOUT_SECONDS))
 
-    @router.post("/delete-all", dependencies=[Depends(_json_body)])
-    async def delete_all(_: NoFields) -> dict[str, Any]:
+    @router.post(
+        "/delete-all", dependencies=[Depends(json_body(NoFields))], openapi_extra=documented_body(NoFields)
+    )
+    async def delete_all() -> dict[str, Any]:
         return json_of(
             await agent.stub.DeleteAllData(agent_api.DeleteAllDataRequest(), timeout=CALL_TIMEOUT_SECONDS)
         )
 
     @router.get("/preview")
-    async def preview(week: Annotated[str | None, Query(pattern=WEEK_PATTERN)] = None) -> dict[str, Any]:
+    async def preview(week: WeekParam = None) -> dict[str, Any]:
         """The exact next report (bytes, base64) and the same rendered for reading."""
         request = agent_api.PreviewReportRequest()
         if (parsed := week_of(week)) is not None:
@@ -128,7 +157,7 @@ def usage_router(agent: Agent) -> APIRouter:
         return json_of(await agent.stub.PreviewReport(request, timeout=CALL_TIMEOUT_SECONDS))
 
     @router.get("/ledger")
-    async def ledger(limit: Annotated[int | None, Query(ge=1, le=520)] = None) -> dict[str, Any]:
+    async def ledger(limit: Limit = None) -> dict[str, Any]:
         """Every report that was sent, with the server's receipts."""
         request = agent_api.ListSentReportsRequest(limit=limit or 0)
         return json_of(await agent.stub.ListSentReports(request, timeout=CALL_TIMEOUT_SECONDS))

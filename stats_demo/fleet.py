@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
@@ -158,7 +159,8 @@ def build_fleet(plan: FleetPlan) -> list[SimulatedInstallation]:
         delay = min(int(rng.expovariate(0.35)), plan.weeks)
         fleet.append(
             SimulatedInstallation(
-                installation_id=rng.randbytes(16),
+                # A version-4 UUID, as an agent makes (from the seed, so a run is reproducible).
+                installation_id=uuid.UUID(bytes=rng.randbytes(16), version=4).bytes,
                 key=Ed25519PrivateKey.from_private_bytes(rng.randbytes(32)),
                 deployment=deployment,
                 platform=platform,

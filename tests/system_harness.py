@@ -55,6 +55,7 @@ class RunningSystem:
     plan: FleetPlan
     agent: RunningAgent
     clock: MovableClock  # the agent's and the ingest server's time
+    min_group_size: int  # the analytics server's k
 
 
 async def record_own_activity(agent: RunningAgent, weeks: int, now: dt.datetime) -> None:
@@ -112,7 +113,7 @@ async def running_system(
                 analytics = Analytics(f"localhost:{port}", ca, ADMIN_TOKEN)
                 http, task, url = await running_gateway(analytics, Agent(str(agent.socket_path)))
                 try:
-                    yield RunningSystem(url, ADMIN_TOKEN, plan, agent, clock)
+                    yield RunningSystem(url, ADMIN_TOKEN, plan, agent, clock, min_group_size)
                 finally:
                     http.should_exit = True
                     await asyncio.wait_for(task, 30)

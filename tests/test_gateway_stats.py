@@ -7,9 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
-import os
 import re
-import sys
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -21,8 +19,9 @@ import uvicorn
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 
 from gateway.app import create_app
+from gateway.errors import HTTP_STATUS
 from gateway.pages import PLOTLY_JS
-from gateway.stats_api import HTTP_STATUS, Analytics
+from gateway.stats_api import Analytics
 from gateway.usage_api import Agent
 from stats_common import errors
 from stats_demo.services import free_port
@@ -100,8 +99,9 @@ async def test_health_says_serving_when_the_analytics_server_is(gateway: httpx.A
 
 async def test_answers_carry_the_analytics_figures(gateway: httpx.AsyncClient) -> None:
     countries = (await gateway.get("/api/v1/stats/distribution/country", headers=ADMIN)).json()
-    assert countries["totalInstallations"] == "3"
-    assert [(e["values"][0]["label"], e["installations"]) for e in countries["entries"]] == [("Germany", "3")]
+    # 3 installations, published rounded to a multiple of k = 2.
+    assert countries["totalInstallations"] == "4"
+    assert [(e["values"][0]["label"], e["installations"]) for e in countries["entries"]] == [("Germany", "4")]
     export = await gateway.get("/api/v1/stats/export?weeks=2", headers=ADMIN)
     assert export.headers["content-disposition"].startswith("attachment;")
     assert len(export.json()["distributions"]) == 8
@@ -115,10 +115,9 @@ async def test_answers_carry_the_analytics_figures(gateway: httpx.AsyncClient) -
         ("/api/v1/stats/overview?until=last-week", "until"),
         ("/api/v1/stats/distribution/favourite-colour", "dimension"),
         ("/api/v1/stats/errors?group_by=mood", "group_by"),
-        (
-            "/api/v1/stats/overview?until=2999-W01",
-            "window.until",
-        ),  # well-formed; the analytics server refuses it
+        # A real week, but not complete yet: the analytics server refuses it, and
+        # the gateway names the parameter the client sent (not `window.until`).
+        ("/api/v1/stats/overview?until=2999-W01", "until"),
     ],
 )
 async def test_bad_parameters_are_400_naming_the_field(
@@ -193,23 +192,6 @@ async def test_the_dashboard_and_its_assets_come_from_the_gateway(gateway: httpx
     assert (await gateway.get("/static/missing.js")).headers["cache-control"] == "no-store"
 
 
-async def test_an_openapi_fuzz_run_finds_no_server_error(gateway: httpx.AsyncClient) -> None:
-    """schemathesis generates requests (valid and invalid) from the gateway's
-    own OpenAPI schema against the statistics API, with the analytics server
-    running: no answer may be a 5xx."""
-    fuzz = await asyncio.create_subprocess_exec(
-        str(Path(sys.executable).parent / "schemathesis"), "run", str(gateway.base_url.join("/openapi.json")),
-        "--checks", "not_a_server_error", "--max-examples", "10", "--seed", "1",
-        "--include-path-regex", "^/api/v1/stats/", "--header", f"Authorization: Bearer {ADMIN_TOKEN}",
-        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        env={**os.environ, "NO_COLOR": "1"},
-    )  # fmt: skip
-    output, _ = await asyncio.wait_for(fuzz.communicate(), 240)
-    text = output.decode(errors="replace")
-    assert fuzz.returncode == 0, text[-3000:]
-    assert int(re.search(r"Tested: (\d+)", text).group(1)) == 10, text  # type: ignore[union-attr]
-
-
 class PlainAnalytics(Analytics):
     """The gateway's channel, without TLS: to the stand-in below."""
 
@@ -265,4 +247,4 @@ async def test_every_grpc_status_maps_to_its_http_status(code: grpc.StatusCode, 
     if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
         assert answer.headers["retry-after"] == "7"
     if code == grpc.StatusCode.INVALID_ARGUMENT:
-        assert answer.json()["field"] == "window.weeks"
+        assert answer.json()["field"] == "weeks"  # the REST name of window.weeks

@@ -19,6 +19,7 @@ import pytest
 from playwright.async_api import Browser, Page, Request, Route, async_playwright, expect
 from printernizer.stats.v1 import agent_service_pb2
 
+from analytics_server.privacy import rounded
 from stats_demo.fleet import build_fleet
 
 from .agent_harness import RPC_TIMEOUT
@@ -103,10 +104,12 @@ async def open_page(browser: Browser, origin: str) -> tuple[Page, Watch]:
 
 
 def expected_installations(system: RunningSystem) -> tuple[int, int]:
-    """(known, active in the last week) of the simulated fleet."""
+    """(known, active in the last week) of the simulated fleet, as published:
+    rounded to a multiple of k (docs/privacy.md)."""
     fleet = build_fleet(system.plan)
     last = system.plan.weeks - 1
-    return len(fleet), sum(i.first_index <= last <= i.last_index for i in fleet)
+    active = sum(i.first_index <= last <= i.last_index for i in fleet)
+    return rounded(len(fleet), system.min_group_size), rounded(active, system.min_group_size)
 
 
 async def wait_for_deletion_receipt(system: RunningSystem, timeout: float = 30) -> None:
@@ -146,6 +149,8 @@ async def test_the_dashboard_draws_the_fleet_and_its_anomalies(
     known, active = expected_installations(system)
     await expect(page.locator("#kpi-total")).to_have_text(str(known))
     await expect(page.locator("#kpi-active-week")).to_have_text(str(active))
+    rounding = f"rounded to a multiple of {system.min_group_size}"
+    await expect(page.locator("#privacy-note")).to_contain_text(rounding)
     for chart in CHARTS:
         await expect(page.locator(f"#{chart}")).to_have_attribute("data-state", "drawn")
         assert await page.locator(f"#{chart} .main-svg .trace").count() > 0, chart
@@ -153,8 +158,8 @@ async def test_the_dashboard_draws_the_fleet_and_its_anomalies(
     assert "2.8.2" in versions  # the upgrade wave's latest version leads
     assert "Germany" in await page.locator("#chart-countries .ytick text").all_text_contents()
 
-    spike = page.locator("#anomaly-list li[data-kind=ANOMALY_KIND_VERSION_ERROR_SPIKE]")
-    await expect(spike).to_contain_text("2.8.1")  # the buggy patch
+    # The buggy patch's spike, the fleet's only critical one.
+    spike = page.locator("#anomaly-list li[data-kind=ANOMALY_KIND_VERSION_ERROR_SPIKE]", has_text="2.8.1")
     await expect(spike.locator(".severity")).to_have_class("severity critical")
 
     async with page.expect_download() as download_info:

@@ -82,11 +82,13 @@
     return plot(id, [trace], layout);
   }
 
+  // A week in which a group is not published (fewer than k installations) is a
+  // gap in its line, not a fall to zero.
   function seriesTraces(response, value, extra) {
     const x = response.weeks.map(weekLabel);
     return response.series.map((series) => ({
       x,
-      y: series.points.map(value),
+      y: series.points.map((p) => (p.suppressed ? null : value(p))),
       name: series.other ? "Other" : series.values.map((v) => v.label).join(" · "),
       ...extra,
     }));
@@ -123,8 +125,11 @@
     await plot("chart-migration", seriesTraces(migration, (p) => p.share * 100,
       { type: "scatter", mode: "lines", stackgroup: "versions" }),
       { yaxis: { range: [0, 100], title: { text: "% of active installations" } } });
+    const k = overview.minGroupSize;
     setText("privacy-note",
-      `Groups of fewer than ${overview.minGroupSize} installations are never shown: they are folded into "Other".`);
+      `Groups of fewer than ${k} installations are never shown (where an installation has one value, they are ` +
+      `folded into "Other"), and every count is rounded to a multiple of ${k}, so that no small group can be ` +
+      "worked out by combining figures.");
   }
 
   async function load() {
