@@ -17,6 +17,7 @@ from stats_common.cli import EnvArgumentParser, host_port, non_negative_float, p
 from stats_common.startup import add_tls_and_admin_options, prepare_database_url, run, start
 
 from .database import current_revision, upgrade
+from .ingest import DEFAULT_RETENTION_DAYS
 from .server import ServerConfig, serve
 
 
@@ -40,8 +41,8 @@ def build_parser() -> EnvArgumentParser:
     add_tls_and_admin_options(parser, "for the admin API")
     parser.add_env_option(
         "--retention-days",
-        help="weekly reports older than this are deleted",
-        default=730,
+        help="weekly reports older than this are deleted (and refused when they arrive)",
+        default=DEFAULT_RETENTION_DAYS,
         type=positive_int,
         metavar="DAYS",
     )

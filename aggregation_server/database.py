@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +20,7 @@ from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
-from sqlalchemy.ext.asyncio import AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
 
 MIGRATIONS = Path(__file__).resolve().parent / "migrations"
 
@@ -84,10 +85,28 @@ def downgrade(url: str, revision: str) -> None:
 def create_sync_engine(url: str) -> Engine:
     """A synchronous engine (migrations, tools, tests) with the settings every
     connection needs: SQLite enforces foreign keys only when asked to."""
-    engine = create_engine(sync_url(url))
+    engine = create_engine(sync_url(url), hide_parameters=True)
     if engine.dialect.name == "sqlite":
         event.listen(engine, "connect", enable_sqlite_foreign_keys)
     return engine
+
+
+def create_server_engine(url: str) -> AsyncEngine:
+    """The asynchronous engine a server uses, with the same settings."""
+    engine = create_async_engine(async_url(url), hide_parameters=True)
+    if engine.dialect.name == "sqlite":
+        event.listen(engine.sync_engine, "connect", enable_sqlite_foreign_keys)
+    return engine
+
+
+# What is stored (installation and report IDs) must never reach a log line.
+# Every engine hides its statements' parameters from its exceptions
+# (hide_parameters), and the database libraries' own logs, which write
+# parameters and rows at INFO and DEBUG (SQLAlchemy's engines log rows;
+# aiosqlite logs every call with its arguments), stay off whatever
+# --log-level says, in every process that uses this package's databases.
+for _name in ("sqlalchemy.engine", "aiosqlite"):
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 def enable_sqlite_foreign_keys(connection: Any, _record: Any) -> None:

@@ -1,6 +1,12 @@
 """What the ingest API does, without gRPC: check a submission or a deletion
 request and hand it to the store; and the operator's calls of the admin API.
 
+Every check that does not need the database comes first, in the same order
+for every request: the envelope, sizes, the signature, then the content. None
+of them looks anything up, so their answers cannot depend on an
+installation's state; the store then refuses any key but the installation's
+before it answers anything else.
+
 Refusals (from here or from the store) are the errors in `refusals`; the
 servicer maps them to status codes.
 """
@@ -10,56 +16,79 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from google.protobuf.message import DecodeError
+from google.protobuf.message import DecodeError, Message
 from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2, ingest_service_pb2
 
-from stats_common.identity import ID_BYTES, PUBLIC_KEY_BYTES, signature_is_valid
-from stats_common.weeks import Week
+from stats_common.identity import PUBLIC_KEY_BYTES, installation_id_problem, signature_is_valid
+from stats_common.weeks import MIN_YEAR, Week
 
 from .refusals import InvalidRequest, Unauthenticated
-from .storage import DeletionReceipt, IngestStore
-from .validation import MAX_REPORT_BYTES, Violation, check_report, normalise_unknown_values
+from .storage import CheckedReport, DeletionReceipt, IngestStore
+from .validation import CLOCK_SKEW, MAX_REPORT_BYTES, Violation, check_report, normalise_unknown_values
 
 # Finished weeks one submission may carry (an agent that was offline for a year).
 MAX_REPORTS_PER_SUBMISSION = 60
-# A deletion request dated further ahead than this is refused.
-CLOCK_SKEW = dt.timedelta(hours=1)
+# A serialized DeletionOrder is about 40 bytes; anything much larger is not one.
+MAX_ORDER_BYTES = 1024
+DEFAULT_RETENTION_DAYS = 730
+# The first week a Week can be: retention never reaches before it.
+_FIRST_WEEK = Week(MIN_YEAR, 1)
 
 
 def retention_cutoff(now: dt.datetime, retention_days: int) -> Week:
     """The first week retention keeps: reports of earlier weeks are deleted."""
+    if retention_days >= (now - _FIRST_WEEK.start).days:
+        return _FIRST_WEEK
     return Week.containing(now - dt.timedelta(days=retention_days))
+
+
+def discard_unknown_fields(message: Message) -> bool:
+    """Drop the fields this server does not know, at every depth (protobuf keeps
+    them on parse and would write them out again); whether there were any.
+    Nothing of them reaches a check, the database or a log."""
+    size = message.ByteSize()
+    message.DiscardUnknownFields()
+    return message.ByteSize() != size
 
 
 def _invalid(field: str, description: str) -> InvalidRequest:
     return InvalidRequest([Violation(field, description)])
 
 
+def _check_installation_id(field: str, installation_id: bytes) -> None:
+    problem = installation_id_problem(installation_id)
+    if problem is not None:
+        raise _invalid(field, problem)
+
+
 class Ingest:
     def __init__(
-        self, store: IngestStore, clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
+        self,
+        store: IngestStore,
+        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        retention_days: int = DEFAULT_RETENTION_DAYS,
     ) -> None:
         self.store = store
         self.clock = clock
+        self.retention_days = retention_days
 
     async def submit(
         self, request: ingest_service_pb2.SubmitReportsRequest
     ) -> ingest_service_pb2.SubmitReportsResponse:
         now = self.clock()
-        if len(request.installation_id) != ID_BYTES:
-            raise _invalid("installation_id", f"must be {ID_BYTES} bytes")
+        _check_installation_id("installation_id", request.installation_id)
         if len(request.public_key) != PUBLIC_KEY_BYTES:
             raise _invalid("public_key", f"must be {PUBLIC_KEY_BYTES} bytes")
         if not 1 <= len(request.reports) <= MAX_REPORTS_PER_SUBMISSION:
             raise _invalid("reports", f"between 1 and {MAX_REPORTS_PER_SUBMISSION} reports per submission")
-        reports = [self._open(i, signed, request, now) for i, signed in enumerate(request.reports)]
-        weeks = [(r.period.year, r.period.week) for r in reports]
+        first_kept = retention_cutoff(now, self.retention_days)
+        reports = [
+            self._open(i, signed, request, now, first_kept) for i, signed in enumerate(request.reports)
+        ]
+        weeks = [(r.report.period.year, r.report.period.week) for r in reports]
         if len(set(weeks)) != len(weeks):
             raise _invalid("reports", "the same week is submitted twice")
-        unknown_values = sum(normalise_unknown_values(report) for report in reports)
-        receipts = await self.store.store(
-            request.installation_id, request.public_key, reports, now, unknown_values
-        )
+        receipts = await self.store.store(request.installation_id, request.public_key, reports, now)
         response = ingest_service_pb2.SubmitReportsResponse()
         for receipt in receipts:
             item = response.receipts.add(
@@ -78,42 +107,54 @@ class Ingest:
         signed: ingest_service_pb2.SignedReport,
         request: ingest_service_pb2.SubmitReportsRequest,
         now: dt.datetime,
-    ) -> aggregated_stats_pb2.AggregatedStats:
-        """Size, signature, decoding and validation of one report, in that order:
-        nothing is parsed before its size and signature are known to be good."""
-        path = f"reports[{index}]"
+        first_kept: Week,
+    ) -> CheckedReport:
+        """Size, signature, decoding, unknown fields, validation and unknown
+        enum values of one report, in that order: nothing is parsed before its
+        size and signature are known to be good, and nothing this server does
+        not know is checked or kept."""
+        path = f"reports[{index}].report"
         if len(signed.report) > MAX_REPORT_BYTES:
-            raise _invalid(f"{path}.report", f"larger than {MAX_REPORT_BYTES} bytes")
+            raise _invalid(path, f"larger than {MAX_REPORT_BYTES} bytes")
         if not signature_is_valid(request.public_key, signed.signature, signed.report):
-            raise Unauthenticated(f"{path}.signature does not verify with public_key")
+            raise Unauthenticated(f"reports[{index}].signature does not verify with public_key")
         try:
             report = aggregated_stats_pb2.AggregatedStats.FromString(signed.report)
         except DecodeError:
-            raise _invalid(f"{path}.report", "is not an AggregatedStats message") from None
-        violations = check_report(report, request.installation_id, now)
+            raise _invalid(path, "is not an AggregatedStats message") from None
+        unknown_fields = discard_unknown_fields(report)
+        violations = check_report(report, request.installation_id, now, first_kept)
         if violations:
             raise InvalidRequest([Violation(f"{path}.{v.field}", v.description) for v in violations])
-        return report
+        return CheckedReport(report, normalise_unknown_values(report), unknown_fields)
 
     async def delete(
         self, request: ingest_service_pb2.DeleteInstallationRequest
     ) -> ingest_service_pb2.DeleteInstallationResponse:
+        """The checks of a submission, in the same order, for a deletion order."""
         now = self.clock()
+        if len(request.public_key) != PUBLIC_KEY_BYTES:
+            raise _invalid("public_key", f"must be {PUBLIC_KEY_BYTES} bytes")
+        if len(request.order) > MAX_ORDER_BYTES:
+            raise _invalid("order", f"larger than {MAX_ORDER_BYTES} bytes")
+        if not signature_is_valid(request.public_key, request.signature, request.order):
+            raise Unauthenticated("signature does not verify with public_key")
         try:
             order = ingest_service_pb2.DeletionOrder.FromString(request.order)
         except DecodeError:
             raise _invalid("order", "is not a DeletionOrder message") from None
-        if len(order.installation_id) != ID_BYTES:
-            raise _invalid("order.installation_id", f"must be {ID_BYTES} bytes")
-        if order.requested_at.ToDatetime(tzinfo=dt.UTC) > now + CLOCK_SKEW:
+        discard_unknown_fields(order)
+        _check_installation_id("order.installation_id", order.installation_id)
+        try:
+            requested_at = order.requested_at.ToDatetime(tzinfo=dt.UTC)
+        except (ValueError, OverflowError):  # seconds beyond years 1-9999, or nanos beyond a second
+            raise _invalid("order.requested_at", "is not a valid timestamp") from None
+        if requested_at > now + CLOCK_SKEW:
             raise _invalid("order.requested_at", "is in the future")
-        if not signature_is_valid(request.public_key, request.signature, request.order):
-            raise Unauthenticated("signature does not verify with public_key")
-        registered = await self.store.registered_key(order.installation_id)
-        if registered is not None and registered != request.public_key:
-            # Knowing an installation's ID does not allow deleting it.
-            raise Unauthenticated("not signed with the key this installation registered")
-        return _deletion_response(await self.store.delete_installation(order.installation_id, now))
+        receipt = await self.store.delete_installation(
+            order.installation_id, now, signed_by=request.public_key
+        )
+        return _deletion_response(receipt)
 
     # --- the operator's calls (the servicer checks the admin credential) -----------
 
@@ -135,20 +176,15 @@ class Ingest:
     async def delete_as_operator(
         self, request: ingest_admin_service_pb2.DeleteInstallationAsOperatorRequest
     ) -> ingest_admin_service_pb2.DeleteInstallationAsOperatorResponse:
-        if len(request.installation_id) != ID_BYTES:
-            raise _invalid("installation_id", f"must be {ID_BYTES} bytes")
-        receipt = await self.store.delete_installation(
-            request.installation_id, self.clock(), by_operator=True
-        )
+        _check_installation_id("installation_id", request.installation_id)
+        receipt = await self.store.delete_installation(request.installation_id, self.clock(), signed_by=None)
         return ingest_admin_service_pb2.DeleteInstallationAsOperatorResponse(
             receipt=_deletion_response(receipt)
         )
 
-    async def purge_expired(
-        self, retention_days: int
-    ) -> ingest_admin_service_pb2.PurgeExpiredReportsResponse:
+    async def purge_expired(self) -> ingest_admin_service_pb2.PurgeExpiredReportsResponse:
         now = self.clock()
-        cutoff = retention_cutoff(now, retention_days)
+        cutoff = retention_cutoff(now, self.retention_days)
         deleted = await self.store.purge_weeks_before(cutoff)
         response = ingest_admin_service_pb2.PurgeExpiredReportsResponse(
             cutoff=cutoff.to_proto(), reports_deleted=deleted

@@ -23,11 +23,20 @@ class InvalidRequest(Refused):
 
 
 class Unauthenticated(Refused):
-    """UNAUTHENTICATED: not signed by the installation's registered key."""
+    """UNAUTHENTICATED: a signature that does not verify."""
+
+
+class WrongKey(Unauthenticated):
+    """UNAUTHENTICATED: validly signed, but not with the installation's key.
+    One message whatever the installation's state (live, rate-limited,
+    deleted), so that the answer tells a caller without the key nothing."""
+
+    def __init__(self) -> None:
+        super().__init__("not signed with this installation's key")
 
 
 class Forbidden(Refused):
-    """PERMISSION_DENIED: the installation asked to be deleted."""
+    """PERMISSION_DENIED (to the key's holder only): the installation was deleted."""
 
 
 class TooManySubmissions(Refused):

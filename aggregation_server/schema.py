@@ -164,6 +164,10 @@ tombstones = Table(
     Column("deleted_at", DateTime(timezone=True), nullable=False),
     Column("receipt_id", ID, nullable=False),
     Column("reports_deleted", Integer, nullable=False),
+    # The installation's key, kept so that only its holder is told of the
+    # deletion (and gets the receipt again). NULL: deleted by an operator
+    # before it ever reported, or before tombstones kept keys; nobody holds it.
+    Column("public_key", _binary(32), nullable=True),
 )
 
 # Operational counters (unknown enum values seen, reports refused by reason).

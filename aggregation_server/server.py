@@ -83,19 +83,19 @@ async def serve(
             interceptors=interceptors,
             options=[("grpc.max_receive_message_length", MAX_REQUEST_BYTES)],
         )
-        ingest = Ingest(store, clock)
+        ingest = Ingest(store, clock, config.retention_days)
         ingest_service_pb2_grpc.add_IngestServiceServicer_to_server(
             IngestServicer(ingest, config.limiter()), server
         )
         services = [SERVICE_NAME]
         if config.admin_token is not None:
             ingest_admin_service_pb2_grpc.add_IngestAdminServiceServicer_to_server(
-                IngestAdminServicer(ingest, config.retention_days), server
+                IngestAdminServicer(ingest), server
             )
             services.append(ADMIN_SERVICE_NAME)
 
         async def purge() -> None:
-            purged = await ingest.purge_expired(config.retention_days)
+            purged = await ingest.purge_expired()
             if purged.reports_deleted:
                 log.info(
                     "retention: deleted %d weekly reports before %d-W%02d",

@@ -11,8 +11,10 @@ from __future__ import annotations
 import datetime as dt
 import logging
 import time
+import traceback
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from pathlib import Path
 from typing import NamedTuple, NoReturn, TypeVar
 
 import grpc
@@ -29,7 +31,7 @@ from stats_common.errors import Context
 from . import metrics
 from .database import DATABASE_RETRY, database_unreachable
 from .ingest import Ingest
-from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated
+from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated, WrongKey
 
 log = logging.getLogger(__name__)
 
@@ -148,9 +150,8 @@ class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
 
 
 class IngestAdminServicer(ingest_admin_service_pb2_grpc.IngestAdminServiceServicer):
-    def __init__(self, ingest: Ingest, retention_days: int) -> None:
+    def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
-        self.retention_days = retention_days
 
     async def GetIngestStatus(
         self, request: ingest_admin_service_pb2.GetIngestStatusRequest, context: Context
@@ -165,7 +166,7 @@ class IngestAdminServicer(ingest_admin_service_pb2_grpc.IngestAdminServiceServic
     async def PurgeExpiredReports(
         self, request: ingest_admin_service_pb2.PurgeExpiredReportsRequest, context: Context
     ) -> ingest_admin_service_pb2.PurgeExpiredReportsResponse:
-        return await _answer(context, lambda: self.ingest.purge_expired(self.retention_days), "retention")
+        return await _answer(context, self.ingest.purge_expired, "retention")
 
 
 async def _answer(context: Context, call: Callable[[], Awaitable[Response]], what: str) -> Response:
@@ -178,7 +179,7 @@ async def _answer(context: Context, call: Callable[[], Awaitable[Response]], wha
     except Exception as exc:
         if not database_unreachable(exc):
             metrics.REFUSED.add(1, {"reason": "internal_error", "method": what})
-            log.exception("%s failed", what)
+            log.error("%s failed: %s", what, describe_failure(exc))
             await errors.internal(context)
         # Nothing was stored (the transaction did not commit): the caller retries.
         metrics.REFUSED.add(1, {"reason": "database_unavailable", "method": what})
@@ -186,10 +187,42 @@ async def _answer(context: Context, call: Callable[[], Awaitable[Response]], wha
         await errors.unavailable(context, "the database is not answering; try again later", DATABASE_RETRY)
 
 
+def describe_failure(exc: BaseException) -> str:
+    """An unexpected failure for the log, without any exception's message:
+    messages can hold what the request carried (a driver's error quotes the
+    row it refused, a KeyError its key), and no identifier may reach a log.
+    What is left locates it: each exception's type (with a database error's
+    SQLSTATE) along the chain of causes, and where it passed through this
+    project's code and where it was raised, innermost last."""
+    parts = []
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        kind = f"{type(current).__module__}.{type(current).__qualname__}"
+        sqlstate = getattr(getattr(current, "orig", None), "sqlstate", None) or getattr(
+            current, "sqlstate", None
+        )
+        if isinstance(sqlstate, str):
+            kind += f" (SQLSTATE {sqlstate})"
+        frames = traceback.extract_tb(current.__traceback__)
+        shown = [f for f in frames if Path(f.filename).parent.name in _OWN_PACKAGES]
+        if frames and (not shown or shown[-1] is not frames[-1]):
+            shown.append(frames[-1])
+        where = " > ".join(f"{Path(f.filename).name}:{f.lineno} {f.name}" for f in shown)
+        parts.append(f"{kind} at {where}" if where else kind)
+        current = current.__cause__ or current.__context__
+    return "; caused by ".join(parts)
+
+
+# Where this project's code lives, as frames name it.
+_OWN_PACKAGES = frozenset({"aggregation_server", "stats_common"})
+
 # The reason a refusal is counted under (stats.ingest.refused).
 REFUSAL_REASONS: dict[type[Refused], str] = {
     InvalidRequest: "invalid",
     Unauthenticated: "unauthenticated",
+    WrongKey: "unauthenticated",
     Forbidden: "deleted_installation",
     TooManySubmissions: "too_many_submissions",
 }

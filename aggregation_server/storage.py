@@ -7,7 +7,10 @@ database is decided by the database itself, inside one transaction:
 - the first accepted report registers the installation's key (primary key);
 - at most one accepted submission per installation per hour: a conditional
   UPDATE of `last_accepted_at` claims the slot, so two processes cannot both;
-- a deleted installation leaves a tombstone that refuses later reports.
+- a deleted installation leaves a tombstone that refuses later reports and
+  keeps the key, so that only the key's holder learns that it was deleted;
+- whatever the installation's state, a request signed by another key meets
+  the same refusal (`WrongKey`), decided before anything else is looked at.
 
 The caller (the ingest domain) has already verified signatures and validated
 the reports; this module trusts its input and keeps the database consistent.
@@ -25,16 +28,16 @@ from enum import StrEnum
 from typing import Any
 
 from printernizer.stats.v1 import aggregated_stats_pb2
-from sqlalchemy import bindparam, cast, delete, event, func, insert, literal, null, select, union_all, update
+from sqlalchemy import bindparam, cast, delete, func, insert, literal, null, select, union_all, update
 from sqlalchemy.dialects import postgresql
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from stats_common.weeks import Week
 
 from . import schema
-from .database import async_url, enable_sqlite_foreign_keys
-from .refusals import Forbidden, TooManySubmissions, Unauthenticated
+from .database import create_server_engine
+from .refusals import Forbidden, TooManySubmissions, WrongKey
 
 SUBMISSION_INTERVAL = dt.timedelta(hours=1)
 # A transaction that lost a race is tried again this many times.
@@ -46,7 +49,8 @@ Report = aggregated_stats_pb2.AggregatedStats
 # compiled form, and each call only binds values (a third of the CPU per report).
 _installations, _reports = schema.installations, schema.reports
 # A submission's facts in one round trip: the installation (its key, its last
-# accepted submission and newest week), its tombstone, and stored receipts.
+# accepted submission and newest week), its tombstone (and the key it kept),
+# and stored receipts.
 _INSTALLATION_ROW, _TOMBSTONE_ROW, _RECEIPT_ROW = 1, 2, 3
 # PostgreSQL matches a UNION's column types pairwise: its NULLs carry a type.
 _NO_BYTES, _NO_WEEK = cast(null(), _reports.c.receipt_id.type), cast(null(), _installations.c.last_week.type)
@@ -58,9 +62,13 @@ _FACTS = union_all(
         _installations.c.last_accepted_at.label("moment"),
         _installations.c.last_week.label("week"),
     ).where(_installations.c.installation_id == bindparam("target")),
-    select(literal(_TOMBSTONE_ROW), _NO_BYTES, _NO_BYTES, schema.tombstones.c.deleted_at, _NO_WEEK).where(
-        schema.tombstones.c.installation_id == bindparam("target")
-    ),
+    select(
+        literal(_TOMBSTONE_ROW),
+        schema.tombstones.c.public_key,
+        _NO_BYTES,
+        schema.tombstones.c.deleted_at,
+        _NO_WEEK,
+    ).where(schema.tombstones.c.installation_id == bindparam("target")),
     select(
         literal(_RECEIPT_ROW), _reports.c.report_id, _reports.c.receipt_id, _reports.c.stored_at, _NO_WEEK
     ).where(
@@ -128,6 +136,18 @@ class Counter(StrEnum):
     INSTALLATIONS_DELETED = "INSTALLATIONS_DELETED"
     INSTALLATIONS_DELETED_BY_OPERATOR = "INSTALLATIONS_DELETED_BY_OPERATOR"
     REPORTS_EXPIRED = "REPORTS_EXPIRED"
+    REPORTS_WITH_UNKNOWN_FIELDS = "REPORTS_WITH_UNKNOWN_FIELDS"
+
+
+@dataclass(frozen=True)
+class CheckedReport:
+    """A validated report, ready to store, and what it carried that this server
+    does not know (already discarded or normalised): counted when the report
+    is stored, not again when it is replayed."""
+
+    report: Report
+    unknown_values: int = 0
+    unknown_fields: bool = False
 
 
 @dataclass(frozen=True)
@@ -151,6 +171,34 @@ class _Registered:
     public_key: bytes
     last_accepted_at: dt.datetime
     last_week: int
+
+
+@dataclass(frozen=True)
+class _Owner:
+    """Whose an installation ID is: the installation's registered key, or the
+    key its tombstone kept (None: deleted by an operator before it ever
+    reported, or before tombstones kept keys; then nobody holds its key)."""
+
+    key: bytes | None
+    deleted: bool
+
+    def refuses(self, signed_by: bytes) -> bool:
+        return self.key is None or self.key != signed_by
+
+
+def _owner(registered_key: bytes | None, deleted: bool, tombstone_key: bytes | None) -> _Owner | None:
+    """The owner of a taken ID (None: never seen). A tombstone decides over an
+    installation row (which only a race between a first report and a deletion
+    could leave beside it)."""
+    if deleted:
+        return _Owner(tombstone_key, deleted=True)
+    if registered_key is not None:
+        return _Owner(registered_key, deleted=False)
+    return None
+
+
+def _optional_bytes(value: bytes | None) -> bytes | None:
+    return bytes(value) if value is not None else None
 
 
 @dataclass(frozen=True)
@@ -186,10 +234,7 @@ class IngestStore:
 
     @classmethod
     def open(cls, url: str) -> IngestStore:
-        engine = create_async_engine(async_url(url))
-        if engine.dialect.name == "sqlite":
-            event.listen(engine.sync_engine, "connect", enable_sqlite_foreign_keys)
-        return cls(engine)
+        return cls(create_server_engine(url))
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -200,21 +245,24 @@ class IngestStore:
         self,
         installation_id: bytes,
         public_key: bytes,
-        reports: Sequence[Report],
+        reports: Sequence[CheckedReport],
         now: dt.datetime,
-        unknown_values: int = 0,
     ) -> list[Receipt]:
         """Store the reports of one installation; a receipt per report, in order.
-        `unknown_values` (enum values replaced before storing) are counted when
-        something new is stored."""
+        What they carried that this server does not know is counted for the
+        reports stored now."""
         for attempt in range(RACE_RETRIES):
             try:
                 async with self._writing() as connection:
                     receipts = await self._store(connection, installation_id, public_key, reports, now)
-                    duplicates = sum(r.duplicate for r in receipts)
-                    await _count(connection, Counter.REPORTS_DUPLICATE, duplicates)
-                    if duplicates < len(receipts):
-                        await _count(connection, Counter.UNKNOWN_ENUM_VALUES, unknown_values)
+                    await _count(connection, Counter.REPORTS_DUPLICATE, sum(r.duplicate for r in receipts))
+                    stored = [c for c, r in zip(reports, receipts, strict=True) if not r.duplicate]
+                    await _count(
+                        connection, Counter.UNKNOWN_ENUM_VALUES, sum(c.unknown_values for c in stored)
+                    )
+                    await _count(
+                        connection, Counter.REPORTS_WITH_UNKNOWN_FIELDS, sum(c.unknown_fields for c in stored)
+                    )
                     return receipts
             except TooManySubmissions:
                 async with self._writing() as connection:
@@ -232,16 +280,19 @@ class IngestStore:
         connection: AsyncConnection,
         installation_id: bytes,
         public_key: bytes,
-        reports: Sequence[Report],
+        checked: Sequence[CheckedReport],
         now: dt.datetime,
     ) -> list[Receipt]:
-        registered, deleted, known = await self._facts(connection, installation_id, reports)
+        reports = [c.report for c in checked]
+        registered, owner, known = await self._facts(connection, installation_id, reports)
+        # The key first: nothing below (deletion, the hourly rule, receipts) is
+        # answered to anyone but its holder.
+        if owner is not None and owner.refuses(public_key):
+            raise WrongKey
+        if owner is not None and owner.deleted:
+            raise Forbidden("this installation asked to be deleted")
         fresh = [r for r in reports if r.report_id not in known]
-        if registered is not None and registered.public_key != public_key:
-            raise Unauthenticated("not signed with the key this installation registered")
         if fresh:
-            if deleted:
-                raise Forbidden("this installation asked to be deleted")
             if registered is None:
                 await self._register(connection, installation_id, public_key, fresh, now)
             else:
@@ -253,21 +304,23 @@ class IngestStore:
 
     async def _facts(
         self, connection: AsyncConnection, installation_id: bytes, reports: Sequence[Report]
-    ) -> tuple[_Registered | None, bool, dict[bytes, tuple[bytes, dt.datetime]]]:
-        """In one round trip: the installation's row (or None), whether it was
-        deleted, and the receipts of those reports that are already stored."""
+    ) -> tuple[_Registered | None, _Owner | None, dict[bytes, tuple[bytes, dt.datetime]]]:
+        """In one round trip: the installation's row (or None), who owns the ID
+        (None: never seen), and the receipts of those reports already stored."""
         rows = await connection.execute(
             _FACTS, {"target": installation_id, "report_ids": [r.report_id for r in reports]}
         )
-        registered, deleted, known = None, False, {}
+        registered, tombstone_key, deleted, known = None, None, False, {}
         for row in rows:
             if row.kind == _INSTALLATION_ROW:
                 registered = _Registered(bytes(row.identifier), _utc(row.moment), row.week)
             elif row.kind == _TOMBSTONE_ROW:
                 deleted = True
+                tombstone_key = _optional_bytes(row.identifier)
             else:
                 known[bytes(row.identifier)] = (bytes(row.receipt_id), _utc(row.moment))
-        return registered, deleted, known
+        registered_key = registered.public_key if registered is not None else None
+        return registered, _owner(registered_key, deleted, tombstone_key), known
 
     async def _register(
         self,
@@ -369,14 +422,19 @@ class IngestStore:
     # --- deletion -------------------------------------------------------------------
 
     async def delete_installation(
-        self, installation_id: bytes, now: dt.datetime, by_operator: bool = False
+        self, installation_id: bytes, now: dt.datetime, *, signed_by: bytes | None
     ) -> DeletionReceipt:
-        """Delete everything stored for an installation and leave a tombstone;
-        asking again returns the first receipt."""
+        """Delete everything stored for an installation and leave a tombstone
+        that keeps its key; asking again returns the first receipt.
+        `signed_by` is the key a deletion request was signed with (refused,
+        whatever the state, unless it is the installation's; for an ID never
+        seen, the tombstone keeps it); None for the operator's decision."""
         for attempt in range(RACE_RETRIES):
             try:
                 async with self._writing() as connection:
-                    earlier = await self._tombstone(connection, installation_id)
+                    owner, earlier = await self._deletion_facts(connection, installation_id)
+                    if signed_by is not None and owner is not None and owner.refuses(signed_by):
+                        raise WrongKey
                     if earlier is not None:
                         return earlier
                     deleted = await connection.execute(
@@ -394,12 +452,13 @@ class IngestStore:
                             deleted_at=now,
                             receipt_id=receipt.receipt_id,
                             reports_deleted=receipt.reports_deleted,
+                            public_key=owner.key if owner is not None else signed_by,
                         )
                     )
                     counter = (
-                        Counter.INSTALLATIONS_DELETED_BY_OPERATOR
-                        if by_operator
-                        else Counter.INSTALLATIONS_DELETED
+                        Counter.INSTALLATIONS_DELETED
+                        if signed_by is not None
+                        else Counter.INSTALLATIONS_DELETED_BY_OPERATOR
                     )
                     await _count(connection, counter, 1)
                     return receipt
@@ -408,26 +467,34 @@ class IngestStore:
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _tombstone(self, connection: AsyncConnection, installation_id: bytes) -> DeletionReceipt | None:
-        row = (
+    async def _deletion_facts(
+        self, connection: AsyncConnection, installation_id: bytes
+    ) -> tuple[_Owner | None, DeletionReceipt | None]:
+        """Who owns the ID (None: never seen), and its deletion receipt if it was deleted."""
+        key = await connection.scalar(
+            select(schema.installations.c.public_key).where(
+                schema.installations.c.installation_id == installation_id
+            )
+        )
+        tombstone = (
             await connection.execute(
                 select(schema.tombstones).where(schema.tombstones.c.installation_id == installation_id)
             )
         ).first()
-        if row is None:
-            return None
-        return DeletionReceipt(
-            installation_id, row.reports_deleted, bytes(row.receipt_id), _utc(row.deleted_at)
+        owner = _owner(
+            bytes(key) if key is not None else None,
+            tombstone is not None,
+            _optional_bytes(tombstone.public_key) if tombstone is not None else None,
         )
-
-    async def registered_key(self, installation_id: bytes) -> bytes | None:
-        async with self.engine.connect() as connection:
-            key = await connection.scalar(
-                select(schema.installations.c.public_key).where(
-                    schema.installations.c.installation_id == installation_id
-                )
-            )
-        return bytes(key) if key is not None else None
+        if tombstone is None:
+            return owner, None
+        receipt = DeletionReceipt(
+            installation_id,
+            tombstone.reports_deleted,
+            bytes(tombstone.receipt_id),
+            _utc(tombstone.deleted_at),
+        )
+        return owner, receipt
 
     # --- retention -------------------------------------------------------------------
 

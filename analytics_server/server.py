@@ -10,9 +10,8 @@ from dataclasses import dataclass
 
 import grpc
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-from sqlalchemy.ext.asyncio import create_async_engine
 
-from aggregation_server.database import async_url, database_answers, upgrade
+from aggregation_server.database import create_server_engine, database_answers, upgrade
 from stats_common.admin import RequireAdminToken
 from stats_common.interceptors import RejectUndecodableRequests
 from stats_common.serving import READINESS_SECONDS, Job, serve_tls
@@ -56,7 +55,7 @@ async def serve(
     if config.migrate:
         # The aggregation server's migrations: the same database, one schema.
         await asyncio.to_thread(upgrade, config.database_url)
-    engine = create_async_engine(async_url(config.database_url))
+    engine = create_server_engine(config.database_url)
     trace_database(engine)
     try:
         rollups = Rollups(engine, clock)
@@ -102,7 +101,7 @@ async def send_test_email(config: ServerConfig) -> None:
         raise ValueError("no e-mail is configured")
     if config.migrate:
         await asyncio.to_thread(upgrade, config.database_url)
-    engine = create_async_engine(async_url(config.database_url))
+    engine = create_server_engine(config.database_url)
     try:
         await Rollups(engine).refresh()
         analytics = Analytics(engine, config.min_group_size)

@@ -14,6 +14,19 @@ PUBLIC_KEY_BYTES = 32
 SIGNATURE_BYTES = 64
 
 
+def installation_id_problem(installation_id: bytes) -> str | None:
+    """What is wrong with `installation_id`, or None when it is what the contract
+    says an installation ID is: a random version-4 UUID (16 bytes, version
+    nibble 4, RFC 4122 variant bits 10). Anything else was not made by an
+    agent (or was made from something that is not random), so it is refused."""
+    if len(installation_id) != ID_BYTES:
+        return f"must be {ID_BYTES} bytes (a version-4 UUID), got {len(installation_id)}"
+    parsed = uuid.UUID(bytes=installation_id)
+    if parsed.version != 4 or parsed.variant != uuid.RFC_4122:
+        return "must be a random version-4 UUID (RFC 4122)"
+    return None
+
+
 def report_id(installation_id: bytes, week: Week) -> bytes:
     """The report ID, derived from (installation, week): a re-sent report carries
     the same ID and is stored once, and the server can check the derivation."""

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from . import errors
 from .errors import Context
 
 
@@ -15,7 +16,8 @@ class _Undecodable:
 
 
 _UNDECODABLE = _Undecodable()
-_MESSAGE = "the request body is not a valid protobuf message of the method's request type"
+# The whole body is at fault: the field violation names the request itself.
+_VIOLATION = ("request", "is not a valid protobuf message of the method's request type")
 
 
 class RejectUndecodableRequests(grpc.aio.ServerInterceptor):
@@ -48,7 +50,7 @@ class RejectUndecodableRequests(grpc.aio.ServerInterceptor):
 
             async def checked_unary(request: Any, context: Context) -> Any:
                 if request is _UNDECODABLE:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _MESSAGE)
+                    await errors.invalid_argument(context, [_VIOLATION])
                 return await unary(request, context)
 
             return grpc.unary_unary_rpc_method_handler(
@@ -61,7 +63,7 @@ class RejectUndecodableRequests(grpc.aio.ServerInterceptor):
 
             async def checked_stream(request: Any, context: Context) -> AsyncIterator[Any]:
                 if request is _UNDECODABLE:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, _MESSAGE)
+                    await errors.invalid_argument(context, [_VIOLATION])
                 async for response in stream(request, context):
                     yield response
 

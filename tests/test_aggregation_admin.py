@@ -17,13 +17,21 @@ from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2
 
 from aggregation_server.servicer import CallLimiter
 from stats_common.admin import AdminTokenError, bearer_metadata, ensure_token_file, read_token_file
-from stats_common.errors import retry_delay
+from stats_common.errors import field_violations, retry_delay
 from stats_common.identity import report_id
 from stats_common.weeks import Week
 
 from . import databases
-from .test_aggregation_ingest import Installation
-from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, RunningServer, rpc_error, running_server, server
+from .test_aggregation_ingest import Installation, unknown_field
+from .test_aggregation_server import (
+    ADMIN_TOKEN,
+    TIMEOUT,
+    OffsetClock,
+    RunningServer,
+    rpc_error,
+    running_server,
+    server,
+)
 from .test_aggregation_validation import valid_report
 
 database_url = databases.database_url
@@ -102,7 +110,10 @@ async def test_status_and_counters(server: RunningServer) -> None:
 
     newer = report_of(first, W45)
     newer.installation.platform = 77  # type: ignore[assignment]  # a value from a newer agent
-    submission = first.submission(newer, report_of(first, W46))
+    # ... and a field from a newer agent: discarded, counted once (not again on the replay).
+    submission = first.submission(
+        newer.SerializeToString() + unknown_field(90, b"\x01"), report_of(first, W46)
+    )
     await server.stub.SubmitReports(submission, timeout=TIMEOUT)
     await server.stub.SubmitReports(submission, timeout=TIMEOUT)  # a replay: two duplicates
     limited = await rpc_error(
@@ -124,6 +135,7 @@ async def test_status_and_counters(server: RunningServer) -> None:
         Counter.INGEST_COUNTER_INSTALLATIONS_DELETED: 1,
         Counter.INGEST_COUNTER_INSTALLATIONS_DELETED_BY_OPERATOR: 0,
         Counter.INGEST_COUNTER_REPORTS_EXPIRED: 0,
+        Counter.INGEST_COUNTER_REPORTS_WITH_UNKNOWN_FIELDS: 1,
     }
 
 
@@ -147,24 +159,28 @@ async def test_an_operator_deletion_leaves_a_tombstone(server: RunningServer) ->
         ingest_admin_service_pb2.GetIngestStatusRequest(), metadata=ADMIN
     )
     assert counters(status)[Counter.INGEST_COUNTER_INSTALLATIONS_DELETED_BY_OPERATOR] == 1
-    bad = await rpc_error(
-        server.admin.DeleteInstallationAsOperator(
-            ingest_admin_service_pb2.DeleteInstallationAsOperatorRequest(installation_id=b"short"),
-            metadata=ADMIN,
+    for malformed in (b"short", uuid.uuid1().bytes):  # not a version-4 UUID
+        bad = await rpc_error(
+            server.admin.DeleteInstallationAsOperator(
+                ingest_admin_service_pb2.DeleteInstallationAsOperatorRequest(installation_id=malformed),
+                metadata=ADMIN,
+            )
         )
-    )
-    assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert "installation_id" in (bad.details() or "")
+        assert bad.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [field for field, _ in field_violations(bad)] == ["installation_id"]
 
 
 async def test_retention_can_be_run_now(database_url: str, tmp_path: Path) -> None:
-    async with running_server(database_url, tmp_path, retention_days=14) as server:
+    clock = OffsetClock()
+    async with running_server(database_url, tmp_path, clock=clock, retention_days=14) as server:
         agent = Installation(uuid.uuid4().bytes)
         old_week = Week.containing(dt.datetime.now(dt.UTC) - dt.timedelta(days=30))
         recent_week = Week.containing(dt.datetime.now(dt.UTC)).previous()
-        await server.stub.SubmitReports(
-            agent.submission(report_of(agent, old_week), report_of(agent, recent_week)), timeout=TIMEOUT
-        )
+        # Stored while it was recent; three weeks on it is older than retention keeps.
+        clock.offset = -dt.timedelta(days=21)
+        await server.stub.SubmitReports(agent.submission(report_of(agent, old_week)), timeout=TIMEOUT)
+        clock.offset = dt.timedelta()
+        await server.stub.SubmitReports(agent.submission(report_of(agent, recent_week)), timeout=TIMEOUT)
         purged = await server.admin.PurgeExpiredReports(
             ingest_admin_service_pb2.PurgeExpiredReportsRequest(), metadata=ADMIN, timeout=TIMEOUT
         )

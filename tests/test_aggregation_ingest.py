@@ -37,23 +37,42 @@ class Installation:
         self.public_key = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def submission(
-        self, *reports: aggregated_stats_pb2.AggregatedStats
+        self, *reports: aggregated_stats_pb2.AggregatedStats | bytes
     ) -> ingest_service_pb2.SubmitReportsRequest:
+        """Reports signed as the agent signs them; bytes are signed as they are."""
         request = ingest_service_pb2.SubmitReportsRequest(
             installation_id=self.installation_id, public_key=self.public_key
         )
         for report in reports:
-            data = report.SerializeToString()
+            data = report if isinstance(report, bytes) else report.SerializeToString()
             request.reports.add(report=data, signature=self.key.sign(data))
         return request
 
     def deletion(self, requested_at: dt.datetime = NOW) -> ingest_service_pb2.DeleteInstallationRequest:
         order = ingest_service_pb2.DeletionOrder(installation_id=self.installation_id)
         order.requested_at.FromDatetime(requested_at)
-        data = order.SerializeToString()
+        return self.signed_deletion(order.SerializeToString())
+
+    def signed_deletion(self, order: bytes) -> ingest_service_pb2.DeleteInstallationRequest:
+        """A deletion request carrying `order` as it is, signed."""
         return ingest_service_pb2.DeleteInstallationRequest(
-            order=data, signature=self.key.sign(data), public_key=self.public_key
+            order=order, signature=self.key.sign(order), public_key=self.public_key
         )
+
+
+def unknown_field(number: int, payload: bytes) -> bytes:
+    """The encoding of a length-delimited field `number` that the contract does
+    not have: appended to a message's bytes, a parser keeps it as unknown."""
+    return varint(number << 3 | 2) + varint(len(payload)) + payload
+
+
+def varint(value: int) -> bytes:
+    encoded = bytearray()
+    while True:
+        byte, value = value & 0x7F, value >> 7
+        encoded.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(encoded)
 
 
 @pytest.fixture
@@ -129,7 +148,7 @@ async def test_validation_errors_name_the_report_and_field(ingest: Ingest) -> No
     report.usage.uptime_hours = 500
     with pytest.raises(InvalidRequest) as refused:
         await ingest.submit(Installation().submission(valid_report(W45), report))
-    assert [v.field for v in refused.value.violations] == ["reports[1].usage.uptime_hours"]
+    assert [v.field for v in refused.value.violations] == ["reports[1].report.usage.uptime_hours"]
     assert await stored_reports(ingest) == 0  # all or nothing
 
 
@@ -199,10 +218,9 @@ async def test_bad_deletion_requests(ingest: Ingest) -> None:
     with pytest.raises(InvalidRequest) as refused:
         await ingest.delete(agent.deletion(requested_at=NOW + dt.timedelta(days=1)))
     assert refused.value.violations[0].field == "order.requested_at"
-    garbage = agent.deletion()
-    garbage.order = b"\xff\xff"
-    with pytest.raises(InvalidRequest):
-        await ingest.delete(garbage)
+    with pytest.raises(InvalidRequest) as refused:
+        await ingest.delete(agent.signed_deletion(b"\xff\xff"))  # signed garbage
+    assert refused.value.violations[0].field == "order"
     unsigned = agent.deletion()
     unsigned.signature = bytes(64)
     with pytest.raises(Unauthenticated):

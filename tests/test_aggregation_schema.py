@@ -95,6 +95,32 @@ def report_row(installation_id: bytes, week: int) -> dict[str, object]:
     }
 
 
+async def test_database_errors_never_list_the_statements_parameters(database_url: str) -> None:
+    """SQLAlchemy appends a statement's parameters (identifiers) to its errors'
+    text: every engine the server makes hides them. (A driver may still quote
+    the row it refused, as PostgreSQL's DETAIL does: the servicer logs no
+    exception's message at all, see tests/test_ingest_logs.py.)"""
+    from aggregation_server.database import create_server_engine
+
+    upgrade(database_url)
+    installation = uuid.uuid4().bytes
+    sync_engine, server_engine = create_sync_engine(database_url), create_server_engine(database_url)
+    try:
+        with sync_engine.begin() as connection:
+            connection.execute(insert(schema.installations), installation_row(installation))
+        with pytest.raises(IntegrityError) as refused, sync_engine.begin() as connection:
+            connection.execute(insert(schema.installations), installation_row(installation))
+        async with server_engine.begin() as connection:
+            with pytest.raises(IntegrityError) as refused_async:
+                await connection.execute(insert(schema.installations), installation_row(installation))
+    finally:
+        sync_engine.dispose()
+        await server_engine.dispose()
+    for error in (refused.value, refused_async.value):
+        assert "[SQL parameters hidden due to hide_parameters=True]" in str(error)
+        assert repr(installation)[2:-1] not in str(error)
+
+
 def test_one_report_per_installation_and_week(engine: Engine) -> None:
     installation = uuid.uuid4().bytes
     first = report_row(installation, 202646)
@@ -202,7 +228,7 @@ async def test_every_query_the_store_runs_compiles_for_sql_server(tmp_path: Path
             statements.append(clause)
 
     event.listen(store.engine.sync_engine, "before_execute", remember)
-    ingest = Ingest(store, FakeClock(NOW))
+    ingest = Ingest(store, FakeClock(NOW), retention_days=30)
     agent, week = Installation(uuid.uuid4().bytes), Week.containing(NOW).previous()
     try:
         submission = agent.submission(report_of(agent, week.previous()), report_of(agent, week))
@@ -214,7 +240,7 @@ async def test_every_query_the_store_runs_compiles_for_sql_server(tmp_path: Path
         await ingest.delete(agent.deletion())
         with contextlib.suppress(Refused):
             await ingest.submit(submission)  # deleted
-        await ingest.purge_expired(30)
+        await ingest.purge_expired()
         await ingest.status()
         # The analytics server's rollups and queries run on the same database.
         from printernizer.stats.v1 import analytics_service_pb2

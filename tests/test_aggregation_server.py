@@ -34,6 +34,16 @@ TIMEOUT = 10
 ADMIN_TOKEN = "test-admin-token-" + "x" * 32
 
 
+class OffsetClock:
+    """The server's clock for a test: the real time, moved by `offset`."""
+
+    def __init__(self) -> None:
+        self.offset = dt.timedelta()
+
+    def __call__(self) -> dt.datetime:
+        return dt.datetime.now(dt.UTC) + self.offset
+
+
 @dataclass
 class RunningServer:
     stub: ingest_service_pb2_grpc.IngestServiceStub
@@ -115,7 +125,7 @@ async def test_refusals_carry_the_right_codes_and_details(server: RunningServer)
     broken.usage.uptime_hours = 999
     invalid = await rpc_error(server.stub.SubmitReports(agent.submission(broken), timeout=TIMEOUT))
     assert invalid.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert [field for field, _ in field_violations(invalid)] == ["reports[0].usage.uptime_hours"]
+    assert [field for field, _ in field_violations(invalid)] == ["reports[0].report.usage.uptime_hours"]
     await server.stub.SubmitReports(agent.submission(valid_report(W45)), timeout=TIMEOUT)
     limited = await rpc_error(server.stub.SubmitReports(agent.submission(valid_report(W46)), timeout=TIMEOUT))
     assert limited.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
@@ -259,9 +269,7 @@ async def test_bad_input_changes_nothing_already_stored(server: RunningServer) -
     ).code() == grpc.StatusCode.INVALID_ARGUMENT
     wrong_key_deletion = await rpc_error(server.stub.DeleteInstallation(impostor.deletion(), timeout=TIMEOUT))
     assert wrong_key_deletion.code() == grpc.StatusCode.UNAUTHENTICATED
-    garbage_deletion = ingest_service_pb2.DeleteInstallationRequest(
-        order=b"\xff\xff", public_key=owner.public_key
-    )
+    garbage_deletion = owner.signed_deletion(b"\xff\xff")
     assert (await rpc_error(server.stub.DeleteInstallation(garbage_deletion, timeout=TIMEOUT))).code() == (
         grpc.StatusCode.INVALID_ARGUMENT
     )

@@ -13,8 +13,8 @@ from sqlalchemy import func, select
 
 from aggregation_server import schema
 from aggregation_server.database import upgrade
-from aggregation_server.refusals import Forbidden, TooManySubmissions, Unauthenticated
-from aggregation_server.storage import SUBMISSION_INTERVAL, IngestStore
+from aggregation_server.refusals import Forbidden, TooManySubmissions, WrongKey
+from aggregation_server.storage import SUBMISSION_INTERVAL, CheckedReport, IngestStore, Report
 from stats_common.weeks import Week
 
 from . import databases
@@ -33,6 +33,21 @@ async def store(database_url: str) -> AsyncIterator[IngestStore]:
     await opened.close()
 
 
+def checked(reports: list[Report]) -> list[CheckedReport]:
+    """Reports as the ingest domain hands them over: validated, nothing unknown."""
+    return [CheckedReport(report) for report in reports]
+
+
+async def registered_key(store: IngestStore, installation_id: bytes) -> bytes | None:
+    async with store.engine.connect() as connection:
+        key = await connection.scalar(
+            select(schema.installations.c.public_key).where(
+                schema.installations.c.installation_id == installation_id
+            )
+        )
+    return bytes(key) if key is not None else None
+
+
 async def count(store: IngestStore, table: object) -> int:
     async with store.engine.connect() as connection:
         return int(await connection.scalar(select(func.count()).select_from(table)))  # type: ignore[arg-type]
@@ -40,11 +55,11 @@ async def count(store: IngestStore, table: object) -> int:
 
 async def test_first_report_registers_the_installation_and_stores_everything(store: IngestStore) -> None:
     report = valid_report(W46)
-    (receipt,) = await store.store(INSTALLATION, KEY, [report], NOW)
+    (receipt,) = await store.store(INSTALLATION, KEY, checked([report]), NOW)
     assert receipt.report_id == report.report_id
     assert not receipt.duplicate
     assert len(receipt.receipt_id) == 16
-    assert await store.registered_key(INSTALLATION) == KEY
+    assert await registered_key(store, INSTALLATION) == KEY
     assert await count(store, schema.reports) == 1
     assert await count(store, schema.report_errors) == 1
     assert await count(store, schema.report_printers) == 1
@@ -69,7 +84,7 @@ async def test_every_list_is_stored_row_for_row(store: IngestStore) -> None:
     for field in ("features", "errors"):
         empty.ClearField(field)
     empty.printer_fleet.ClearField("printers")
-    await store.store(INSTALLATION, KEY, [full, empty], NOW)
+    await store.store(INSTALLATION, KEY, checked([full, empty]), NOW)
     async with store.engine.connect() as connection:
         weeks = dict((await connection.execute(select(schema.reports.c.id, schema.reports.c.week))).all())
 
@@ -99,27 +114,27 @@ async def test_every_list_is_stored_row_for_row(store: IngestStore) -> None:
 
 async def test_a_replayed_report_returns_its_original_receipt_and_stores_nothing(store: IngestStore) -> None:
     report = valid_report(W46)
-    (first,) = await store.store(INSTALLATION, KEY, [report], NOW)
+    (first,) = await store.store(INSTALLATION, KEY, checked([report]), NOW)
     later = NOW + dt.timedelta(minutes=5)  # within the hour: a replay is not a new submission
-    (again,) = await store.store(INSTALLATION, KEY, [report], later)
+    (again,) = await store.store(INSTALLATION, KEY, checked([report]), later)
     assert again.duplicate
     assert (again.receipt_id, again.stored_at) == (first.receipt_id, first.stored_at)
     assert await count(store, schema.reports) == 1
 
 
 async def test_one_accepted_submission_per_hour(store: IngestStore) -> None:
-    await store.store(INSTALLATION, KEY, [valid_report(W45)], NOW)
+    await store.store(INSTALLATION, KEY, checked([valid_report(W45)]), NOW)
     with pytest.raises(TooManySubmissions) as limited:
-        await store.store(INSTALLATION, KEY, [valid_report(W46)], NOW + dt.timedelta(minutes=20))
+        await store.store(INSTALLATION, KEY, checked([valid_report(W46)]), NOW + dt.timedelta(minutes=20))
     assert limited.value.retry_after == dt.timedelta(minutes=40)
     assert await count(store, schema.reports) == 1
-    (receipt,) = await store.store(INSTALLATION, KEY, [valid_report(W46)], NOW + SUBMISSION_INTERVAL)
+    (receipt,) = await store.store(INSTALLATION, KEY, checked([valid_report(W46)]), NOW + SUBMISSION_INTERVAL)
     assert not receipt.duplicate
     assert await count(store, schema.reports) == 2
 
 
 async def test_several_pending_weeks_go_in_one_submission(store: IngestStore) -> None:
-    receipts = await store.store(INSTALLATION, KEY, [valid_report(w) for w in (W44, W45, W46)], NOW)
+    receipts = await store.store(INSTALLATION, KEY, checked([valid_report(w) for w in (W44, W45, W46)]), NOW)
     assert [r.duplicate for r in receipts] == [False, False, False]
     async with store.engine.connect() as connection:
         row = (await connection.execute(select(schema.installations))).one()
@@ -127,27 +142,29 @@ async def test_several_pending_weeks_go_in_one_submission(store: IngestStore) ->
 
 
 async def test_a_leaked_installation_id_without_the_key_stores_nothing(store: IngestStore) -> None:
-    await store.store(INSTALLATION, KEY, [valid_report(W45)], NOW)
+    await store.store(INSTALLATION, KEY, checked([valid_report(W45)]), NOW)
     later = NOW + 2 * SUBMISSION_INTERVAL
-    with pytest.raises(Unauthenticated):
-        await store.store(INSTALLATION, bytes(32), [valid_report(W46)], later)
-    with pytest.raises(Unauthenticated):  # not even a replay answers without the key
-        await store.store(INSTALLATION, bytes(32), [valid_report(W45)], later)
+    with pytest.raises(WrongKey):
+        await store.store(INSTALLATION, bytes(32), checked([valid_report(W46)]), later)
+    with pytest.raises(WrongKey):  # not even a replay answers without the key
+        await store.store(INSTALLATION, bytes(32), checked([valid_report(W45)]), later)
     assert await count(store, schema.reports) == 1
 
 
 async def test_deletion_removes_everything_and_refuses_later_reports(store: IngestStore) -> None:
-    await store.store(INSTALLATION, KEY, [valid_report(w) for w in (W44, W45)], NOW)
+    await store.store(INSTALLATION, KEY, checked([valid_report(w) for w in (W44, W45)]), NOW)
     other = uuid.uuid4().bytes
-    deleted = await store.delete_installation(INSTALLATION, NOW)
+    deleted = await store.delete_installation(INSTALLATION, NOW, signed_by=KEY)
     assert deleted.reports_deleted == 2
     for table in (schema.reports, schema.installations, schema.report_errors, schema.report_printers):
         assert await count(store, table) == 0
-    again = await store.delete_installation(INSTALLATION, NOW + dt.timedelta(days=1))
+    again = await store.delete_installation(INSTALLATION, NOW + dt.timedelta(days=1), signed_by=KEY)
     assert again == deleted  # asking twice returns the first receipt
     with pytest.raises(Forbidden):
-        await store.store(INSTALLATION, KEY, [valid_report(W46)], NOW + 2 * SUBMISSION_INTERVAL)
-    unknown = await store.delete_installation(other, NOW)  # never submitted: a receipt all the same
+        await store.store(INSTALLATION, KEY, checked([valid_report(W46)]), NOW + 2 * SUBMISSION_INTERVAL)
+    unknown = await store.delete_installation(
+        other, NOW, signed_by=KEY
+    )  # never submitted: a receipt all the same
     assert unknown.reports_deleted == 0
 
 
@@ -157,8 +174,8 @@ async def test_two_processes_storing_the_same_report_at_once_store_it_once(datab
     try:
         report = valid_report(W46)
         results = await asyncio.gather(
-            first.store(INSTALLATION, KEY, [report], NOW),
-            second.store(INSTALLATION, KEY, [report], NOW),
+            first.store(INSTALLATION, KEY, checked([report]), NOW),
+            second.store(INSTALLATION, KEY, checked([report]), NOW),
             return_exceptions=True,
         )
         receipts = [r[0] for r in results if isinstance(r, list)]
@@ -172,7 +189,7 @@ async def test_two_processes_storing_the_same_report_at_once_store_it_once(datab
 
 
 async def test_retention_deletes_old_weeks_only(store: IngestStore) -> None:
-    await store.store(INSTALLATION, KEY, [valid_report(w) for w in (W44, W45, W46)], NOW)
+    await store.store(INSTALLATION, KEY, checked([valid_report(w) for w in (W44, W45, W46)]), NOW)
     assert await store.purge_weeks_before(W46) == 2
     assert await count(store, schema.reports) == 1
     assert await count(store, schema.report_errors) == 1

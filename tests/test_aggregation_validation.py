@@ -15,6 +15,7 @@ from stats_common.weeks import Week
 NOW = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
 INSTALLATION = uuid.UUID("6f1c2a9e-8b3d-4e5f-9a0b-1c2d3e4f5a6b").bytes
 LAST_WEEK = Week.containing(NOW).previous()
+FIRST_KEPT = Week(2024, 48)  # two years before NOW, as the default retention keeps
 
 
 def valid_report(week: Week = LAST_WEEK) -> aggregated_stats_pb2.AggregatedStats:
@@ -42,11 +43,16 @@ def valid_report(week: Week = LAST_WEEK) -> aggregated_stats_pb2.AggregatedStats
 
 
 def fields(report: aggregated_stats_pb2.AggregatedStats, installation: bytes = INSTALLATION) -> list[str]:
-    return [v.field for v in check_report(report, installation, NOW)]
+    return [v.field for v in check_report(report, installation, NOW, FIRST_KEPT)]
 
 
 def test_a_valid_report_passes() -> None:
-    assert check_report(valid_report(), INSTALLATION, NOW) == []
+    assert check_report(valid_report(), INSTALLATION, NOW, FIRST_KEPT) == []
+
+
+def test_a_report_older_than_retention_keeps_is_refused() -> None:
+    assert fields(valid_report(FIRST_KEPT)) == []
+    assert fields(valid_report(FIRST_KEPT.previous())) == ["period"]
 
 
 def test_a_report_for_the_week_in_progress_is_refused() -> None:
@@ -75,7 +81,9 @@ def test_report_id_must_be_derived_from_installation_and_week() -> None:
 def test_identifier_sizes_and_the_envelope_must_match() -> None:
     report = valid_report()
     report.installation.installation_id = b"short"
-    assert fields(report) == ["installation.installation_id", "installation.installation_id"]
+    assert fields(report) == ["installation.installation_id"]
+    report.installation.installation_id = uuid.uuid1().bytes  # 16 bytes, but not a version-4 UUID
+    assert fields(report) == ["installation.installation_id"]
     assert fields(valid_report(), installation=uuid.uuid4().bytes) == [
         "installation.installation_id",
         "report_id",

@@ -26,7 +26,8 @@ def run_offline() -> None:
 
 def run_online() -> None:
     assert url, "no database URL given"
-    engine = create_engine(url)
+    # Parameters (identifiers in data migrations) never go into an exception's text.
+    engine = create_engine(url, hide_parameters=True)
     with engine.connect() as connection:
         # Batch mode lets later migrations alter tables on SQLite too.
         context.configure(connection=connection, target_metadata=metadata, render_as_batch=True)
