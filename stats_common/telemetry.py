@@ -81,11 +81,19 @@ HTTP_METRIC_ATTRIBUTES = {
 _IPV4 = r"(?<![\d.])(?:\d{1,3}\.){3}\d{1,3}(?![\d.])"
 _IPV6 = r"(?<![\w:])(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:])"
 ADDRESS = re.compile(f"{_IPV4}|{_IPV6}")
+# A time of day or a duration (10:15, 0:59:59) looks like an IPv6 fragment, but
+# no IPv6 address has two or three groups of decimal digits and no "::".
+_CLOCK_TIME = re.compile(r"\d{1,2}(?::\d{2}){1,2}")
+
+
+def _mask(found: re.Match[str]) -> str:
+    return found[0] if _CLOCK_TIME.fullmatch(found[0]) else "<address>"
 
 
 def mask_addresses(text: str) -> str:
-    """`text` with every IPv4 or IPv6 address replaced by "<address>"."""
-    return ADDRESS.sub("<address>", text)
+    """`text` with every IPv4 or IPv6 address (or anything shaped like part of
+    one, but a time of day) replaced by "<address>"."""
+    return ADDRESS.sub(_mask, text)
 
 
 class PrivateSpanExporter(SpanExporter):

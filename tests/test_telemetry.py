@@ -223,6 +223,11 @@ def test_addresses_are_masked_in_any_text() -> None:
     assert "::1" not in masked
     assert "version 2.8.1" in masked  # versions are not addresses
     assert re.search(r"<address>", masked)
+    # Times of day are not addresses; anything else with colons may be part of one.
+    assert mask_addresses("retry in 0:59:59, at 10:15") == "retry in 0:59:59, at 10:15"
+    assert mask_addresses("fe80::1 and 2001:db8:0:0:1:0:0:1 and 1:2:3:4") == (
+        "<address> and <address> and <address>"
+    )
 
 
 class FakeCollector(
