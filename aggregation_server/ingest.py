@@ -16,10 +16,11 @@ from __future__ import annotations
 import datetime as dt
 from collections.abc import Callable
 
-from google.protobuf.message import DecodeError, Message
+from google.protobuf.message import DecodeError
 from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2, ingest_service_pb2
 
 from stats_common.identity import PUBLIC_KEY_BYTES, installation_id_problem, signature_is_valid
+from stats_common.known_fields import discard_unknown_fields
 from stats_common.weeks import MIN_YEAR, Week
 
 from .refusals import InvalidRequest, Unauthenticated
@@ -40,15 +41,6 @@ def retention_cutoff(now: dt.datetime, retention_days: int) -> Week:
     if retention_days >= (now - _FIRST_WEEK.start).days:
         return _FIRST_WEEK
     return Week.containing(now - dt.timedelta(days=retention_days))
-
-
-def discard_unknown_fields(message: Message) -> bool:
-    """Drop the fields this server does not know, at every depth (protobuf keeps
-    them on parse and would write them out again); whether there were any.
-    Nothing of them reaches a check, the database or a log."""
-    size = message.ByteSize()
-    message.DiscardUnknownFields()
-    return message.ByteSize() != size
 
 
 def _invalid(field: str, description: str) -> InvalidRequest:

@@ -792,6 +792,7 @@ class GetStatusResponse(_message.Message):
     STORAGE_FIELD_NUMBER: _builtins.int
     STORAGE_CONDITION_SINCE_FIELD_NUMBER: _builtins.int
     EVENTS_WITH_UNKNOWN_FIELDS_FIELD_NUMBER: _builtins.int
+    DROPPED_REPORTS_FIELD_NUMBER: _builtins.int
     stored_events: _builtins.int
     """Events stored locally."""
     queued_reports: _builtins.int
@@ -811,6 +812,11 @@ class GetStatusResponse(_message.Message):
     """Events that carried fields this agent does not know (from a newer SDK, or
     a careless client): those fields were discarded before anything was
     stored, so they can never reach a report; the rest of each event was kept.
+    """
+    dropped_reports: _builtins.int
+    """Reports dropped without being accepted: refused by the server for good
+    (INVALID_ARGUMENT, UNAUTHENTICATED...), or given up after repeated server
+    errors over at least a week. Those weeks are never sent again.
     """
     @_builtins.property
     def consent(self) -> Global___Consent: ...
@@ -850,10 +856,11 @@ class GetStatusResponse(_message.Message):
         storage: Global___StorageCondition.ValueType = ...,
         storage_condition_since: _timestamp_pb2.Timestamp | None = ...,
         events_with_unknown_fields: _builtins.int = ...,
+        dropped_reports: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "last_attempt", b"last_attempt", "last_submission", b"last_submission", "next_submission", b"next_submission", "storage_condition_since", b"storage_condition_since"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "dropped_events", b"dropped_events", "events_with_unknown_fields", b"events_with_unknown_fields", "evicted_reports", b"evicted_reports", "last_attempt", b"last_attempt", "last_failure_code", b"last_failure_code", "last_outcome", b"last_outcome", "last_submission", b"last_submission", "next_submission", b"next_submission", "queued_reports", b"queued_reports", "rejected_events", b"rejected_events", "storage", b"storage", "storage_condition_since", b"storage_condition_since", "stored_events", b"stored_events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["agent_version", b"agent_version", "consent", b"consent", "dropped_events", b"dropped_events", "dropped_reports", b"dropped_reports", "events_with_unknown_fields", b"events_with_unknown_fields", "evicted_reports", b"evicted_reports", "last_attempt", b"last_attempt", "last_failure_code", b"last_failure_code", "last_outcome", b"last_outcome", "last_submission", b"last_submission", "next_submission", b"next_submission", "queued_reports", b"queued_reports", "rejected_events", b"rejected_events", "storage", b"storage", "storage_condition_since", b"storage_condition_since", "stored_events", b"stored_events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
