@@ -26,11 +26,12 @@ from printernizer.stats.v1 import (
 from stats_common.contract import CURRENT_SCHEMA_VERSION
 from stats_common.countries import country_for_timezone
 from stats_common.identity import report_id
+from stats_common.known_fields import discard_unknown_fields, known_fields_only
 from stats_common.weeks import Week, weeks_between
 
 from . import consent as consent_mod
 from .consent import ConsentRecord, Identity, Override
-from .events import EventDecoder, from_millis, to_event, to_millis
+from .events import EARLIEST_EVENT, EventDecoder, from_millis, to_event, to_millis
 from .report import (
     APP_STARTED,
     APP_STOPPED,
@@ -51,6 +52,12 @@ MAX_EXPORT_PAGE = 10_000
 DEFAULT_EXPORT_PAGE = 1_000
 MAX_LEDGER = 520
 DEFAULT_LEDGER = 52
+# What one call may report as dropped by its client: a million events a second
+# for thirty years, far below what the agent's 64-bit counter holds.
+MAX_DROPPED_BY_CLIENT = 10**15
+# The first week a report or a preview may cover: the week of the earliest
+# event time the agent accepts (before it, there is nothing to count).
+FIRST_WEEK = Week.containing(EARLIEST_EVENT)
 # A preview for someone who has not opted in: the ID is made at opt-in.
 PLACEHOLDER_ID = bytes(16)
 
@@ -184,12 +191,16 @@ class StatsAgent:
             return RecordResult(stored=0, recording_disabled=True)
         now = self.clock()
         try:
-            rows = self._decoder.rows(events, now)
+            if dropped_by_client > MAX_DROPPED_BY_CLIENT:
+                raise RequestError("dropped_by_client", f"must be at most {MAX_DROPPED_BY_CLIENT:,}")
+            batch = self._decoder.rows(events, now)
         except ValueError:
             await self.store.add_counter("rejected_events", len(events))
             raise
         try:
-            await self.store.append_events(rows, to_millis(now), dropped_by_client)
+            await self.store.append_events(
+                batch.rows, to_millis(now), dropped_by_client, batch.with_unknown_fields
+            )
         except (sqlite3.Error, OSError, StorageError) as exc:
             self._note_storage(
                 agent_service_pb2.STORAGE_CONDITION_FULL
@@ -198,7 +209,7 @@ class StatsAgent:
             )
             raise
         self._note_storage(agent_service_pb2.STORAGE_CONDITION_OK)
-        return RecordResult(stored=len(rows), recording_disabled=False)
+        return RecordResult(stored=len(batch.rows), recording_disabled=False)
 
     def _note_storage(self, condition: agent_service_pb2.StorageCondition.ValueType) -> None:
         """Remember whether writes succeed (the status shows it); log each change once."""
@@ -237,22 +248,28 @@ class StatsAgent:
 
     async def next_report_week(self) -> Week:
         """The week the next report covers: the oldest finished week since
-        consent that was not sent yet, else the week in progress."""
+        consent that was neither sent nor given up, else the week in progress."""
         now = self.clock()
         current = Week.containing(now)
         consent = await self.consent()
         if not consent.sharing or consent.since_time is None:
             return current
-        sent = {row.week for row in await self.store.sent_reports(MAX_LEDGER)}
+        done = await self._weeks_done()
         for week in weeks_between(Week.containing(consent.since_time), current):
-            if week.key not in sent:
+            if week.key not in done:
                 return week
         return current
 
+    async def _weeks_done(self) -> set[int]:
+        """Weeks whose report needs nothing more: sent, or given up (dropped or evicted)."""
+        sent = {row.week for row in await self.store.sent_reports(MAX_LEDGER)}
+        return sent | await self.store.given_up_weeks()
+
     async def queue_finished_weeks(self) -> int:
         """Queue the report of every finished week since opting in that is not
-        queued or sent yet: its bytes are frozen and signed now, so what is sent
-        is exactly what the preview showed. Returns how many were queued."""
+        queued, sent or given up yet: its bytes are frozen and signed now, so
+        what is sent is exactly what the preview showed. Returns how many were
+        queued."""
         consent = await self.consent()
         identity = await self.identity()
         if not consent.sharing or identity is None or consent.since_time is None:
@@ -262,34 +279,56 @@ class StatsAgent:
         first = Week.containing(consent.since_time)
         if last_finished < first:
             return 0
-        done = {row.week for row in await self.store.sent_reports(MAX_LEDGER)}
+        await self._rebuild_reports_with_unknown_fields(identity, now)
+        done = await self._weeks_done()
         done |= {row.week for row in await self.store.outbox()}
         queued = 0
         for week in weeks_between(first, last_finished):
             if week.key in done:
                 continue
-            report = await self.report_bytes(week)
-            row = OutboxRow(
-                week.key,
-                report_id(identity.installation_id, week),
-                report,
-                identity.sign(report),
-                to_millis(now),
-            )
+            row = self._queue_row(identity, week, now, await self.report_bytes(week))
             await self.store.queue_report(row, self.config.outbox_reports, self.config.outbox_bytes)
             queued += 1
         return queued
+
+    async def _rebuild_reports_with_unknown_fields(self, identity: Identity, now: dt.datetime) -> None:
+        """An agent before version 4 of the database copied stored messages into
+        the reports it queued, unknown fields and all: such a report is rebuilt
+        (field by field) before it can be sent."""
+        for row in await self.store.outbox():
+            if discard_unknown_fields(aggregated_stats_pb2.AggregatedStats.FromString(row.report)):
+                week = Week.from_key(row.week)
+                rebuilt = self._queue_row(identity, week, now, await self.report_bytes(week))
+                await self.store.replace_queued_report(rebuilt)
+
+    @staticmethod
+    def _queue_row(identity: Identity, week: Week, now: dt.datetime, report: bytes) -> OutboxRow:
+        """A report as queued: its exact bytes, signed."""
+        return OutboxRow(
+            week.key, report_id(identity.installation_id, week), report, identity.sign(report), to_millis(now)
+        )
 
     async def report_bytes(self, week: Week) -> bytes:
         """The exact bytes a submission would carry for `week` now."""
         report = await build_report(self.store, week, await self.report_scope(week), self.clock())
         return report.SerializeToString(deterministic=True)
 
+    def requested_week(self, year: int, week: int) -> Week:
+        """The ISO week a request names, if a report could cover it: from
+        FIRST_WEEK to the week in progress."""
+        try:
+            chosen = Week(year, week)
+        except ValueError:
+            raise RequestError("week", f"{year}-W{week} is not an ISO week") from None
+        if chosen > Week.containing(self.clock()):
+            raise RequestError("week", f"{chosen} is in the future")
+        if chosen < FIRST_WEEK:
+            raise RequestError("week", f"{chosen} is before {FIRST_WEEK}, the week of the earliest event")
+        return chosen
+
     async def preview(self, week: Week | None) -> tuple[Week, bytes]:
         """The exact bytes of a report: a queued week's frozen bytes, else the
-        report as it would be built now."""
-        if week is not None and week > Week.containing(self.clock()):
-            raise RequestError("week", "is in the future")
+        report as it would be built now. `week` comes from requested_week."""
         queued = {row.week: row.report for row in await self.store.outbox()}
         if week is None and queued:
             oldest = min(queued)
@@ -384,7 +423,8 @@ class StatsAgent:
             sent = agent_service_pb2.SentReport(
                 week=Week.from_key(row.week).to_proto(),
                 report=row.report,
-                receipt=ingest_service_pb2.ReportReceipt.FromString(row.receipt),
+                # Field by field: an older agent stored receipts as the server sent them.
+                receipt=known_fields_only(ingest_service_pb2.ReportReceipt.FromString(row.receipt)),
             )
             sent.sent_at.FromMilliseconds(row.sent_at)
             reports.append(sent)
@@ -392,7 +432,7 @@ class StatsAgent:
 
     async def deletion_receipts(self) -> list[ingest_service_pb2.DeleteInstallationResponse]:
         return [
-            ingest_service_pb2.DeleteInstallationResponse.FromString(row.receipt)
+            known_fields_only(ingest_service_pb2.DeleteInstallationResponse.FromString(row.receipt))
             for row in await self.store.deletion_requests()
             if row.receipt is not None
         ]
@@ -415,8 +455,10 @@ class StatsAgent:
             consent=(await self.consent()).to_proto(),
             stored_events=await self.store.event_count(),
             rejected_events=counters.get("rejected_events", 0),
+            events_with_unknown_fields=counters.get("events_with_unknown_fields", 0),
             dropped_events=counters.get("dropped_events", 0),
             evicted_reports=counters.get("evicted_reports", 0),
+            dropped_reports=counters.get("dropped_reports", 0),
             queued_reports=len(await self.store.outbox()),
             last_outcome=agent_service_pb2.DELIVERY_OUTCOME_NONE,
             agent_version=package_version(),

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from printernizer.stats.v1 import agent_service_pb2
+from printernizer.stats.v1 import agent_service_pb2, aggregated_stats_pb2
 
 from stats_common.contract import CURRENT_SCHEMA_VERSION
 
@@ -145,13 +145,15 @@ def check_choice(state: int, schema_version: int) -> None:
     """Refuse a consent change the agent cannot honour, naming the field."""
     if state not in (LOCAL_ONLY, SHARING, DISABLED):
         raise ConsentError("state", "must be LOCAL_ONLY, SHARING or DISABLED")
-    if state == SHARING:
-        if schema_version <= 0:
-            raise ConsentError("schema_version", "required to opt in: the version of the disclosure shown")
-        if schema_version > CURRENT_SCHEMA_VERSION:
-            raise ConsentError(
-                "schema_version", f"{schema_version} is newer than this agent's {CURRENT_SCHEMA_VERSION}"
-            )
+    # Whatever the state, a version this agent does not define is refused, not ignored.
+    if schema_version > CURRENT_SCHEMA_VERSION:
+        raise ConsentError(
+            "schema_version", f"{schema_version} is newer than this agent's {CURRENT_SCHEMA_VERSION}"
+        )
+    if schema_version not in aggregated_stats_pb2.ReportSchemaVersion.values():
+        raise ConsentError("schema_version", f"{schema_version} is not a ReportSchemaVersion")
+    if state == SHARING and schema_version == 0:
+        raise ConsentError("schema_version", "required to opt in: the version of the disclosure shown")
 
 
 def choice_settings(

@@ -1,11 +1,22 @@
 """Sending the outbox and deletion requests to the aggregation server.
 
-One delivery sends every pending deletion request, then every queued report
-in one submission. Each outcome follows a fixed table of gRPC codes: a
-retryable failure leaves everything queued for a later attempt (after the
-server's RetryInfo delay when it gives one); a refusal drops the reports, the
-reason kept in the status. Accepted reports move to the ledger with the
-server's receipt in the same transaction that removes them from the outbox.
+One delivery sends every pending deletion request, then the queued reports
+in one submission (one report per submission while one keeps meeting server
+errors). Each outcome follows a fixed table of gRPC codes:
+
+- transient failures (the network, the server's capacity) leave everything
+  queued for a later attempt (after the server's RetryInfo delay when it gives
+  one); the outbox's caps bound how much waits;
+- a server error (INTERNAL, UNKNOWN) may be a bug that one report triggers
+  every time, so each report counts the server errors it met. After repeated
+  ones, reports go one per submission, so such a report holds back no other,
+  and it is dropped once its count and age reach a bound;
+- any other code is a refusal the same request would meet again: a report
+  refused on its own is dropped, the reason kept in the status; a refused
+  submission of several is split, so one bad report does not cost the others.
+
+Accepted reports move to the ledger with the server's receipt in the same
+transaction that removes them from the outbox.
 """
 
 from __future__ import annotations
@@ -23,31 +34,55 @@ import grpc
 from printernizer.stats.v1 import agent_service_pb2, ingest_service_pb2, ingest_service_pb2_grpc
 
 from stats_common.errors import retry_delay
+from stats_common.known_fields import discard_unknown_fields
 from stats_common.telemetry import grpc_client_interceptors
 from stats_common.weeks import Week
 
 from .agent import NotSharing, StatsAgent
+from .consent import Identity
 from .events import to_millis
-from .storage import SentReportRow
+from .storage import OutboxRow, SentReportRow
 
 log = logging.getLogger(__name__)
 
-# Worth trying again later: the server or the network may recover.
-RETRYABLE = frozenset(
+# Worth trying again later, without holding it against the reports: the server
+# or the network may recover.
+TRANSIENT = frozenset(
     {
         grpc.StatusCode.UNAVAILABLE,
         grpc.StatusCode.DEADLINE_EXCEEDED,
         grpc.StatusCode.RESOURCE_EXHAUSTED,
         grpc.StatusCode.ABORTED,
-        grpc.StatusCode.INTERNAL,
-        grpc.StatusCode.UNKNOWN,
         grpc.StatusCode.CANCELLED,
     }
 )
+# The server failed: it may recover, or a report may trigger the failure every
+# time. Tried again, up to a bound per report.
+SERVER_ERRORS = frozenset({grpc.StatusCode.INTERNAL, grpc.StatusCode.UNKNOWN})
+# Every code after which the agent tries again.
+RETRYABLE = TRANSIENT | SERVER_ERRORS
 # Every other code is a refusal that the same request would meet again
 # (INVALID_ARGUMENT, UNAUTHENTICATED, PERMISSION_DENIED, FAILED_PRECONDITION...).
 
+# Once a queued report has met this many server errors, reports are sent one
+# per submission: a report the server cannot take then holds back no other.
+ONE_AT_A_TIME_AFTER = 2
+# A report is dropped once it has met this many server errors, the first at
+# least this long before. A week gives the server's maintainers a release
+# cycle to fix what fails (until then the report costs one call an hour), and
+# the count keeps an agent that was off meanwhile from giving up on its first
+# try back.
+DROP_AFTER_SERVER_ERRORS = 10
+DROP_AFTER_FAILING_FOR = dt.timedelta(days=7)
+
 CALL_TIMEOUT_SECONDS = 30.0
+
+# Which outcome the status shows when one delivery has several: the worst.
+_SEVERITY: dict[int, int] = {
+    agent_service_pb2.DELIVERY_OUTCOME_ACCEPTED: 0,
+    agent_service_pb2.DELIVERY_OUTCOME_RETRYING: 1,
+    agent_service_pb2.DELIVERY_OUTCOME_DROPPED: 2,
+}
 
 
 @dataclass(frozen=True)
@@ -97,34 +132,87 @@ async def deliver(agent: StatsAgent, uplink: Uplink) -> Delivery:
     queued = await agent.store.outbox()
     if not consent.sharing or identity is None or not queued:
         return Delivery(agent_service_pb2.DELIVERY_OUTCOME_NONE, [])
+    one_at_a_time = any(row.server_errors >= ONE_AT_A_TIME_AFTER for row in queued)
+    submissions = [[row] for row in queued] if one_at_a_time else [queued]
+    receipts: list[ingest_service_pb2.ReportReceipt] = []
+    worst = Delivery(agent_service_pb2.DELIVERY_OUTCOME_ACCEPTED, [])
+    while submissions:
+        reports = submissions.pop(0)
+        try:
+            response = await uplink.submit(_submission(identity, reports))
+        except grpc.aio.AioRpcError as exc:
+            code = exc.code()
+            if code in TRANSIENT:
+                # Nothing more gets through now: the rest waits too.
+                retrying = Delivery(
+                    agent_service_pb2.DELIVERY_OUTCOME_RETRYING, [], code.name, retry_delay(exc)
+                )
+                worst = _worse(worst, retrying)
+                break
+            if code not in SERVER_ERRORS and len(reports) > 1:
+                submissions += [[row] for row in reports]  # which of them is refused?
+                continue
+            worst = _worse(worst, await _failed(agent, reports, code, now))
+            continue
+        receipts += await _accepted(agent, reports, response)
+    await agent.store.record_delivery(to_millis(now), worst.outcome, worst.failure_code)
+    return Delivery(worst.outcome, receipts, worst.failure_code, worst.retry_after)
+
+
+def _submission(identity: Identity, reports: Sequence[OutboxRow]) -> ingest_service_pb2.SubmitReportsRequest:
     request = ingest_service_pb2.SubmitReportsRequest(
         installation_id=identity.installation_id, public_key=identity.public_key
     )
-    for row in queued:
+    for row in reports:
         request.reports.add(report=row.report, signature=row.signature)
-    try:
-        response = await uplink.submit(request)
-    except grpc.aio.AioRpcError as exc:
-        code = exc.code()
-        if code in RETRYABLE:
-            delivery = Delivery(
-                agent_service_pb2.DELIVERY_OUTCOME_RETRYING, [], code.name, retry_after=retry_delay(exc)
-            )
-        else:
-            # The same reports would be refused again: drop them, keep why.
-            await agent.store.drop_outbox([row.week for row in queued])
-            log.warning("the server refused %d report(s): %s", len(queued), code.name)
-            delivery = Delivery(agent_service_pb2.DELIVERY_OUTCOME_DROPPED, [], code.name)
-        await agent.store.record_delivery(to_millis(now), delivery.outcome, delivery.failure_code)
-        return delivery
+    return request
+
+
+async def _accepted(
+    agent: StatsAgent, reports: Sequence[OutboxRow], response: ingest_service_pb2.SubmitReportsResponse
+) -> list[ingest_service_pb2.ReportReceipt]:
+    """Move accepted reports to the ledger with their receipts, which keep
+    only the fields this agent knows."""
     sent_at = to_millis(agent.clock())
-    ledger = [
-        SentReportRow(row.report_id, row.week, row.report, receipt.SerializeToString(), sent_at)
-        for row, receipt in zip(queued, response.receipts, strict=True)
-    ]
-    await agent.store.mark_sent(ledger)
-    await agent.store.record_delivery(to_millis(now), agent_service_pb2.DELIVERY_OUTCOME_ACCEPTED, "")
-    return Delivery(agent_service_pb2.DELIVERY_OUTCOME_ACCEPTED, list(response.receipts))
+    receipts = list(response.receipts)
+    for receipt in receipts:
+        discard_unknown_fields(receipt)
+    await agent.store.mark_sent(
+        [
+            SentReportRow(row.report_id, row.week, row.report, receipt.SerializeToString(), sent_at)
+            for row, receipt in zip(reports, receipts, strict=True)
+        ]
+    )
+    return receipts
+
+
+async def _failed(
+    agent: StatsAgent, reports: Sequence[OutboxRow], code: grpc.StatusCode, now: dt.datetime
+) -> Delivery:
+    """A refusal drops the reports; a server error counts against each of them,
+    and drops those that reached the bound."""
+    if code in SERVER_ERRORS:
+        counted = await agent.store.count_server_error([row.week for row in reports], to_millis(now))
+        cutoff = to_millis(now - DROP_AFTER_FAILING_FOR)
+        doomed = [
+            row.week
+            for row in counted
+            if row.server_errors >= DROP_AFTER_SERVER_ERRORS
+            and row.first_server_error_at is not None
+            and row.first_server_error_at <= cutoff
+        ]
+        if not doomed:
+            return Delivery(agent_service_pb2.DELIVERY_OUTCOME_RETRYING, [], code.name)
+    else:
+        doomed = [row.week for row in reports]
+    await agent.store.drop_outbox(doomed, code.name, to_millis(now))
+    log.warning("dropped %d report(s) the server would not take: %s", len(doomed), code.name)
+    return Delivery(agent_service_pb2.DELIVERY_OUTCOME_DROPPED, [], code.name)
+
+
+def _worse(first: Delivery, second: Delivery) -> Delivery:
+    """The outcome the status shows for a delivery: the worst of its parts."""
+    return second if _SEVERITY[second.outcome] > _SEVERITY[first.outcome] else first
 
 
 async def _send_deletions(agent: StatsAgent, uplink: Uplink, now: dt.datetime) -> None:
@@ -138,6 +226,7 @@ async def _send_deletions(agent: StatsAgent, uplink: Uplink, now: dt.datetime) -
         except grpc.aio.AioRpcError as exc:
             log.info("deletion request not confirmed yet (%s); will try again", exc.code().name)
             continue
+        discard_unknown_fields(receipt)  # the ledger keeps only the fields this agent knows
         await agent.store.confirm_deletion(pending.id, receipt.SerializeToString(), to_millis(now))
 
 
@@ -243,13 +332,21 @@ class Courier:
             return
         if self._not_before is not None and now < self._not_before:
             return
-        await self.submit_now()
+        await self._deliver(self.uplink)
 
     async def submit_now(self) -> Delivery:
-        """Deliver at once (SubmitNow); a cancelled attempt counts as retrying."""
+        """SubmitNow: queue the finished weeks and deliver them at once.
+        Checked first, so a call that is refused changes nothing."""
+        if not (await self.agent.consent()).sharing:
+            raise NotSharing("statistics are only sent after opting in to sharing")
         if self.uplink is None:
             raise NotSharing("no aggregation server is configured for this agent")
-        self._submission = asyncio.create_task(deliver(self.agent, self.uplink))
+        await self.agent.queue_finished_weeks()
+        return await self._deliver(self.uplink)
+
+    async def _deliver(self, uplink: Uplink) -> Delivery:
+        """Deliver once, and schedule the next try after a retryable failure."""
+        self._submission = asyncio.create_task(deliver(self.agent, uplink))
         try:
             delivery = await self._submission
         except asyncio.CancelledError:

@@ -19,11 +19,15 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from printernizer.stats.v1 import agent_service_pb2, usage_event_pb2
 
+from stats_common.known_fields import copy_known_fields, discard_unknown_fields
+
 # A call carries at most this many events (~75 KB): the SDK sends when 1,000
 # are waiting, and more in one call only when a backlog has built up.
 MAX_BATCH_EVENTS = 5000
 # An event dated further ahead than this is a clock or host bug, not usage.
 MAX_CLOCK_SKEW = dt.timedelta(minutes=10)
+# No event happened before this: an earlier time is a clock that was never set.
+EARLIEST_EVENT = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
 MAX_PRINTERS_PER_TYPE = 10_000
 MAX_VERSION_PART = 10_000
 
@@ -128,6 +132,9 @@ def from_millis(millis: int) -> dt.datetime:
     return dt.datetime.fromtimestamp(millis / 1000, tz=dt.UTC)
 
 
+EARLIEST_EVENT_MS = to_millis(EARLIEST_EVENT)
+
+
 def _check_enum(value: int, field: Any, path: str) -> None:
     enum = field.enum_type
     assert enum is not None
@@ -182,7 +189,8 @@ def validate(event: usage_event_pb2.UsageEvent, now_ms: int) -> EventRow:
 
     This runs for every recorded event, so the common kinds (only enum
     fields) take a fast path of set lookups; the rare richer kinds are checked
-    field by field through their descriptors.
+    field by field through their descriptors. The payload is the body as it
+    is: the agent discards unknown fields first (EventDecoder).
     """
     name = event.WhichOneof("kind")
     if name is None:
@@ -198,11 +206,10 @@ def validate(event: usage_event_pb2.UsageEvent, now_ms: int) -> EventRow:
         if value not in allowed:
             _check_enum(value, column, f"{name}.{column.name}")
     if event.HasField("occurred_at"):
-        stamp = event.occurred_at
-        occurred = stamp.seconds * 1000 + stamp.nanos // 1_000_000
+        occurred = timestamp_millis(event.occurred_at, "occurred_at")
         if occurred > now_ms + _MAX_SKEW_MS:
             raise InvalidEvent("occurred_at", "is in the future")
-        if occurred < _YEAR_2000_MS:
+        if occurred < EARLIEST_EVENT_MS:
             raise InvalidEvent("occurred_at", "is before the year 2000")
     else:
         occurred = now_ms
@@ -210,12 +217,27 @@ def validate(event: usage_event_pb2.UsageEvent, now_ms: int) -> EventRow:
     return EventRow(occurred, spec.kind, columns[0], columns[1], columns[2], payload)
 
 
+def timestamp_millis(stamp: timestamp_pb2.Timestamp, path: str) -> int:
+    """A Timestamp as milliseconds since the epoch. Its nanos must be what the
+    Timestamp type allows: anything else is a broken encoder, not a time."""
+    if not 0 <= stamp.nanos <= MAX_NANOS:
+        raise InvalidEvent(f"{path}.nanos", f"must be between 0 and {MAX_NANOS:,}")
+    return stamp.seconds * 1000 + stamp.nanos // 1_000_000
+
+
 _MAX_SKEW_MS = int(MAX_CLOCK_SKEW.total_seconds() * 1000)
-_YEAR_2000_MS = 946_684_800_000
+MAX_NANOS = 999_999_999
 
 
 _CACHE_LIMIT = 4096
 _TIMESTAMP_TAG = 0x0A  # UsageEvent.occurred_at: field 1, length-delimited
+_MULTI_BYTE_LENGTH = 0x80  # a varint byte with this bit set is followed by more
+
+
+class DecodedBatch(NamedTuple):
+    rows: list[RowValues]
+    # Events that carried fields this agent does not know (discarded, the rest kept).
+    with_unknown_fields: int
 
 
 class EventDecoder:
@@ -228,13 +250,23 @@ class EventDecoder:
     bytes shared by many events, is validated once and cached; the timestamp
     part is cached per second. Anything the cache has not seen takes the full
     validation path.
+
+    Fields the contract does not define (a newer SDK's, a careless client's)
+    are discarded at every depth on that path, before anything is stored.
+    protobuf writes unknown fields after the known ones, so they land inside
+    one of the two parts; the cache keys are the parts' bytes, so a part with
+    unknown fields never shares a key with a clean one. Those parts are cached
+    apart from the clean ones, which keeps the clean path exactly as it was:
+    only an event with unknown fields pays a second lookup (and is counted).
     """
 
     def __init__(self) -> None:
         self._kinds: dict[bytes, tuple[int, bytes | None]] = {}
         self._times: dict[bytes, int] = {}
+        self._stripped_kinds: dict[bytes, tuple[int, bytes | None]] = {}
+        self._stripped_times: dict[bytes, int] = {}
 
-    def rows(self, events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> list[RowValues]:
+    def rows(self, events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> DecodedBatch:
         """All events of a batch as rows, or InvalidEvent naming the first
         field that does not fit (as "events[3].job_created.printer_type")."""
         if len(events) > MAX_BATCH_EVENTS:
@@ -243,42 +275,81 @@ class EventDecoder:
         latest = now_ms + _MAX_SKEW_MS
         kinds, times = self._kinds, self._times
         rows: list[RowValues] = []
+        stripped: set[int] = set()  # indexes of the events that carried unknown fields
         for index, event in enumerate(events):
             data = event.SerializeToString()
             if data and data[0] == _TIMESTAMP_TAG:
+                # The timestamp's key starts with its length byte. A length that
+                # takes more bytes (a timestamp padded with unknown fields) makes
+                # a key no cache holds, and `_time` sends the event down the
+                # slow path instead of splitting it at the wrong place.
                 end = 2 + data[1]
-                stamp, kind_part = data[2:end], data[end:]
+                stamp, kind_part = data[1:end], data[end:]
                 occurred = times.get(stamp)
                 if occurred is None:
-                    occurred = self._time(stamp)
-                if not _YEAR_2000_MS <= occurred <= latest:
+                    occurred = self._time(index, stamp, stripped)
+                    if occurred is None:
+                        row, carried = self._checked(index, data, now_ms)
+                        if carried:
+                            stripped.add(index)
+                        rows.append(row)
+                        continue
+                if not EARLIEST_EVENT_MS <= occurred <= latest:
                     self._raise(index, event, now_ms)
             else:
                 kind_part, occurred = data, now_ms
             shaped = kinds.get(kind_part)
             if shaped is None:
-                shaped = self._kind(index, kind_part, now_ms)
+                shaped = self._kind(index, kind_part, now_ms, stripped)
             rows.append((occurred, *shaped))
-        return rows
+        return DecodedBatch(rows, len(stripped))
 
-    def _time(self, stamp: bytes) -> int:
-        moment = timestamp_pb2.Timestamp.FromString(stamp)
-        millis = moment.seconds * 1000 + moment.nanos // 1_000_000
-        if len(self._times) >= _CACHE_LIMIT:
-            self._times.clear()
-        self._times[stamp] = millis
+    def _time(self, index: int, stamp: bytes, stripped: set[int]) -> int | None:
+        """The milliseconds of a timestamp part (its length byte, then its
+        bytes), or None when its length does not fit in one byte."""
+        if stamp[0] & _MULTI_BYTE_LENGTH:
+            return None
+        millis = self._stripped_times.get(stamp)
+        if millis is not None:
+            stripped.add(index)
+            return millis
+        moment = timestamp_pb2.Timestamp.FromString(stamp[1:])
+        carried = discard_unknown_fields(moment)
+        millis = timestamp_millis(moment, f"events[{index}].occurred_at")
+        cache = self._stripped_times if carried else self._times
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[stamp] = millis
+        if carried:
+            stripped.add(index)
         return millis
 
-    def _kind(self, index: int, kind_part: bytes, now_ms: int) -> tuple[int, bytes | None]:
-        kind_only = usage_event_pb2.UsageEvent.FromString(kind_part)
+    def _kind(
+        self, index: int, kind_part: bytes, now_ms: int, stripped: set[int]
+    ) -> tuple[int, bytes | None]:
+        shaped = self._stripped_kinds.get(kind_part)
+        if shaped is not None:
+            stripped.add(index)
+            return shaped
+        (_, shape, payload), carried = self._checked(index, kind_part, now_ms)
+        cache = self._stripped_kinds if carried else self._kinds
+        if len(cache) >= _CACHE_LIMIT:
+            cache.clear()
+        cache[kind_part] = (shape, payload)
+        if carried:
+            stripped.add(index)
+        return shape, payload
+
+    @staticmethod
+    def _checked(index: int, data: bytes, now_ms: int) -> tuple[RowValues, bool]:
+        """The slow path: an event (or its kind part) parsed, stripped of
+        unknown fields and validated field by field; True when it had any."""
+        event = usage_event_pb2.UsageEvent.FromString(data)
+        carried = discard_unknown_fields(event)
         try:
-            _, shape, payload = validate(kind_only, now_ms).packed()
+            return validate(event, now_ms).packed(), carried
         except InvalidEvent as exc:
             raise InvalidEvent(f"events[{index}].{exc.field}", exc.description) from None
-        if len(self._kinds) >= _CACHE_LIMIT:
-            self._kinds.clear()
-        self._kinds[kind_part] = (shape, payload)
-        return shape, payload
 
     @staticmethod
     def _raise(index: int, event: usage_event_pb2.UsageEvent, now_ms: int) -> None:
@@ -290,13 +361,14 @@ class EventDecoder:
 
 
 def to_event(row: EventRow) -> usage_event_pb2.UsageEvent:
-    """The UsageEvent a stored row came from (for export)."""
+    """The UsageEvent a stored row came from (for export), built from known values."""
     spec = KINDS[row.kind]
     event = usage_event_pb2.UsageEvent()
     event.occurred_at.FromMilliseconds(row.occurred_at)
     body = getattr(event, spec.field.name)
     if row.payload is not None:
-        body.ParseFromString(row.payload)
+        # Field by field: a payload an older agent stored may hold unknown fields.
+        copy_known_fields(type(body).FromString(row.payload), body)
     else:
         body.SetInParent()
         for field, value in zip(spec.columns, (row.f1, row.f2, row.f3), strict=False):

@@ -5,6 +5,10 @@ after consent was given and dated inside the week. The installation's setup
 (versions, platform, fleet, feature states) is its latest known state at the
 end of the week: the report describes the installation as it is, and the user
 sees exactly that in the preview before opting in.
+
+Every report is built field by field from the contract's known values, never
+by copying a stored message: nothing a stored payload may carry beyond them
+(an older agent's rows) is sent.
 """
 
 from __future__ import annotations
@@ -23,6 +27,7 @@ from printernizer.stats.v1 import (
 )
 
 from stats_common.contract import strip_fields_newer_than
+from stats_common.known_fields import copy_known_fields
 from stats_common.weeks import Week
 
 from .events import KINDS_BY_NAME, to_millis
@@ -143,8 +148,9 @@ async def installation_info(
     started = await store.latest_of_kind(APP_STARTED, before)
     if started is not None and started.row.payload is not None:
         app = usage_event_pb2.AppStarted.FromString(started.row.payload)
-        info.app_version.CopyFrom(app.app_version)
-        info.python_version.CopyFrom(app.python_version)
+        # Field by field: a payload an older agent stored may hold unknown fields.
+        copy_known_fields(app.app_version, info.app_version)
+        copy_known_fields(app.python_version, info.python_version)
         info.platform = app.platform
         info.architecture = app.architecture
         info.deployment_mode = app.deployment_mode
@@ -156,7 +162,8 @@ async def printer_fleet(store: AgentStore, before: int) -> aggregated_stats_pb2.
     observed = await store.latest_of_kind(FLEET_OBSERVED, before)
     if observed is not None and observed.row.payload is not None:
         printers = usage_event_pb2.PrinterFleetObserved.FromString(observed.row.payload).printers
-        fleet.printers.extend(sorted(printers, key=lambda p: p.printer_type))
+        for printer in sorted(printers, key=lambda p: p.printer_type):
+            copy_known_fields(printer, fleet.printers.add())
     return fleet
 
 

@@ -14,7 +14,6 @@ from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
 
 from stats_common import errors
 from stats_common.errors import Context
-from stats_common.weeks import Week
 
 from .agent import NotSharing, RequestError, StatsAgent, report_json
 from .consent import SHARING, ConsentError
@@ -103,10 +102,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     ) -> agent_service_pb2.PreviewReportResponse:
         week = None
         if request.HasField("week"):
-            try:
-                week = Week.from_proto(request.week)
-            except ValueError as exc:
-                raise RequestError("week", "is not an ISO week") from exc
+            week = self.agent.requested_week(request.week.year, request.week.week)
         chosen, report = await self.agent.preview(week)
         return agent_service_pb2.PreviewReportResponse(
             week=chosen.to_proto(), report=report, report_json=report_json(report)
@@ -143,10 +139,6 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def SubmitNow(
         self, request: agent_service_pb2.SubmitNowRequest, context: Context
     ) -> agent_service_pb2.SubmitNowResponse:
-        consent = await self.agent.consent()
-        if not consent.sharing:
-            raise NotSharing("statistics are only sent after opting in to sharing")
-        await self.agent.queue_finished_weeks()
         delivery = await self.courier.submit_now()
         if delivery.outcome == agent_service_pb2.DELIVERY_OUTCOME_RETRYING:
             await errors.unavailable(

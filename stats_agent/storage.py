@@ -176,6 +176,26 @@ MIGRATIONS: tuple[Migration, ...] = (
         ),
         ("DROP TABLE outbox",),
     ),
+    Migration(
+        4,
+        "per queued report, the server errors it met; the weeks whose reports were given up",
+        (
+            "ALTER TABLE outbox ADD COLUMN server_errors INTEGER NOT NULL DEFAULT 0",
+            "ALTER TABLE outbox ADD COLUMN first_server_error_at INTEGER",
+            # A week whose report was dropped or evicted is not queued again:
+            # rebuilt every hour, it would be refused (or evicted) every hour.
+            """CREATE TABLE given_up_weeks (
+                week INTEGER PRIMARY KEY,
+                reason TEXT NOT NULL,
+                given_up_at INTEGER NOT NULL
+            )""",
+        ),
+        (
+            "DROP TABLE given_up_weeks",
+            "ALTER TABLE outbox DROP COLUMN first_server_error_at",
+            "ALTER TABLE outbox DROP COLUMN server_errors",
+        ),
+    ),
 )
 
 LATEST_VERSION = MIGRATIONS[-1].version
@@ -259,6 +279,9 @@ class OutboxRow:
     report: bytes  # the exact bytes that will be sent
     signature: bytes
     queued_at: int
+    # Attempts that met a server error (INTERNAL, UNKNOWN), and when the first did.
+    server_errors: int = 0
+    first_server_error_at: int | None = None
 
 
 @dataclass(frozen=True)
@@ -345,10 +368,15 @@ class AgentStore:
     # --- events --------------------------------------------------------------
 
     async def append_events(
-        self, rows: Sequence[RowValues], recorded_at: int, dropped_by_client: int
+        self,
+        rows: Sequence[RowValues],
+        recorded_at: int,
+        dropped_by_client: int,
+        with_unknown_fields: int = 0,
     ) -> None:
         """Store a batch in one transaction, with its week ranges, its state
-        events, its per-week counts and the client's drop count."""
+        events, its per-week counts, the client's drop count and how many of
+        its events carried unknown fields."""
         async with self._transaction() as db:
             before = await self._scalar(db, "SELECT COALESCE(MAX(seq), 0) FROM events")
             # The rows go in as they are (one shared recorded_at, an integer).
@@ -373,6 +401,8 @@ class AgentStore:
             await db.execute(_count_shapes("seq > ?"), (before,))
             if dropped_by_client:
                 await self._add_counter(db, "dropped_events", dropped_by_client)
+            if with_unknown_fields:
+                await self._add_counter(db, "events_with_unknown_fields", with_unknown_fields)
 
     @staticmethod
     async def _scalar(db: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> int | None:
@@ -616,8 +646,9 @@ class AgentStore:
 
     async def queue_report(self, row: OutboxRow, max_reports: int, max_bytes: int) -> int:
         """Queue a finished week's report (once: a week already queued is kept),
-        then evict the oldest reports beyond the caps; returns how many were
-        evicted (also added to the `evicted_reports` counter)."""
+        then evict the oldest reports beyond the caps, giving their weeks up;
+        returns how many were evicted (also added to the `evicted_reports`
+        counter)."""
         async with self._transaction() as db:
             await db.execute(
                 "INSERT OR IGNORE INTO outbox (week, report_id, report, signature, queued_at) "
@@ -631,11 +662,35 @@ class AgentStore:
                 )
                 if count <= max_reports and size <= max_bytes:
                     break
-                await db.execute("DELETE FROM outbox WHERE week = (SELECT MIN(week) FROM outbox)")
+                oldest = await self._scalar(db, "SELECT MIN(week) FROM outbox")
+                assert oldest is not None  # the outbox is over its caps, so not empty
+                await self._give_up(db, [oldest], "EVICTED", row.queued_at)
                 evicted += 1
             if evicted:
                 await self._add_counter(db, "evicted_reports", evicted)
             return evicted
+
+    async def replace_queued_report(self, row: OutboxRow) -> None:
+        """Replace a queued week's report (bytes, signature, time), keeping its count of server errors."""
+        async with self._transaction() as db:
+            await db.execute(
+                "UPDATE outbox SET report_id = ?, report = ?, signature = ?, queued_at = ? WHERE week = ?",
+                (row.report_id, row.report, row.signature, row.queued_at, row.week),
+            )
+
+    @staticmethod
+    async def _give_up(db: aiosqlite.Connection, weeks: Sequence[int], reason: str, at: int) -> None:
+        """Remove these weeks' reports from the outbox, and remember the weeks
+        so that they are never queued again."""
+        await db.executemany("DELETE FROM outbox WHERE week = ?", [(week,) for week in weeks])
+        await db.executemany(
+            "INSERT OR REPLACE INTO given_up_weeks (week, reason, given_up_at) VALUES (?, ?, ?)",
+            [(week, reason, at) for week in weeks],
+        )
+
+    async def given_up_weeks(self) -> set[int]:
+        """The weeks whose reports were dropped or evicted: never queued again."""
+        return {int(row[0]) for row in await self._all("SELECT week FROM given_up_weeks")}
 
     @staticmethod
     async def _one_in(db: aiosqlite.Connection, sql: str) -> tuple[int, int]:
@@ -646,15 +701,36 @@ class AgentStore:
 
     async def outbox(self) -> list[OutboxRow]:
         """Queued reports, oldest week first."""
-        rows = await self._all(
-            "SELECT week, report_id, report, signature, queued_at FROM outbox ORDER BY week"
-        )
-        return [OutboxRow(int(w), bytes(i), bytes(r), bytes(s), int(q)) for w, i, r, s, q in rows]
+        return await self._outbox_rows("")
 
-    async def drop_outbox(self, weeks: Sequence[int]) -> None:
-        """Remove reports the server refused for good (counted as dropped)."""
+    async def _outbox_rows(self, where: str, params: Sequence[object] = ()) -> list[OutboxRow]:
+        rows = await self._all(
+            "SELECT week, report_id, report, signature, queued_at, server_errors, first_server_error_at "  # noqa: S608
+            f"FROM outbox {where} ORDER BY week",
+            params,
+        )
+        return [
+            OutboxRow(int(w), bytes(i), bytes(r), bytes(s), int(q), int(e), None if f is None else int(f))
+            for w, i, r, s, q, e, f in rows
+        ]
+
+    async def count_server_error(self, weeks: Sequence[int], at: int) -> list[OutboxRow]:
+        """Count a server error against each of these queued reports (the
+        first one's time is kept); returns them as they are now."""
         async with self._transaction() as db:
-            await db.executemany("DELETE FROM outbox WHERE week = ?", [(week,) for week in weeks])
+            await db.executemany(
+                "UPDATE outbox SET server_errors = server_errors + 1, "
+                "first_server_error_at = COALESCE(first_server_error_at, ?) WHERE week = ?",
+                [(at, week) for week in weeks],
+            )
+        marks = ",".join("?" * len(weeks)) or "NULL"
+        return await self._outbox_rows(f"WHERE week IN ({marks})", tuple(weeks))
+
+    async def drop_outbox(self, weeks: Sequence[int], reason: str, at: int) -> None:
+        """Give up reports the server will never take (counted as dropped);
+        `reason` is the gRPC code's name."""
+        async with self._transaction() as db:
+            await self._give_up(db, weeks, reason, at)
             await self._add_counter(db, "dropped_reports", len(weeks))
 
     async def mark_sent(self, rows: Sequence[SentReportRow]) -> None:
@@ -689,6 +765,7 @@ class AgentStore:
         async with self._transaction() as db:
             await self._put_settings(db, settings)
             await db.execute("DELETE FROM outbox")
+            await db.execute("DELETE FROM given_up_weeks")  # they were the old installation's
             if deletion is not None:
                 await db.execute(
                     "INSERT INTO deletion_requests (installation_id, request, created_at) VALUES (?, ?, ?)",
@@ -706,6 +783,7 @@ class AgentStore:
             await db.execute("DELETE FROM week_shapes")
             reports = (await db.execute("DELETE FROM sent_reports")).rowcount
             await db.execute("DELETE FROM outbox")
+            await db.execute("DELETE FROM given_up_weeks")
             await db.execute("DELETE FROM week_summaries")
             await db.execute("DELETE FROM counters")
             await db.execute("DELETE FROM deletion_requests WHERE confirmed_at IS NOT NULL")

@@ -2,8 +2,9 @@
 
 `agent` (fixture) serves the agent in-process with `stats_agent.server.serve`
 on a real Unix socket and a real SQLite file; `AgentProcess` runs it as
-`python -m stats_agent` for the signal tests. Event builders and small
-helpers for calling the API live here too.
+`python -m stats_agent` for the signal tests. Event builders (and
+Hypothesis strategies of valid events) and small helpers for calling the API
+live here too.
 
 Test modules import the fixtures explicitly:
 `from .agent_harness import agent  # noqa: F401`.
@@ -29,6 +30,7 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
+from hypothesis import strategies as st
 from printernizer.stats.v1 import (
     agent_service_pb2,
     agent_service_pb2_grpc,
@@ -40,9 +42,11 @@ from printernizer.stats.v1 import (
 from stats_agent import process
 from stats_agent.agent import AgentConfig
 from stats_agent.consent import Override
+from stats_agent.events import MAX_PRINTERS_PER_TYPE, MAX_VERSION_PART
 from stats_agent.server import ServerConfig, serve
 from stats_common.weeks import Week
 
+from . import unknown_fields
 from .conftest import ROOT
 
 RPC_TIMEOUT = 10
@@ -153,6 +157,65 @@ def fleet(at: dt.datetime | None, counts: Sequence[tuple[int, int]]) -> usage_ev
     )
 
 
+# --- generated events (Hypothesis) ----------------------------------------------------------
+
+
+def timestamps(earliest: dt.datetime, latest: dt.datetime) -> st.SearchStrategy[timestamp_pb2.Timestamp]:
+    """Any moment in [earliest, latest], to the nanosecond."""
+    return st.builds(
+        timestamp_pb2.Timestamp,
+        seconds=st.integers(int(earliest.timestamp()), int(latest.timestamp()) - 1),
+        nanos=st.integers(0, 999_999_999),
+    )
+
+
+def _printer_fleets() -> st.SearchStrategy[list[usage_event_pb2.PrinterTypeCount]]:
+    """Each printer family at most once, 1 to MAX_PRINTERS_PER_TYPE printers each."""
+    families = [v.number for v in common_pb2.PrinterType.DESCRIPTOR.values if v.number]
+    return st.lists(st.sampled_from(families), unique=True, max_size=4).flatmap(
+        lambda chosen: st.tuples(*(st.integers(1, MAX_PRINTERS_PER_TYPE) for _ in chosen)).map(
+            lambda counts: [
+                usage_event_pb2.PrinterTypeCount(printer_type=t, count=n)  # type: ignore[arg-type]
+                for t, n in zip(chosen, counts, strict=True)
+            ]
+        )
+    )
+
+
+def event_rules(earliest: dt.datetime, latest: dt.datetime) -> unknown_fields.Rules:
+    """The agent's rules for events that the descriptors cannot express."""
+    return {
+        "printernizer.stats.v1.UsageEvent.occurred_at": st.none() | timestamps(earliest, latest),
+        "printernizer.stats.v1.Version": st.builds(
+            common_pb2.Version,
+            major=st.integers(0, MAX_VERSION_PART),
+            minor=st.integers(0, MAX_VERSION_PART),
+            patch=st.integers(0, MAX_VERSION_PART),
+            prerelease=st.booleans(),
+        ),
+        "printernizer.stats.v1.PrinterFleetObserved.printers": _printer_fleets(),
+    }
+
+
+def usage_events(earliest: dt.datetime, latest: dt.datetime) -> st.SearchStrategy[usage_event_pb2.UsageEvent]:
+    """Events of every kind that the agent accepts when its clock reads `latest`
+    (those without a time take the agent's)."""
+    return unknown_fields.messages(usage_event_pb2.UsageEvent.DESCRIPTOR, event_rules(earliest, latest))
+
+
+def record_request_bytes(*events: bytes, dropped_by_client: int = 0) -> bytes:
+    """A RecordEventsRequest made of serialized events, sent as they are."""
+    request = b"".join(
+        unknown_fields.tag(1, unknown_fields.LENGTH_DELIMITED) + unknown_fields.varint(len(e)) + e
+        for e in events
+    )
+    if dropped_by_client:
+        request += agent_service_pb2.RecordEventsRequest(
+            dropped_by_client=dropped_by_client
+        ).SerializeToString()
+    return request
+
+
 def times_this_week(count: int) -> list[dt.datetime]:
     """`count` distinct-ish moments inside the current ISO week, before now, oldest first."""
     now = dt.datetime.now(UTC)  # the agent's clock is read later, so every moment is in its past
@@ -235,6 +298,24 @@ class RunningAgent:
         return await self.stub.GetLocalStats(
             agent_service_pb2.GetLocalStatsRequest(weeks=weeks), timeout=RPC_TIMEOUT
         )
+
+    async def record_bytes(self, request: bytes) -> agent_service_pb2.RecordEventsResponse:
+        """RecordEvents with a request body sent byte for byte (see record_request_bytes)."""
+        call = self.channel.unary_unary(
+            "/printernizer.stats.v1.AgentService/RecordEvents",
+            request_serializer=lambda body: body,
+            response_deserializer=agent_service_pb2.RecordEventsResponse.FromString,
+        )
+        return await call(request, timeout=RPC_TIMEOUT)
+
+    def database_files(self) -> dict[str, bytes]:
+        """The raw bytes of the database and its WAL and shared-memory files, as they are now."""
+        found = {}
+        for suffix in ("", "-wal", "-shm"):
+            path = self.db_path.with_name(self.db_path.name + suffix)
+            if path.exists():
+                found[path.name] = path.read_bytes()
+        return found
 
 
 def make_config(

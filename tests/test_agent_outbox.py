@@ -80,6 +80,12 @@ async def test_the_outbox_caps_evict_the_oldest_and_count(tmp_path: Path, clock:
         assert [row.week for row in await agent.store.outbox()] == [202641, 202642]
         status = await agent.status()
         assert (status.queued_reports, status.evicted_reports) == (2, 1)
+        # An evicted week is given up: not rebuilt (and evicted again) every hour.
+        for _ in range(3):
+            clock.now += dt.timedelta(hours=1)
+            assert await agent.queue_finished_weeks() == 0
+        assert (await agent.status()).evicted_reports == 1
+        assert await agent.next_report_week() == W.next()
     finally:
         await agent.store.close()
 

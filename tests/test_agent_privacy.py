@@ -24,9 +24,9 @@ from printernizer.stats.v1 import (
 )
 
 from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import Override
+from stats_agent.consent import Identity, Override
 from stats_agent.storage import AgentStore
-from stats_common.identity import report_id
+from stats_common.identity import installation_id_problem, report_id
 from stats_common.weeks import Week
 
 from . import agent_harness
@@ -260,6 +260,19 @@ async def test_identity_is_random_and_replaced_after_opt_out(agent: RunningAgent
     assert second.installation_id != first.installation_id
     assert second.public_key != first.public_key
     assert len(second.public_key) == 32
+
+
+async def test_every_installation_id_is_a_random_version_4_uuid(agent: RunningAgent) -> None:
+    """The server refuses anything else (stats_common.identity decides for both sides)."""
+    seen = set()
+    for _ in range(5):
+        await agent.opt_in()
+        installation_id = (await settings(agent)).installation_id
+        assert installation_id_problem(installation_id) is None
+        seen.add(installation_id)
+        await agent.opt_out()
+    assert len(seen) == 5
+    assert all(installation_id_problem(Identity.create().installation_id) is None for _ in range(1000))
 
 
 async def test_a_new_installation_counts_nothing_from_the_old_one(agent: RunningAgent) -> None:

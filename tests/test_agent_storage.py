@@ -20,6 +20,7 @@ from stats_agent.storage import (
     STATE_KIND_NUMBERS,
     STATE_KINDS,
     AgentStore,
+    OutboxRow,
     SentReportRow,
     StorageError,
     migrate,
@@ -152,6 +153,44 @@ async def test_store_opens_a_downgraded_database(populated: Path, connection: ai
     finally:
         await store.close()
     assert read(populated, "PRAGMA user_version") == [(LATEST_VERSION,)]
+
+
+async def test_version_4_counts_server_errors_per_queued_report_and_keeps_them_both_ways(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "agent.db"
+    await (await AgentStore.open(path, migrate_to=3)).close()
+    row = OutboxRow(202640, bytes(16), b"report", b"signature", 1)
+    queued_3 = (row.week, row.report_id, row.report, row.signature, row.queued_at)
+    connection = sqlite3.connect(path)
+    connection.execute("INSERT INTO outbox VALUES (?, ?, ?, ?, ?)", queued_3)
+    connection.commit()
+    connection.close()
+
+    store = await AgentStore.open(path)  # up to version 4: the queued report has met no errors yet
+    try:
+        assert await store.outbox() == [row]
+        (counted,) = await store.count_server_error([row.week], at=5)
+        (again,) = await store.count_server_error([row.week], at=9)
+        assert (counted.server_errors, again.server_errors, again.first_server_error_at) == (1, 2, 5)
+    finally:
+        await store.close()
+
+    db = await aiosqlite.connect(path, isolation_level=None)
+    try:
+        assert await migrate(db, 3) == LATEST_VERSION
+    finally:
+        await db.close()
+    assert read(path, "SELECT * FROM outbox") == [queued_3]
+    assert "given_up_weeks" not in tables(path)
+
+    store = await AgentStore.open(path)
+    try:
+        assert await store.outbox() == [row]  # a downgrade forgets the errors, never the report
+        await store.drop_outbox([row.week], "INTERNAL", at=10)
+        assert (await store.outbox(), await store.given_up_weeks()) == ([], {row.week})
+    finally:
+        await store.close()
 
 
 async def test_a_newer_database_is_refused(tmp_path: Path) -> None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import sqlite3
 import tempfile
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from aggregation_server.database import create_sync_engine
 from stats_agent.agent import AgentConfig, StatsAgent
 from stats_agent.consent import LOCAL_ONLY, SHARING, Override
 from stats_agent.delivery import Backoff, Courier, Uplink, deliver
-from stats_agent.storage import AgentStore, OutboxRow
+from stats_agent.storage import AgentStore
 from stats_common.weeks import Week
 
 from . import agent_harness
@@ -103,19 +104,21 @@ async def test_a_refused_report_is_dropped_with_the_reason(
     server: RunningServer,  # noqa: F811
 ) -> None:
     (queued,) = await agent.store.outbox()
-    await agent.store.drop_outbox([queued.week])
-    tampered = OutboxRow(queued.week, queued.report_id, queued.report, bytes(64), queued.queued_at)
-    await agent.store.queue_report(tampered, 60, 600_000)
+    with sqlite3.connect(agent.store.path) as db:  # a signature the server cannot verify
+        db.execute("UPDATE outbox SET signature = ? WHERE week = ?", (bytes(64), queued.week))
+    db.close()
     delivery = await deliver(agent, uplink)
     assert (delivery.outcome, delivery.failure_code) == (
         agent_service_pb2.DELIVERY_OUTCOME_DROPPED,
         "UNAUTHENTICATED",
     )
     assert await agent.store.outbox() == []
+    assert await agent.queue_finished_weeks() == 0  # given up: not rebuilt and refused every hour
     status = await agent.status()
-    assert (status.last_outcome, status.last_failure_code) == (
+    assert (status.last_outcome, status.last_failure_code, status.dropped_reports) == (
         agent_service_pb2.DELIVERY_OUTCOME_DROPPED,
         "UNAUTHENTICATED",
+        1,
     )
     assert stored_on_server(server) == 0
 
