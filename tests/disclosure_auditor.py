@@ -300,7 +300,7 @@ async def collect(
                 )
             published.error_rates[at] = await ask("GetErrorRates", api.GetErrorRatesRequest(window=window))  # type: ignore[assignment]
             published.anomalies[at] = await ask("ListAnomalies", api.ListAnomaliesRequest(window=window))  # type: ignore[assignment]
-        published.exports[(week, len(windows))] = await ask(  # type: ignore[assignment]
+        published.exports[(week, windows[-1])] = await ask(  # type: ignore[assignment]
             "ExportAggregates",
             api.ExportAggregatesRequest(window=api.WeekWindow(weeks=windows[-1], until=week.to_proto())),
         )
@@ -346,6 +346,26 @@ def counts_in(message: Message, path: str = "") -> Iterator[tuple[str, int]]:
         elif descriptor.type in _INTEGERS and descriptor.name not in _NOT_COUNTS:
             for item in value if descriptor.is_repeated else [value]:
                 yield where, int(item)
+
+
+# The counts of an answer as the gateway's JSON names them (camelCase).
+JSON_COUNTS = {
+    "installations", "totalInstallations", "printers", "known", "active", "newInstallations", "totalKnown",
+    "activeLastWeek", "activeLast4Weeks", "enabledInstallations", "reportingInstallations", "count",
+}  # fmt: skip
+
+
+def json_counts(value: object, path: str = "") -> Iterator[tuple[str, int]]:
+    """Every count in a JSON answer of the gateway (64-bit integers come as strings)."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if key in JSON_COUNTS and not isinstance(item, dict | list):
+                yield f"{path}.{key}", int(item)
+            else:
+                yield from json_counts(item, f"{path}.{key}")
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from json_counts(item, f"{path}[{index}]")
 
 
 def anomaly_counts(message: Message, path: str = "") -> Iterator[tuple[str, float]]:

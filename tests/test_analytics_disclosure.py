@@ -18,9 +18,12 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import grpc
+import httpx
 import pytest
 from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
@@ -31,15 +34,21 @@ from aggregation_server.database import upgrade
 from aggregation_server.ingest import Ingest
 from aggregation_server.storage import IngestStore
 from analytics_server.queries import Analytics
+from analytics_server.reports import content
 from analytics_server.rollups import Rollups
+from gateway.stats_api import DIMENSIONS as DIMENSION_PATHS
+from gateway.stats_api import ERROR_GROUPINGS as ERROR_GROUPING_PATHS
+from gateway.stats_api import Analytics as AnalyticsBackend
+from gateway.stats_api import json_of
 from stats_common.admin import bearer_metadata
 from stats_common.weeks import Week, last_complete_week
 
 from . import databases
 from .agent_harness import FakeClock
-from .disclosure_auditor import Ask, Member, Published, Setup, Truth, audit, collect
+from .disclosure_auditor import Ask, Member, Published, Setup, Truth, audit, collect, json_counts
 from .test_aggregation_server import ADMIN_TOKEN, RunningServer, running_server
 from .test_analytics_server import running_analytics
+from .test_gateway_stats import running_gateway
 
 database_url = databases.database_url
 P, C = common_pb2, country_pb2
@@ -116,9 +125,34 @@ def in_process_asker(analytics: Analytics) -> Ask:
     return ask
 
 
+# What the dashboard reads from the gateway (with `?weeks=4` where it takes a window).
+GATEWAY_PATHS = [
+    "/api/v1/stats/overview?weeks=4",
+    "/api/v1/stats/installations?weeks=4",
+    *(f"/api/v1/stats/distribution/{d}" for d in DIMENSION_PATHS),
+    "/api/v1/stats/distribution/country?and=app-version",
+    "/api/v1/stats/features",
+    "/api/v1/stats/version-migration?weeks=4",
+    "/api/v1/stats/feature-trends?weeks=4",
+    *(f"/api/v1/stats/errors?weeks=4&group_by={g}" for g in ERROR_GROUPING_PATHS),
+    "/api/v1/stats/error-rates?weeks=4",
+    "/api/v1/stats/anomalies?weeks=4",
+    "/api/v1/stats/export?weeks=4",
+]
+
+
+@dataclass
+class Everything:
+    """Every answer of the analytics server, the gateway's JSON, and the e-mails' figures."""
+
+    published: Published
+    gateway: dict[str, Any] = field(default_factory=dict)
+    email: dict[str, Any] = field(default_factory=dict)
+
+
 async def published_over_tls(
     server: RunningServer, tmp_path: Path, members: list[Member], weeks: list[Week]
-) -> Published:
+) -> Everything:
     for member in members:
         await server.stub.SubmitReports(member.submission(), timeout=TIMEOUT)
     # Started after the fleet reported: its first refresh includes everything.
@@ -126,7 +160,43 @@ async def published_over_tls(
         credentials = grpc.ssl_channel_credentials(root_certificates=ca)
         async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
             stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
-            return await collect(grpc_asker(stub), K, weeks)
+            everything = Everything(await collect(grpc_asker(stub), K, weeks))
+        http, task, url = await running_gateway(AnalyticsBackend(f"localhost:{port}", ca, ADMIN_TOKEN))
+        try:
+            async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
+                for path in GATEWAY_PATHS:
+                    answer = await client.get(path, headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+                    assert answer.status_code == 200, (path, answer.text)
+                    everything.gateway[path] = answer.json()
+        finally:
+            http.should_exit = True
+            await task
+    overview = everything.published.overviews[(weeks[-1], 4 if len(weeks) >= 4 else 1)]
+    everything.email = content(overview, "weekly")
+    return everything
+
+
+def counts_outside_answers(everything: Everything) -> list[str]:
+    """Counts in the gateway's JSON and the e-mails that are not multiples of k."""
+    wrong = [
+        f"{path}{where} = {value}"
+        for path, body in everything.gateway.items()
+        for where, value in json_counts(body)
+        if value % K
+    ]
+    figures = [("active", everything.email["active"]), ("known", everything.email["known"])]
+    figures += [("new", everything.email["new"]), ("active_4_weeks", everything.email["active_4_weeks"])]
+    figures += [
+        (f"trend {row['week']} {name}", row[name])
+        for row in everything.email["trend"]
+        for name in ("active", "known", "new")
+    ]
+    figures += [
+        (f"{section['title']}: {row['label']}", row["installations"])
+        for section in everything.email["sections"]
+        for row in section["rows"]
+    ]
+    return wrong + [f"e-mail {name} = {value}" for name, value in figures if int(value) % K]
 
 
 @pytest.fixture
@@ -140,9 +210,14 @@ async def test_a_hostile_fleet_reveals_no_small_group(open_server: RunningServer
     last = last_complete_week(dt.datetime.now(dt.UTC))
     weeks = [last.previous().previous().previous(), last.previous().previous(), last.previous(), last]
     fleet = hostile_fleet(weeks)
-    published = await published_over_tls(open_server, tmp_path, fleet, weeks)
+    everything = await published_over_tls(open_server, tmp_path, fleet, weeks)
+    published = everything.published
     findings = audit(published, Truth(fleet))
     assert not findings, "\n".join(map(str, findings[:40]))
+    # What the dashboard and the e-mails show: the same figures, counts multiples of k.
+    assert not counts_outside_answers(everything)
+    export = everything.gateway["/api/v1/stats/export?weeks=4"]
+    assert export == json_of(published.exports[(weeks[-1], 4)])
     # The auditor is not blind: the fleet's figures are there, and its small groups were found by it.
     # In the last week: 57 active; Germany 43, France 10 and Austria 4. Austria
     # alone would be an "other" below k, so France joins it.
@@ -157,8 +232,10 @@ async def test_a_hostile_fleet_reveals_no_small_group(open_server: RunningServer
 async def test_a_fleet_smaller_than_k_publishes_no_group(open_server: RunningServer, tmp_path: Path) -> None:
     last = last_complete_week(dt.datetime.now(dt.UTC))
     fleet = [Member({last: Setup()}) for _ in range(K - 2)]
-    published = await published_over_tls(open_server, tmp_path, fleet, [last])
+    everything = await published_over_tls(open_server, tmp_path, fleet, [last])
+    published = everything.published
     assert not audit(published, Truth(fleet))
+    assert not counts_outside_answers(everything)
     assert all(not answer.entries for answer in published.distributions.values())
     trend = published.trends[(last, 1)].weeks[-1]
     assert (trend.known, trend.active, trend.new_installations) == (5, 5, 5)  # 3, rounded
