@@ -35,8 +35,9 @@ class IngestServiceStub:
     Nothing about an installation (a receipt, whether it was deleted, whether it
     exists) is answered to a caller that does not prove possession of its key:
     a request signed by any other key is UNAUTHENTICATED, whatever the
-    installation's state. Fields this server does not know are discarded before
-    anything is checked, and never stored.
+    installation's state. Fields this server does not know are discarded as soon
+    as a signed message is parsed, before its content is checked, and never
+    stored.
 
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
     malformed request; UNAUTHENTICATED for a signature that does not verify with
@@ -73,8 +74,9 @@ class IngestServiceServicer:
     Nothing about an installation (a receipt, whether it was deleted, whether it
     exists) is answered to a caller that does not prove possession of its key:
     a request signed by any other key is UNAUTHENTICATED, whatever the
-    installation's state. Fields this server does not know are discarded before
-    anything is checked, and never stored.
+    installation's state. Fields this server does not know are discarded as soon
+    as a signed message is parsed, before its content is checked, and never
+    stored.
 
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
     malformed request; UNAUTHENTICATED for a signature that does not verify with
@@ -130,8 +132,9 @@ class IngestService:
     Nothing about an installation (a receipt, whether it was deleted, whether it
     exists) is answered to a caller that does not prove possession of its key:
     a request signed by any other key is UNAUTHENTICATED, whatever the
-    installation's state. Fields this server does not know are discarded before
-    anything is checked, and never stored.
+    installation's state. Fields this server does not know are discarded as soon
+    as a signed message is parsed, before its content is checked, and never
+    stored.
 
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
     malformed request; UNAUTHENTICATED for a signature that does not verify with

@@ -36,8 +36,9 @@ class IngestServiceStub:
     Nothing about an installation (a receipt, whether it was deleted, whether it
     exists) is answered to a caller that does not prove possession of its key:
     a request signed by any other key is UNAUTHENTICATED, whatever the
-    installation's state. Fields this server does not know are discarded before
-    anything is checked, and never stored.
+    installation's state. Fields this server does not know are discarded as soon
+    as a signed message is parsed, before its content is checked, and never
+    stored.
 
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
     malformed request; UNAUTHENTICATED for a signature that does not verify with
@@ -70,8 +71,9 @@ class IngestServiceAsyncStub(IngestServiceStub):
     Nothing about an installation (a receipt, whether it was deleted, whether it
     exists) is answered to a caller that does not prove possession of its key:
     a request signed by any other key is UNAUTHENTICATED, whatever the
-    installation's state. Fields this server does not know are discarded before
-    anything is checked, and never stored.
+    installation's state. Fields this server does not know are discarded as soon
+    as a signed message is parsed, before its content is checked, and never
+    stored.
 
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
     malformed request; UNAUTHENTICATED for a signature that does not verify with
@@ -100,8 +102,9 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     Nothing about an installation (a receipt, whether it was deleted, whether it
     exists) is answered to a caller that does not prove possession of its key:
     a request signed by any other key is UNAUTHENTICATED, whatever the
-    installation's state. Fields this server does not know are discarded before
-    anything is checked, and never stored.
+    installation's state. Fields this server does not know are discarded as soon
+    as a signed message is parsed, before its content is checked, and never
+    stored.
 
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
     malformed request; UNAUTHENTICATED for a signature that does not verify with
