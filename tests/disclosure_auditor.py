@@ -439,26 +439,17 @@ class Auditor:
                 self._series_points(
                     f"feature trend {until}/{length}", series, trend.weeks, self._feature_check
                 )
-        for (until, length), migration in self.published.migrations.items():
-            self._series_truth(
-                f"version migration {until}/{length}",
-                migration.series,
-                migration.weeks,
-                lambda week, key: self.truth.count(week, [Dimension.DIMENSION_APP_VERSION], [key]),
-                lambda week, keys: sum(
-                    self.truth.count(week, [Dimension.DIMENSION_APP_VERSION], [k]) for k in keys
-                ),
-            )
-        for (until, length), rates in self.published.error_rates.items():
-            self._series_truth(
-                f"error rates {until}/{length}",
-                rates.series,
-                rates.weeks,
-                lambda week, key: self.truth.count(week, [Dimension.DIMENSION_APP_VERSION], [key]),
-                lambda week, keys: sum(
-                    self.truth.count(week, [Dimension.DIMENSION_APP_VERSION], [k]) for k in keys
-                ),
-            )
+
+        def on_version(week: Week, key: tuple[int, ...]) -> int:
+            return self.truth.count(week, [Dimension.DIMENSION_APP_VERSION], [key])
+
+        def on_versions(week: Week, keys: list[tuple[int, ...]]) -> int:
+            return sum(on_version(week, key) for key in keys)
+
+        by_version = {f"version migration {at}": answer for at, answer in self.published.migrations.items()}
+        by_version |= {f"error rates {at}": answer for at, answer in self.published.error_rates.items()}
+        for where, answer in by_version.items():
+            self._series_truth(where, answer.series, answer.weeks, on_version, on_versions)
         for (until, length, grouping), errors in self.published.error_trends.items():
             self._series_truth(
                 f"error trend {until}/{length}/{grouping}",
