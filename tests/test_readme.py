@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 
 import pytest
 
@@ -47,3 +48,17 @@ def test_every_option_is_in_the_readme_table(service: str, parser: object) -> No
         assert environment_variable in documented, f"{service} {environment_variable} is missing"
     flags_in_readme = set(re.findall(r"`(--[a-z-]+)`", documented))
     assert flags_in_readme == set(built.environment_variables), "the README lists options the service lacks"
+
+
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda path: path.name)
+def test_every_test_a_document_names_exists(document: Path) -> None:
+    """Where a document says which test checks a promise, that test is there."""
+    text = document.read_text()
+    every_test = "".join(path.read_text() for path in (ROOT / "tests").glob("*.py"))
+    for path in re.findall(r"`(tests/[\w/]+\.py)", text):
+        assert (ROOT / path).exists(), f"{document.name} names {path}, which does not exist"
+    for name in re.findall(r"`(?:tests/[\w/]+\.py::)?(test_\w+)`", text):
+        assert f"def {name}(" in every_test, f"{document.name} names {name}, which is no test"
