@@ -11,7 +11,8 @@ straight to the ingest server with unknown fields in the report's bytes and in
 the request around them. No marker may appear anywhere: the agent's database
 files (WAL too), its preview, export, ledger and status, the server's database
 file, every answer of the analytics server and of the gateway, and every log
-line any of them wrote.
+line any of them wrote (which must not carry any installation, report or
+receipt ID either).
 """
 
 from __future__ import annotations
@@ -55,6 +56,7 @@ from .system_harness import MovableClock
 from .test_aggregation_server import ADMIN_TOKEN, RunningServer, running_server
 from .test_analytics_server import running_analytics
 from .test_gateway_stats import running_gateway
+from .test_ingest_logs import encodings
 from .unknown_fields import Spliced, found, with_unknown_fields
 
 TIMEOUT = 30
@@ -82,6 +84,8 @@ class System:
     logs: Captured
     markers: list[bytes] = field(default_factory=list)
     sent_directly: int = 0
+    # Installation, report and receipt IDs seen: no log line may carry one.
+    identifiers: list[bytes] = field(default_factory=list)
 
     def server_database(self) -> bytes:
         return b"".join(p.read_bytes() for p in self.base.glob("aggregation.db*"))
@@ -176,6 +180,9 @@ async def cross_the_boundaries(
     receipts = await send_raw(system, request.data)
     assert [r.status for r in receipts.receipts] == [ingest_service_pb2.RECEIPT_STATUS_ACCEPTED]
     system.sent_directly += 1
+    (receipt,) = receipts.receipts
+    sent = ingest_service_pb2.SubmitReportsRequest.FromString(request.data)
+    system.identifiers += [sent.installation_id, receipt.report_id, receipt.receipt_id]
     markers = [m for e in events for m in e.markers] + list(report.markers) + list(request.markers)
     system.markers += markers
     places = {
@@ -213,6 +220,8 @@ async def test_unknown_fields_cross_no_boundary(system: System) -> None:
     system.clock.offset += dt.timedelta(days=8)
     sent = await system.agent.stub.SubmitNow(agent_service_pb2.SubmitNowRequest(), timeout=RPC_TIMEOUT)
     assert sent.receipts
+    system.identifiers += [r.report_id for r in sent.receipts] + [r.receipt_id for r in sent.receipts]
+    system.identifiers.append((await system.agent.local_stats()).installation.installation_id)
     assert (await system.agent.status()).events_with_unknown_fields > 0
     places: dict[str, bytes] = {
         **system.agent.database_files(),
@@ -251,6 +260,9 @@ async def test_unknown_fields_cross_no_boundary(system: System) -> None:
     places["logs"] = b"\n".join(system.logs.lines)
     assert system.logs.lines  # the services did log
     assert not where(system.markers, places)
+    spelled = [form.encode() for identifier in system.identifiers for form in encodings(identifier)]
+    assert all(len(identifier) == 16 for identifier in system.identifiers)
+    assert not found(spelled, places["logs"])
 
 
 GATEWAY_PATHS = [
