@@ -33,6 +33,10 @@ from .errors import ErrorResponse
 from .params import Limit, WeekParam, Weeks, only_declared_parameters, week_of
 from .stats_api import CALL_TIMEOUT_SECONDS, json_of
 
+# An export streams every stored event: a year of a busy installation (millions
+# of events) takes a minute or two.
+EXPORT_TIMEOUT_SECONDS = 600.0
+
 USAGE_PREFIX = "/api/v1/usage-stats"
 LOOPBACK_HOSTS = {"localhost", "127.0.0.1", "[::1]"}
 # A Host header: a name or a bracketed IPv6 address, then an optional port.
@@ -165,7 +169,8 @@ def usage_router(agent: Agent) -> APIRouter:
     @router.get("/export")
     async def export() -> StreamingResponse:
         """Everything the agent keeps, as a JSON file (streamed page by page)."""
-        pages = agent.stub.ExportData(agent_api.ExportDataRequest())
+        # The whole stream is bounded too: a hung agent must not hold a download open forever.
+        pages = agent.stub.ExportData(agent_api.ExportDataRequest(), timeout=EXPORT_TIMEOUT_SECONDS)
         first = await anext(aiter(pages), None)  # fail before the download starts
 
         async def body() -> AsyncIterator[str]:

@@ -154,6 +154,13 @@ async def deliver(agent: StatsAgent, uplink: Uplink) -> Delivery:
                 continue
             worst = _worse(worst, await _failed(agent, reports, code, now))
             continue
+        if [r.report_id for r in response.receipts] != [row.report_id for row in reports]:
+            # Not the receipts of what was sent: nothing can be moved to the
+            # ledger. Counted as a server error (the reports stay queued, and a
+            # retry gets the original receipts of anything that was stored).
+            log.warning("the server's answer does not hold a receipt for each report sent")
+            worst = _worse(worst, await _failed(agent, reports, grpc.StatusCode.UNKNOWN, now))
+            continue
         receipts += await _accepted(agent, reports, response)
     await agent.store.record_delivery(to_millis(now), worst.outcome, worst.failure_code)
     return Delivery(worst.outcome, receipts, worst.failure_code, worst.retry_after)

@@ -234,3 +234,45 @@ async def test_a_server_that_stays_down_is_retried_with_backoff_then_hourly(agen
         )
     finally:
         await courier.uplink.close()  # type: ignore[union-attr]
+
+
+class AnswersWithoutReceipts(Uplink):
+    """The real server's answer, with its receipts taken away on the way back,
+    as a broken proxy or a server of another version might answer."""
+
+    async def submit(
+        self, request: ingest_service_pb2.SubmitReportsRequest
+    ) -> ingest_service_pb2.SubmitReportsResponse:
+        answer = await super().submit(request)
+        del answer.receipts[:]
+        return answer
+
+
+async def test_an_answer_without_the_receipts_keeps_the_reports_queued(
+    agent: StatsAgent,
+    server: RunningServer,  # noqa: F811
+    tmp_path: Path,
+) -> None:
+    ca = tmp_path / "ca.crt"
+    ca.write_bytes(server.ca)
+    broken = AnswersWithoutReceipts(f"localhost:{server.port}", str(ca))
+    try:
+        delivery = await deliver(agent, broken)
+    finally:
+        await broken.close()
+    retrying = (agent_service_pb2.DELIVERY_OUTCOME_RETRYING, "UNKNOWN")
+    assert (delivery.outcome, delivery.failure_code) == retrying
+    (queued,) = await agent.store.outbox()
+    assert queued.server_errors == 1
+    assert await agent.ledger(0) == []
+    # The server did store it: the next delivery gets its original receipt.
+    agent.clock.now += dt.timedelta(hours=2)  # type: ignore[attr-defined]
+    uplink = Uplink(f"localhost:{server.port}", str(ca))
+    try:
+        delivery = await deliver(agent, uplink)
+    finally:
+        await uplink.close()
+    assert delivery.outcome == agent_service_pb2.DELIVERY_OUTCOME_ACCEPTED
+    assert [r.status for r in delivery.receipts] == [ingest_service_pb2.RECEIPT_STATUS_DUPLICATE]
+    assert len(await agent.ledger(0)) == 1
+    assert stored_on_server(server) == 1
