@@ -334,8 +334,16 @@ class ServerWithExtraFields:
     async def submit(
         self, request: ingest_service_pb2.SubmitReportsRequest
     ) -> ingest_service_pb2.SubmitReportsResponse:
-        data = tag(1, LENGTH_DELIMITED) + varint(len(self.receipt.data)) + self.receipt.data
-        return ingest_service_pb2.SubmitReportsResponse.FromString(data * len(request.reports))
+        """The generated receipt (unknown fields and all) for each report, naming it."""
+        data = b""
+        for signed in request.reports:
+            sent = aggregated_stats_pb2.AggregatedStats.FromString(signed.report)
+            receipt = (
+                self.receipt.data
+                + ingest_service_pb2.ReportReceipt(report_id=sent.report_id).SerializeToString()
+            )
+            data += tag(1, LENGTH_DELIMITED) + varint(len(receipt)) + receipt
+        return ingest_service_pb2.SubmitReportsResponse.FromString(data)
 
     async def delete(
         self, request: ingest_service_pb2.DeleteInstallationRequest
@@ -365,7 +373,10 @@ async def test_receipts_keep_only_the_fields_this_agent_knows(receipt: Spliced, 
         assert delivery.outcome == agent_service_pb2.DELIVERY_OUTCOME_ACCEPTED
         seen.add("receipts answered", ingest_service_pb2.SubmitReportsResponse(receipts=delivery.receipts))
         (sent,) = await agent.ledger(0)
-        assert sent.receipt == receipt.clean
+        expected = ingest_service_pb2.ReportReceipt()
+        expected.CopyFrom(receipt.clean)
+        expected.report_id = sent.receipt.report_id  # the server names the report it received
+        assert sent.receipt == expected
         await agent.set_consent(LOCAL_ONLY, 0)
         await deliver(agent, server)  # type: ignore[arg-type]
         assert await agent.deletion_receipts() == [deletion.clean]
