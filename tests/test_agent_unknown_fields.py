@@ -338,6 +338,7 @@ class ServerWithExtraFields:
         data = b""
         for signed in request.reports:
             sent = aggregated_stats_pb2.AggregatedStats.FromString(signed.report)
+            # report_id given a second time: the last one counts.
             receipt = (
                 self.receipt.data
                 + ingest_service_pb2.ReportReceipt(report_id=sent.report_id).SerializeToString()
