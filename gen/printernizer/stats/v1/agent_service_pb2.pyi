@@ -236,10 +236,21 @@ class RecordEventsRequest(_message.Message):
 
     EVENTS_FIELD_NUMBER: _builtins.int
     DROPPED_BY_CLIENT_FIELD_NUMBER: _builtins.int
+    CLIENT_ID_FIELD_NUMBER: _builtins.int
+    BATCH_SEQUENCE_FIELD_NUMBER: _builtins.int
     dropped_by_client: _builtins.int
     """Events the SDK had to drop (buffer full, agent unreachable) since its last
     successful call, so the agent's status can show them.
     """
+    client_id: _builtins.bytes
+    """The batch's identity, so that a batch sent again after a lost answer is
+    stored once: the sending client's ID (16 random bytes, made when the
+    client starts) and the batch's number from that client (1, 2, 3...; a
+    batch sent again keeps its number, its events and its dropped count).
+    Both unset: a batch without identity (a plain gRPC client), stored each
+    time it is sent.
+    """
+    batch_sequence: _builtins.int
     @_builtins.property
     def events(self) -> _containers.RepeatedCompositeFieldContainer[_usage_event_pb2.UsageEvent]:
         """The events, oldest first. At most 5,000 per call."""
@@ -249,10 +260,12 @@ class RecordEventsRequest(_message.Message):
         *,
         events: _abc.Iterable[_usage_event_pb2.UsageEvent] | None = ...,
         dropped_by_client: _builtins.int = ...,
+        client_id: _builtins.bytes = ...,
+        batch_sequence: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dropped_by_client", b"dropped_by_client", "events", b"events"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_sequence", b"batch_sequence", "client_id", b"client_id", "dropped_by_client", b"dropped_by_client", "events", b"events"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -264,23 +277,65 @@ class RecordEventsResponse(_message.Message):
 
     STORED_COUNT_FIELD_NUMBER: _builtins.int
     RECORDING_DISABLED_FIELD_NUMBER: _builtins.int
+    REFUSED_FIELD_NUMBER: _builtins.int
+    DUPLICATE_FIELD_NUMBER: _builtins.int
     stored_count: _builtins.int
     """How many events were stored."""
     recording_disabled: _builtins.bool
     """True when recording is disabled and the events were discarded unseen."""
+    duplicate: _builtins.bool
+    """True when this batch was stored before (its identity was seen): the
+    answer is that first one's, and nothing was stored again.
+    """
+    @_builtins.property
+    def refused(self) -> _containers.RepeatedCompositeFieldContainer[Global___RefusedEvent]:
+        """The events that were refused (the others were stored), oldest first."""
+
     def __init__(
         self,
         *,
         stored_count: _builtins.int = ...,
         recording_disabled: _builtins.bool = ...,
+        refused: _abc.Iterable[Global___RefusedEvent] | None = ...,
+        duplicate: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["recording_disabled", b"recording_disabled", "stored_count", b"stored_count"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["duplicate", b"duplicate", "recording_disabled", b"recording_disabled", "refused", b"refused", "stored_count", b"stored_count"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___RecordEventsResponse: _TypeAlias = RecordEventsResponse  # noqa: Y015
+
+@_typing.final
+class RefusedEvent(_message.Message):
+    """An event of a batch that the agent refused, and why."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    INDEX_FIELD_NUMBER: _builtins.int
+    FIELD_FIELD_NUMBER: _builtins.int
+    REASON_FIELD_NUMBER: _builtins.int
+    index: _builtins.int
+    """Its position in RecordEventsRequest.events."""
+    field: _builtins.str
+    """The field at fault, relative to the event ("job_completed.duration")."""
+    reason: _builtins.str
+    """Why, for people."""
+    def __init__(
+        self,
+        *,
+        index: _builtins.int = ...,
+        field: _builtins.str = ...,
+        reason: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["field", b"field", "index", b"index", "reason", b"reason"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RefusedEvent: _TypeAlias = RefusedEvent  # noqa: Y015
 
 @_typing.final
 class GetConsentRequest(_message.Message):

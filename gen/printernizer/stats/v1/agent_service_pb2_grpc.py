@@ -98,11 +98,15 @@ class AgentServiceServicer:
     """
 
     def RecordEvents(self, request, context):
-        """Stores a batch of events. The batch is all-or-nothing: an event that does
-        not fit the contract fails the call with INVALID_ARGUMENT naming the field
-        (for example `events[3].job_completed.duration`) and nothing is stored.
-        Events are dropped silently only while recording is disabled; the reply
-        says so.
+        """Stores a batch of events. Each event is checked on its own: the valid ones
+        are stored, and the reply lists the refused ones with the field at fault.
+        When no event of the batch could be stored, the call fails with
+        INVALID_ARGUMENT naming each refused event's field (for example
+        `events[3].job_completed.duration`) instead. A batch that carries an
+        identity (client_id, batch_sequence) is stored at most once: sent again
+        after a lost answer, it gets the first answer again and nothing is stored
+        twice. Events are dropped silently only while recording is disabled; the
+        reply says so.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

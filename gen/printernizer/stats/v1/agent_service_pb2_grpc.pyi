@@ -38,11 +38,15 @@ class AgentServiceStub:
     @_typing.overload
     def __new__(cls, channel: _aio.Channel) -> AgentServiceAsyncStub: ...
     RecordEvents: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.RecordEventsRequest, _agent_service_pb2.RecordEventsResponse]
-    """Stores a batch of events. The batch is all-or-nothing: an event that does
-    not fit the contract fails the call with INVALID_ARGUMENT naming the field
-    (for example `events[3].job_completed.duration`) and nothing is stored.
-    Events are dropped silently only while recording is disabled; the reply
-    says so.
+    """Stores a batch of events. Each event is checked on its own: the valid ones
+    are stored, and the reply lists the refused ones with the field at fault.
+    When no event of the batch could be stored, the call fails with
+    INVALID_ARGUMENT naming each refused event's field (for example
+    `events[3].job_completed.duration`) instead. A batch that carries an
+    identity (client_id, batch_sequence) is stored at most once: sent again
+    after a lost answer, it gets the first answer again and nothing is stored
+    twice. Events are dropped silently only while recording is disabled; the
+    reply says so.
     """
     GetConsent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.GetConsentRequest, _agent_service_pb2.GetConsentResponse]
     """The user's consent and whether it is in effect."""
@@ -80,11 +84,15 @@ class AgentServiceAsyncStub(AgentServiceStub):
 
     def __init__(self, channel: _aio.Channel) -> None: ...
     RecordEvents: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.RecordEventsRequest, _agent_service_pb2.RecordEventsResponse]  # type: ignore[assignment]
-    """Stores a batch of events. The batch is all-or-nothing: an event that does
-    not fit the contract fails the call with INVALID_ARGUMENT naming the field
-    (for example `events[3].job_completed.duration`) and nothing is stored.
-    Events are dropped silently only while recording is disabled; the reply
-    says so.
+    """Stores a batch of events. Each event is checked on its own: the valid ones
+    are stored, and the reply lists the refused ones with the field at fault.
+    When no event of the batch could be stored, the call fails with
+    INVALID_ARGUMENT naming each refused event's field (for example
+    `events[3].job_completed.duration`) instead. A batch that carries an
+    identity (client_id, batch_sequence) is stored at most once: sent again
+    after a lost answer, it gets the first answer again and nothing is stored
+    twice. Events are dropped silently only while recording is disabled; the
+    reply says so.
     """
     GetConsent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.GetConsentRequest, _agent_service_pb2.GetConsentResponse]  # type: ignore[assignment]
     """The user's consent and whether it is in effect."""
@@ -125,11 +133,15 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
         request: _agent_service_pb2.RecordEventsRequest,
         context: _ServicerContext,
     ) -> _typing.Union[_agent_service_pb2.RecordEventsResponse, _abc.Awaitable[_agent_service_pb2.RecordEventsResponse]]:
-        """Stores a batch of events. The batch is all-or-nothing: an event that does
-        not fit the contract fails the call with INVALID_ARGUMENT naming the field
-        (for example `events[3].job_completed.duration`) and nothing is stored.
-        Events are dropped silently only while recording is disabled; the reply
-        says so.
+        """Stores a batch of events. Each event is checked on its own: the valid ones
+        are stored, and the reply lists the refused ones with the field at fault.
+        When no event of the batch could be stored, the call fails with
+        INVALID_ARGUMENT naming each refused event's field (for example
+        `events[3].job_completed.duration`) instead. A batch that carries an
+        identity (client_id, batch_sequence) is stored at most once: sent again
+        after a lost answer, it gets the first answer again and nothing is stored
+        twice. Events are dropped silently only while recording is disabled; the
+        reply says so.
         """
 
     @_abc_1.abstractmethod
