@@ -31,7 +31,7 @@ from stats_common.weeks import Week, weeks_between
 
 from . import consent as consent_mod
 from .consent import ConsentRecord, Identity, Override
-from .events import EARLIEST_EVENT, EventDecoder, from_millis, to_event, to_millis
+from .events import EARLIEST_EVENT, EventDecoder, InvalidEvent, from_millis, to_event, to_millis
 from .report import (
     APP_STARTED,
     APP_STOPPED,
@@ -42,7 +42,7 @@ from .report import (
     build_report,
     weekly_activity,
 )
-from .storage import AgentStore, DeletionRequestRow, OutboxRow, StorageError, disk_full
+from .storage import AgentStore, BatchIdentity, DeletionRequestRow, OutboxRow, StorageError, disk_full
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +55,10 @@ DEFAULT_LEDGER = 52
 # What one call may report as dropped by its client: a million events a second
 # for thirty years, far below what the agent's 64-bit counter holds.
 MAX_DROPPED_BY_CLIENT = 10**15
+# A recording client's ID: 16 random bytes, made when it starts.
+CLIENT_ID_BYTES = 16
+# How long the agent remembers a client's last batch after the client was last heard from.
+BATCH_MEMORY = dt.timedelta(days=30)
 # The first week a report or a preview may cover: the week of the earliest
 # event time the agent accepts (before it, there is nothing to count).
 FIRST_WEEK = Week.containing(EARLIEST_EVENT)
@@ -89,6 +93,8 @@ class AgentConfig:
 class RecordResult:
     stored: int
     recording_disabled: bool
+    refused: tuple[agent_service_pb2.RefusedEvent, ...] = ()
+    duplicate: bool = False  # stored before: this is that first answer
 
 
 def package_version() -> common_pb2.Version:
@@ -105,6 +111,17 @@ def report_json(report: bytes) -> str:
     """A report's bytes, decoded and rendered as JSON for people to read."""
     message = aggregated_stats_pb2.AggregatedStats.FromString(report)
     return json_format.MessageToJson(message, indent=2, always_print_fields_with_no_presence=True)
+
+
+def _batch_identity(client_id: bytes, sequence: int) -> BatchIdentity | None:
+    """A batch's identity, or None for a batch without one (a plain gRPC client)."""
+    if not client_id and not sequence:
+        return None
+    if len(client_id) != CLIENT_ID_BYTES:
+        raise RequestError("client_id", f"must be {CLIENT_ID_BYTES} bytes when batch_sequence is set")
+    if sequence < 1:
+        raise RequestError("batch_sequence", "must be 1 or more when client_id is set")
+    return BatchIdentity(client_id, sequence)
 
 
 class StatsAgent:
@@ -184,22 +201,35 @@ class StatsAgent:
     # --- recording -----------------------------------------------------------------
 
     async def record(
-        self, events: Sequence[usage_event_pb2.UsageEvent], dropped_by_client: int
+        self,
+        events: Sequence[usage_event_pb2.UsageEvent],
+        dropped_by_client: int,
+        client_id: bytes = b"",
+        batch_sequence: int = 0,
     ) -> RecordResult:
+        """Store the valid events of a batch; the refused ones come back with
+        the field at fault. A batch with an identity (client_id,
+        batch_sequence) is stored once: sent again, it gets its first answer."""
         consent = await self.consent()
         if not consent.recording:
             return RecordResult(stored=0, recording_disabled=True)
         now = self.clock()
-        try:
+        try:  # the request as a whole
             if dropped_by_client > MAX_DROPPED_BY_CLIENT:
                 raise RequestError("dropped_by_client", f"must be at most {MAX_DROPPED_BY_CLIENT:,}")
-            batch = self._decoder.rows(events, now)
-        except ValueError:
+            batch = _batch_identity(client_id, batch_sequence)
+            decoded = self._decoder.rows(events, now)  # InvalidEvent only for the batch as a whole
+        except (InvalidEvent, RequestError):
             await self.store.add_counter("rejected_events", len(events))
             raise
         try:
-            await self.store.append_events(
-                batch.rows, to_millis(now), dropped_by_client, batch.with_unknown_fields
+            stored = await self.store.append_events(
+                decoded.rows,
+                to_millis(now),
+                dropped_by_client,
+                decoded.with_unknown_fields,
+                decoded.refused,
+                batch,
             )
         except (sqlite3.Error, OSError, StorageError) as exc:
             self._note_storage(
@@ -209,7 +239,12 @@ class StatsAgent:
             )
             raise
         self._note_storage(agent_service_pb2.STORAGE_CONDITION_OK)
-        return RecordResult(stored=len(batch.rows), recording_disabled=False)
+        return RecordResult(stored.stored, False, stored.refused, stored.duplicate)
+
+    async def forget_old_batches(self) -> int:
+        """Forget the batch identities of clients not heard from for a while:
+        a client resends within seconds, and a restarted host has a new one."""
+        return await self.store.forget_batches_before(to_millis(self.clock() - BATCH_MEMORY))
 
     def _note_storage(self, condition: agent_service_pb2.StorageCondition.ValueType) -> None:
         """Remember whether writes succeed (the status shows it); log each change once."""

@@ -316,6 +316,7 @@ class Courier:
         for task, what in (
             (self.agent.queue_finished_weeks, "queueing reports"),
             (self.agent.prune, "pruning old events"),
+            (self.agent.forget_old_batches, "forgetting old batch identities"),
             (self._deliver_if_due, "delivering reports"),
         ):
             try:

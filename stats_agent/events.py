@@ -235,9 +235,11 @@ _MULTI_BYTE_LENGTH = 0x80  # a varint byte with this bit set is followed by more
 
 
 class DecodedBatch(NamedTuple):
-    rows: list[RowValues]
-    # Events that carried fields this agent does not know (discarded, the rest kept).
+    rows: list[RowValues]  # the valid events, in order
+    # Valid events that carried fields this agent does not know (discarded, the rest kept).
     with_unknown_fields: int
+    # The events that do not fit the contract: their position, field and why.
+    refused: list[agent_service_pb2.RefusedEvent]
 
 
 class EventDecoder:
@@ -267,42 +269,50 @@ class EventDecoder:
         self._stripped_times: dict[bytes, int] = {}
 
     def rows(self, events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> DecodedBatch:
-        """All events of a batch as rows, or InvalidEvent naming the first
-        field that does not fit (as "events[3].job_created.printer_type")."""
+        """The valid events of a batch as rows, and the refused ones with the
+        field at fault, relative to the event ("job_created.printer_type").
+        InvalidEvent only for the batch as a whole (too many events)."""
         if len(events) > MAX_BATCH_EVENTS:
             raise InvalidEvent("events", f"at most {MAX_BATCH_EVENTS} events per call, got {len(events)}")
         now_ms = to_millis(now)
         latest = now_ms + _MAX_SKEW_MS
         kinds, times = self._kinds, self._times
         rows: list[RowValues] = []
+        refused: list[agent_service_pb2.RefusedEvent] = []
         stripped: set[int] = set()  # indexes of the events that carried unknown fields
         for index, event in enumerate(events):
-            data = event.SerializeToString()
-            if data and data[0] == _TIMESTAMP_TAG:
-                # The timestamp's key starts with its length byte. A length that
-                # takes more bytes (a timestamp padded with unknown fields) makes
-                # a key no cache holds, and `_time` sends the event down the
-                # slow path instead of splitting it at the wrong place.
-                end = 2 + data[1]
-                stamp, kind_part = data[1:end], data[end:]
-                occurred = times.get(stamp)
-                if occurred is None:
-                    occurred = self._time(index, stamp, stripped)
+            try:
+                data = event.SerializeToString()
+                if data and data[0] == _TIMESTAMP_TAG:
+                    # The timestamp's key starts with its length byte. A length that
+                    # takes more bytes (a timestamp padded with unknown fields) makes
+                    # a key no cache holds, and `_time` sends the event down the
+                    # slow path instead of splitting it at the wrong place.
+                    end = 2 + data[1]
+                    stamp, kind_part = data[1:end], data[end:]
+                    occurred = times.get(stamp)
                     if occurred is None:
-                        row, carried = self._checked(index, data, now_ms)
-                        if carried:
-                            stripped.add(index)
-                        rows.append(row)
-                        continue
-                if not EARLIEST_EVENT_MS <= occurred <= latest:
-                    self._raise(index, event, now_ms)
-            else:
-                kind_part, occurred = data, now_ms
-            shaped = kinds.get(kind_part)
-            if shaped is None:
-                shaped = self._kind(index, kind_part, now_ms, stripped)
-            rows.append((occurred, *shaped))
-        return DecodedBatch(rows, len(stripped))
+                        occurred = self._time(index, stamp, stripped)
+                        if occurred is None:
+                            row, carried = self._checked(data, now_ms)
+                            if carried:
+                                stripped.add(index)
+                            rows.append(row)
+                            continue
+                    if not EARLIEST_EVENT_MS <= occurred <= latest:
+                        self._raise(event, now_ms)
+                else:
+                    kind_part, occurred = data, now_ms
+                shaped = kinds.get(kind_part)
+                if shaped is None:
+                    shaped = self._kind(index, kind_part, now_ms, stripped)
+                rows.append((occurred, *shaped))
+            except InvalidEvent as exc:
+                stripped.discard(index)  # nothing of it is kept
+                refused.append(
+                    agent_service_pb2.RefusedEvent(index=index, field=exc.field, reason=exc.description)
+                )
+        return DecodedBatch(rows, len(stripped), refused)
 
     def _time(self, index: int, stamp: bytes, stripped: set[int]) -> int | None:
         """The milliseconds of a timestamp part (its length byte, then its
@@ -315,7 +325,7 @@ class EventDecoder:
             return millis
         moment = timestamp_pb2.Timestamp.FromString(stamp[1:])
         carried = discard_unknown_fields(moment)
-        millis = timestamp_millis(moment, f"events[{index}].occurred_at")
+        millis = timestamp_millis(moment, "occurred_at")
         cache = self._stripped_times if carried else self._times
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
@@ -331,7 +341,7 @@ class EventDecoder:
         if shaped is not None:
             stripped.add(index)
             return shaped
-        (_, shape, payload), carried = self._checked(index, kind_part, now_ms)
+        (_, shape, payload), carried = self._checked(kind_part, now_ms)
         cache = self._stripped_kinds if carried else self._kinds
         if len(cache) >= _CACHE_LIMIT:
             cache.clear()
@@ -341,22 +351,16 @@ class EventDecoder:
         return shape, payload
 
     @staticmethod
-    def _checked(index: int, data: bytes, now_ms: int) -> tuple[RowValues, bool]:
+    def _checked(data: bytes, now_ms: int) -> tuple[RowValues, bool]:
         """The slow path: an event (or its kind part) parsed, stripped of
         unknown fields and validated field by field; True when it had any."""
         event = usage_event_pb2.UsageEvent.FromString(data)
         carried = discard_unknown_fields(event)
-        try:
-            return validate(event, now_ms).packed(), carried
-        except InvalidEvent as exc:
-            raise InvalidEvent(f"events[{index}].{exc.field}", exc.description) from None
+        return validate(event, now_ms).packed(), carried
 
     @staticmethod
-    def _raise(index: int, event: usage_event_pb2.UsageEvent, now_ms: int) -> None:
-        try:
-            validate(event, now_ms)
-        except InvalidEvent as exc:
-            raise InvalidEvent(f"events[{index}].{exc.field}", exc.description) from None
+    def _raise(event: usage_event_pb2.UsageEvent, now_ms: int) -> None:
+        validate(event, now_ms)  # raises InvalidEvent naming the time's problem
         raise AssertionError("an event with a time out of bounds passed validation")  # pragma: no cover
 
 

@@ -69,9 +69,19 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     async def RecordEvents(
         self, request: agent_service_pb2.RecordEventsRequest, context: Context
     ) -> agent_service_pb2.RecordEventsResponse:
-        result = await self.agent.record(request.events, request.dropped_by_client)
+        result = await self.agent.record(
+            request.events, request.dropped_by_client, request.client_id, request.batch_sequence
+        )
+        if result.refused and not result.stored:
+            # Nothing of the batch could be stored: a refusal, naming every event's field.
+            await errors.invalid_argument(
+                context, [(f"events[{r.index}].{r.field}", r.reason) for r in result.refused]
+            )
         return agent_service_pb2.RecordEventsResponse(
-            stored_count=result.stored, recording_disabled=result.recording_disabled
+            stored_count=result.stored,
+            recording_disabled=result.recording_disabled,
+            refused=result.refused,
+            duplicate=result.duplicate,
         )
 
     @_unary

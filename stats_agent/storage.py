@@ -24,8 +24,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import aiosqlite
+from printernizer.stats.v1 import agent_service_pb2
 
 from .events import KINDS_BY_NAME, EventRow, RowValues, unpack
+
+RefusedEvent = agent_service_pb2.RefusedEvent
 
 MMAP_BYTES = 256 * 1024 * 1024
 CACHE_KIB = 32 * 1024
@@ -65,6 +68,32 @@ def _state_kind(kind: int) -> int:
     if kind not in STATE_KINDS:
         raise ValueError(f"event kind {kind} is not a state kind")
     return int(kind)
+
+
+@dataclass(frozen=True)
+class BatchIdentity:
+    """Who sent a batch, and its number: a batch sent again keeps both."""
+
+    client_id: bytes
+    sequence: int
+
+
+@dataclass(frozen=True)
+class StoredBatch:
+    """What storing a batch did: events stored, events refused, and whether
+    the batch had been stored before (then this is that first answer)."""
+
+    stored: int
+    refused: tuple[RefusedEvent, ...]
+    duplicate: bool
+
+
+def _refusals_bytes(refused: Sequence[RefusedEvent]) -> bytes:
+    return agent_service_pb2.RecordEventsResponse(refused=refused).SerializeToString()
+
+
+def _refusals(data: bytes) -> tuple[RefusedEvent, ...]:
+    return tuple(agent_service_pb2.RecordEventsResponse.FromString(data).refused)
 
 
 @dataclass(frozen=True)
@@ -195,6 +224,24 @@ MIGRATIONS: tuple[Migration, ...] = (
             "ALTER TABLE outbox DROP COLUMN first_server_error_at",
             "ALTER TABLE outbox DROP COLUMN server_errors",
         ),
+    ),
+    Migration(
+        5,
+        "the last batch each recording client had stored, and its answer",
+        (
+            # One row per client (an SDK instance, made at each host start):
+            # a batch sent again after a lost answer is recognised by its
+            # number and answered as the first time, in the transaction that
+            # would otherwise store it twice.
+            """CREATE TABLE client_batches (
+                client_id BLOB PRIMARY KEY,
+                sequence INTEGER NOT NULL,
+                stored INTEGER NOT NULL,
+                refused BLOB NOT NULL,
+                committed_at INTEGER NOT NULL
+            )""",
+        ),
+        ("DROP TABLE client_batches",),
     ),
 )
 
@@ -373,11 +420,35 @@ class AgentStore:
         recorded_at: int,
         dropped_by_client: int,
         with_unknown_fields: int = 0,
-    ) -> None:
+        refused: Sequence[RefusedEvent] = (),
+        batch: BatchIdentity | None = None,
+    ) -> StoredBatch:
         """Store a batch in one transaction, with its week ranges, its state
-        events, its per-week counts, the client's drop count and how many of
-        its events carried unknown fields."""
+        events, its per-week counts, the client's drop count, how many of its
+        events carried unknown fields or were refused, and its identity. A
+        batch whose identity was stored before stores nothing: the first
+        answer comes back, marked as a duplicate."""
         async with self._transaction() as db:
+            if batch is not None:
+                earlier = await self._stored_batch(db, batch)
+                if earlier is not None:
+                    return earlier
+                await db.execute(
+                    "INSERT INTO client_batches (client_id, sequence, stored, refused, committed_at) "
+                    "VALUES (?, ?, ?, ?, ?) ON CONFLICT (client_id) DO UPDATE SET "
+                    "sequence = excluded.sequence, stored = excluded.stored, "
+                    "refused = excluded.refused, committed_at = excluded.committed_at",
+                    (batch.client_id, batch.sequence, len(rows), _refusals_bytes(refused), recorded_at),
+                )
+            if refused:
+                await self._add_counter(db, "rejected_events", len(refused))
+            if not rows:
+                # Every event refused: the call fails, and the client reports
+                # its drop count again with its next batch. (No events at all:
+                # a call that only reports drops.)
+                if dropped_by_client and not refused:
+                    await self._add_counter(db, "dropped_events", dropped_by_client)
+                return StoredBatch(0, tuple(refused), duplicate=False)
             before = await self._scalar(db, "SELECT COALESCE(MAX(seq), 0) FROM events")
             # The rows go in as they are (one shared recorded_at, an integer).
             await db.executemany(
@@ -403,6 +474,29 @@ class AgentStore:
                 await self._add_counter(db, "dropped_events", dropped_by_client)
             if with_unknown_fields:
                 await self._add_counter(db, "events_with_unknown_fields", with_unknown_fields)
+        return StoredBatch(len(rows), tuple(refused), duplicate=False)
+
+    @staticmethod
+    async def _stored_batch(db: aiosqlite.Connection, batch: BatchIdentity) -> StoredBatch | None:
+        """The answer a batch got when it was stored (None: it was not). A batch
+        older than the client's last one was stored too (a client sends in
+        order); only the last one's answer is kept."""
+        cursor = await db.execute(
+            "SELECT sequence, stored, refused FROM client_batches WHERE client_id = ?", (batch.client_id,)
+        )
+        row = await cursor.fetchone()
+        if row is None or batch.sequence > row[0]:
+            return None
+        if batch.sequence < row[0]:
+            return StoredBatch(0, (), duplicate=True)
+        return StoredBatch(int(row[1]), _refusals(bytes(row[2])), duplicate=True)
+
+    async def forget_batches_before(self, before: int) -> int:
+        """Forget the batch identities of clients not heard from since `before`
+        (a client is an SDK instance: a host that restarted has a new one)."""
+        async with self._transaction() as db:
+            cursor = await db.execute("DELETE FROM client_batches WHERE committed_at < ?", (before,))
+            return int(cursor.rowcount)
 
     @staticmethod
     async def _scalar(db: aiosqlite.Connection, sql: str, params: Sequence[object] = ()) -> int | None:

@@ -271,10 +271,18 @@ async def test_submit_now_needs_sharing_and_a_server(agent: RunningAgent) -> Non
 # --- bad input -------------------------------------------------------------------------------------
 
 
+def refusals(response: agent_service_pb2.RecordEventsResponse) -> list[tuple[int, str]]:
+    return [(refused.index, refused.field) for refused in response.refused]
+
+
 async def test_unknown_enum_value_names_the_field(agent: RunningAgent) -> None:
     batch = record_request(job_created(), job_created(printer=999))
-    assert await bad_request(agent.stub.RecordEvents(batch, timeout=RPC_TIMEOUT)) == [
-        "events[1].job_created.printer_type"
+    answer = await agent.stub.RecordEvents(batch, timeout=RPC_TIMEOUT)
+    assert (answer.stored_count, refusals(answer)) == (1, [(1, "job_created.printer_type")])
+    assert "999" in answer.refused[0].reason
+    alone = record_request(job_created(printer=999))
+    assert await bad_request(agent.stub.RecordEvents(alone, timeout=RPC_TIMEOUT)) == [
+        "events[0].job_created.printer_type"
     ]
 
 
@@ -313,26 +321,43 @@ async def test_unknown_enum_value_names_the_field(agent: RunningAgent) -> None:
 async def test_invalid_event_names_its_field(
     agent: RunningAgent, bad_event: usage_event_pb2.UsageEvent, field: str
 ) -> None:
-    batch = record_request(bad_event, job_created())
-    assert await bad_request(agent.stub.RecordEvents(batch, timeout=RPC_TIMEOUT)) == [field]
+    # Beside a valid event, it is refused alone: the valid one is stored.
+    answer = await agent.stub.RecordEvents(record_request(bad_event, job_created()), timeout=RPC_TIMEOUT)
+    assert (answer.stored_count, refusals(answer)) == (1, [(0, field.removeprefix("events[0]."))])
+    # Alone, nothing is stored: the call fails, naming the field.
+    alone = record_request(bad_event)
+    assert await bad_request(agent.stub.RecordEvents(alone, timeout=RPC_TIMEOUT)) == [field]
+    assert (await agent.status()).stored_events == 1
 
 
-async def test_rejected_batches_store_nothing_and_are_counted(agent: RunningAgent) -> None:
+async def test_refused_events_cost_the_others_nothing_and_are_counted(agent: RunningAgent) -> None:
     assert (await agent.record(job_created(), job_created())).stored_count == 2
-    bad = record_request(job_created(), job_created(), usage_event_pb2.UsageEvent())
-    assert await bad_request(agent.stub.RecordEvents(bad, timeout=RPC_TIMEOUT)) == ["events[2].kind"]
+    mixed = record_request(
+        job_created(), usage_event_pb2.UsageEvent(), job_created(), job_completed(duration=77)
+    )
+    answer = await agent.stub.RecordEvents(mixed, timeout=RPC_TIMEOUT)
+    assert (answer.stored_count, refusals(answer)) == (2, [(1, "kind"), (3, "job_completed.duration")])
     status = await agent.status()
-    assert (status.stored_events, status.rejected_events) == (2, 3)
+    assert (status.stored_events, status.rejected_events) == (4, 2)
 
+    all_bad = record_request(usage_event_pb2.UsageEvent(), job_created(printer=999))
+    assert await bad_request(agent.stub.RecordEvents(all_bad, timeout=RPC_TIMEOUT)) == [
+        "events[0].kind",
+        "events[1].job_created.printer_type",
+    ]
+    status = await agent.status()
+    assert (status.stored_events, status.rejected_events) == (4, 4)
+
+    # A batch over the bound is refused as a whole.
     too_many = record_request(*(job_created() for _ in range(MAX_BATCH_EVENTS + 1)))
     assert await bad_request(agent.stub.RecordEvents(too_many, timeout=RPC_TIMEOUT)) == ["events"]
     status = await agent.status()
-    assert (status.stored_events, status.rejected_events) == (2, 3 + MAX_BATCH_EVENTS + 1)
+    assert (status.stored_events, status.rejected_events) == (4, 4 + MAX_BATCH_EVENTS + 1)
 
     exactly_max = record_request(*(job_created() for _ in range(MAX_BATCH_EVENTS)))
     assert (await agent.stub.RecordEvents(exactly_max, timeout=RPC_TIMEOUT)).stored_count == MAX_BATCH_EVENTS
     status = await agent.status()
-    assert (status.stored_events, status.rejected_events) == (2 + MAX_BATCH_EVENTS, 3 + MAX_BATCH_EVENTS + 1)
+    assert (status.stored_events, status.rejected_events) == (4 + MAX_BATCH_EVENTS, 4 + MAX_BATCH_EVENTS + 1)
 
 
 @pytest.mark.parametrize(

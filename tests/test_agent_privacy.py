@@ -386,8 +386,8 @@ async def test_export_then_delete_all_then_export(agent: RunningAgent) -> None:
     t = times_this_week(5)
     await agent.record(job_created(t[0]), job_created(t[1]), job_completed(t[2]), job_failed(t[3]))
     await agent.record(job_created(t[4]), dropped=2)
-    with pytest.raises(grpc.aio.AioRpcError):
-        await agent.record(job_created(), event("job_created"))  # rejected: counted, not stored
+    with pytest.raises(grpc.aio.AioRpcError):  # both refused: counted, not stored
+        await agent.record(event("job_created"), event("job_created"))
     # A report the ledger holds (the agent has no aggregation server in these tests).
     receipt = ingest_service_pb2.ReportReceipt(
         report_id=report_id(identity.installation_id, Week.from_key(202601)),

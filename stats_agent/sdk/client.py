@@ -70,7 +70,20 @@ SOCKET_ENVIRONMENT = "STATS_AGENT_SOCKET"
 _CACHE_LIMIT = 4096
 # After the agent says recording is disabled, ask again this much later.
 _DISABLED_RECHECK_SECONDS = 60.0
+# The agent is a local process: when it is away (restarting), try again soon
+# and often (a failed connect to a Unix socket costs microseconds), so events
+# flow again within a second of it serving; its disk full, once a second.
+_UNREACHABLE_RETRY_SECONDS = 0.25
+_DISK_FULL_RETRY_SECONDS = 1.0
+# Any other failure (a bug, a timeout): a slower, growing retry.
 _MAX_BACKOFF_SECONDS = 30.0
+# gRPC's own reconnection backoff (1 s, growing to 2 minutes by default) would
+# hold the channel down long after a local agent is back: keep it short.
+_CHANNEL_OPTIONS = [
+    ("grpc.initial_reconnect_backoff_ms", 100),
+    ("grpc.min_reconnect_backoff_ms", 100),
+    ("grpc.max_reconnect_backoff_ms", 250),
+]
 
 
 @dataclass(frozen=True)
@@ -237,7 +250,14 @@ class StatsClient:
         # container object per event, so the garbage collector has nothing to do.
         self._times: deque[float] = deque()
         self._parts: deque[Any] = deque()
-        self._pending: list[bytes] = []  # encoded, sent but not yet acknowledged
+        # The batch in flight: encoded events, the drop count it reports, and
+        # its number. Once sent it is never changed, so a resend (the answer
+        # was lost) is the same batch, which the agent stores once.
+        self._pending: list[bytes] = []
+        self._pending_dropped = 0
+        self._pending_sequence = 0
+        self._client_id = os.urandom(16)  # this client's batches, to the agent
+        self._sequence = 0
         # Events dropped (buffer full, or recording disabled at the agent) and
         # not yet reported to the agent; the sender moves them to _dropped.
         self._dropped_unreported = 0
@@ -422,7 +442,7 @@ class StatsClient:
         return ClientStats(
             buffered=len(self._parts) + len(self._pending),
             sent=self._sent,
-            dropped=self._dropped + self._dropped_unreported,
+            dropped=self._dropped + self._dropped_unreported + self._pending_dropped,
             invalid=self._invalid,
             agent_reachable=self._agent_reachable,
         )
@@ -463,7 +483,8 @@ class StatsClient:
 
     def _run(self) -> None:
         backoff = 0.0
-        with grpc.insecure_channel(f"unix:{self.socket_path.absolute()}") as channel:
+        target = f"unix:{self.socket_path.absolute()}"
+        with grpc.insecure_channel(target, options=_CHANNEL_OPTIONS) as channel:
             call = channel.unary_unary(
                 RECORD_EVENTS,
                 request_serializer=lambda data: data,
@@ -481,17 +502,27 @@ class StatsClient:
                     backoff = min(_MAX_BACKOFF_SECONDS, max(1.0, backoff * 2))
 
     def _take_batch(self) -> None:
-        """Move buffered events into the pending, encoded batch: all that wait,
-        up to the most one call may carry. A backlog (a slow agent, a burst)
-        thus goes in fewer, larger calls, each call's cost spread wider."""
+        """Unless a batch is in flight, make the next one of buffered events:
+        all that wait, up to the most one call may carry (a backlog, from a
+        slow agent or a burst, thus goes in fewer, larger calls), with the drop
+        count to report and the next number."""
+        if self._pending_sequence:
+            return  # sent before, answer lost: it goes again as it was
         times, parts = self._times, self._parts
         # A recorder may have appended a time but not yet its part: take pairs only.
-        count = min(self._max_batch - len(self._pending), len(times), len(parts))
+        count = min(self._max_batch, len(times), len(parts))
         framed, invalid = self._encoder.batch(
             [times.popleft() for _ in range(count)], [parts.popleft() for _ in range(count)]
         )
-        self._pending += framed
         self._invalid += invalid
+        dropped = self._dropped_unreported
+        if framed or dropped:
+            self._sequence += 1
+            self._pending, self._pending_dropped, self._pending_sequence = framed, dropped, self._sequence
+            self._dropped_unreported -= dropped
+
+    def _batch_done(self) -> None:
+        self._pending, self._pending_dropped, self._pending_sequence = [], 0, 0
 
     def _send_once(self, call: grpc.UnaryUnaryMultiCallable[bytes, Any], backoff: float) -> float:
         """Send what is pending and buffered: one call, then more while a full
@@ -500,32 +531,32 @@ class StatsClient:
         with self._lock:
             while True:
                 self._take_batch()
-                if not self._pending and not self._dropped_unreported:
+                if not self._pending_sequence:
                     return 0.0
-                dropped = self._dropped_unreported
-                request = b"".join(self._pending)
-                if dropped:
-                    request += agent_service_pb2.RecordEventsRequest(
-                        dropped_by_client=dropped
-                    ).SerializeToString()
+                request = b"".join(self._pending) + agent_service_pb2.RecordEventsRequest(
+                    dropped_by_client=self._pending_dropped,
+                    client_id=self._client_id,
+                    batch_sequence=self._pending_sequence,
+                ).SerializeToString()
                 try:
                     response = call(request, timeout=self._call_timeout)
                 except grpc.RpcError as exc:
                     return self._failed(exc, backoff)
                 self._agent_reachable = True
-                self._dropped_unreported -= dropped
-                self._dropped += dropped
+                self._dropped += self._pending_dropped
                 if response.recording_disabled:
                     # Nothing is recorded: stop buffering for a while.
                     self._limit = 0
                     self._resume_at = time.monotonic() + _DISABLED_RECHECK_SECONDS
                     self._dropped += len(self._pending) + len(self._parts)
-                    self._pending.clear()
+                    self._batch_done()
                     self._parts.clear()
                     self._times.clear()
                     return 0.0
-                self._sent += len(self._pending)
-                self._pending.clear()
+                # The agent's answer for each event: stored, or refused (counted as invalid).
+                self._sent += response.stored_count
+                self._invalid += len(response.refused)
+                self._batch_done()
                 # Go on only with a full batch (or when asked to drain): what came
                 # in during the call waits for the next trigger, so a steady stream
                 # goes in full batches rather than a full one and a remainder.
@@ -535,11 +566,19 @@ class StatsClient:
                     return 0.0
 
     def _failed(self, exc: grpc.RpcError, backoff: float) -> float:
+        """What a failed call leaves to do; returns the delay before the next try."""
         code = exc.code() if isinstance(exc, grpc.Call) else None
         if code == grpc.StatusCode.INVALID_ARGUMENT:
-            # The agent refused the batch: it would refuse it again.
+            # The agent refused every event of the batch: it would refuse them
+            # again. Its drop count goes with the next batch.
             self._invalid += len(self._pending)
-            self._pending.clear()
+            self._dropped_unreported += self._pending_dropped
+            self._batch_done()
             return 0.0
+        if code == grpc.StatusCode.UNAVAILABLE:
+            self._agent_reachable = False  # not serving (yet): it is back within a second
+            return _UNREACHABLE_RETRY_SECONDS
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            return _DISK_FULL_RETRY_SECONDS  # its disk is full: it takes events again once there is room
         self._agent_reachable = False
         return min(_MAX_BACKOFF_SECONDS, max(self._flush_interval, backoff * 2))
