@@ -82,6 +82,7 @@ class Ingest:
             raise _invalid("reports", "the same week is submitted twice")
         receipts = await self.store.store(request.installation_id, request.public_key, reports, now)
         response = ingest_service_pb2.SubmitReportsResponse()
+        response.server_time.FromDatetime(now)
         for receipt in receipts:
             item = response.receipts.add(
                 report_id=receipt.report_id,
@@ -117,7 +118,9 @@ class Ingest:
         unknown_fields = discard_unknown_fields(report)
         violations = check_report(report, request.installation_id, now, first_kept)
         if violations:
-            raise InvalidRequest([Violation(f"{path}.{v.field}", v.description) for v in violations])
+            raise InvalidRequest(
+                [Violation(f"{path}.{v.field}", v.description, v.reason) for v in violations], now
+            )
         return CheckedReport(report, normalise_unknown_values(report), unknown_fields)
 
     async def delete(

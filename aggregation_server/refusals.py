@@ -15,11 +15,13 @@ class Refused(Exception):
 
 
 class InvalidRequest(Refused):
-    """INVALID_ARGUMENT, naming every field at fault."""
+    """INVALID_ARGUMENT, naming every field at fault; `server_time` is the
+    server's clock when it decided (told to an agent whose clock is ahead)."""
 
-    def __init__(self, violations: Sequence[Violation]) -> None:
+    def __init__(self, violations: Sequence[Violation], server_time: dt.datetime | None = None) -> None:
         super().__init__("; ".join(f"{v.field}: {v.description}" for v in violations))
         self.violations = list(violations)
+        self.server_time = server_time
 
 
 class Unauthenticated(Refused):

@@ -32,6 +32,7 @@ from . import metrics
 from .database import DATABASE_RETRY, database_unreachable
 from .ingest import Ingest
 from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated, WrongKey
+from .validation import PERIOD_NOT_ENDED
 
 log = logging.getLogger(__name__)
 
@@ -230,7 +231,13 @@ REFUSAL_REASONS: dict[type[Refused], str] = {
 
 async def _refuse(context: Context, exc: Refused) -> NoReturn:
     if isinstance(exc, InvalidRequest):
-        await errors.invalid_argument(context, [(v.field, v.description) for v in exc.violations])
+        violations = [(v.field, v.description) for v in exc.violations]
+        reasons = {v.reason for v in exc.violations if v.reason}
+        if PERIOD_NOT_ENDED in reasons and exc.server_time is not None:
+            # The agent's clock is ahead: it keeps the report, and learns the time.
+            info = errors.error_info(PERIOD_NOT_ENDED, {"server_time": exc.server_time.isoformat()})
+            await errors.invalid_argument(context, violations, info)
+        await errors.invalid_argument(context, violations)
     if isinstance(exc, TooManySubmissions):
         await errors.resource_exhausted(context, str(exc), exc.retry_after)
     if isinstance(exc, Unauthenticated):

@@ -43,10 +43,16 @@ Report = aggregated_stats_pb2.AggregatedStats
 _Problem = Callable[[str, str], None]
 
 
+# Why a report's period is refused when its week is not over by this server's
+# clock: the agent's clock is ahead, and it sends the report again later.
+PERIOD_NOT_ENDED = "PERIOD_NOT_ENDED"
+
+
 @dataclass(frozen=True)
 class Violation:
     field: str
     description: str
+    reason: str = ""  # a machine-readable reason, for the few a client acts on
 
 
 @dataclass(frozen=True)
@@ -100,7 +106,7 @@ def check_report(
     week = _week(report, problem)
     if week is not None:
         if week.end > now + CLOCK_SKEW:
-            problem("period", f"{week} has not ended yet")
+            problems.append(Violation("period", f"{week} has not ended yet", PERIOD_NOT_ENDED))
         elif week < first_kept:
             problem("period", f"{week} is older than this server keeps (reports from {first_kept} on)")
         if len(installation_id) == ID_BYTES and report.report_id != report_id(installation_id, week):

@@ -28,15 +28,26 @@ async def _abort(context: Context, code: int, message: str, *details: object) ->
     raise AssertionError("abort_with_status returned")  # pragma: no cover - abort always raises
 
 
-async def invalid_argument(context: Context, violations: Sequence[tuple[str, str]]) -> NoReturn:
-    """INVALID_ARGUMENT naming every wrong field (first one in the message)."""
+# The domain of this project's google.rpc.ErrorInfo reasons.
+ERROR_DOMAIN = "stats.printernizer"
+
+
+async def invalid_argument(
+    context: Context, violations: Sequence[tuple[str, str]], *more: error_details_pb2.ErrorInfo
+) -> NoReturn:
+    """INVALID_ARGUMENT naming every wrong field (first one in the message),
+    with any ErrorInfo a client acts on."""
     field, description = violations[0]
     details = error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=f, description=d) for f, d in violations
         ]
     )
-    await _abort(context, code_pb2.INVALID_ARGUMENT, f"{field}: {description}", details)
+    await _abort(context, code_pb2.INVALID_ARGUMENT, f"{field}: {description}", details, *more)
+
+
+def error_info(reason: str, metadata: dict[str, str]) -> error_details_pb2.ErrorInfo:
+    return error_details_pb2.ErrorInfo(reason=reason, domain=ERROR_DOMAIN, metadata=metadata)
 
 
 async def resource_exhausted(context: Context, message: str, retry_after: dt.timedelta) -> NoReturn:
@@ -74,6 +85,18 @@ def field_violations(error: grpc.aio.AioRpcError) -> list[tuple[str, str]]:
             detail.Unpack(bad_request)
             found += [(v.field, v.description) for v in bad_request.field_violations]
     return found
+
+
+def error_reason(error: grpc.aio.AioRpcError) -> tuple[str, dict[str, str]] | None:
+    """The reason and metadata of this project's ErrorInfo an error carries, if any."""
+    status = rpc_status.from_call(error)  # type: ignore[arg-type]
+    for detail in status.details if status else []:
+        if detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            detail.Unpack(info)
+            if info.domain == ERROR_DOMAIN:
+                return info.reason, dict(info.metadata)
+    return None
 
 
 def retry_delay(error: grpc.aio.AioRpcError) -> dt.timedelta | None:

@@ -26,14 +26,14 @@ from google.protobuf import timestamp_pb2
 from printernizer.stats.v1 import common_pb2, ingest_admin_service_pb2, ingest_service_pb2
 
 from stats_common.admin import bearer_metadata
-from stats_common.errors import field_violations
+from stats_common.errors import error_reason, field_violations
 from stats_common.identity import report_id
 from stats_common.weeks import Week
 
 from . import databases
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
-from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, RunningServer, running_server
+from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, RunningServer, rpc_error, running_server
 
 database_url = databases.database_url
 ADMIN = bearer_metadata(ADMIN_TOKEN)
@@ -243,3 +243,23 @@ async def test_the_admin_calls_without_fields_answer_at_any_state(server: Runnin
         FIRST_KEPT,
         LAST_COMPLETE,
     )
+
+
+async def test_a_week_not_over_yet_tells_the_agent_the_servers_time(server: RunningServer) -> None:
+    """An agent whose clock is ahead sends a week that has not ended: the refusal
+    says so in a way it can act on (keep the report, learn the time)."""
+    agent = Installation(uuid.uuid4().bytes)
+    this_week = Week.containing(NOW)  # the server's clock
+    request = agent.submission(report_of(agent, this_week.next()))
+    refused = await rpc_error(server.stub.SubmitReports(request, timeout=TIMEOUT))
+    assert refused.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert [field for field, _ in field_violations(refused)] == ["reports[0].report.period"]
+    assert error_reason(refused) == ("PERIOD_NOT_ENDED", {"server_time": NOW.isoformat()})
+    # Other refusals carry no such reason; an accepted submission carries the time too.
+    broken = report_of(agent, this_week.previous())
+    broken.usage.uptime_hours = 999
+    other = await rpc_error(server.stub.SubmitReports(agent.submission(broken), timeout=TIMEOUT))
+    assert error_reason(other) is None
+    request = agent.submission(report_of(agent, this_week.previous()))
+    accepted = await server.stub.SubmitReports(request, timeout=TIMEOUT)
+    assert accepted.server_time.ToDatetime(dt.UTC) == NOW

@@ -25,29 +25,29 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import timestamp_pb2 as google_dot_protobuf_dot_timestamp__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*printernizer/stats/v1/ingest_service.proto\x12\x15printernizer.stats.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x0cSignedReport\x12\x0e\n\x06report\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"y\n\x14SubmitReportsRequest\x12\x17\n\x0finstallation_id\x18\x01 \x01(\x0c\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x34\n\x07reports\x18\x03 \x03(\x0b\x32#.printernizer.stats.v1.SignedReport\"\x9b\x01\n\rReportReceipt\x12\x11\n\treport_id\x18\x01 \x01(\x0c\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.printernizer.stats.v1.ReceiptStatus\x12\x12\n\nreceipt_id\x18\x03 \x01(\x0c\x12-\n\tstored_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"O\n\x15SubmitReportsResponse\x12\x36\n\x08receipts\x18\x01 \x03(\x0b\x32$.printernizer.stats.v1.ReportReceipt\"Z\n\rDeletionOrder\x12\x17\n\x0finstallation_id\x18\x01 \x01(\x0c\x12\x30\n\x0crequested_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x19\x44\x65leteInstallationRequest\x12\r\n\x05order\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"\x92\x01\n\x1a\x44\x65leteInstallationResponse\x12\x17\n\x0finstallation_id\x18\x01 \x01(\x0c\x12\x17\n\x0freports_deleted\x18\x02 \x01(\r\x12\x12\n\nreceipt_id\x18\x03 \x01(\x0c\x12.\n\ndeleted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*j\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x32\xf6\x01\n\rIngestService\x12j\n\rSubmitReports\x12+.printernizer.stats.v1.SubmitReportsRequest\x1a,.printernizer.stats.v1.SubmitReportsResponse\x12y\n\x12\x44\x65leteInstallation\x12\x30.printernizer.stats.v1.DeleteInstallationRequest\x1a\x31.printernizer.stats.v1.DeleteInstallationResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n*printernizer/stats/v1/ingest_service.proto\x12\x15printernizer.stats.v1\x1a\x1fgoogle/protobuf/timestamp.proto\"1\n\x0cSignedReport\x12\x0e\n\x06report\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\"y\n\x14SubmitReportsRequest\x12\x17\n\x0finstallation_id\x18\x01 \x01(\x0c\x12\x12\n\npublic_key\x18\x02 \x01(\x0c\x12\x34\n\x07reports\x18\x03 \x03(\x0b\x32#.printernizer.stats.v1.SignedReport\"\x9b\x01\n\rReportReceipt\x12\x11\n\treport_id\x18\x01 \x01(\x0c\x12\x34\n\x06status\x18\x02 \x01(\x0e\x32$.printernizer.stats.v1.ReceiptStatus\x12\x12\n\nreceipt_id\x18\x03 \x01(\x0c\x12-\n\tstored_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"\x80\x01\n\x15SubmitReportsResponse\x12\x36\n\x08receipts\x18\x01 \x03(\x0b\x32$.printernizer.stats.v1.ReportReceipt\x12/\n\x0bserver_time\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Z\n\rDeletionOrder\x12\x17\n\x0finstallation_id\x18\x01 \x01(\x0c\x12\x30\n\x0crequested_at\x18\x02 \x01(\x0b\x32\x1a.google.protobuf.Timestamp\"Q\n\x19\x44\x65leteInstallationRequest\x12\r\n\x05order\x18\x01 \x01(\x0c\x12\x11\n\tsignature\x18\x02 \x01(\x0c\x12\x12\n\npublic_key\x18\x03 \x01(\x0c\"\x92\x01\n\x1a\x44\x65leteInstallationResponse\x12\x17\n\x0finstallation_id\x18\x01 \x01(\x0c\x12\x17\n\x0freports_deleted\x18\x02 \x01(\r\x12\x12\n\nreceipt_id\x18\x03 \x01(\x0c\x12.\n\ndeleted_at\x18\x04 \x01(\x0b\x32\x1a.google.protobuf.Timestamp*j\n\rReceiptStatus\x12\x1e\n\x1aRECEIPT_STATUS_UNSPECIFIED\x10\x00\x12\x1b\n\x17RECEIPT_STATUS_ACCEPTED\x10\x01\x12\x1c\n\x18RECEIPT_STATUS_DUPLICATE\x10\x02\x32\xf6\x01\n\rIngestService\x12j\n\rSubmitReports\x12+.printernizer.stats.v1.SubmitReportsRequest\x1a,.printernizer.stats.v1.SubmitReportsResponse\x12y\n\x12\x44\x65leteInstallation\x12\x30.printernizer.stats.v1.DeleteInstallationRequest\x1a\x31.printernizer.stats.v1.DeleteInstallationResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'printernizer.stats.v1.ingest_service_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_RECEIPTSTATUS']._serialized_start=839
-  _globals['_RECEIPTSTATUS']._serialized_end=945
+  _globals['_RECEIPTSTATUS']._serialized_start=889
+  _globals['_RECEIPTSTATUS']._serialized_end=995
   _globals['_SIGNEDREPORT']._serialized_start=102
   _globals['_SIGNEDREPORT']._serialized_end=151
   _globals['_SUBMITREPORTSREQUEST']._serialized_start=153
   _globals['_SUBMITREPORTSREQUEST']._serialized_end=274
   _globals['_REPORTRECEIPT']._serialized_start=277
   _globals['_REPORTRECEIPT']._serialized_end=432
-  _globals['_SUBMITREPORTSRESPONSE']._serialized_start=434
-  _globals['_SUBMITREPORTSRESPONSE']._serialized_end=513
-  _globals['_DELETIONORDER']._serialized_start=515
-  _globals['_DELETIONORDER']._serialized_end=605
-  _globals['_DELETEINSTALLATIONREQUEST']._serialized_start=607
-  _globals['_DELETEINSTALLATIONREQUEST']._serialized_end=688
-  _globals['_DELETEINSTALLATIONRESPONSE']._serialized_start=691
-  _globals['_DELETEINSTALLATIONRESPONSE']._serialized_end=837
-  _globals['_INGESTSERVICE']._serialized_start=948
-  _globals['_INGESTSERVICE']._serialized_end=1194
+  _globals['_SUBMITREPORTSRESPONSE']._serialized_start=435
+  _globals['_SUBMITREPORTSRESPONSE']._serialized_end=563
+  _globals['_DELETIONORDER']._serialized_start=565
+  _globals['_DELETIONORDER']._serialized_end=655
+  _globals['_DELETEINSTALLATIONREQUEST']._serialized_start=657
+  _globals['_DELETEINSTALLATIONREQUEST']._serialized_end=738
+  _globals['_DELETEINSTALLATIONRESPONSE']._serialized_start=741
+  _globals['_DELETEINSTALLATIONRESPONSE']._serialized_end=887
+  _globals['_INGESTSERVICE']._serialized_start=998
+  _globals['_INGESTSERVICE']._serialized_end=1244
 # @@protoc_insertion_point(module_scope)

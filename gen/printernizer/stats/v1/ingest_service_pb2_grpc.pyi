@@ -41,7 +41,10 @@ class IngestServiceStub:
     stored.
 
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
-    malformed request; UNAUTHENTICATED for a signature that does not verify with
+    malformed request (a report whose week has not ended yet also carries a
+    google.rpc.ErrorInfo, reason PERIOD_NOT_ENDED, domain stats.printernizer,
+    with the server's time in its metadata `server_time`: the agent's clock is
+    ahead, and the report is not to be dropped but sent once the week is over); UNAUTHENTICATED for a signature that does not verify with
     the installation's key; PERMISSION_DENIED (to the key's holder) for an
     installation that asked to be deleted; RESOURCE_EXHAUSTED with a
     google.rpc.RetryInfo delay when rate-limited.
@@ -76,7 +79,10 @@ class IngestServiceAsyncStub(IngestServiceStub):
     stored.
 
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
-    malformed request; UNAUTHENTICATED for a signature that does not verify with
+    malformed request (a report whose week has not ended yet also carries a
+    google.rpc.ErrorInfo, reason PERIOD_NOT_ENDED, domain stats.printernizer,
+    with the server's time in its metadata `server_time`: the agent's clock is
+    ahead, and the report is not to be dropped but sent once the week is over); UNAUTHENTICATED for a signature that does not verify with
     the installation's key; PERMISSION_DENIED (to the key's holder) for an
     installation that asked to be deleted; RESOURCE_EXHAUSTED with a
     google.rpc.RetryInfo delay when rate-limited.
@@ -107,7 +113,10 @@ class IngestServiceServicer(metaclass=_abc_1.ABCMeta):
     stored.
 
     Errors: INVALID_ARGUMENT with google.rpc.BadRequest field violations for a
-    malformed request; UNAUTHENTICATED for a signature that does not verify with
+    malformed request (a report whose week has not ended yet also carries a
+    google.rpc.ErrorInfo, reason PERIOD_NOT_ENDED, domain stats.printernizer,
+    with the server's time in its metadata `server_time`: the agent's clock is
+    ahead, and the report is not to be dropped but sent once the week is over); UNAUTHENTICATED for a signature that does not verify with
     the installation's key; PERMISSION_DENIED (to the key's holder) for an
     installation that asked to be deleted; RESOURCE_EXHAUSTED with a
     google.rpc.RetryInfo delay when rate-limited.
