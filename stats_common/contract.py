@@ -64,7 +64,7 @@ ALLOWED_STRING_FIELDS: dict[str, str] = {
     f"{PACKAGE}.PreviewReportResponse.report_json": "local only: the user's preview, rendered for reading",
     f"{PACKAGE}.AgentSettings.time_zone": "local only: the user's own setting, in their export",
     f"{PACKAGE}.GetStatusResponse.last_failure_code": "local only: a gRPC status code name, for the user",
-    f"{PACKAGE}.RefusedEvent.field": "local only: the agent's answer to its host, a field path of the contract",
+    f"{PACKAGE}.RefusedEvent.field": "local only: the agent's answer to its host, a field path",
     f"{PACKAGE}.RefusedEvent.reason": "local only: the agent's answer to its host, why an event was refused",
     f"{PACKAGE}.GroupValue.label": "admin analytics output: a display label made by the server",
     f"{PACKAGE}.Anomaly.description": "admin analytics output: the rule in words, made by the server",
