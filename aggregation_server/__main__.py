@@ -14,6 +14,7 @@ import sys
 from sqlalchemy.exc import SQLAlchemyError
 
 from stats_common.cli import EnvArgumentParser, host_port, non_negative_float, positive_int, user_data_dir
+from stats_common.clock import TestingNotAllowed, clock_from
 from stats_common.startup import add_tls_and_admin_options, prepare_database_url, run, start
 
 from .database import current_revision, upgrade
@@ -66,6 +67,12 @@ def build_parser() -> EnvArgumentParser:
         default="apply",
         choices=["apply", "only", "skip"],
     )
+    parser.add_env_option(
+        "--simulated-clock",
+        help="for tests only (needs STATS_TESTING=1): take the time from this clock file",
+        default="",
+        metavar="PATH",
+    )
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
     return parser
 
@@ -75,6 +82,11 @@ def main(argv: list[str] | None = None) -> int:
     if parser.parse_args(argv).migrations == "only":
         return apply_migrations(parser, argv)
     args, tls, admin_token = start(parser, argv)
+    try:
+        clock = clock_from(args.simulated_clock)
+    except TestingNotAllowed as exc:
+        print(f"{parser.prog}: {exc}", file=sys.stderr)
+        return 1
     config = ServerConfig(
         args.listen,
         prepare_database_url(args.database_url),
@@ -85,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
         global_calls_per_second=args.global_calls_per_second,
         migrate=args.migrations == "apply",
     )
-    return run("aggregation_server", serve(config))
+    return run("aggregation_server", serve(config, clock=clock))
 
 
 def apply_migrations(parser: EnvArgumentParser, argv: list[str] | None) -> int:

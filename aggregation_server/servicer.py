@@ -26,13 +26,12 @@ from printernizer.stats.v1 import (
 )
 
 from stats_common import errors
-from stats_common.errors import Context
+from stats_common.errors import PERIOD_NOT_ENDED, Context
 
 from . import metrics
 from .database import DATABASE_RETRY, database_unreachable
 from .ingest import Ingest
 from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated, WrongKey
-from .validation import PERIOD_NOT_ENDED
 
 log = logging.getLogger(__name__)
 

@@ -23,6 +23,7 @@ from google.protobuf.message import Message
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2
 
 from stats_common.contract import CURRENT_SCHEMA_VERSION
+from stats_common.errors import PERIOD_NOT_ENDED
 from stats_common.identity import ID_BYTES, installation_id_problem, report_id
 from stats_common.weeks import Week
 
@@ -41,11 +42,6 @@ Report = aggregated_stats_pb2.AggregatedStats
 
 # Records one violation: (field, description).
 _Problem = Callable[[str, str], None]
-
-
-# Why a report's period is refused when its week is not over by this server's
-# clock: the agent's clock is ahead, and it sends the report again later.
-PERIOD_NOT_ENDED = "PERIOD_NOT_ENDED"
 
 
 @dataclass(frozen=True)

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from stats_common.cli import EnvArgumentParser, env_flag, positive_int, user_data_dir, user_runtime_dir
+from stats_common.clock import TestingNotAllowed, clock_from, require_testing
 from stats_common.countries import system_timezone
 from stats_common.telemetry import add_telemetry_options, configure
 
@@ -20,6 +21,10 @@ from .agent import AgentConfig
 from .consent import Override
 from .server import ServerConfig, SocketError, serve
 from .storage import StorageError
+
+# A failpoint for tests of the real process (needs STATS_TESTING=1): the agent
+# kills itself with SIGKILL right after committing this many batches.
+KILL_AFTER_COMMITS = "STATS_AGENT_KILL_AFTER_COMMITS"
 
 
 def build_parser() -> EnvArgumentParser:
@@ -62,6 +67,12 @@ def build_parser() -> EnvArgumentParser:
         metavar="PATH",
     )
     parser.add_env_switch("--disable", help="record nothing and send nothing (DO_NOT_TRACK=1 does the same)")
+    parser.add_env_option(
+        "--simulated-clock",
+        help="for tests only (needs STATS_TESTING=1): take the time from this clock file",
+        default="",
+        metavar="PATH",
+    )
     add_telemetry_options(parser)
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
     return parser
@@ -73,6 +84,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.ca_file and not os.access(args.ca_file, os.R_OK):
         print(f"stats_agent: cannot read the --ca-file {args.ca_file}", file=sys.stderr)
         return 1
+    try:
+        clock = clock_from(args.simulated_clock)
+        kill_after_commits = int(os.environ.get(KILL_AFTER_COMMITS, "0") or 0)
+        if kill_after_commits:
+            require_testing(KILL_AFTER_COMMITS)
+    except (TestingNotAllowed, ValueError) as exc:
+        print(f"stats_agent: {exc}", file=sys.stderr)
+        return 1
     config = ServerConfig(
         socket_path=Path(args.socket).expanduser(),
         db_path=Path(args.db).expanduser(),
@@ -83,9 +102,10 @@ def main(argv: list[str] | None = None) -> int:
         ),
         server_address=args.server or None,
         ca_file=args.ca_file or None,
+        kill_after_commits=kill_after_commits,
     )
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, clock=clock))
     except (SocketError, StorageError) as exc:
         print(f"stats_agent: {exc}", file=sys.stderr)
         return 1

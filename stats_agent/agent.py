@@ -23,6 +23,7 @@ from printernizer.stats.v1 import (
     usage_event_pb2,
 )
 
+from stats_common.clock import Clock, SystemClock, as_clock
 from stats_common.contract import CURRENT_SCHEMA_VERSION
 from stats_common.countries import country_for_timezone
 from stats_common.identity import report_id
@@ -43,6 +44,7 @@ from .report import (
     weekly_activity,
 )
 from .storage import AgentStore, BatchIdentity, DeletionRequestRow, OutboxRow, StorageError, disk_full
+from .trusted_time import TrustedTime
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +61,8 @@ MAX_DROPPED_BY_CLIENT = 10**15
 CLIENT_ID_BYTES = 16
 # How long the agent remembers a client's last batch after the client was last heard from.
 BATCH_MEMORY = dt.timedelta(days=30)
+# The newest time the agent has trusted (milliseconds), kept across restarts.
+HIGH_WATER = "clock.high_water"
 # The first week a report or a preview may cover: the week of the earliest
 # event time the agent accepts (before it, there is nothing to count).
 FIRST_WEEK = Week.containing(EARLIEST_EVENT)
@@ -124,16 +128,29 @@ def _batch_identity(client_id: bytes, sequence: int) -> BatchIdentity | None:
     return BatchIdentity(client_id, sequence)
 
 
+async def remembered_time(store: AgentStore) -> dt.datetime | None:
+    """The newest time an agent on this database has trusted, if any."""
+    kept = (await store.settings()).get(HIGH_WATER)
+    return from_millis(int(kept)) if kept else None
+
+
 class StatsAgent:
     def __init__(
         self,
         store: AgentStore,
         config: AgentConfig,
-        clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+        clock: Clock | Callable[[], dt.datetime] | None = None,
+        after_commit: Callable[[], None] | None = None,
+        high_water: dt.datetime | None = None,
     ) -> None:
         self.store = store
         self.config = config
-        self.clock = clock
+        # Every decision reads the time the agent trusts (trusted_time), not the
+        # wall clock as it is: `now()` is that time.
+        self.clock = as_clock(clock or SystemClock())
+        self.time = TrustedTime(self.clock, high_water)
+        self.now = self.time.now
+        self._after_commit = after_commit  # a failpoint for tests of the real process
         self.country = country_for_timezone(config.timezone)
         self._consent: ConsentRecord | None = None  # cached; the agent is the only writer
         self._storage = agent_service_pb2.STORAGE_CONDITION_OK
@@ -150,7 +167,7 @@ class StatsAgent:
     async def set_consent(self, state: int, schema_version: int) -> ConsentRecord:
         consent_mod.check_choice(state, schema_version)
         before = await self.consent()
-        now = self.clock()
+        now = self.now()
         if before.chosen == consent_mod.SHARING and state != consent_mod.SHARING:
             await self._opt_out(state, now)
         elif state == consent_mod.SHARING and before.chosen == consent_mod.SHARING and before.since_time:
@@ -213,12 +230,15 @@ class StatsAgent:
         consent = await self.consent()
         if not consent.recording:
             return RecordResult(stored=0, recording_disabled=True)
-        now = self.clock()
+        reading = self.time.read()
+        now = reading.trusted
         try:  # the request as a whole
             if dropped_by_client > MAX_DROPPED_BY_CLIENT:
                 raise RequestError("dropped_by_client", f"must be at most {MAX_DROPPED_BY_CLIENT:,}")
             batch = _batch_identity(client_id, batch_sequence)
-            decoded = self._decoder.rows(events, now)  # InvalidEvent only for the batch as a whole
+            # Host times come from the same wall clock: checked against it, then
+            # moved as the agent's own time is moved (docs/agent.md, "Time").
+            decoded = self._decoder.rows(events, reading.wall, reading.shift)
         except (InvalidEvent, RequestError):
             await self.store.add_counter("rejected_events", len(events))
             raise
@@ -238,13 +258,23 @@ class StatsAgent:
                 else agent_service_pb2.STORAGE_CONDITION_FAILING
             )
             raise
+        if self._after_commit is not None:
+            self._after_commit()
         self._note_storage(agent_service_pb2.STORAGE_CONDITION_OK)
         return RecordResult(stored.stored, False, stored.refused, stored.duplicate)
+
+    async def remember_time(self) -> None:
+        """Keep the newest time the agent has trusted, so that after a restart
+        its time never runs backwards (trusted_time)."""
+        now = to_millis(self.now())
+        settings = await self.store.settings()
+        if now > int(settings.get(HIGH_WATER, b"0") or 0):
+            await self.store.put_settings({HIGH_WATER: str(now).encode()})
 
     async def forget_old_batches(self) -> int:
         """Forget the batch identities of clients not heard from for a while:
         a client resends within seconds, and a restarted host has a new one."""
-        return await self.store.forget_batches_before(to_millis(self.clock() - BATCH_MEMORY))
+        return await self.store.forget_batches_before(to_millis(self.now() - BATCH_MEMORY))
 
     def _note_storage(self, condition: agent_service_pb2.StorageCondition.ValueType) -> None:
         """Remember whether writes succeed (the status shows it); log each change once."""
@@ -254,7 +284,7 @@ class StatsAgent:
             log.warning("storage: writes succeed again")
         else:
             log.warning("storage: %s", agent_service_pb2.StorageCondition.Name(condition))
-        self._storage, self._storage_since = condition, self.clock()
+        self._storage, self._storage_since = condition, self.now()
 
     # --- reports -------------------------------------------------------------------
 
@@ -276,7 +306,7 @@ class StatsAgent:
             installation_id=PLACEHOLDER_ID,
             report_id=PLACEHOLDER_ID,
             consented_schema_version=CURRENT_SCHEMA_VERSION,
-            consent_since=self.clock(),
+            consent_since=self.now(),
             since_sequence=await self.store.last_sequence(),
             country=self.country,
         )
@@ -284,7 +314,7 @@ class StatsAgent:
     async def next_report_week(self) -> Week:
         """The week the next report covers: the oldest finished week since
         consent that was neither sent nor given up, else the week in progress."""
-        now = self.clock()
+        now = self.now()
         current = Week.containing(now)
         consent = await self.consent()
         if not consent.sharing or consent.since_time is None:
@@ -297,8 +327,7 @@ class StatsAgent:
 
     async def _weeks_done(self) -> set[int]:
         """Weeks whose report needs nothing more: sent, or given up (dropped or evicted)."""
-        sent = {row.week for row in await self.store.sent_reports(MAX_LEDGER)}
-        return sent | await self.store.given_up_weeks()
+        return await self.store.sent_weeks() | await self.store.given_up_weeks()
 
     async def queue_finished_weeks(self) -> int:
         """Queue the report of every finished week since opting in that is not
@@ -309,7 +338,15 @@ class StatsAgent:
         identity = await self.identity()
         if not consent.sharing or identity is None or consent.since_time is None:
             return 0
-        now = self.clock()
+        now = self.now()
+        # A report frozen before its week was over (the clock was ahead, as the
+        # agent found out since) must not be sent: it is built again later.
+        early = [row.week for row in await self.store.outbox() if Week.from_key(row.week).end > now]
+        if early:
+            log.warning(
+                "%d queued report(s) are for weeks not over yet; built again when they are", len(early)
+            )
+            await self.store.unqueue(early)
         last_finished = Week.containing(now).previous()
         first = Week.containing(consent.since_time)
         if last_finished < first:
@@ -345,7 +382,7 @@ class StatsAgent:
 
     async def report_bytes(self, week: Week) -> bytes:
         """The exact bytes a submission would carry for `week` now."""
-        report = await build_report(self.store, week, await self.report_scope(week), self.clock())
+        report = await build_report(self.store, week, await self.report_scope(week), self.now())
         return report.SerializeToString(deterministic=True)
 
     def requested_week(self, year: int, week: int) -> Week:
@@ -355,7 +392,7 @@ class StatsAgent:
             chosen = Week(year, week)
         except ValueError:
             raise RequestError("week", f"{year}-W{week} is not an ISO week") from None
-        if chosen > Week.containing(self.clock()):
+        if chosen > Week.containing(self.now()):
             raise RequestError("week", f"{chosen} is in the future")
         if chosen < FIRST_WEEK:
             raise RequestError("week", f"{chosen} is before {FIRST_WEEK}, the week of the earliest event")
@@ -381,7 +418,7 @@ class StatsAgent:
             weeks = DEFAULT_LOCAL_WEEKS
         if not 1 <= weeks <= MAX_LOCAL_WEEKS:
             raise RequestError("weeks", f"must be between 1 and {MAX_LOCAL_WEEKS}")
-        now = self.clock()
+        now = self.now()
         current = Week.containing(now)
         first = Week.containing(current.start - dt.timedelta(weeks=weeks - 1))
         kept = await self.store.week_summaries()
@@ -396,9 +433,9 @@ class StatsAgent:
     async def local_stats(self, weeks: int) -> agent_service_pb2.GetLocalStatsResponse:
         activity = await self.local_activity(weeks)
         consent = await self.consent()
-        current = Week.containing(self.clock())
+        current = Week.containing(self.now())
         scope = await self.report_scope(current)
-        report = await build_report(self.store, current, scope, self.clock())
+        report = await build_report(self.store, current, scope, self.now())
         response = agent_service_pb2.GetLocalStatsResponse(
             consent=consent.to_proto(),
             installation=report.installation,
@@ -479,7 +516,7 @@ class StatsAgent:
         consent = await self.consent()
         queued = len(await self.store.outbox())  # queued reports are deleted too (by the opt-out or below)
         if consent.chosen == consent_mod.SHARING:
-            await self._opt_out(consent_mod.LOCAL_ONLY, self.clock())
+            await self._opt_out(consent_mod.LOCAL_ONLY, self.now())
         events, reports = await self.store.delete_all(keep_settings=consent_mod.CONSENT_KEYS)
         self._consent = None
         return events, reports + queued
@@ -516,29 +553,38 @@ class StatsAgent:
     # --- retention -------------------------------------------------------------------
 
     async def prune(self) -> int:
-        """Delete raw events of whole weeks older than the retention period,
-        keeping each pruned week's figures for the user's own view."""
-        now = self.clock()
-        cutoff = Week.containing(now - dt.timedelta(days=self.config.retention_days)).start
-        oldest = await self.store.oldest_event_time()
-        if oldest is None or from_millis(oldest) >= cutoff:
-            return 0
+        """Delete the raw events dated before the retention cutoff (the start of
+        the week `retention_days` ago), except the state in force at the
+        cutoff, keeping each pruned week's figures for the user's own view."""
+        now = self.now()
+        cutoff = Week.containing(now - dt.timedelta(days=self.config.retention_days))
+        cutoff_ms = to_millis(cutoff.start)
+        keep = await self._state_in_force(cutoff_ms)
+        if await self.store.count_events_before(cutoff_ms) <= len(keep):
+            return 0  # nothing before the cutoff but the state in force
+        first = await self.store.first_week_with_events()
+        assert first is not None  # there are events before the cutoff
         kept = await self.store.week_summaries()
         summaries = {}
-        for week in weeks_between(Week.containing(from_millis(oldest)), Week.containing(cutoff).previous()):
+        for week in weeks_between(Week.containing(from_millis(first)), cutoff.previous()):
             if week.key not in kept:
                 summary = await weekly_activity(self.store, week, now)
                 summaries[week.key] = summary.SerializeToString(deterministic=True)
-        # The state in force at the cutoff stays: a run that began before it, the
-        # fleet, each feature's setting.
-        cutoff_ms = to_millis(cutoff)
-        keep = [
-            row.seq
-            for kind in (APP_STARTED, APP_STOPPED, FLEET_OBSERVED)
-            if (row := await self.store.latest_of_kind(kind, cutoff_ms)) is not None
-        ]
-        keep += await self.store.latest_sequences_per_value((FEATURE_ENABLED, FEATURE_DISABLED), cutoff_ms)
         deleted = await self.store.prune_events_before(cutoff_ms, summaries, keep)
         if deleted:
-            log.info("pruned %d events older than %s", deleted, cutoff.date())
+            log.info("pruned %d events older than %s", deleted, cutoff.start.date())
         return deleted
+
+    async def _state_in_force(self, moment: int) -> set[int]:
+        """The sequence numbers of the events that say what held at `moment`: the
+        latest app start, app stop and fleet, and each feature's latest setting.
+        A report reads runs only from the starts and stops stored after opting
+        in, so the latest of those stay too."""
+        runs = (APP_STARTED, APP_STOPPED)
+        latest = [await self.store.latest_of_kind(kind, moment) for kind in (*runs, FLEET_OBSERVED)]
+        consent = await self.consent()
+        if consent.chosen == consent_mod.SHARING:
+            latest += [await self.store.latest_of_kind(kind, moment, consent.since_sequence) for kind in runs]
+        keep = {row.seq for row in latest if row is not None}
+        keep.update(await self.store.latest_sequences_per_value((FEATURE_ENABLED, FEATURE_DISABLED), moment))
+        return keep

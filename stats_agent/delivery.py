@@ -33,7 +33,7 @@ from dataclasses import dataclass
 import grpc
 from printernizer.stats.v1 import agent_service_pb2, ingest_service_pb2, ingest_service_pb2_grpc
 
-from stats_common.errors import retry_delay
+from stats_common.errors import PERIOD_NOT_ENDED, error_reason, retry_delay
 from stats_common.known_fields import discard_unknown_fields
 from stats_common.telemetry import grpc_client_interceptors
 from stats_common.weeks import Week
@@ -125,7 +125,7 @@ class Uplink:
 
 async def deliver(agent: StatsAgent, uplink: Uplink) -> Delivery:
     """Send pending deletion requests and the outbox once; record the outcome."""
-    now = agent.clock()
+    now = agent.now()
     await _send_deletions(agent, uplink, now)
     consent = await agent.consent()
     identity = await agent.identity()
@@ -142,6 +142,17 @@ async def deliver(agent: StatsAgent, uplink: Uplink) -> Delivery:
             response = await uplink.submit(_submission(identity, reports))
         except grpc.aio.AioRpcError as exc:
             code = exc.code()
+            if not_over := _period_not_ended(exc):
+                # The agent's clock is ahead: the server says which time it is,
+                # and the reports wait until their weeks are over (not given up).
+                agent.time.learn(not_over)
+                if len(reports) > 1:
+                    submissions += [[row] for row in reports]  # which of them?
+                    continue
+                await agent.store.unqueue([row.week for row in reports])
+                log.warning("the server says a week is not over yet: this machine's clock is ahead")
+                worst = _worse(worst, Delivery(agent_service_pb2.DELIVERY_OUTCOME_RETRYING, [], code.name))
+                continue
             if code in TRANSIENT:
                 # Nothing more gets through now: the rest waits too.
                 retrying = Delivery(
@@ -154,6 +165,8 @@ async def deliver(agent: StatsAgent, uplink: Uplink) -> Delivery:
                 continue
             worst = _worse(worst, await _failed(agent, reports, code, now))
             continue
+        if response.HasField("server_time"):
+            agent.time.learn(response.server_time.ToDatetime(dt.UTC))
         if [r.report_id for r in response.receipts] != [row.report_id for row in reports]:
             # Not the receipts of what was sent: nothing can be moved to the
             # ledger. Counted as a server error (the reports stay queued, and a
@@ -164,6 +177,18 @@ async def deliver(agent: StatsAgent, uplink: Uplink) -> Delivery:
         receipts += await _accepted(agent, reports, response)
     await agent.store.record_delivery(to_millis(now), worst.outcome, worst.failure_code)
     return Delivery(worst.outcome, receipts, worst.failure_code, worst.retry_after)
+
+
+def _period_not_ended(error: grpc.aio.AioRpcError) -> dt.datetime | None:
+    """The server's time, when it refused a report because its week is not over."""
+    reason = error_reason(error)
+    if reason is None or reason[0] != PERIOD_NOT_ENDED:
+        return None
+    try:
+        told = dt.datetime.fromisoformat(reason[1].get("server_time", ""))
+    except ValueError:
+        return None
+    return told if told.tzinfo is not None else None
 
 
 def _submission(identity: Identity, reports: Sequence[OutboxRow]) -> ingest_service_pb2.SubmitReportsRequest:
@@ -180,7 +205,7 @@ async def _accepted(
 ) -> list[ingest_service_pb2.ReportReceipt]:
     """Move accepted reports to the ledger with their receipts, which keep
     only the fields this agent knows."""
-    sent_at = to_millis(agent.clock())
+    sent_at = to_millis(agent.now())
     receipts = list(response.receipts)
     for receipt in receipts:
         discard_unknown_fields(receipt)
@@ -279,9 +304,11 @@ class Courier:
     weeks, prune old events, and deliver what is due. Opting out cancels a
     submission in flight and wakes it to send the deletion request."""
 
-    def __init__(self, agent: StatsAgent, uplink: Uplink | None) -> None:
+    def __init__(self, agent: StatsAgent, uplink: Uplink | None, longest_wait: float | None = None) -> None:
         self.agent = agent
         self.uplink = uplink
+        # How long the loop sleeps at most between two looks at the time.
+        self.longest_wait = longest_wait or MAINTENANCE_INTERVAL_SECONDS
         self._wake = asyncio.Event()
         self._submission: asyncio.Task[Delivery] | None = None
         self._not_before: dt.datetime | None = None
@@ -306,17 +333,18 @@ class Courier:
             self._wake.clear()
 
     def _seconds_until_next_tick(self) -> float:
-        """The hour, or sooner when a retry is due."""
+        """The hour (or the longest wait), or sooner when a retry is due."""
         if self._not_before is None:
-            return MAINTENANCE_INTERVAL_SECONDS
-        waiting = (self._not_before - self.agent.clock()).total_seconds()
-        return max(0.0, min(MAINTENANCE_INTERVAL_SECONDS, waiting))
+            return self.longest_wait
+        waiting = (self._not_before - self.agent.now()).total_seconds()
+        return max(0.0, min(self.longest_wait, waiting))
 
     async def tick(self) -> None:
         for task, what in (
             (self.agent.queue_finished_weeks, "queueing reports"),
             (self.agent.prune, "pruning old events"),
             (self.agent.forget_old_batches, "forgetting old batch identities"),
+            (self.agent.remember_time, "keeping the time"),
             (self._deliver_if_due, "delivering reports"),
         ):
             try:
@@ -327,7 +355,7 @@ class Courier:
     async def _deliver_if_due(self) -> None:
         if self.uplink is None:
             return
-        now = self.agent.clock()
+        now = self.agent.now()
         queued = await self.agent.store.outbox()
         identity = await self.agent.identity()
         due = (
@@ -367,7 +395,7 @@ class Courier:
             # The server's RetryInfo wins; else back off, and after a bound wait for the hour.
             # A server that stays down is then tried once an hour, not in bursts.
             delay = delivery.retry_after or self._backoff.next_delay(self._rng) or RETRY_INTERVAL
-            self._not_before = self.agent.clock() + delay
+            self._not_before = self.agent.now() + delay
         else:
             self._backoff.reset()
             self._not_before = None

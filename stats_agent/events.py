@@ -268,10 +268,19 @@ class EventDecoder:
         self._stripped_kinds: dict[bytes, tuple[int, bytes | None]] = {}
         self._stripped_times: dict[bytes, int] = {}
 
-    def rows(self, events: Sequence[usage_event_pb2.UsageEvent], now: dt.datetime) -> DecodedBatch:
+    def rows(
+        self,
+        events: Sequence[usage_event_pb2.UsageEvent],
+        now: dt.datetime,
+        shift: dt.timedelta = dt.timedelta(),
+    ) -> DecodedBatch:
         """The valid events of a batch as rows, and the refused ones with the
         field at fault, relative to the event ("job_created.printer_type").
-        InvalidEvent only for the batch as a whole (too many events)."""
+        InvalidEvent only for the batch as a whole (too many events).
+
+        Event times are checked against `now` (the wall clock they were read
+        from), then `shift` is added to them (to an unset one, `now`'s): the
+        agent's correction of a wall clock that jumped."""
         if len(events) > MAX_BATCH_EVENTS:
             raise InvalidEvent("events", f"at most {MAX_BATCH_EVENTS} events per call, got {len(events)}")
         now_ms = to_millis(now)
@@ -312,6 +321,9 @@ class EventDecoder:
                 refused.append(
                     agent_service_pb2.RefusedEvent(index=index, field=exc.field, reason=exc.description)
                 )
+        if shift:
+            moved = to_millis(now + shift) - now_ms
+            rows = [(occurred + moved, shape, payload) for occurred, shape, payload in rows]
         return DecodedBatch(rows, len(stripped), refused)
 
     def _time(self, index: int, stamp: bytes, stripped: set[int]) -> int | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
+import itertools
 import logging
 import os
 import signal
@@ -19,9 +20,10 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
 
+from stats_common.clock import Clock, SimulatedClock, require_testing
 from stats_common.interceptors import RejectUndecodableRequests
 
-from .agent import AgentConfig, StatsAgent
+from .agent import AgentConfig, StatsAgent, remembered_time
 from .delivery import Courier, Uplink
 from .metrics import AgentMetrics
 from .servicer import AgentServicer
@@ -49,6 +51,9 @@ class ServerConfig:
     # (None: the system's CAs). Without a server nothing is ever sent.
     server_address: str | None = None
     ca_file: str | None = None
+    # For tests of the real process only (STATS_TESTING=1): kill the agent
+    # with SIGKILL right after it commits this many batches, before it answers.
+    kill_after_commits: int = 0
 
 
 def prepare_socket_path(path: Path) -> None:
@@ -125,10 +130,25 @@ async def _start_server(
     return server, health_servicer
 
 
+def _killer(after_commits: int) -> Callable[[], None] | None:
+    """A failpoint for tests: SIGKILL this process at the given commit (a
+    committed batch whose answer is never sent, as a crash would leave it)."""
+    if not after_commits:
+        return None
+    require_testing("killing the agent after a commit")
+    commits = itertools.count(1)
+
+    def after_commit() -> None:
+        if next(commits) == after_commits:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    return after_commit
+
+
 async def serve(
     config: ServerConfig,
     stop: asyncio.Event | None = None,
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
+    clock: Clock | Callable[[], dt.datetime] | None = None,
 ) -> None:
     """Run the agent until `stop` is set (or SIGTERM/SIGINT), then stop
     gracefully: calls in progress finish, so accepted events are committed.
@@ -136,10 +156,17 @@ async def serve(
     prepare_socket_path(config.socket_path)
     socket_path = config.socket_path.absolute()
     store = await AgentStore.open(config.db_path)
-    agent = StatsAgent(store, config.agent, clock)
+    agent = StatsAgent(
+        store,
+        config.agent,
+        clock,
+        after_commit=_killer(config.kill_after_commits),
+        high_water=await remembered_time(store),
+    )
     AgentMetrics(agent, asyncio.get_running_loop())
     uplink = Uplink(config.server_address, config.ca_file) if config.server_address else None
-    courier = Courier(agent, uplink)
+    # A simulated clock moves as a test says: look at it every second, not every hour.
+    courier = Courier(agent, uplink, longest_wait=1.0 if isinstance(clock, SimulatedClock) else None)
     try:
         server, health_servicer = await _start_server(socket_path, agent, courier)
     except BaseException:
@@ -165,6 +192,8 @@ async def serve(
             await background
         if uplink is not None:
             await uplink.close()
+        with contextlib.suppress(Exception):  # a full disk, say: it was kept hourly anyway
+            await agent.remember_time()
         await store.close()
         with contextlib.suppress(FileNotFoundError):
             socket_path.unlink()

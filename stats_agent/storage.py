@@ -17,7 +17,7 @@ import asyncio
 import fcntl
 import os
 import sqlite3
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import AsyncIterator, Collection, Iterable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -612,16 +612,15 @@ class AgentStore:
         row = await self._one("SELECT recorded_at FROM events ORDER BY seq LIMIT 1")
         return int(row[0]) if row else None
 
-    async def oldest_event_time(self) -> int | None:
-        row = await self._one("SELECT MIN(week) FROM event_weeks")
-        if row is None or row[0] is None:
-            return None
-        start = WEEK_EPOCH_MS + int(row[0]) * WEEK_MS
-        seqs = await self._seq_range(start, start + WEEK_MS)
-        if seqs is None:
-            return None
-        oldest = await self._one("SELECT MIN(occurred_at) FROM events WHERE seq BETWEEN ? AND ?", seqs)
-        return int(oldest[0]) if oldest and oldest[0] is not None else None
+    async def first_week_with_events(self) -> int | None:
+        """The start of the oldest week that holds stored events, from the
+        per-week counts (which, unlike the week ranges, count every stored event)."""
+        week = await self._scalar(self._db, "SELECT MIN(week) FROM week_shapes WHERE count > 0")
+        return None if week is None else WEEK_EPOCH_MS + week * WEEK_MS
+
+    async def count_events_before(self, moment: int) -> int:
+        """How many stored events are dated before `moment` (a week's start), from the per-week counts."""
+        return await self._scalar(self._db, _EVENTS_BEFORE_WEEK, (week_index(moment),)) or 0
 
     async def export_events(self, page_size: int) -> AsyncIterator[list[StoredRow]]:
         """Every stored event, oldest first, in pages (keyset pagination)."""
@@ -637,34 +636,52 @@ class AgentStore:
             after = page[-1].seq
             yield page
 
-    async def prune_events_before(self, cutoff: int, summaries: dict[int, bytes], keep: Sequence[int]) -> int:
+    async def prune_events_before(
+        self, cutoff: int, summaries: dict[int, bytes], keep: Collection[int]
+    ) -> int:
         """Delete raw events dated before `cutoff` (a week's start), except the
         sequence numbers in `keep` (the state in force at the cutoff), and keep
         the given weekly summaries (week key -> serialized WeeklyActivity), all
         in one transaction."""
+        # With nothing to keep, exclude nothing: `seq NOT IN (NULL)` is never true.
+        not_kept = f" AND seq NOT IN ({', '.join(str(int(seq)) for seq in keep)})" if keep else ""
+        old = f"occurred_at < ?{not_kept}"
+        # Where old events are: the old weeks' ranges, and old state events (a
+        # state event kept at an earlier pruning may be superseded by now).
+        places: list[tuple[str, tuple[int, ...]]] = [
+            (f"seq IN (SELECT seq FROM state_events WHERE {old})", (cutoff,))  # noqa: S608 - integers
+        ]
         seqs = await self._seq_range(0, cutoff)
-        kept = ", ".join(str(int(seq)) for seq in keep) or "NULL"
-        # Old weeks' ranges, plus old state events (a state event kept at an
-        # earlier pruning may be superseded by now).
-        old_state = f"SELECT seq FROM state_events WHERE occurred_at < ? AND seq NOT IN ({kept})"  # noqa: S608
-        conditions = [f"seq IN ({old_state})"]
-        params: list[tuple[int, ...]] = [(cutoff,)]
         if seqs is not None:
-            conditions.append(f"seq BETWEEN ? AND ? AND occurred_at < ? AND seq NOT IN ({kept})")
-            params.append((*seqs, cutoff))
+            places.append((f"seq BETWEEN ? AND ? AND {old}", (*seqs, cutoff)))
         deleted = 0
         async with self._transaction() as db:
             await db.executemany(
                 "INSERT OR REPLACE INTO week_summaries (week, activity) VALUES (?, ?)",
                 list(summaries.items()),
             )
-            for where, values in zip(conditions, params, strict=True):
-                await db.execute(_count_shapes(where, sign="-"), values)
-                cursor = await db.execute(f"DELETE FROM events WHERE {where}", values)  # noqa: S608
-                deleted += cursor.rowcount
+            for where, values in places:
+                deleted += await self._delete_events(db, where, values)
+            # Old events no range holds: an earlier agent, with no state to
+            # keep, forgot the old weeks' ranges without deleting their events.
+            # The per-week counts still hold them, so they show as more old
+            # events than old state events; one scan deletes them.
+            left = await self._scalar(db, _EVENTS_BEFORE_WEEK, (week_index(cutoff),))
+            state = await self._scalar(
+                db, "SELECT COUNT(*) FROM state_events WHERE occurred_at < ?", (cutoff,)
+            )
+            if left != state:
+                deleted += await self._delete_events(db, old, (cutoff,))
             await db.execute("DELETE FROM week_shapes WHERE count <= 0")
             await db.execute("DELETE FROM event_weeks WHERE week < ?", (week_index(cutoff),))
         return deleted
+
+    @staticmethod
+    async def _delete_events(db: aiosqlite.Connection, where: str, values: Sequence[object]) -> int:
+        """Delete the events matching `where`, taking them off the per-week counts first."""
+        await db.execute(_count_shapes(where, sign="-"), values)
+        cursor = await db.execute(f"DELETE FROM events WHERE {where}", values)  # noqa: S608
+        return int(cursor.rowcount)
 
     async def week_summaries(self) -> dict[int, bytes]:
         rows = await self._all("SELECT week, activity FROM week_summaries")
@@ -714,6 +731,10 @@ class AgentStore:
             (limit,),
         )
         return [SentReportRow(bytes(r[0]), int(r[1]), bytes(r[2]), bytes(r[3]), int(r[4])) for r in rows]
+
+    async def sent_weeks(self) -> set[int]:
+        """Every week whose report is in the ledger (all of them, not only the latest listed)."""
+        return {int(row[0]) for row in await self._all("SELECT DISTINCT week FROM sent_reports")}
 
     async def last_sent_at(self) -> int | None:
         row = await self._one("SELECT MAX(sent_at) FROM sent_reports")
@@ -820,6 +841,13 @@ class AgentStore:
         marks = ",".join("?" * len(weeks)) or "NULL"
         return await self._outbox_rows(f"WHERE week IN ({marks})", tuple(weeks))
 
+    async def unqueue(self, weeks: Sequence[int]) -> None:
+        """Take reports out of the outbox without giving their weeks up: they
+        were frozen before their week was over (a clock that was ahead), and
+        are built again once it is."""
+        async with self._transaction() as db:
+            await db.executemany("DELETE FROM outbox WHERE week = ?", [(week,) for week in weeks])
+
     async def drop_outbox(self, weeks: Sequence[int], reason: str, at: int) -> None:
         """Give up reports the server will never take (counted as dropped);
         `reason` is the gRPC code's name."""
@@ -890,6 +918,7 @@ class AgentStore:
 
 
 _EVENT_COLUMNS = "e.seq, e.recorded_at, e.occurred_at, e.shape, e.payload"
+_EVENTS_BEFORE_WEEK = "SELECT COALESCE(SUM(count), 0) FROM week_shapes WHERE week < ?"
 _INSERT_SENT = (
     "INSERT OR REPLACE INTO sent_reports (report_id, week, report, receipt, sent_at) VALUES (?, ?, ?, ?, ?)"
 )

@@ -21,11 +21,14 @@ missing file means both 0. It is accepted only where STATS_TESTING=1 is set
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import datetime as dt
 import json
 import math
 import os
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
 
@@ -40,9 +43,26 @@ class Clock(Protocol):
     def elapsed(self) -> float:
         """Seconds on a clock that never jumps (its zero means nothing)."""
 
+    def synchronized(self) -> bool:
+        """Whether the wall clock is kept right by a time service (NTP) now."""
+
 
 def _boottime() -> float:
     return time.clock_gettime(time.CLOCK_BOOTTIME) if hasattr(time, "CLOCK_BOOTTIME") else time.monotonic()
+
+
+# adjtimex(2) answers TIME_ERROR while no time service keeps the clock right.
+_TIME_ERROR = 5
+_TIMEX_BYTES = 512  # more than struct timex takes on any Linux
+
+
+def _kernel_says_synchronized() -> bool:
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        state = int(libc.adjtimex(ctypes.create_string_buffer(_TIMEX_BYTES)))  # modes 0: only reads
+    except (OSError, AttributeError):
+        return False  # not Linux, or no adjtimex: unknown, so not trusted
+    return 0 <= state < _TIME_ERROR
 
 
 class SystemClock:
@@ -53,6 +73,9 @@ class SystemClock:
 
     def elapsed(self) -> float:
         return _boottime()
+
+    def synchronized(self) -> bool:
+        return _kernel_says_synchronized()
 
 
 class TestingNotAllowed(Exception):
@@ -106,6 +129,9 @@ class SimulatedClock:
         self._read()
         return _boottime() + self.advance
 
+    def synchronized(self) -> bool:
+        return False  # a simulated wall clock is whatever the test says
+
     @staticmethod
     def write(path: str | os.PathLike[str], advance: float = 0.0, wall_error: float = 0.0) -> None:
         """Set a simulated clock's file (for tests); replaced whole, so a reader never sees half of it."""
@@ -118,3 +144,27 @@ class SimulatedClock:
 def clock_from(path: str) -> Clock:
     """The simulated clock of the file at `path`, or the machine's when `path` is empty."""
     return SimulatedClock(path) if path else SystemClock()
+
+
+class _WallOnly:
+    """A bare wall-clock function taken as a clock that time simply follows
+    (for callers that only ever set the time, such as benchmarks)."""
+
+    def __init__(self, wall: Callable[[], dt.datetime]) -> None:
+        self._wall = wall
+
+    def __call__(self) -> dt.datetime:
+        return self._wall()
+
+    def elapsed(self) -> float:
+        return self._wall().timestamp()
+
+    def synchronized(self) -> bool:
+        return True
+
+
+def as_clock(clock: Clock | Callable[[], dt.datetime]) -> Clock:
+    """`clock`, or a bare function of the wall-clock time made into a Clock."""
+    if hasattr(clock, "elapsed") and hasattr(clock, "synchronized"):
+        return clock
+    return _WallOnly(clock)

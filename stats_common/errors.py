@@ -28,8 +28,11 @@ async def _abort(context: Context, code: int, message: str, *details: object) ->
     raise AssertionError("abort_with_status returned")  # pragma: no cover - abort always raises
 
 
-# The domain of this project's google.rpc.ErrorInfo reasons.
+# The domain of this project's google.rpc.ErrorInfo reasons, and the reasons.
 ERROR_DOMAIN = "stats.printernizer"
+# A report whose week is not over by the aggregation server's clock: the
+# agent's clock is ahead; it keeps the report and learns the time.
+PERIOD_NOT_ENDED = "PERIOD_NOT_ENDED"
 
 
 async def invalid_argument(

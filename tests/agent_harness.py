@@ -225,13 +225,26 @@ def times_this_week(count: int) -> list[dt.datetime]:
 
 
 class FakeClock:
-    """A clock for StatsAgent that a test sets by hand."""
+    """A clock for StatsAgent that a test sets by hand: moving `now` is time
+    passing (the elapsed time moves with it); `wall_error` sets the wall clock
+    wrong, and only the wall clock (a clock that jumps)."""
 
     def __init__(self, now: dt.datetime) -> None:
         self.now = now
+        self.wall_error = dt.timedelta()
+        self.time_service = False  # whether an NTP keeps the wall clock right
 
     def __call__(self) -> dt.datetime:
-        return self.now
+        return self.now + self.wall_error
+
+    def elapsed(self) -> float:
+        return (self.now - _ELAPSED_ZERO).total_seconds()
+
+    def synchronized(self) -> bool:
+        return self.time_service
+
+
+_ELAPSED_ZERO = dt.datetime(2000, 1, 1, tzinfo=UTC)
 
 
 # --- a running agent ----------------------------------------------------------------------
@@ -424,7 +437,9 @@ class AgentProcess:
     def target(self) -> str:
         return f"unix:{self.socket_path}"
 
-    async def start(self) -> None:
+    async def start(self, wait: bool = True) -> None:
+        """Start the process and, with `wait`, wait until it serves (an agent
+        set to kill itself may be gone before a probe sees it serving)."""
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(
                 agent_command(self.socket_path, self.db_path, *self.extra_args),
@@ -435,6 +450,8 @@ class AgentProcess:
                 stderr=log,
             )
         process = self.process
+        if not wait:
+            return
         try:
             await wait_until_serving(self.target, alive=lambda: process.poll() is None)
         except (RuntimeError, TimeoutError) as exc:

@@ -112,6 +112,8 @@ def stored(agent: RunningAgent) -> tuple[dict[str, list[tuple[Any, ...]]], int]:
     # A refused batch with an identity is remembered with its answer (so a
     # resent one gets the same answer): not a change of what is stored.
     rows.pop("client_batches", None)
+    # Nor is the newest time the agent has seen, which it keeps on its own schedule.
+    rows["settings"] = [row for row in rows.get("settings", []) if row[0] != "clock.high_water"]
     return rows, rejected
 
 

@@ -36,6 +36,9 @@ W = Week(2026, 40)
 @pytest.fixture
 async def agent(tmp_path: Path) -> AsyncIterator[StatsAgent]:
     clock = FakeClock(W.start + dt.timedelta(days=1))
+    # The agent lives in a past week while the server runs on the real time: its
+    # clock is taken as kept right, so the server's time does not overrule it.
+    clock.time_service = True
     store = await AgentStore.open(tmp_path / "agent.db")
     opened = StatsAgent(store, AgentConfig("Europe/Berlin", 400, Override()), clock=clock)
     await opened.set_consent(SHARING, 1)

@@ -41,6 +41,7 @@ W45, W46 = Week(2026, 45), Week(2026, 46)
 @pytest.fixture
 async def agent(tmp_path: Path) -> AsyncIterator[StatsAgent]:
     clock = FakeClock(NEW_YEAR_WEEK.start)
+    clock.time_service = True  # a past week, kept as it is: the real server's time does not overrule it
     store = await AgentStore.open(tmp_path / "agent.db")
     opened = StatsAgent(store, AgentConfig("Europe/Berlin", 800, Override()), clock=clock)
     await opened.set_consent(SHARING, 1)

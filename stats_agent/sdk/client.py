@@ -36,6 +36,7 @@ from google.protobuf import timestamp_pb2
 from printernizer.stats.v1 import agent_service_pb2, usage_event_pb2
 
 from stats_common.cli import user_runtime_dir
+from stats_common.clock import SimulatedClock, testing_allowed
 
 from ..events import KINDS_BY_NAME, MAX_BATCH_EVENTS, InvalidEvent, validate
 from ._generated.printernizer.stats.v1 import (
@@ -66,6 +67,7 @@ log = logging.getLogger(__name__)
 RECORD_EVENTS = "/printernizer.stats.v1.AgentService/RecordEvents"
 _now = time.time
 SOCKET_ENVIRONMENT = "STATS_AGENT_SOCKET"
+SIMULATED_CLOCK_ENVIRONMENT = "STATS_AGENT_SIMULATED_CLOCK"
 # Cached encodings kept at most (distinct kinds are few; seconds roll over).
 _CACHE_LIMIT = 4096
 # After the agent says recording is disabled, ask again this much later.
@@ -220,6 +222,17 @@ def _key_of(event: UsageEvent) -> tuple[float | None, Any]:
     return when, (name, *(int(getattr(body, f.name)) for f in spec.columns))
 
 
+def _use_simulated_clock() -> None:
+    """In tests of the real processes (STATS_TESTING=1), the host stamps its
+    events with the agent's simulated clock (stats_common.clock), as a host and
+    its agent share one clock on a machine."""
+    global _now
+    path = os.environ.get(SIMULATED_CLOCK_ENVIRONMENT, "")
+    if path and testing_allowed():
+        clock = SimulatedClock(path)
+        _now = lambda: clock().timestamp()  # noqa: E731 - the hot path calls a plain function
+
+
 class StatsClient:
     """Records usage events for the local stats agent.
 
@@ -240,6 +253,7 @@ class StatsClient:
     ) -> None:
         path = socket_path or os.environ.get(SOCKET_ENVIRONMENT) or user_runtime_dir() / "agent.sock"
         self.socket_path = Path(path)
+        _use_simulated_clock()
         self._max_buffered = max_buffered
         self._batch_size = batch_size  # send when this many are waiting
         self._max_batch = max(batch_size, min(max_batch, MAX_BATCH_EVENTS))  # at most this many per call
@@ -533,11 +547,14 @@ class StatsClient:
                 self._take_batch()
                 if not self._pending_sequence:
                     return 0.0
-                request = b"".join(self._pending) + agent_service_pb2.RecordEventsRequest(
-                    dropped_by_client=self._pending_dropped,
-                    client_id=self._client_id,
-                    batch_sequence=self._pending_sequence,
-                ).SerializeToString()
+                request = (
+                    b"".join(self._pending)
+                    + agent_service_pb2.RecordEventsRequest(
+                        dropped_by_client=self._pending_dropped,
+                        client_id=self._client_id,
+                        batch_sequence=self._pending_sequence,
+                    ).SerializeToString()
+                )
                 try:
                     response = call(request, timeout=self._call_timeout)
                 except grpc.RpcError as exc:
