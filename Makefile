@@ -9,17 +9,22 @@ STAMP := $(VENV)/.installed
 .PHONY: setup demo test check lint typecheck proto-check generate check-generated \
         contract-release constraints clean
 
+# Each folder below is a distribution (its pyproject.toml); the root one is the
+# whole system. All are installed editable, at the versions constraints.txt locks.
+DISTRIBUTIONS := gen stats_common sdk stats_agent aggregation_server analytics_server gateway stats_demo
+
 # Re-installs whenever the dependencies change.
-$(STAMP): pyproject.toml constraints.txt
+$(STAMP): pyproject.toml $(DISTRIBUTIONS:%=%/pyproject.toml) constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --constraint constraints.txt --editable '.[dev]'
+	$(BIN)/python -m pip install --quiet --constraint constraints.txt \
+		$(DISTRIBUTIONS:%=--editable ./%) --editable '.[dev]'
 	touch $(STAMP)
 
 setup: $(STAMP)
 
 ## The main job: start what exists on embedded defaults and show it working.
 demo: setup
-	$(BIN)/python -m stats_demo
+	$(BIN)/python -m printernizer_stats.demo
 
 ## Every check and every test (what CI runs).
 test: check
@@ -60,7 +65,7 @@ contract-release: setup
 
 ## Refresh constraints.txt (the full pinned dependency set) from .venv.
 constraints: setup
-	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^printernizer-stats' > constraints.txt
+	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^printernizer[-_]stats' > constraints.txt
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache .pytest_cache

@@ -25,10 +25,9 @@ import time
 from pathlib import Path
 
 from printernizer.stats.v1 import common_pb2, usage_event_pb2
-
-from stats_agent.events import EventDecoder
-from stats_agent.sdk import Component, PrinterType, StatsClient
-from stats_agent.storage import AgentStore, BatchIdentity
+from printernizer_stats.agent.storage import AgentStore, BatchIdentity
+from printernizer_stats.common.events import EventDecoder
+from printernizer_stats.sdk import Component, PrinterType, StatsClient
 
 from .harness import print_table, running_agent
 

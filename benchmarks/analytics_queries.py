@@ -26,14 +26,13 @@ from typing import Any
 
 from printernizer.stats.v1 import analytics_service_pb2 as api
 from printernizer.stats.v1 import country_pb2
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import async_url, create_sync_engine, upgrade
+from printernizer_stats.analytics.queries import Analytics, weeks_ending
+from printernizer_stats.analytics.rollups import Rollups
+from printernizer_stats.common.weeks import Week
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from aggregation_server import schema
-from aggregation_server.database import async_url, create_sync_engine, upgrade
-from analytics_server.queries import Analytics, weeks_ending
-from analytics_server.rollups import Rollups
-from stats_common.weeks import Week
 
 from .harness import database, percentile, print_table
 

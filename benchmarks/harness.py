@@ -12,9 +12,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import psycopg
+from printernizer_stats.agent.process import agent_process
 from sqlalchemy.engine import make_url
-
-from stats_agent.process import agent_process
 
 POSTGRES_URL = os.environ.get("STATS_BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
@@ -47,7 +46,7 @@ def rss_kib(pid: int) -> tuple[int, int]:
 
 @contextlib.contextmanager
 def running_agent(extra_env: dict[str, str] | None = None) -> Iterator[AgentProcess]:
-    """A real `python -m stats_agent` on a socket and database in a temp dir."""
+    """A real `python -m printernizer_stats.agent` on a socket and database in a temp dir."""
     with tempfile.TemporaryDirectory(dir="/tmp", prefix="bench-") as tmp:
         base = Path(tmp)
         base.chmod(0o700)

@@ -1,4 +1,4 @@
-"""Weekly reports stored per second by a real `python -m aggregation_server`
+"""Weekly reports stored per second by a real `python -m printernizer_stats.aggregation`
 over TLS, each report on a new connection (as a fleet of agents sends them),
 on SQLite and on PostgreSQL; and a simulated fleet (100k installations x 1
 week by default) with its total time and the server's peak memory.
@@ -39,12 +39,11 @@ from printernizer.stats.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
 )
-
-from stats_common.health import is_serving
-from stats_common.identity import report_id
-from stats_common.tls import ensure_self_made
-from stats_common.weeks import Week
-from stats_demo.services import free_port
+from printernizer_stats.common.health import is_serving
+from printernizer_stats.common.identity import report_id
+from printernizer_stats.common.tls import ensure_self_made
+from printernizer_stats.common.weeks import Week
+from printernizer_stats.demo.services import free_port
 
 from .harness import cpu_seconds, database, percentile, print_table, rss_kib
 
@@ -138,7 +137,7 @@ def aggregation_server(database_url: str, base: Path) -> Iterator[tuple[subproce
     with log_path.open("wb") as log:
         process = subprocess.Popen(
             [
-                sys.executable, "-m", "aggregation_server",
+                sys.executable, "-m", "printernizer_stats.aggregation",
                 "--listen", f"127.0.0.1:{port}",
                 "--database-url", database_url,
                 "--tls-dir", str(base / "tls"),

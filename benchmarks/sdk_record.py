@@ -26,8 +26,7 @@ import time
 from pathlib import Path
 
 import aiosqlite
-
-from stats_agent.sdk import Component, ErrorType, PrinterType, StatsClient
+from printernizer_stats.sdk import Component, ErrorType, PrinterType, StatsClient
 
 from .harness import print_table, running_agent
 

@@ -21,12 +21,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import SHARING, Override
-from stats_agent.events import KINDS_BY_NAME, RowValues, pack, to_millis
-from stats_agent.report import build_report
-from stats_agent.storage import AgentStore
-from stats_common.weeks import Week
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import SHARING, Override
+from printernizer_stats.agent.report import build_report
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.common.events import KINDS_BY_NAME, RowValues, pack, to_millis
+from printernizer_stats.common.weeks import Week
 
 from .harness import percentile, print_table
 

@@ -1,8 +1,8 @@
 """Running the real stats agent for integration tests.
 
-`agent` (fixture) serves the agent in-process with `stats_agent.server.serve`
+`agent` (fixture) serves the agent in-process with `printernizer_stats.agent.server.serve`
 on a real Unix socket and a real SQLite file; `AgentProcess` runs it as
-`python -m stats_agent` for the signal tests. Event builders (and
+`python -m printernizer_stats.agent` for the signal tests. Event builders (and
 Hypothesis strategies of valid events) and small helpers for calling the API
 live here too.
 
@@ -38,13 +38,12 @@ from printernizer.stats.v1 import (
     common_pb2,
     usage_event_pb2,
 )
-
-from stats_agent import process
-from stats_agent.agent import AgentConfig
-from stats_agent.consent import Override
-from stats_agent.events import MAX_PRINTERS_PER_TYPE, MAX_VERSION_PART
-from stats_agent.server import ServerConfig, serve
-from stats_common.weeks import Week
+from printernizer_stats.agent import process
+from printernizer_stats.agent.agent import AgentConfig
+from printernizer_stats.agent.consent import Override
+from printernizer_stats.agent.server import ServerConfig, serve
+from printernizer_stats.common.events import MAX_PRINTERS_PER_TYPE, MAX_VERSION_PART
+from printernizer_stats.common.weeks import Week
 
 from . import unknown_fields
 from .conftest import ROOT
@@ -424,7 +423,7 @@ def agent_command(socket_path: Path, db_path: Path, *extra: str) -> list[str]:
 
 @dataclass
 class AgentProcess:
-    """`python -m stats_agent` as a child process (stderr goes to a file)."""
+    """`python -m printernizer_stats.agent` as a child process (stderr goes to a file)."""
 
     socket_path: Path
     db_path: Path

@@ -36,10 +36,9 @@ from printernizer.stats.v1 import (
     country_pb2,
     ingest_service_pb2,
 )
-
-from stats_agent.consent import Identity
-from stats_common.identity import report_id
-from stats_common.weeks import Week
+from printernizer_stats.agent.consent import Identity
+from printernizer_stats.common.identity import report_id
+from printernizer_stats.common.weeks import Week
 
 api = analytics_service_pb2
 Dimension = api.Dimension

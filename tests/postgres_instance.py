@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-
-from stats_demo.services import free_port
+from printernizer_stats.demo.services import free_port
 
 
 @dataclass

@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from printernizer.stats.v1 import common_pb2
-
-from gateway.stats_api import Analytics
-from gateway.usage_api import Agent
-from stats_agent.delivery import Uplink
-from stats_common.weeks import Week, last_complete_week
-from stats_demo.fleet import FleetPlan, report_fleet
+from printernizer_stats.agent.delivery import Uplink
+from printernizer_stats.common.weeks import Week, last_complete_week
+from printernizer_stats.demo.fleet import FleetPlan, report_fleet
+from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.usage_api import Agent
 
 from .agent_harness import (
     RunningAgent,

@@ -26,10 +26,9 @@ from google.protobuf.message import DecodeError
 from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import agent_service_pb2, common_pb2, usage_event_pb2
-
-from stats_agent.agent import FIRST_WEEK, MAX_DROPPED_BY_CLIENT
-from stats_common.errors import field_violations
-from stats_common.weeks import Week
+from printernizer_stats.agent.agent import FIRST_WEEK, MAX_DROPPED_BY_CLIENT
+from printernizer_stats.common.errors import field_violations
+from printernizer_stats.common.weeks import Week
 
 from .agent_harness import (
     RPC_TIMEOUT,

@@ -20,13 +20,12 @@ from printernizer.stats.v1 import (
     country_pb2,
     usage_event_pb2,
 )
-
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import Override
-from stats_agent.events import MAX_BATCH_EVENTS
-from stats_agent.storage import AgentStore
-from stats_common.errors import field_violations
-from stats_common.weeks import Week
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import Override
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.common.errors import field_violations
+from printernizer_stats.common.events import MAX_BATCH_EVENTS
+from printernizer_stats.common.weeks import Week
 
 from . import agent_harness
 from .agent_harness import (
@@ -90,7 +89,7 @@ async def test_record_events_stores_a_batch_and_the_client_drop_count(agent: Run
     assert status.last_outcome == agent_service_pb2.DELIVERY_OUTCOME_NONE
     assert status.queued_reports == 0
     assert not status.HasField("last_submission")
-    assert (status.agent_version.major, status.agent_version.minor) == (0, 1)
+    assert (status.agent_version.major, status.agent_version.minor) == (0, 2)
 
 
 async def test_empty_batch_is_accepted(agent: RunningAgent) -> None:

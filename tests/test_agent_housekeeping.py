@@ -33,12 +33,22 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import agent_service_pb2, common_pb2, usage_event_pb2
-
-from stats_agent.agent import MAX_EXPORT_PAGE, MAX_LEDGER, MAX_LOCAL_WEEKS, AgentConfig, StatsAgent
-from stats_agent.consent import LOCAL_ONLY, SHARING, Override
-from stats_agent.events import KINDS_BY_NAME, from_millis, to_millis
-from stats_agent.report import APP_STARTED, APP_STOPPED, FEATURE_DISABLED, FEATURE_ENABLED, FLEET_OBSERVED
-from stats_agent.storage import (
+from printernizer_stats.agent.agent import (
+    MAX_EXPORT_PAGE,
+    MAX_LEDGER,
+    MAX_LOCAL_WEEKS,
+    AgentConfig,
+    StatsAgent,
+)
+from printernizer_stats.agent.consent import LOCAL_ONLY, SHARING, Override
+from printernizer_stats.agent.report import (
+    APP_STARTED,
+    APP_STOPPED,
+    FEATURE_DISABLED,
+    FEATURE_ENABLED,
+    FLEET_OBSERVED,
+)
+from printernizer_stats.agent.storage import (
     DAY_MS,
     STATE_KINDS,
     WEEK_EPOCH_MS,
@@ -47,8 +57,9 @@ from stats_agent.storage import (
     SentReportRow,
     StoredRow,
 )
-from stats_common.identity import signature_is_valid
-from stats_common.weeks import Week, weeks_between
+from printernizer_stats.common.events import KINDS_BY_NAME, from_millis, to_millis
+from printernizer_stats.common.identity import signature_is_valid
+from printernizer_stats.common.weeks import Week, weeks_between
 
 from .agent_harness import (
     FakeClock,

@@ -8,12 +8,11 @@ from pathlib import Path
 
 import pytest
 from printernizer.stats.v1 import aggregated_stats_pb2
-
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import LOCAL_ONLY, SHARING, Override
-from stats_agent.storage import AgentStore
-from stats_common.identity import signature_is_valid
-from stats_common.weeks import Week
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import LOCAL_ONLY, SHARING, Override
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.common.identity import signature_is_valid
+from printernizer_stats.common.weeks import Week
 
 from .agent_harness import FakeClock, job_created
 

@@ -22,12 +22,11 @@ from printernizer.stats.v1 import (
     country_pb2,
     ingest_service_pb2,
 )
-
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import Identity, Override
-from stats_agent.storage import AgentStore
-from stats_common.identity import installation_id_problem, report_id
-from stats_common.weeks import Week
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import Identity, Override
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.common.identity import installation_id_problem, report_id
+from printernizer_stats.common.weeks import Week
 
 from . import agent_harness
 from .agent_harness import (
@@ -263,7 +262,7 @@ async def test_identity_is_random_and_replaced_after_opt_out(agent: RunningAgent
 
 
 async def test_every_installation_id_is_a_random_version_4_uuid(agent: RunningAgent) -> None:
-    """The server refuses anything else (stats_common.identity decides for both sides)."""
+    """The server refuses anything else (printernizer_stats.common.identity decides for both sides)."""
     seen = set()
     for _ in range(5):
         await agent.opt_in()

@@ -18,11 +18,10 @@ from google.protobuf import json_format
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import aggregated_stats_pb2, usage_event_pb2
-
-from stats_agent.agent import AgentConfig, StatsAgent, report_json
-from stats_agent.consent import LOCAL_ONLY, SHARING, Override
-from stats_agent.storage import AgentStore
-from stats_common.weeks import Week
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent, report_json
+from printernizer_stats.agent.consent import LOCAL_ONLY, SHARING, Override
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.common.weeks import Week
 
 from .agent_harness import FakeClock, usage_events
 

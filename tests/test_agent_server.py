@@ -17,9 +17,8 @@ from google.protobuf import descriptor_pb2
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
 from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
-
-from stats_agent.server import MAX_SOCKET_PATH, SERVICE_NAME, SocketError, serve
-from stats_agent.storage import StorageError
+from printernizer_stats.agent.server import MAX_SOCKET_PATH, SERVICE_NAME, SocketError, serve
+from printernizer_stats.agent.storage import StorageError
 
 from . import agent_harness
 from .agent_harness import (
@@ -193,7 +192,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
     assert result.returncode == 1, (result.stdout, result.stderr)
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1, result.stderr
-    assert lines[0].startswith("stats_agent: ")
+    assert lines[0].startswith("printernizer_stats.agent: ")
     assert "Traceback" not in result.stderr
     for fragment in fragments:
         assert fragment in lines[0]

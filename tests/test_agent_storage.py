@@ -11,11 +11,9 @@ from pathlib import Path
 import aiosqlite
 import pytest
 from printernizer.stats.v1 import agent_service_pb2, common_pb2
-
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import Override
-from stats_agent.events import KINDS_BY_NAME, MAX_ENUM_VALUE, EventRow, pack, to_millis, unpack
-from stats_agent.storage import (
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import Override
+from printernizer_stats.agent.storage import (
     LATEST_VERSION,
     STATE_KIND_NUMBERS,
     STATE_KINDS,
@@ -25,7 +23,8 @@ from stats_agent.storage import (
     StorageError,
     migrate,
 )
-from stats_common.weeks import Week
+from printernizer_stats.common.events import KINDS_BY_NAME, MAX_ENUM_VALUE, EventRow, pack, to_millis, unpack
+from printernizer_stats.common.weeks import Week
 
 from .agent_harness import FakeClock, app_started, app_stopped, error_occurred, job_completed, job_created
 

@@ -1,4 +1,4 @@
-"""What the agent takes to be the time (stats_agent.trusted_time): the wall
+"""What the agent takes to be the time (printernizer_stats.agent.trusted_time): the wall
 clock while it agrees with elapsed time or a time service keeps it right; its
 own count of elapsed time when the wall clock jumps; never behind a time it
 has already seen; the aggregation server's time when its own is off."""
@@ -8,8 +8,7 @@ from __future__ import annotations
 import datetime as dt
 
 import pytest
-
-from stats_agent.trusted_time import JUMP, SERVER_DIFFERENCE, TrustedTime
+from printernizer_stats.agent.trusted_time import JUMP, SERVER_DIFFERENCE, TrustedTime
 
 from .agent_harness import FakeClock
 

@@ -27,13 +27,12 @@ from printernizer.stats.v1 import (
     ingest_service_pb2,
     usage_event_pb2,
 )
-
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import LOCAL_ONLY, SHARING, Override
-from stats_agent.delivery import deliver
-from stats_agent.events import EventDecoder, to_millis
-from stats_agent.storage import AgentStore
-from stats_common.weeks import Week
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import LOCAL_ONLY, SHARING, Override
+from printernizer_stats.agent.delivery import deliver
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.common.events import EventDecoder, to_millis
+from printernizer_stats.common.weeks import Week
 
 from . import agent_harness
 from .agent_harness import (

@@ -14,12 +14,16 @@ from pathlib import Path
 import grpc
 import pytest
 from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2, ingest_service_pb2
-
-from aggregation_server.servicer import CallLimiter
-from stats_common.admin import AdminTokenError, bearer_metadata, ensure_token_file, read_token_file
-from stats_common.errors import field_violations, retry_delay
-from stats_common.identity import report_id
-from stats_common.weeks import Week
+from printernizer_stats.aggregation.servicer import CallLimiter
+from printernizer_stats.common.admin import (
+    AdminTokenError,
+    bearer_metadata,
+    ensure_token_file,
+    read_token_file,
+)
+from printernizer_stats.common.errors import field_violations, retry_delay
+from printernizer_stats.common.identity import report_id
+from printernizer_stats.common.weeks import Week
 
 from . import databases
 from .test_aggregation_ingest import Installation, unknown_field

@@ -11,14 +11,18 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, ingest_service_pb2
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import upgrade
+from printernizer_stats.aggregation.ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
+from printernizer_stats.aggregation.refusals import (
+    Forbidden,
+    InvalidRequest,
+    TooManySubmissions,
+    Unauthenticated,
+)
+from printernizer_stats.aggregation.storage import IngestStore
+from printernizer_stats.common.weeks import Week
 from sqlalchemy import select
-
-from aggregation_server import schema
-from aggregation_server.database import upgrade
-from aggregation_server.ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
-from aggregation_server.refusals import Forbidden, InvalidRequest, TooManySubmissions, Unauthenticated
-from aggregation_server.storage import IngestStore
-from stats_common.weeks import Week
 
 from . import databases
 from .agent_harness import FakeClock

@@ -1,4 +1,4 @@
-"""`python -m aggregation_server` as real processes: two replicas on one
+"""`python -m printernizer_stats.aggregation` as real processes: two replicas on one
 PostgreSQL database (started together, receiving the same reports at the same
 moment), and a clean stop on SIGTERM."""
 
@@ -19,13 +19,12 @@ from pathlib import Path
 import grpc
 import pytest
 from printernizer.stats.v1 import ingest_service_pb2, ingest_service_pb2_grpc
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import create_sync_engine
+from printernizer_stats.common.tls import ensure_self_made
+from printernizer_stats.common.weeks import Week
+from printernizer_stats.demo.services import free_port
 from sqlalchemy import func, select
-
-from aggregation_server import schema
-from aggregation_server.database import create_sync_engine
-from stats_common.tls import ensure_self_made
-from stats_common.weeks import Week
-from stats_demo.services import free_port
 
 from . import databases
 from .conftest import ROOT
@@ -62,7 +61,7 @@ def start_server(
     extra: tuple[str, ...] = (),
     env: dict[str, str] | None = None,
 ) -> ServerProcess:
-    """`python -m aggregation_server` with its files under `base`, logging to base/NAME.log."""
+    """`python -m printernizer_stats.aggregation` with its files under `base`, logging to base/NAME.log."""
     port = port or free_port()
     log_path = base / f"{name}.log"
     with log_path.open("wb") as log:
@@ -70,7 +69,7 @@ def start_server(
             [
                 sys.executable,
                 "-m",
-                "aggregation_server",
+                "printernizer_stats.aggregation",
                 "--listen",
                 f"127.0.0.1:{port}",
                 "--database-url",
@@ -203,7 +202,7 @@ async def test_processes_behind_one_address_share_the_work(tmp_path: Path) -> No
             [
                 sys.executable,
                 "-m",
-                "aggregation_server",
+                "printernizer_stats.aggregation",
                 "--migrations",
                 "only",
                 "--database-url",

@@ -14,12 +14,8 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from sqlalchemy import delete, func, insert, inspect, select
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError
-
-from aggregation_server import schema
-from aggregation_server.database import (
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import (
     alembic_config,
     async_url,
     create_sync_engine,
@@ -27,6 +23,9 @@ from aggregation_server.database import (
     sync_url,
     upgrade,
 )
+from sqlalchemy import delete, func, insert, inspect, select
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError
 
 from . import databases
 
@@ -51,7 +50,7 @@ def test_the_migrations_create_exactly_the_schema(engine: Engine) -> None:
 
 
 def test_every_counter_has_its_row_after_the_migrations(engine: Engine) -> None:
-    from aggregation_server.storage import Counter
+    from printernizer_stats.aggregation.storage import Counter
 
     with engine.connect() as connection:
         rows = dict(connection.execute(select(schema.ingest_counters)).all())
@@ -100,7 +99,7 @@ async def test_database_errors_never_list_the_statements_parameters(database_url
     text: every engine the server makes hides them. (A driver may still quote
     the row it refused, as PostgreSQL's DETAIL does: the servicer logs no
     exception's message at all, see tests/test_ingest_logs.py.)"""
-    from aggregation_server.database import create_server_engine
+    from printernizer_stats.aggregation.database import create_server_engine
 
     upgrade(database_url)
     installation = uuid.uuid4().bytes
@@ -205,14 +204,13 @@ async def test_every_query_the_store_runs_compiles_for_sql_server(tmp_path: Path
     """No SQL Server runs here: record every statement the store executes on
     SQLite through the paths it has (store, replay, refusals, deletion,
     retention, status) and compile each for SQL Server."""
+    from printernizer_stats.aggregation.ingest import Ingest
+    from printernizer_stats.aggregation.refusals import Refused
+    from printernizer_stats.aggregation.storage import IngestStore
+    from printernizer_stats.common.weeks import Week
     from sqlalchemy import event
     from sqlalchemy.dialects import mssql
     from sqlalchemy.sql import ClauseElement
-
-    from aggregation_server.ingest import Ingest
-    from aggregation_server.refusals import Refused
-    from aggregation_server.storage import IngestStore
-    from stats_common.weeks import Week
 
     from .agent_harness import FakeClock
     from .test_aggregation_admin import report_of
@@ -244,9 +242,8 @@ async def test_every_query_the_store_runs_compiles_for_sql_server(tmp_path: Path
         await ingest.status()
         # The analytics server's rollups and queries run on the same database.
         from printernizer.stats.v1 import analytics_service_pb2
-
-        from analytics_server.queries import Analytics
-        from analytics_server.rollups import Rollups
+        from printernizer_stats.analytics.queries import Analytics
+        from printernizer_stats.analytics.rollups import Rollups
 
         other = Installation(uuid.uuid4().bytes)
         await ingest.submit(other.submission(report_of(other, week)))

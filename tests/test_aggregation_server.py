@@ -16,11 +16,10 @@ from typing import Any
 import grpc
 import pytest
 from printernizer.stats.v1 import ingest_admin_service_pb2_grpc, ingest_service_pb2, ingest_service_pb2_grpc
-
-from aggregation_server.server import ServerConfig, serve
-from stats_common.errors import field_violations, retry_delay
-from stats_common.tls import ensure_self_made
-from stats_common.weeks import Week
+from printernizer_stats.aggregation.server import ServerConfig, serve
+from printernizer_stats.common.errors import field_violations, retry_delay
+from printernizer_stats.common.tls import ensure_self_made
+from printernizer_stats.common.weeks import Week
 
 from . import databases
 from .test_aggregation_ingest import Installation
@@ -191,14 +190,26 @@ def test_an_unusable_database_url_is_one_clear_line(tmp_path: Path, url: str, fr
     import sys
 
     result = subprocess.run(
-        [sys.executable, "-m", "aggregation_server", "--listen", "127.0.0.1:50997", "--database-url", url],
+        [
+            sys.executable,
+            "-m",
+            "printernizer_stats.aggregation",
+            "--listen",
+            "127.0.0.1:50997",
+            "--database-url",
+            url,
+        ],
         env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert result.returncode == 1, result.stderr
-    errors = [line for line in result.stderr.splitlines() if line.startswith("aggregation_server: cannot")]
+    errors = [
+        line
+        for line in result.stderr.splitlines()
+        if line.startswith("printernizer_stats.aggregation: cannot")
+    ]
     assert len(errors) == 1, result.stderr
     assert fragment in errors[0]
     assert "Traceback" not in result.stderr
@@ -206,8 +217,8 @@ def test_an_unusable_database_url_is_one_clear_line(tmp_path: Path, url: str, fr
 
 def snapshot(database_url: str) -> dict[str, list[tuple[object, ...]]]:
     """Every stored row of every table but the operational counters, sorted."""
-    from aggregation_server import schema
-    from aggregation_server.database import create_sync_engine
+    from printernizer_stats.aggregation import schema
+    from printernizer_stats.aggregation.database import create_sync_engine
 
     engine = create_sync_engine(database_url)
     try:

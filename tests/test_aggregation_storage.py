@@ -9,13 +9,12 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import upgrade
+from printernizer_stats.aggregation.refusals import Forbidden, TooManySubmissions, WrongKey
+from printernizer_stats.aggregation.storage import SUBMISSION_INTERVAL, CheckedReport, IngestStore, Report
+from printernizer_stats.common.weeks import Week
 from sqlalchemy import func, select
-
-from aggregation_server import schema
-from aggregation_server.database import upgrade
-from aggregation_server.refusals import Forbidden, TooManySubmissions, WrongKey
-from aggregation_server.storage import SUBMISSION_INTERVAL, CheckedReport, IngestStore, Report
-from stats_common.weeks import Week
 
 from . import databases
 from .test_aggregation_validation import INSTALLATION, NOW, valid_report

@@ -7,10 +7,9 @@ import uuid
 
 import pytest
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, country_pb2
-
-from aggregation_server.validation import check_report, normalise_unknown_values
-from stats_common.identity import report_id, signature_is_valid
-from stats_common.weeks import Week
+from printernizer_stats.aggregation.validation import check_report, normalise_unknown_values
+from printernizer_stats.common.identity import report_id, signature_is_valid
+from printernizer_stats.common.weeks import Week
 
 NOW = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
 INSTALLATION = uuid.UUID("6f1c2a9e-8b3d-4e5f-9a0b-1c2d3e4f5a6b").bytes

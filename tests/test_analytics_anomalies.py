@@ -8,14 +8,13 @@ import uuid
 from collections.abc import Callable
 
 from printernizer.stats.v1 import aggregated_stats_pb2, analytics_service_pb2
-
-from aggregation_server.database import upgrade
-from aggregation_server.ingest import Ingest
-from aggregation_server.storage import IngestStore
-from analytics_server import anomalies
-from analytics_server.queries import Analytics, weeks_ending
-from analytics_server.rollups import Rollups
-from stats_common.weeks import Week
+from printernizer_stats.aggregation.database import upgrade
+from printernizer_stats.aggregation.ingest import Ingest
+from printernizer_stats.aggregation.storage import IngestStore
+from printernizer_stats.analytics import anomalies
+from printernizer_stats.analytics.queries import Analytics, weeks_ending
+from printernizer_stats.analytics.rollups import Rollups
+from printernizer_stats.common.weeks import Week
 
 from . import databases
 from .agent_harness import FakeClock

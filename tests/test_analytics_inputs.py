@@ -19,10 +19,9 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc, common_pb2
-
-from stats_common.admin import bearer_metadata
-from stats_common.errors import field_violations
-from stats_common.weeks import MAX_YEAR, MIN_YEAR
+from printernizer_stats.common.admin import bearer_metadata
+from printernizer_stats.common.errors import field_violations
+from printernizer_stats.common.weeks import MAX_YEAR, MIN_YEAR
 
 from .disclosure_auditor import Member, Setup
 from .test_aggregation_server import ADMIN_TOKEN, RunningServer, running_server

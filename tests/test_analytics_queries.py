@@ -12,14 +12,13 @@ from dataclasses import dataclass
 
 import pytest
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
-
-from aggregation_server.database import upgrade
-from aggregation_server.ingest import Ingest
-from aggregation_server.storage import IngestStore
-from analytics_server.privacy import Disclosure, Group, fold_small_groups, rounded
-from analytics_server.queries import Analytics, QueryError
-from analytics_server.rollups import Rollups
-from stats_common.weeks import Week
+from printernizer_stats.aggregation.database import upgrade
+from printernizer_stats.aggregation.ingest import Ingest
+from printernizer_stats.aggregation.storage import IngestStore
+from printernizer_stats.analytics.privacy import Disclosure, Group, fold_small_groups, rounded
+from printernizer_stats.analytics.queries import Analytics, QueryError
+from printernizer_stats.analytics.rollups import Rollups
+from printernizer_stats.common.weeks import Week
 
 from . import databases
 from .agent_harness import FakeClock

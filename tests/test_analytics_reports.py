@@ -20,10 +20,8 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from printernizer.stats.v1 import analytics_service_pb2, country_pb2
-from sqlalchemy import func, select
-
-from aggregation_server import schema
-from analytics_server.reports import (
+from printernizer_stats.aggregation import schema
+from printernizer_stats.analytics.reports import (
     MONTHLY,
     WEEKLY,
     MailConfig,
@@ -33,9 +31,10 @@ from analytics_server.reports import (
     weekly_report,
     weeks_of_month,
 )
-from stats_common.tls import ensure_self_made
-from stats_common.weeks import Week
-from stats_demo.services import free_port
+from printernizer_stats.common.tls import ensure_self_made
+from printernizer_stats.common.weeks import Week
+from printernizer_stats.demo.services import free_port
+from sqlalchemy import func, select
 
 from .agent_harness import FakeClock
 from .conftest import ROOT
@@ -193,7 +192,7 @@ def test_the_schedule() -> None:
 def run_send_test(tmp_path: Path, port: int) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [
-            sys.executable, "-m", "analytics_server", "--send-test-email",
+            sys.executable, "-m", "printernizer_stats.analytics", "--send-test-email",
             "--database-url", f"sqlite:///{tmp_path / 'aggregation.db'}",
             "--tls-dir", str(tmp_path / "tls"), "--admin-token-file", str(tmp_path / "admin-token"),
             "--smtp-host", "127.0.0.1", "--smtp-port", str(port), "--smtp-security", "none",

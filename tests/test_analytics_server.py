@@ -18,18 +18,17 @@ from typing import Any
 import grpc
 import pytest
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import async_url
+from printernizer_stats.analytics.queries import Analytics
+from printernizer_stats.analytics.rollups import Rollups
+from printernizer_stats.analytics.server import ServerConfig, serve
+from printernizer_stats.common.admin import bearer_metadata
+from printernizer_stats.common.errors import field_violations
+from printernizer_stats.common.tls import ensure_self_made
+from printernizer_stats.common.weeks import Week
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
-
-from aggregation_server import schema
-from aggregation_server.database import async_url
-from analytics_server.queries import Analytics
-from analytics_server.rollups import Rollups
-from analytics_server.server import ServerConfig, serve
-from stats_common.admin import bearer_metadata
-from stats_common.errors import field_violations
-from stats_common.tls import ensure_self_made
-from stats_common.weeks import Week
 
 from . import databases
 from .test_aggregation_admin import report_of
@@ -149,8 +148,8 @@ async def test_bad_requests_name_the_field(analytics: RunningAnalytics) -> None:
 async def test_a_failing_smtp_server_does_not_stop_the_service(
     server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from analytics_server.reports import MailConfig
-    from stats_demo.services import free_port
+    from printernizer_stats.analytics.reports import MailConfig
+    from printernizer_stats.demo.services import free_port
 
     from .agent_harness import FakeClock
 

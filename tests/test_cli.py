@@ -8,13 +8,17 @@ import subprocess
 import sys
 
 import pytest
+from printernizer_stats.agent.__main__ import build_parser as agent_parser
+from printernizer_stats.aggregation.__main__ import build_parser as aggregation_parser
+from printernizer_stats.analytics.__main__ import build_parser as analytics_parser
+from printernizer_stats.gateway.__main__ import build_parser as gateway_parser
 
-from aggregation_server.__main__ import build_parser as aggregation_parser
-from analytics_server.__main__ import build_parser as analytics_parser
-from gateway.__main__ import build_parser as gateway_parser
-from stats_agent.__main__ import build_parser as agent_parser
-
-SERVICES = ["stats_agent", "aggregation_server", "analytics_server", "gateway"]
+SERVICES = [
+    "printernizer_stats.agent",
+    "printernizer_stats.aggregation",
+    "printernizer_stats.analytics",
+    "printernizer_stats.gateway",
+]
 
 
 @pytest.mark.parametrize("service", SERVICES)

@@ -17,8 +17,7 @@ import tzdata
 from google.protobuf import descriptor_pb2, descriptor_pool
 from google.protobuf.descriptor import FieldDescriptor
 from printernizer.stats.v1 import aggregated_stats_pb2, country_pb2, usage_event_pb2
-
-from stats_common import contract
+from printernizer_stats.common import contract
 
 from .conftest import ROOT
 

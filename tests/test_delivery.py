@@ -16,15 +16,14 @@ from pathlib import Path
 import grpc
 import pytest
 from printernizer.stats.v1 import agent_service_pb2, ingest_service_pb2
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import LOCAL_ONLY, SHARING, Override
+from printernizer_stats.agent.delivery import Backoff, Courier, Uplink, deliver
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import create_sync_engine
+from printernizer_stats.common.weeks import Week
 from sqlalchemy import func, select
-
-from aggregation_server import schema
-from aggregation_server.database import create_sync_engine
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import LOCAL_ONLY, SHARING, Override
-from stats_agent.delivery import Backoff, Courier, Uplink, deliver
-from stats_agent.storage import AgentStore
-from stats_common.weeks import Week
 
 from . import agent_harness
 from .agent_harness import FakeClock, job_created

@@ -13,18 +13,17 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import SHARING, Override
+from printernizer_stats.agent.delivery import Courier, Uplink
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import create_sync_engine
+from printernizer_stats.aggregation.server import ServerConfig, serve
+from printernizer_stats.common.tls import TlsFiles, ensure_self_made
+from printernizer_stats.common.weeks import Week
+from printernizer_stats.demo.services import free_port
 from sqlalchemy import select
-
-from aggregation_server import schema
-from aggregation_server.database import create_sync_engine
-from aggregation_server.server import ServerConfig, serve
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import SHARING, Override
-from stats_agent.delivery import Courier, Uplink
-from stats_agent.storage import AgentStore
-from stats_common.tls import TlsFiles, ensure_self_made
-from stats_common.weeks import Week
-from stats_demo.services import free_port
 
 from . import databases
 from .agent_harness import FakeClock, job_created

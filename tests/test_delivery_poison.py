@@ -18,19 +18,18 @@ from pathlib import Path
 
 import pytest
 from printernizer.stats.v1 import agent_service_pb2, aggregated_stats_pb2
-
-from aggregation_server import schema
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import SHARING, Override
-from stats_agent.delivery import (
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import SHARING, Override
+from printernizer_stats.agent.delivery import (
     DROP_AFTER_FAILING_FOR,
     DROP_AFTER_SERVER_ERRORS,
     Courier,
     Uplink,
     deliver,
 )
-from stats_agent.storage import AgentStore
-from stats_common.weeks import Week
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.aggregation import schema
+from printernizer_stats.common.weeks import Week
 
 from .agent_harness import FakeClock, job_created
 from .test_aggregation_server import RunningServer, running_server

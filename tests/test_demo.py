@@ -13,12 +13,18 @@ import sys
 import time
 from pathlib import Path
 
-from analytics_server.privacy import rounded
-from stats_demo.services import free_port
+from printernizer_stats.analytics.privacy import rounded
+from printernizer_stats.demo.services import free_port
 
 from .conftest import ROOT
 
-SERVICES = ("aggregation_server", "analytics_server", "stats_agent", "gateway", "host_app")
+SERVICES = (
+    "printernizer_stats.aggregation",
+    "printernizer_stats.analytics",
+    "printernizer_stats.agent",
+    "printernizer_stats.gateway",
+    "host_app",
+)
 
 
 def listening(port: int) -> bool:
@@ -33,7 +39,7 @@ def demo_command(data_dir: Path, *options: str) -> list[str]:
     return [
         sys.executable,
         "-m",
-        "stats_demo",
+        "printernizer_stats.demo",
         "--data-dir",
         str(data_dir),
         "--gateway-port",

@@ -15,22 +15,21 @@ from typing import Any
 
 import pytest
 import yaml
-
-from aggregation_server.__main__ import build_parser as aggregation_parser
-from analytics_server.__main__ import build_parser as analytics_parser
-from gateway.__main__ import build_parser as gateway_parser
-from stats_agent.__main__ import build_parser as agent_parser
-from stats_common.cli import EnvArgumentParser
-from stats_common.health import build_parser as health_parser
+from printernizer_stats.agent.__main__ import build_parser as agent_parser
+from printernizer_stats.aggregation.__main__ import build_parser as aggregation_parser
+from printernizer_stats.analytics.__main__ import build_parser as analytics_parser
+from printernizer_stats.common.cli import EnvArgumentParser
+from printernizer_stats.common.health import build_parser as health_parser
+from printernizer_stats.gateway.__main__ import build_parser as gateway_parser
 
 from .conftest import ROOT
 
 DEPLOY = ROOT / "deploy"
 PARSERS: dict[str, Callable[[], EnvArgumentParser]] = {
-    "stats_agent": agent_parser,
-    "aggregation_server": aggregation_parser,
-    "analytics_server": analytics_parser,
-    "gateway": gateway_parser,
+    "printernizer_stats.agent": agent_parser,
+    "printernizer_stats.aggregation": aggregation_parser,
+    "printernizer_stats.analytics": analytics_parser,
+    "printernizer_stats.gateway": gateway_parser,
 }
 IMAGE_ENVIRONMENT = {"PYTHONDONTWRITEBYTECODE", "PYTHONUNBUFFERED", "XDG_DATA_HOME"}
 
@@ -100,11 +99,11 @@ def test_the_compose_services_run_real_commands_with_real_settings(monkeypatch: 
             assert args.listen.endswith(f":{container_port}"), (name, args.listen, container_port)
         check = service.get("healthcheck", {}).get("test")
         port = args.listen.rsplit(":", 1)[1]
-        if check and module == "gateway":  # HTTP: GET /health on its own port
+        if check and module == "printernizer_stats.gateway":  # HTTP: GET /health on its own port
             assert check[:3] == ["CMD", "python", "-c"], name
             assert f"http://127.0.0.1:{port}/health" in check[3], name
         elif check:
-            assert check[:4] == ["CMD", "python", "-m", "stats_common.health"], name
+            assert check[:4] == ["CMD", "python", "-m", "printernizer_stats.common.health"], name
             health = health_parser().parse_args([interpolated(a) for a in check[4:]])
             assert health.target.endswith(f":{port}"), (name, health.target)
 
@@ -142,7 +141,11 @@ def test_the_compose_file_wires_the_services_together(monkeypatch: pytest.Monkey
         gateway_env["STATS_GATEWAY_ADMIN_TOKEN_FILE"],
     }
     assert len(tokens) == 1, tokens  # one admin token
-    assert services["gateway"]["command"] == ["gateway", "--agent-socket", ""]  # no local agent there
+    assert services["gateway"]["command"] == [
+        "printernizer_stats.gateway",
+        "--agent-socket",
+        "",
+    ]  # no local agent there
     secrets = set(compose()["secrets"])
     for name, service in services.items():
         assert set(service.get("secrets", [])) <= secrets, name
@@ -151,20 +154,48 @@ def test_the_compose_file_wires_the_services_together(monkeypatch: pytest.Monkey
                 assert str(value).removeprefix("/run/secrets/") in service["secrets"], (name, value)
 
 
-def test_the_container_recipe_copies_every_package_and_exposes_the_listen_ports() -> None:
+def test_the_container_recipe_installs_what_its_services_need_and_exposes_the_listen_ports() -> None:
     recipe = (DEPLOY / "Containerfile").read_text()
     copied = set(re.findall(r"^COPY (\S+) \./\1$", recipe, flags=re.MULTILINE))
-    project = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    packages = {p.rstrip("*") for p in project["tool"]["setuptools"]["packages"]["find"]["include"]}
-    assert packages - {"printernizer"} <= copied, "a package the image would lack"
-    assert "gen" in copied  # where the printernizer package lives
+    installed = {m.strip("'") for m in re.findall(r"'?\./(\w+)(?:\[[\w,]+\])?'?", recipe)}
+    assert installed <= copied, "a distribution installed from a folder the image lacks"
+    # Every distribution of this repository those need is installed from its folder too.
+    names = {distribution_name(folder): folder for folder in DISTRIBUTION_FOLDERS}
+    needed = {dep for folder in installed for dep in own_dependencies(folder)}
+    assert {names[name] for name in needed} <= installed
+    assert {"aggregation_server", "analytics_server", "gateway"} <= installed
     environment = containerfile_env()
     assert set(environment) - IMAGE_ENVIRONMENT <= known_environment_variables()
     listen_ports = {v.rsplit(":", 1)[1] for k, v in environment.items() if k.endswith("_LISTEN")}
     exposed = set(re.search(r"^EXPOSE (.+)$", recipe, flags=re.MULTILINE)[1].split())  # type: ignore[index]
     assert listen_ports == exposed
     assert 'ENTRYPOINT ["python", "-m"]' in recipe
-    assert re.search(r'^CMD \["(\w+)"\]$', recipe, flags=re.MULTILINE)[1] in PARSERS  # type: ignore[index]
+    assert re.search(r'^CMD \["([\w.]+)"\]$', recipe, flags=re.MULTILINE)[1] in PARSERS  # type: ignore[index]
+
+
+DISTRIBUTION_FOLDERS = (
+    "gen",
+    "stats_common",
+    "sdk",
+    "stats_agent",
+    "aggregation_server",
+    "analytics_server",
+    "gateway",
+)
+
+
+def distribution_name(folder: str) -> str:
+    return str(tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]["name"])
+
+
+def own_dependencies(folder: str) -> set[str]:
+    """The distributions of this repository that the one in `folder` depends on."""
+    project = tomllib.loads((ROOT / folder / "pyproject.toml").read_text())["project"]
+    return {
+        re.split(r"[\[=<>]", dep)[0]
+        for dep in project["dependencies"]
+        if dep.startswith("printernizer-stats-")
+    }
 
 
 def systemd_unit(name: str) -> dict[str, list[str]]:
@@ -212,6 +243,6 @@ def test_the_local_units_share_one_socket_and_keep_it_private(monkeypatch: pytes
     assert socket.parent == Path("/run") / agent["Service.RuntimeDirectory"][0]
     assert int(agent["Service.RuntimeDirectoryMode"][0], 8) & 0o007 == 0  # no access for others
     assert Path(agent_env["STATS_AGENT_DB"]).parent == Path("/var/lib") / agent["Service.StateDirectory"][0]
-    parsed = accepts("gateway", gateway_args, gateway_env, monkeypatch)
+    parsed = accepts("printernizer_stats.gateway", gateway_args, gateway_env, monkeypatch)
     assert parsed.admin_token_file == ""  # the statistics side is off beside one installation
     assert parsed.listen.startswith("127.0.0.1:")  # this machine only

@@ -19,13 +19,12 @@ from pathlib import Path
 import grpc
 import pytest
 from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
-
-from stats_agent.delivery import Uplink
-from stats_agent.sdk import PrinterType, StatsClient
-from stats_common.tls import ensure_self_made
-from stats_common.weeks import last_complete_week
-from stats_demo.fleet import FleetPlan, FleetProgress, build_fleet, report_fleet, submission
-from stats_demo.services import free_port
+from printernizer_stats.agent.delivery import Uplink
+from printernizer_stats.common.tls import ensure_self_made
+from printernizer_stats.common.weeks import last_complete_week
+from printernizer_stats.demo.fleet import FleetPlan, FleetProgress, build_fleet, report_fleet, submission
+from printernizer_stats.demo.services import free_port
+from printernizer_stats.sdk import PrinterType, StatsClient
 
 from .agent_harness import RPC_TIMEOUT, agent_process, db_event_count, job_created
 from .postgres_instance import postgres_instance

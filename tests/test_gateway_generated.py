@@ -37,6 +37,10 @@ import pytest
 import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase
+from printernizer_stats.common.weeks import Week
+from printernizer_stats.gateway.params import MAX_WEEKS
+from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.usage_api import Agent
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
 from schemathesis.core.parameters import ParameterLocation
@@ -47,11 +51,6 @@ from schemathesis.specs.openapi.checks import (
     response_schema_conformance,
     status_code_conformance,
 )
-
-from gateway.params import MAX_WEEKS
-from gateway.stats_api import Analytics
-from gateway.usage_api import Agent
-from stats_common.weeks import Week
 
 from .agent_harness import RunningAgent, agent, agent_dir
 from .test_aggregation_admin import report_of

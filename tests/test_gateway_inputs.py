@@ -2,7 +2,7 @@
 strings, JSON bodies and their size, Host headers. Each class is searched
 (hypothesis) as well as pinned by the examples that once got through.
 
-- The parsers and the body limit on their own (gateway.params, gateway.bodies).
+- The parsers and the body limit on their own (the gateway's params and bodies).
 - A real gateway (uvicorn) whose backends are down: every wrong request must be
   refused there, naming its field, before any backend is asked. A request that
   reached a backend would be answered 503, so a 400 proves the gateway decided.
@@ -22,16 +22,15 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
+from printernizer_stats.common.weeks import MAX_YEAR, MIN_YEAR
+from printernizer_stats.demo.services import free_port
+from printernizer_stats.gateway.bodies import MAX_BODY_BYTES, BodyLimit, json_object
+from printernizer_stats.gateway.errors import Refusal
+from printernizer_stats.gateway.params import MAX_LEDGER, MAX_WEEKS, WEEK_PATTERN, parse_week
+from printernizer_stats.gateway.stats_api import DIMENSIONS, Analytics
+from printernizer_stats.gateway.usage_api import Agent
 from starlette.types import Message, Receive, Scope, Send
-
-from gateway.bodies import MAX_BODY_BYTES, BodyLimit, json_object
-from gateway.errors import Refusal
-from gateway.params import MAX_LEDGER, MAX_WEEKS, WEEK_PATTERN, parse_week
-from gateway.stats_api import DIMENSIONS, Analytics
-from gateway.usage_api import Agent
-from stats_common.contract import CURRENT_SCHEMA_VERSION
-from stats_common.weeks import MAX_YEAR, MIN_YEAR
-from stats_demo.services import free_port
 
 from .test_gateway_stats import running_gateway
 

@@ -17,14 +17,13 @@ import httpx
 import pytest
 import uvicorn
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-
-from gateway.app import create_app
-from gateway.errors import HTTP_STATUS
-from gateway.pages import PLOTLY_JS
-from gateway.stats_api import Analytics
-from gateway.usage_api import Agent
-from stats_common import errors
-from stats_demo.services import free_port
+from printernizer_stats.common import errors
+from printernizer_stats.demo.services import free_port
+from printernizer_stats.gateway.app import create_app
+from printernizer_stats.gateway.errors import HTTP_STATUS
+from printernizer_stats.gateway.pages import PLOTLY_JS
+from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.usage_api import Agent
 
 from . import databases
 from .test_aggregation_admin import report_of

@@ -10,11 +10,10 @@ from collections.abc import AsyncIterator
 
 import httpx
 import pytest
-
-from gateway.stats_api import Analytics
-from gateway.usage_api import Agent
-from stats_common.contract import CURRENT_SCHEMA_VERSION
-from stats_demo.services import free_port
+from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
+from printernizer_stats.demo.services import free_port
+from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.usage_api import Agent
 
 from .agent_harness import RunningAgent, agent, agent_dir
 from .test_gateway_stats import running_gateway

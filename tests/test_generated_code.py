@@ -18,8 +18,7 @@ from printernizer.stats.v1 import (
     ingest_service_pb2_grpc,
     usage_event_pb2,
 )
-
-from stats_common import contract
+from printernizer_stats.common import contract
 
 from .conftest import ROOT
 

@@ -24,11 +24,10 @@ import grpc
 import pytest
 from google.protobuf import timestamp_pb2
 from printernizer.stats.v1 import common_pb2, ingest_admin_service_pb2, ingest_service_pb2
-
-from stats_common.admin import bearer_metadata
-from stats_common.errors import error_reason, field_violations
-from stats_common.identity import report_id
-from stats_common.weeks import Week
+from printernizer_stats.common.admin import bearer_metadata
+from printernizer_stats.common.errors import error_reason, field_violations
+from printernizer_stats.common.identity import report_id
+from printernizer_stats.common.weeks import Week
 
 from . import databases
 from .test_aggregation_admin import report_of

@@ -21,18 +21,17 @@ from google.protobuf.descriptor import EnumDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, country_pb2, ingest_admin_service_pb2
-from sqlalchemy import select
-
-from aggregation_server import schema
-from aggregation_server.database import create_sync_engine
-from aggregation_server.validation import (
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import create_sync_engine
+from printernizer_stats.aggregation.validation import (
     MAX_PRINTERS_PER_TYPE,
     MAX_WEEKLY_COUNT,
     check_report,
     normalise_unknown_values,
 )
-from stats_common.admin import bearer_metadata
-from stats_common.identity import report_id
+from printernizer_stats.common.admin import bearer_metadata
+from printernizer_stats.common.identity import report_id
+from sqlalchemy import select
 
 from . import databases
 from .test_aggregation_ingest import Installation

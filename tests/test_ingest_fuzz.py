@@ -14,7 +14,7 @@ After every example:
 - the status is never INTERNAL or UNKNOWN;
 - an INVALID_ARGUMENT names the field at fault (google.rpc.BadRequest), but
   for a body that is not the method's message at all, which the shared
-  interceptor (stats_common.interceptors) refuses before the servicer runs,
+  interceptor (printernizer_stats.common.interceptors) refuses before the servicer runs,
   with a fixed message and no details;
 - everything stored for the installations that reported before is unchanged.
 """
@@ -43,14 +43,13 @@ from printernizer.stats.v1 import (
     ingest_admin_service_pb2,
     ingest_service_pb2,
 )
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import create_sync_engine
+from printernizer_stats.common.admin import bearer_metadata
+from printernizer_stats.common.errors import field_violations
+from printernizer_stats.common.weeks import Week
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
-
-from aggregation_server import schema
-from aggregation_server.database import create_sync_engine
-from stats_common.admin import bearer_metadata
-from stats_common.errors import field_violations
-from stats_common.weeks import Week
 
 from . import databases
 from .test_aggregation_admin import report_of

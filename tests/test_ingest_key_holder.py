@@ -32,10 +32,9 @@ from typing import Any
 import grpc
 import pytest
 from printernizer.stats.v1 import ingest_admin_service_pb2, ingest_service_pb2
-
-from stats_common.admin import bearer_metadata
-from stats_common.errors import retry_delay
-from stats_common.weeks import Week
+from printernizer_stats.common.admin import bearer_metadata
+from printernizer_stats.common.errors import retry_delay
+from printernizer_stats.common.weeks import Week
 
 from . import databases
 from .test_aggregation_admin import report_of

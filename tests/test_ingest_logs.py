@@ -1,5 +1,5 @@
 """No identifier and no report bytes in any log line of the real server process
-(`python -m aggregation_server --log-format json --log-level DEBUG`), on
+(`python -m printernizer_stats.aggregation --log-format json --log-level DEBUG`), on
 SQLite and on a PostgreSQL server of the test's own.
 
 The process sees accepted, duplicate, refused (invalid, unsigned, another
@@ -32,9 +32,8 @@ import psycopg
 import pytest
 from printernizer.stats.v1 import ingest_admin_service_pb2, ingest_service_pb2, ingest_service_pb2_grpc
 from printernizer.stats.v1 import ingest_admin_service_pb2_grpc as admin_grpc
-
-from stats_common.admin import bearer_metadata
-from stats_common.weeks import Week
+from printernizer_stats.common.admin import bearer_metadata
+from printernizer_stats.common.weeks import Week
 
 from .postgres_instance import postgres_instance
 from .test_aggregation_admin import report_of

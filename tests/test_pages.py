@@ -18,9 +18,8 @@ from pathlib import Path
 import pytest
 from playwright.async_api import Browser, Page, Request, Route, async_playwright, expect
 from printernizer.stats.v1 import agent_service_pb2
-
-from analytics_server.privacy import rounded
-from stats_demo.fleet import build_fleet
+from printernizer_stats.analytics.privacy import rounded
+from printernizer_stats.demo.fleet import build_fleet
 
 from .agent_harness import RPC_TIMEOUT
 from .conftest import ROOT

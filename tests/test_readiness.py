@@ -17,10 +17,9 @@ import psycopg
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc, ingest_service_pb2
+from printernizer_stats.common.admin import bearer_metadata
+from printernizer_stats.common.errors import retry_delay
 from sqlalchemy.engine import make_url
-
-from stats_common.admin import bearer_metadata
-from stats_common.errors import retry_delay
 
 from . import databases
 from .test_aggregation_admin import report_of

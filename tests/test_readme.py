@@ -6,12 +6,11 @@ import re
 from pathlib import Path
 
 import pytest
-
-from aggregation_server.__main__ import build_parser as aggregation_parser
-from analytics_server.__main__ import build_parser as analytics_parser
-from gateway.__main__ import build_parser as gateway_parser
-from stats_agent.__main__ import build_parser as agent_parser
-from stats_common.cli import EnvArgumentParser
+from printernizer_stats.agent.__main__ import build_parser as agent_parser
+from printernizer_stats.aggregation.__main__ import build_parser as aggregation_parser
+from printernizer_stats.analytics.__main__ import build_parser as analytics_parser
+from printernizer_stats.common.cli import EnvArgumentParser
+from printernizer_stats.gateway.__main__ import build_parser as gateway_parser
 
 from .conftest import ROOT
 
@@ -21,7 +20,7 @@ def readme_rows() -> dict[str, str]:
     rows: dict[str, str] = {}
     service = ""
     for line in (ROOT / "README.md").read_text().splitlines():
-        match = re.match(r"\| `python -m (\w+)` \|", line)
+        match = re.match(r"\| `python -m ([\w.]+)` \|", line)
         if match:
             service = match.group(1)
         elif not line.startswith("| |"):
@@ -34,10 +33,10 @@ def readme_rows() -> dict[str, str]:
 @pytest.mark.parametrize(
     ("service", "parser"),
     [
-        ("stats_agent", agent_parser),
-        ("aggregation_server", aggregation_parser),
-        ("analytics_server", analytics_parser),
-        ("gateway", gateway_parser),
+        ("printernizer_stats.agent", agent_parser),
+        ("printernizer_stats.aggregation", aggregation_parser),
+        ("printernizer_stats.analytics", analytics_parser),
+        ("printernizer_stats.gateway", gateway_parser),
     ],
 )
 def test_every_option_is_in_the_readme_table(service: str, parser: object) -> None:

@@ -13,16 +13,15 @@ from pathlib import Path
 import grpc
 import pytest
 from printernizer.stats.v1 import ingest_service_pb2
+from printernizer_stats.agent.agent import AgentConfig, StatsAgent
+from printernizer_stats.agent.consent import SHARING, Override
+from printernizer_stats.agent.delivery import Uplink, deliver
+from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.aggregation import schema
+from printernizer_stats.aggregation.database import create_sync_engine
+from printernizer_stats.common.errors import retry_delay
+from printernizer_stats.common.weeks import Week
 from sqlalchemy import select
-
-from aggregation_server import schema
-from aggregation_server.database import create_sync_engine
-from stats_agent.agent import AgentConfig, StatsAgent
-from stats_agent.consent import SHARING, Override
-from stats_agent.delivery import Uplink, deliver
-from stats_agent.storage import AgentStore
-from stats_common.errors import retry_delay
-from stats_common.weeks import Week
 
 from . import databases
 from .agent_harness import FakeClock, job_created

@@ -22,11 +22,11 @@ from printernizer.stats.v1 import (
     common_pb2,
     usage_event_pb2,
 )
-
-from stats_agent.agent import AgentConfig
-from stats_agent.consent import Override
-from stats_agent.events import unpack
-from stats_agent.sdk import (
+from printernizer_stats.agent.agent import AgentConfig
+from printernizer_stats.agent.consent import Override
+from printernizer_stats.agent.server import ServerConfig, serve
+from printernizer_stats.common.events import unpack
+from printernizer_stats.sdk import (
     AppStarted,
     Component,
     CpuArchitecture,
@@ -50,8 +50,7 @@ from stats_agent.sdk import (
     job_duration_bucket,
     parse_version,
 )
-from stats_agent.sdk.client import _Encoder
-from stats_agent.server import ServerConfig, serve
+from printernizer_stats.sdk.client import _Encoder
 
 EVENT_KIND_ERROR_OCCURRED = agent_service_pb2.EVENT_KIND_ERROR_OCCURRED
 
@@ -61,7 +60,7 @@ NO_DELAY_SECONDS = 0.25
 
 
 class AgentThread:
-    """A real agent (stats_agent.server.serve) in a thread with its own loop."""
+    """A real agent (printernizer_stats.agent.server.serve) in a thread with its own loop."""
 
     def __init__(self, socket_path: Path, db_path: Path, override: Override = Override()) -> None:
         self.socket_path, self.db_path, self.override = socket_path, db_path, override

@@ -24,8 +24,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 
 from printernizer.stats.v1 import agent_service_pb2
-
-from stats_agent.sdk import PrinterType, StatsClient
+from printernizer_stats.sdk import PrinterType, StatsClient
 
 from .agent_harness import AgentProcess, agent_process, db_event_count, short_private_dir
 from .test_faults import agent_status, small_disk

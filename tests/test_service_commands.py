@@ -1,4 +1,4 @@
-"""`python -m analytics_server` and `python -m gateway` as real processes, the
+"""`python -m printernizer_stats.analytics` and `python -m printernizer_stats.gateway` as real processes, the
 way the README starts them: they serve, stop cleanly on SIGTERM, and refuse
 unusable settings with one clear line."""
 
@@ -14,9 +14,8 @@ from pathlib import Path
 
 import grpc
 import httpx
-
-from stats_common.health import is_serving
-from stats_demo.services import free_port
+from printernizer_stats.common.health import is_serving
+from printernizer_stats.demo.services import free_port
 
 from .conftest import ROOT
 
@@ -50,7 +49,7 @@ def stop(process: subprocess.Popen[str], exit_codes: tuple[int, ...] = (0,)) -> 
 
 def test_analytics_server_and_gateway_serve_and_stop(tmp_path: Path) -> None:
     analytics_port, gateway_port = free_port(), free_port()
-    analytics = start(tmp_path, "analytics_server", "--listen", f"127.0.0.1:{analytics_port}")
+    analytics = start(tmp_path, "printernizer_stats.analytics", "--listen", f"127.0.0.1:{analytics_port}")
     gateway = None
     try:
         ca = tmp_path / "printernizer-stats" / "tls" / "ca.crt"
@@ -61,7 +60,7 @@ def test_analytics_server_and_gateway_serve_and_stop(tmp_path: Path) -> None:
         )
         gateway = start(
             tmp_path,
-            "gateway",
+            "printernizer_stats.gateway",
             "--listen",
             f"127.0.0.1:{gateway_port}",
             "--analytics",
@@ -87,7 +86,13 @@ def test_analytics_server_and_gateway_serve_and_stop(tmp_path: Path) -> None:
 
         # The health command containers and scripts use.
         def health(*options: str) -> subprocess.CompletedProcess[str]:
-            command = [sys.executable, "-m", "stats_common.health", f"localhost:{analytics_port}", *options]
+            command = [
+                sys.executable,
+                "-m",
+                "printernizer_stats.common.health",
+                f"localhost:{analytics_port}",
+                *options,
+            ]
             return subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=60)
 
         assert (health("--ca-file", str(ca)).returncode, health("--ca-file", str(ca)).stdout) == (
@@ -106,7 +111,7 @@ def test_analytics_server_and_gateway_serve_and_stop(tmp_path: Path) -> None:
 
 def test_unusable_settings_are_one_clear_line(tmp_path: Path) -> None:
     missing_token = subprocess.run(
-        [sys.executable, "-m", "gateway", "--admin-token-file", str(tmp_path / "none")],
+        [sys.executable, "-m", "printernizer_stats.gateway", "--admin-token-file", str(tmp_path / "none")],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -117,7 +122,7 @@ def test_unusable_settings_are_one_clear_line(tmp_path: Path) -> None:
     assert "Traceback" not in missing_token.stderr
     short = tmp_path / "short-token"
     short.write_text("abc\n")
-    for command in (["analytics_server"], ["aggregation_server"]):
+    for command in (["printernizer_stats.analytics"], ["printernizer_stats.aggregation"]):
         refused = subprocess.run(
             [sys.executable, "-m", *command, "--admin-token-file", str(short)],
             cwd=ROOT,
@@ -130,7 +135,7 @@ def test_unusable_settings_are_one_clear_line(tmp_path: Path) -> None:
         assert "must be one word of at least 32 characters" in refused.stderr
         assert "Traceback" not in refused.stderr
     no_mail_host = subprocess.run(
-        [sys.executable, "-m", "analytics_server", "--mail-to", "a@printernizer.invalid"],
+        [sys.executable, "-m", "printernizer_stats.analytics", "--mail-to", "a@printernizer.invalid"],
         cwd=ROOT,
         env={**os.environ, "XDG_DATA_HOME": str(tmp_path)},
         capture_output=True,
@@ -140,7 +145,7 @@ def test_unusable_settings_are_one_clear_line(tmp_path: Path) -> None:
     assert no_mail_host.returncode == 2
     assert "need --smtp-host" in no_mail_host.stderr
     nothing = subprocess.run(
-        [sys.executable, "-m", "gateway", "--admin-token-file", "", "--agent-socket", ""],
+        [sys.executable, "-m", "printernizer_stats.gateway", "--admin-token-file", "", "--agent-socket", ""],
         cwd=ROOT,
         capture_output=True,
         text=True,
@@ -151,25 +156,33 @@ def test_unusable_settings_are_one_clear_line(tmp_path: Path) -> None:
         nothing.stderr.strip() == "gateway: nothing to serve: set --admin-token-file, --agent-socket or both"
     )
     migrations = subprocess.run(
-        [sys.executable, "-m", "aggregation_server", "--migrations", "only", "--database-url", "postgresql:"],
+        [
+            sys.executable,
+            "-m",
+            "printernizer_stats.aggregation",
+            "--migrations",
+            "only",
+            "--database-url",
+            "postgresql:",
+        ],
         cwd=ROOT,
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert migrations.returncode == 1
-    assert migrations.stderr.startswith("aggregation_server: the migrations failed:")
+    assert migrations.stderr.startswith("printernizer_stats.aggregation: the migrations failed:")
     assert len(migrations.stderr.strip().splitlines()) == 1
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         busy = f"127.0.0.1:{taken.getsockname()[1]}"
         for command, says in (
-            (["analytics_server", "--metrics-listen", busy], "cannot serve metrics on"),  # in use
-            (["aggregation_server", "--tls-names", "bad name"], "is not a host name"),
-            (["gateway", "--metrics-listen", "nonsense"], "expected HOST:PORT"),
-            (["stats_demo", "--weeks", "61"], "--weeks"),  # more than one submission holds
-            (["stats_demo", "--gateway-port", "99999"], "expected a port"),
+            (["printernizer_stats.analytics", "--metrics-listen", busy], "cannot serve metrics on"),  # in use
+            (["printernizer_stats.aggregation", "--tls-names", "bad name"], "is not a host name"),
+            (["printernizer_stats.gateway", "--metrics-listen", "nonsense"], "expected HOST:PORT"),
+            (["printernizer_stats.demo", "--weeks", "61"], "--weeks"),  # more than one submission holds
+            (["printernizer_stats.demo", "--gateway-port", "99999"], "expected a port"),
         ):
             refused = subprocess.run(
                 [sys.executable, "-m", *command],

@@ -31,10 +31,9 @@ from printernizer.stats.v1 import (
     aggregated_stats_pb2,
     ingest_service_pb2_grpc,
 )
+from printernizer_stats.common.telemetry import ADDRESS, grpc_client_interceptors, mask_addresses
+from printernizer_stats.demo.services import free_port
 from prometheus_client.parser import text_string_to_metric_families
-
-from stats_common.telemetry import ADDRESS, grpc_client_interceptors, mask_addresses
-from stats_demo.services import free_port
 
 from . import databases
 from .agent_harness import (
@@ -206,10 +205,14 @@ async def test_the_aggregation_servers_metrics_count_outcomes_and_limits(tmp_pat
     assert entries, log_text  # structured: one JSON object per line
     # Besides the two start-up lines for the operator (where the CA and the
     # token are), nothing unstructured: gRPC's core logs only errors.
-    others = [line for line in log_text.splitlines() if not line.startswith(("{", "aggregation_server: "))]
+    others = [
+        line
+        for line in log_text.splitlines()
+        if not line.startswith(("{", "printernizer_stats.aggregation: "))
+    ]
     assert others == []
     assert {"time", "level", "service", "logger", "message"} <= set(entries[0])
-    assert {e["service"] for e in entries} == {"aggregation_server"}
+    assert {e["service"] for e in entries} == {"printernizer_stats.aggregation"}
     for form in identifier_forms(agent.installation_id):
         assert form not in log_text
     assert not ADDRESS.search(log_text), ADDRESS.findall(log_text)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from cryptography import x509
-
-from stats_common.tls import ensure_self_made
+from printernizer_stats.common.tls import ensure_self_made
 
 
 def dns_names(path: Path) -> set[str]:

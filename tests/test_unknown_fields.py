@@ -36,11 +36,10 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import agent_service_pb2, analytics_service_pb2_grpc, ingest_service_pb2
-
-from gateway.stats_api import Analytics
-from gateway.usage_api import Agent
-from stats_agent.consent import Identity
-from stats_common.weeks import Week
+from printernizer_stats.agent.consent import Identity
+from printernizer_stats.common.weeks import Week
+from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.usage_api import Agent
 
 from .agent_harness import (
     RPC_TIMEOUT,

@@ -6,7 +6,7 @@ Produces, for every .proto file under proto/:
 - `contract_descriptor.binpb`: a FileDescriptorSet with source info, so the
   comments of the contract (the "Why:" of each collected field) are available
   at run time for the "what we collect" disclosure;
-and, into stats_agent/sdk/_generated/, the betterproto2 dataclasses of the
+and, into sdk/printernizer_stats/sdk/_generated/, the betterproto2 dataclasses of the
 event vocabulary that the host app writes (the SDK's typed events).
 
 The output path mirrors the proto path (proto/printernizer/stats/v1/x.proto ->
@@ -34,7 +34,7 @@ import grpc_tools
 ROOT = Path(__file__).resolve().parent.parent
 PROTO_ROOT = ROOT / "proto"
 GEN_ROOT = ROOT / "gen"
-SDK_ROOT = ROOT / "stats_agent/sdk/_generated"
+SDK_ROOT = ROOT / "sdk/printernizer_stats/sdk/_generated"
 # The host-facing part of the contract: what the host app writes.
 SDK_FILES = (
     "printernizer/stats/v1/common.proto",
@@ -43,7 +43,8 @@ SDK_FILES = (
     "printernizer/stats/v1/usage_event.proto",
 )
 # (where under the temporary output, where in the repository)
-TARGETS = (("gen", GEN_ROOT), ("sdk", SDK_ROOT))
+# Only the generated trees: gen/ also holds the contract distribution's pyproject.toml.
+TARGETS = (("gen/printernizer", GEN_ROOT / "printernizer"), ("sdk", SDK_ROOT))
 DESCRIPTOR_SET = Path("printernizer/stats/v1/contract_descriptor.binpb")
 
 

@@ -1,4 +1,4 @@
-"""Write gateway/web/static/plotly.css: the style rules plotly.js would inject itself.
+"""Write the gateway's web/static/plotly.css: the style rules plotly.js would inject itself.
 
 plotly.js adds its styles at run time through a <style> element, which the
 gateway's Content-Security-Policy (style-src 'self') forbids. plotly.js skips
@@ -24,8 +24,9 @@ from importlib.resources import files
 from pathlib import Path
 
 BUNDLE = Path(str(files("plotly") / "package_data" / "plotly.min.js"))
-PAGES = sorted((Path(__file__).resolve().parent.parent / "gateway" / "web").glob("*.html"))
-TARGET = Path(__file__).resolve().parent.parent / "gateway" / "web" / "static" / "plotly.css"
+WEB = Path(__file__).resolve().parent.parent / "gateway" / "printernizer_stats" / "gateway" / "web"
+PAGES = sorted(WEB.glob("*.html"))
+TARGET = WEB / "static" / "plotly.css"
 
 # Where the bundle turns its rule table into CSS: `for(k in table)sel=k.replace(...X...)...`.
 LOOP = re.compile(

@@ -1,0 +1,230 @@
+"""Checking a submitted weekly report before anything is stored, and making a
+checked report storable.
+
+Plain domain code (no gRPC): the servicer turns the violations into
+INVALID_ARGUMENT with google.rpc.BadRequest field violations. Every rule
+names the field at fault, relative to the report ("usage.uptime_hours",
+"errors[3]"), with list indices as the agent sent them.
+
+Enum values this server does not know (a newer agent) are not errors:
+`normalise_unknown_values` makes them OTHER (or UNSPECIFIED), merges the list
+entries that thereby share a key, and counts them; they are never stored raw.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.message import Message
+from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2
+from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
+from printernizer_stats.common.errors import PERIOD_NOT_ENDED
+from printernizer_stats.common.identity import ID_BYTES, installation_id_problem, report_id
+from printernizer_stats.common.weeks import Week
+
+# The largest serialized report accepted, checked before parsing.
+MAX_REPORT_BYTES = 10 * 1024
+# A report may arrive this long before its week has ended by the server's clock.
+CLOCK_SKEW = dt.timedelta(hours=1)
+WEEK_HOURS = 168
+# Plausible maxima for one installation in one week; beyond them a report is
+# more likely broken or forged than real.
+MAX_WEEKLY_COUNT = 1_000_000
+MAX_PRINTERS_PER_TYPE = 10_000
+MAX_VERSION_PART = 10_000
+
+Report = aggregated_stats_pb2.AggregatedStats
+
+# Records one violation: (field, description).
+_Problem = Callable[[str, str], None]
+
+
+@dataclass(frozen=True)
+class Violation:
+    field: str
+    description: str
+    reason: str = ""  # a machine-readable reason, for the few a client acts on
+
+
+@dataclass(frozen=True)
+class _KeyedList:
+    """A list in the report whose entries are keyed by enum values."""
+
+    path: str  # from the report, e.g. "usage.job_failures"
+    key: tuple[str, ...]  # the fields that make an entry's key, unique within the list
+    counted: bool  # whether entries carry a `count`
+    # The most one entry may count; None where the entries must add up to a
+    # total that is bounded instead (failures to jobs_failed, durations to
+    # jobs_completed): clamping those would break the sum.
+    most: int | None = None
+
+    def entries(self, report: Report) -> Any:
+        holder: Any = report
+        for name in self.path.split("."):
+            holder = getattr(holder, name)
+        return holder
+
+
+_PRINTERS = _KeyedList("printer_fleet.printers", ("printer_type",), True, MAX_PRINTERS_PER_TYPE)
+_FEATURES = _KeyedList("features", ("feature",), False)
+_ERRORS = _KeyedList("errors", ("error_type", "component"), True, MAX_WEEKLY_COUNT)
+_JOB_FAILURES = _KeyedList("usage.job_failures", ("reason",), True)
+_JOB_DURATIONS = _KeyedList("usage.completed_job_durations", ("duration",), True)
+_KEYED_LISTS = (_PRINTERS, _FEATURES, _ERRORS, _JOB_FAILURES, _JOB_DURATIONS)
+
+
+def check_report(
+    report: Report, installation_id: bytes, now: dt.datetime, first_kept: Week
+) -> list[Violation]:
+    """Every rule the report breaks (an empty list: the report is acceptable).
+    `first_kept` is the oldest week the server keeps: an older report would be
+    deleted by retention at once, so it is refused instead."""
+    problems: list[Violation] = []
+
+    def problem(field: str, description: str) -> None:
+        problems.append(Violation(field, description))
+
+    if not 1 <= report.schema_version <= CURRENT_SCHEMA_VERSION:
+        problem("schema_version", f"unknown schema version {report.schema_version}")
+    own_id = report.installation.installation_id
+    wrong_id = installation_id_problem(own_id)
+    if wrong_id is not None:
+        problem("installation.installation_id", wrong_id)
+    elif own_id != installation_id:
+        problem("installation.installation_id", "differs from the submission's installation_id")
+    if len(report.report_id) != ID_BYTES:
+        problem("report_id", f"must be {ID_BYTES} bytes, got {len(report.report_id)}")
+    week = _week(report, problem)
+    if week is not None:
+        if week.end > now + CLOCK_SKEW:
+            problems.append(Violation("period", f"{week} has not ended yet", PERIOD_NOT_ENDED))
+        elif week < first_kept:
+            problem("period", f"{week} is older than this server keeps (reports from {first_kept} on)")
+        if len(installation_id) == ID_BYTES and report.report_id != report_id(installation_id, week):
+            problem("report_id", "is not derived from the installation ID and the week")
+    _check_version(report.installation.app_version, "installation.app_version", problem)
+    _check_version(report.installation.python_version, "installation.python_version", problem)
+    _check_counts(report, problem)
+    _check_unique(report, problem)
+    return problems
+
+
+def _week(report: Report, problem: _Problem) -> Week | None:
+    if not report.HasField("period"):
+        problem("period", "must be set")
+        return None
+    try:
+        return Week.from_proto(report.period)
+    except ValueError:
+        problem("period", f"{report.period.year}-W{report.period.week} is not an ISO week")
+        return None
+
+
+def _check_version(version: Message, path: str, problem: _Problem) -> None:
+    for part in ("major", "minor", "patch"):
+        if getattr(version, part) > MAX_VERSION_PART:
+            problem(f"{path}.{part}", f"must be at most {MAX_VERSION_PART}")
+
+
+def _check_counts(report: Report, problem: _Problem) -> None:
+    usage = report.usage
+    for field in usage.DESCRIPTOR.fields:
+        if field.type == FieldDescriptor.TYPE_UINT32 and getattr(usage, field.name) > MAX_WEEKLY_COUNT:
+            problem(f"usage.{field.name}", f"must be at most {MAX_WEEKLY_COUNT}")
+    if usage.uptime_hours > WEEK_HOURS:
+        problem("usage.uptime_hours", f"a week has {WEEK_HOURS} hours")
+    if usage.unclean_shutdowns > usage.app_starts:
+        problem("usage.unclean_shutdowns", "cannot exceed app_starts")
+    if sum(entry.count for entry in usage.job_failures) != usage.jobs_failed:
+        problem("usage.job_failures", "must add up to jobs_failed")
+    if sum(entry.count for entry in usage.completed_job_durations) != usage.jobs_completed:
+        problem("usage.completed_job_durations", "must add up to jobs_completed")
+    for keyed in (_ERRORS, _PRINTERS):
+        assert keyed.most is not None
+        for i, entry in enumerate(keyed.entries(report)):
+            if not 1 <= entry.count <= keyed.most:
+                problem(f"{keyed.path}[{i}].count", f"must be between 1 and {keyed.most}")
+
+
+def _check_unique(report: Report, problem: _Problem) -> None:
+    """Keys as sent, unknown values included: a known entry listed twice is an
+    error, while two values this server does not know are different values
+    (merged only when they are normalised)."""
+    for keyed in _KEYED_LISTS:
+        seen: set[tuple[int, ...]] = set()
+        for i, entry in enumerate(keyed.entries(report)):
+            key = tuple(getattr(entry, name) for name in keyed.key)
+            if key in seen:
+                problem(f"{keyed.path}[{i}]", "repeats an entry listed before")
+            seen.add(key)
+
+
+def normalise_unknown_values(report: Report) -> int:
+    """Make a checked report storable when it holds enum values this server
+    does not know, in place; returns how many there were (to be counted).
+
+    A feature this server does not know is dropped: Feature has no OTHER, and
+    "some feature" says nothing. Every other unknown value becomes its enum's
+    OTHER value (UNSPECIFIED where there is none), and list entries whose keys
+    thereby became equal are merged. `check_report` saw the keys unique as
+    sent, so only entries with an unknown value can meet here. Merging keeps
+    what the check established: counts are summed, so failures and durations
+    still add up to jobs_failed and jobs_completed; a sum over the most one
+    entry may count (errors, printers) is clamped there, not refused."""
+    unknown = _drop_unknown_features(report)
+    unknown += _replace_unknown_values(report)
+    for keyed in _KEYED_LISTS:
+        if keyed.counted:
+            _merge_equal_keys(keyed, report)
+    return unknown
+
+
+def _drop_unknown_features(report: Report) -> int:
+    known = common_pb2.Feature.DESCRIPTOR.values_by_number
+    kept = [(entry.feature, entry.enabled) for entry in report.features if entry.feature in known]
+    dropped = len(report.features) - len(kept)
+    if dropped:
+        del report.features[:]
+        for feature, enabled in kept:
+            report.features.add(feature=feature, enabled=enabled)
+    return dropped
+
+
+def _replace_unknown_values(message: Message) -> int:
+    replaced = 0
+    for field, value in message.ListFields():
+        if field.type == FieldDescriptor.TYPE_ENUM:
+            enum = field.enum_type
+            assert enum is not None
+            fallback = next((v.number for v in enum.values if v.name.endswith("_OTHER")), 0)
+            values = list(value) if field.is_repeated else [value]
+            fixed = [v if v in enum.values_by_number else fallback for v in values]
+            replaced += sum(1 for old, new in zip(values, fixed, strict=True) if old != new)
+            if field.is_repeated:
+                container = getattr(message, field.name)
+                del container[:]
+                container.extend(fixed)
+            else:
+                setattr(message, field.name, fixed[0])
+        elif field.message_type is not None:
+            for item in value if field.is_repeated else [value]:
+                replaced += _replace_unknown_values(item)
+    return replaced
+
+
+def _merge_equal_keys(keyed: _KeyedList, report: Report) -> None:
+    entries = keyed.entries(report)
+    totals: dict[tuple[int, ...], int] = {}  # in the order of each key's first entry
+    for entry in entries:
+        key = tuple(getattr(entry, name) for name in keyed.key)
+        totals[key] = totals.get(key, 0) + entry.count
+    if len(totals) == len(entries):
+        return
+    del entries[:]
+    for key, total in totals.items():
+        count = total if keyed.most is None else min(total, keyed.most)
+        entries.add(count=count, **dict(zip(keyed.key, key, strict=True)))

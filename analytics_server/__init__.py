@@ -1,5 +1,0 @@
-"""The admin query service: answers the maintainers' questions about stored reports."""
-
-from stats_common import quiet_grpc_core
-
-quiet_grpc_core()

@@ -1,5 +1,0 @@
-"""The REST gateway: the admin dashboard's API and the local privacy page."""
-
-from stats_common import quiet_grpc_core
-
-quiet_grpc_core()

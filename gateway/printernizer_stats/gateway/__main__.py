@@ -1,0 +1,101 @@
+"""`python -m printernizer_stats.gateway`: the REST gateway.
+
+Serves the admin statistics API (/api/v1/stats/*, the admin token required)
+over the analytics server, with its dashboard at /dashboard; and, beside a
+local agent, that installation's privacy API (/api/v1/usage-stats/*) with its
+page at /privacy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import uvicorn
+from printernizer_stats.common.admin import AdminTokenError, read_token_file
+from printernizer_stats.common.cli import EnvArgumentParser, host_port, user_data_dir, user_runtime_dir
+from printernizer_stats.common.telemetry import add_telemetry_options, configure
+
+from .app import create_app
+from .stats_api import Analytics
+from .usage_api import Agent
+
+
+def build_parser() -> EnvArgumentParser:
+    parser = EnvArgumentParser(
+        prog="printernizer_stats.gateway",
+        env_prefix="STATS_GATEWAY_",
+        description=__doc__,
+    )
+    parser.add_env_option(
+        "--listen",
+        help="address to serve HTTP on",
+        default="127.0.0.1:8470",
+        type=host_port,
+        metavar="HOST:PORT",
+    )
+    parser.add_env_option(
+        "--analytics",
+        help="analytics server address",
+        default="127.0.0.1:50444",
+        type=host_port,
+        metavar="HOST:PORT",
+    )
+    parser.add_env_option(
+        "--agent-socket",
+        help="the local agent's Unix socket, for /api/v1/usage-stats (empty: that API is off)",
+        default=str(user_runtime_dir() / "agent.sock"),
+        metavar="PATH",
+    )
+    parser.add_env_option(
+        "--analytics-ca-file",
+        help="CA certificate of the analytics server (default: the self-made CA; empty: the system's CAs)",
+        default=str(user_data_dir() / "tls" / "ca.crt"),
+        metavar="PATH",
+    )
+    parser.add_env_option(
+        "--admin-token-file",
+        help="file holding the admin token that the statistics API needs (the servers' file; "
+        "empty: no statistics API or dashboard, e.g. beside one installation)",
+        default=str(user_data_dir() / "admin-token"),
+        metavar="PATH",
+    )
+    add_telemetry_options(parser)
+    parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args: argparse.Namespace = build_parser().parse_args(argv)
+    configure("printernizer_stats.gateway", args)
+    analytics = None
+    try:
+        if args.admin_token_file:
+            token = read_token_file(Path(args.admin_token_file).expanduser())
+            ca = Path(args.analytics_ca_file).expanduser().read_bytes() if args.analytics_ca_file else None
+            analytics = Analytics(args.analytics, ca, token)
+    except (OSError, AdminTokenError) as exc:
+        print(f"gateway: {exc}", file=sys.stderr)
+        return 1
+    agent = Agent(args.agent_socket) if args.agent_socket else None
+    if analytics is None and agent is None:
+        print("gateway: nothing to serve: set --admin-token-file, --agent-socket or both", file=sys.stderr)
+        return 1
+    host, _, port = args.listen.rpartition(":")
+    app = create_app(analytics, agent)
+    # uvicorn logs through the configured handler (structured), and writes no
+    # access log: each of its lines would hold the client's address.
+    uvicorn.run(
+        app,
+        host=host.strip("[]"),
+        port=int(port),
+        log_level=args.log_level.lower(),
+        log_config=None,
+        access_log=False,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,179 @@
+"""Consent and the installation identity.
+
+Off by default: until the user chooses, the agent keeps events locally for the
+user's own view (local-only) and sends nothing. DO_NOT_TRACK=1 or the agent's
+own switch force "disabled" (nothing recorded) whatever was chosen.
+
+The identity (a random UUID and an Ed25519 signing key) exists only while the
+user shares: it is created at opt-in, never derived from hardware, and thrown
+away at opt-out, so a later opt-in is a new, unlinkable installation.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import uuid
+from dataclasses import dataclass
+
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+from printernizer.stats.v1 import agent_service_pb2, aggregated_stats_pb2
+from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
+from printernizer_stats.common.events import from_millis
+
+ConsentState = int  # agent_service_pb2.ConsentState value
+LOCAL_ONLY = agent_service_pb2.CONSENT_STATE_LOCAL_ONLY
+SHARING = agent_service_pb2.CONSENT_STATE_SHARING
+DISABLED = agent_service_pb2.CONSENT_STATE_DISABLED
+UNSPECIFIED = agent_service_pb2.CONSENT_STATE_UNSPECIFIED
+
+# Setting keys in the agent's database.
+CHOSEN = "consent.chosen"
+SCHEMA_VERSION = "consent.schema_version"
+CHANGED_AT = "consent.changed_at"
+SINCE_SEQUENCE = "consent.since_sequence"  # events stored after this count...
+SINCE_TIME = "consent.since_time"  # ...if they happened after this (milliseconds)
+INSTALLATION_ID = "identity.installation_id"
+PRIVATE_KEY = "identity.private_key"
+CONSENT_KEYS = (CHOSEN, SCHEMA_VERSION, CHANGED_AT, SINCE_SEQUENCE, SINCE_TIME)
+
+
+class ConsentError(ValueError):
+    """A consent change that cannot be made; `field` names the request field."""
+
+    def __init__(self, field: str, description: str) -> None:
+        super().__init__(f"{field}: {description}")
+        self.field = field
+        self.description = description
+
+
+@dataclass(frozen=True)
+class Override:
+    """Why recording may be off regardless of the user's choice."""
+
+    do_not_track: bool = False
+    agent_switch: bool = False
+
+
+@dataclass(frozen=True)
+class Identity:
+    installation_id: bytes
+    private_key: Ed25519PrivateKey
+
+    @classmethod
+    def create(cls) -> Identity:
+        return cls(uuid.uuid4().bytes, Ed25519PrivateKey.generate())
+
+    @property
+    def public_key(self) -> bytes:
+        return self.private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
+
+    def sign(self, data: bytes) -> bytes:
+        return self.private_key.sign(data)
+
+    def settings(self) -> dict[str, bytes | None]:
+        raw = self.private_key.private_bytes_raw()
+        return {INSTALLATION_ID: self.installation_id, PRIVATE_KEY: raw}
+
+
+@dataclass(frozen=True)
+class ConsentRecord:
+    """The consent as stored, and what is in effect given the overrides."""
+
+    chosen: ConsentState
+    schema_version: int
+    changed_at: dt.datetime | None
+    since_sequence: int
+    since_time: dt.datetime | None
+    override: Override
+
+    @classmethod
+    def from_settings(cls, settings: dict[str, bytes], override: Override) -> ConsentRecord:
+        def number(key: str) -> int:
+            return int(settings[key].decode()) if key in settings else 0
+
+        changed, since = number(CHANGED_AT), number(SINCE_TIME)
+        return cls(
+            chosen=number(CHOSEN),
+            schema_version=number(SCHEMA_VERSION),
+            changed_at=from_millis(changed) if changed else None,
+            since_sequence=number(SINCE_SEQUENCE),
+            since_time=from_millis(since) if since else None,
+            override=override,
+        )
+
+    @property
+    def effective(self) -> ConsentState:
+        if self.override.do_not_track or self.override.agent_switch:
+            return DISABLED
+        return self.chosen if self.chosen != UNSPECIFIED else LOCAL_ONLY
+
+    @property
+    def reason(self) -> int:
+        if self.override.do_not_track:
+            return agent_service_pb2.CONSENT_REASON_DO_NOT_TRACK
+        if self.override.agent_switch:
+            return agent_service_pb2.CONSENT_REASON_AGENT_SWITCH
+        if self.chosen == UNSPECIFIED:
+            return agent_service_pb2.CONSENT_REASON_DEFAULT
+        return agent_service_pb2.CONSENT_REASON_USER_CHOICE
+
+    @property
+    def recording(self) -> bool:
+        return self.effective != DISABLED
+
+    @property
+    def sharing(self) -> bool:
+        return self.effective == SHARING
+
+    def to_proto(self) -> agent_service_pb2.Consent:
+        message = agent_service_pb2.Consent(
+            chosen=self.chosen,  # type: ignore[arg-type]
+            effective=self.effective,  # type: ignore[arg-type]
+            reason=self.reason,  # type: ignore[arg-type]
+            consented_schema_version=self.schema_version if self.chosen == SHARING else 0,  # type: ignore[arg-type]
+            current_schema_version=CURRENT_SCHEMA_VERSION,  # type: ignore[arg-type]
+        )
+        if self.changed_at is not None:
+            message.changed_at.FromDatetime(self.changed_at)
+        return message
+
+
+def check_choice(state: int, schema_version: int) -> None:
+    """Refuse a consent change the agent cannot honour, naming the field."""
+    if state not in (LOCAL_ONLY, SHARING, DISABLED):
+        raise ConsentError("state", "must be LOCAL_ONLY, SHARING or DISABLED")
+    # Whatever the state, a version this agent does not define is refused, not ignored.
+    if schema_version > CURRENT_SCHEMA_VERSION:
+        raise ConsentError(
+            "schema_version", f"{schema_version} is newer than this agent's {CURRENT_SCHEMA_VERSION}"
+        )
+    if schema_version not in aggregated_stats_pb2.ReportSchemaVersion.values():
+        raise ConsentError("schema_version", f"{schema_version} is not a ReportSchemaVersion")
+    if state == SHARING and schema_version == 0:
+        raise ConsentError("schema_version", "required to opt in: the version of the disclosure shown")
+
+
+def choice_settings(
+    state: int, schema_version: int, now: dt.datetime, since_sequence: int, since_time: dt.datetime
+) -> dict[str, bytes | None]:
+    """The settings that record a choice made at `now`; reports count events
+    stored after `since_sequence` that happened after `since_time`.
+
+    The sequence number is the exact boundary; the time only keeps out events
+    that happened before consent but arrived later. Event times have whole
+    seconds, so `since_time` is taken to the whole second as well."""
+    since_time = since_time.replace(microsecond=0)
+    return {
+        CHOSEN: str(state).encode(),
+        SCHEMA_VERSION: str(schema_version if state == SHARING else 0).encode(),
+        CHANGED_AT: str(int(now.timestamp() * 1000)).encode(),
+        SINCE_SEQUENCE: str(since_sequence).encode(),
+        SINCE_TIME: str(int(since_time.timestamp() * 1000)).encode(),
+    }
+
+
+def load_identity(settings: dict[str, bytes]) -> Identity | None:
+    if INSTALLATION_ID not in settings or PRIVATE_KEY not in settings:
+        return None
+    return Identity(settings[INSTALLATION_ID], Ed25519PrivateKey.from_private_bytes(settings[PRIVATE_KEY]))
