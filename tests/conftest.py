@@ -14,7 +14,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from printernizer_stats.common.telemetry import PrivateSpanExporter, private_views
+from printernizer_stats.common.otel import PrivateSpanExporter, private_views
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -21,10 +21,10 @@ from grpc_reflection.v1alpha import reflection
 from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
 from printernizer_stats.common.clock import Clock, SimulatedClock, require_testing
 from printernizer_stats.common.interceptors import RejectUndecodableRequests
+from printernizer_stats.common.telemetry import metrics_enabled
 
 from .agent import AgentConfig, StatsAgent, remembered_time
 from .delivery import Courier, Uplink
-from .metrics import AgentMetrics
 from .servicer import AgentServicer
 from .storage import AgentStore
 
@@ -162,7 +162,10 @@ async def serve(
         after_commit=_killer(config.kill_after_commits),
         high_water=await remembered_time(store),
     )
-    AgentMetrics(agent, asyncio.get_running_loop())
+    if metrics_enabled():  # OpenTelemetry is imported only where metrics are exported
+        from .metrics import AgentMetrics
+
+        AgentMetrics(agent, asyncio.get_running_loop())
     # A simulated clock moves as a test says: look at it every second, not every
     # hour, and reconnect to a restarted server within a second, as its hours pass.
     simulated = isinstance(clock, SimulatedClock)

@@ -24,20 +24,14 @@ import argparse
 import json
 import logging
 import re
+import sys
 import time
-from collections.abc import Sequence
-from typing import Any
-
-from opentelemetry import metrics, trace
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.metrics.view import View
-from opentelemetry.sdk.resources import Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
-from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
-from sqlalchemy.ext.asyncio import AsyncEngine
+from typing import TYPE_CHECKING, Any
 
 from .cli import EnvArgumentParser, host_port_or_empty
+
+if TYPE_CHECKING:
+    from sqlalchemy.ext.asyncio import AsyncEngine
 
 # Span attributes that can hold a client's (or any peer's) address.
 PRIVATE_ATTRIBUTES = frozenset(
@@ -96,41 +90,16 @@ def mask_addresses(text: str) -> str:
     return ADDRESS.sub(_mask, text)
 
 
-class PrivateSpanExporter(SpanExporter):
-    """Passes spans on without their address attributes."""
-
-    def __init__(self, inner: SpanExporter) -> None:
-        self.inner = inner
-
-    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
-        return self.inner.export([without_private_attributes(span) for span in spans])
-
-    def shutdown(self) -> None:
-        self.inner.shutdown()
-
-    def force_flush(self, timeout_millis: int = 30000) -> bool:
-        return self.inner.force_flush(timeout_millis)
-
-
-def without_private_attributes(span: ReadableSpan) -> ReadableSpan:
-    attributes = dict(span.attributes or {})
-    kept = {key: value for key, value in attributes.items() if key not in PRIVATE_ATTRIBUTES}
-    if len(kept) == len(attributes):
-        return span
-    return ReadableSpan(
-        name=span.name,
-        context=span.context,
-        parent=span.parent,
-        resource=span.resource,
-        attributes=kept,
-        events=span.events,
-        links=span.links,
-        kind=span.kind,
-        status=span.status,
-        start_time=span.start_time,
-        end_time=span.end_time,
-        instrumentation_scope=span.instrumentation_scope,
-    )
+def _trace_ids() -> tuple[str, str] | None:
+    """The current trace and span IDs, if a span is being recorded. Spans exist
+    only once OpenTelemetry is set up (which imports it): until then, none."""
+    trace = sys.modules.get("opentelemetry.trace")
+    if trace is None:
+        return None
+    context = trace.get_current_span().get_span_context()
+    if not context.is_valid:
+        return None
+    return format(context.trace_id, "032x"), format(context.span_id, "016x")
 
 
 class JsonFormatter(logging.Formatter):
@@ -150,10 +119,9 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "message": mask_addresses(record.getMessage()),
         }
-        context = trace.get_current_span().get_span_context()
-        if context.is_valid:
-            entry["trace_id"] = format(context.trace_id, "032x")
-            entry["span_id"] = format(context.span_id, "016x")
+        ids = _trace_ids()
+        if ids:
+            entry["trace_id"], entry["span_id"] = ids
         if record.exc_info:
             entry["exception"] = mask_addresses(self.formatException(record.exc_info))
         return json.dumps(entry, ensure_ascii=False)
@@ -165,8 +133,8 @@ class TextFormatter(logging.Formatter):
     converter = time.gmtime  # type: ignore[assignment]  # UTC, as the "Z" says
 
     def format(self, record: logging.LogRecord) -> str:
-        context = trace.get_current_span().get_span_context()
-        record.trace = f" trace={context.trace_id:032x}" if context.is_valid else ""
+        ids = _trace_ids()
+        record.trace = f" trace={ids[0]}" if ids else ""
         return mask_addresses(super().format(record))
 
 
@@ -211,48 +179,33 @@ def configure(service: str, args: argparse.Namespace) -> None:
     defaults and nothing is instrumented, which costs nothing; log lines then
     carry no trace IDs."""
     configure_logging(service, args.log_level, args.log_format)
-    resource = Resource.create({"service.name": service, "service.namespace": "printernizer-stats"})
-    readers: list[MetricReader] = []
-    if args.otlp_endpoint:
-        from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
-        from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
+    if args.otlp_endpoint or args.metrics_listen:
+        # OpenTelemetry is imported only by a process that exports (the agent's
+        # `telemetry` extra; every server has it).
+        from .otel import configure_providers
 
-        tracer_provider = TracerProvider(resource=resource)
-        exporter = PrivateSpanExporter(OTLPSpanExporter(endpoint=args.otlp_endpoint))
-        tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
-        trace.set_tracer_provider(tracer_provider)
-        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter(endpoint=args.otlp_endpoint)))
-    if args.metrics_listen:
-        from opentelemetry.exporter.prometheus import PrometheusMetricReader
-        from prometheus_client import start_http_server
-
-        readers.append(PrometheusMetricReader())
-        host, _, port = args.metrics_listen.rpartition(":")
-        try:
-            start_http_server(int(port), addr=host.strip("[]"))
-        except OSError as exc:  # one line and exit code 1, as for any unusable setting
-            where = args.metrics_listen
-            raise SystemExit(f"{service}: cannot serve metrics on {where}: {exc.strerror}") from None
-    if readers:
-        metrics.set_meter_provider(
-            MeterProvider(resource=resource, metric_readers=readers, views=private_views())
-        )
-
-
-def private_views() -> list[View]:
-    """HTTP server metrics keep the method, route and status only."""
-    return [View(instrument_name="http.server.*", attribute_keys=HTTP_METRIC_ATTRIBUTES)]
+        configure_providers(service, args)
 
 
 def tracing_enabled() -> bool:
     """Whether this process records spans (an SDK tracer provider is set: by
     `configure` with an exporter, or by a test). Without it, nothing is
     instrumented at all, which keeps the per-call cost at zero."""
+    if "opentelemetry.sdk.trace" not in sys.modules:
+        return False  # never set up in this process
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+
     return isinstance(trace.get_tracer_provider(), TracerProvider)
 
 
 def metrics_enabled() -> bool:
     """Whether this process collects metrics (an SDK meter provider is set)."""
+    if "opentelemetry.sdk.metrics" not in sys.modules:
+        return False  # never set up in this process
+    from opentelemetry import metrics
+    from opentelemetry.sdk.metrics import MeterProvider
+
     return isinstance(metrics.get_meter_provider(), MeterProvider)
 
 
@@ -260,6 +213,7 @@ def trace_database(engine: AsyncEngine) -> None:
     """Spans for the statements `engine` runs (their text, never their parameters)."""
     if not tracing_enabled():
         return
+    from opentelemetry import metrics, trace
     from opentelemetry.instrumentation.sqlalchemy.engine import EngineTracer
 
     tracer = trace.get_tracer("printernizer_stats.database")
