@@ -7,7 +7,6 @@ its exceptions to status codes; tests can drive this class directly.
 from __future__ import annotations
 
 import datetime as dt
-import importlib.metadata
 import logging
 import re
 import sqlite3
@@ -109,6 +108,8 @@ class RecordResult:
 
 def package_version() -> common_pb2.Version:
     """This software's version as numbers."""
+    import importlib.metadata  # only when asked (it loads email, zipfile, csv: 4 MB)
+
     try:
         text = importlib.metadata.version("printernizer-stats-agent")
     except importlib.metadata.PackageNotFoundError:  # running from a source tree

@@ -14,12 +14,14 @@ from __future__ import annotations
 import datetime as dt
 import uuid
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from printernizer.stats.v1 import agent_service_pb2, aggregated_stats_pb2
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.common.events import from_millis
+
+if TYPE_CHECKING:
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 ConsentState = int  # agent_service_pb2.ConsentState value
 LOCAL_ONLY = agent_service_pb2.CONSENT_STATE_LOCAL_ONLY
@@ -57,15 +59,22 @@ class Override:
 
 @dataclass(frozen=True)
 class Identity:
+    """The installation's ID and signing key: made when the user first shares.
+    cryptography (7 MB) is imported only then, or when a stored key is used."""
+
     installation_id: bytes
     private_key: Ed25519PrivateKey
 
     @classmethod
     def create(cls) -> Identity:
+        from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
         return cls(uuid.uuid4().bytes, Ed25519PrivateKey.generate())
 
     @property
     def public_key(self) -> bytes:
+        from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
         return self.private_key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
 
     def sign(self, data: bytes) -> bytes:
@@ -176,4 +185,6 @@ def choice_settings(
 def load_identity(settings: dict[str, bytes]) -> Identity | None:
     if INSTALLATION_ID not in settings or PRIVATE_KEY not in settings:
         return None
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
     return Identity(settings[INSTALLATION_ID], Ed25519PrivateKey.from_private_bytes(settings[PRIVATE_KEY]))

@@ -4,9 +4,6 @@ from __future__ import annotations
 
 import uuid
 
-from cryptography.exceptions import InvalidSignature
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
-
 from .weeks import Week
 
 ID_BYTES = 16
@@ -35,6 +32,10 @@ def report_id(installation_id: bytes, week: Week) -> bytes:
 
 def signature_is_valid(public_key: bytes, signature: bytes, data: bytes) -> bool:
     """True when `signature` is the Ed25519 signature of `data` by `public_key`."""
+    # cryptography is imported by what verifies (the server), not by all that uses IDs.
+    from cryptography.exceptions import InvalidSignature
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+
     if len(public_key) != PUBLIC_KEY_BYTES or len(signature) != SIGNATURE_BYTES:
         return False
     try:
