@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, event, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import agent_service_pb2, common_pb2, usage_event_pb2
 from printernizer_stats.agent.agent import FIRST_WEEK, MAX_DROPPED_BY_CLIENT
+from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.common.errors import field_violations
 from printernizer_stats.common.weeks import Week
 
@@ -227,7 +228,7 @@ async def test_limits_at_their_edges(
         (4, 0, "state"),
         (-1, 0, "state"),
         (I32, 1, "state"),
-        (agent_service_pb2.CONSENT_STATE_LOCAL_ONLY, 2, "schema_version"),
+        (agent_service_pb2.CONSENT_STATE_LOCAL_ONLY, CURRENT_SCHEMA_VERSION + 1, "schema_version"),
         (agent_service_pb2.CONSENT_STATE_LOCAL_ONLY, -1, "schema_version"),
         (agent_service_pb2.CONSENT_STATE_DISABLED, I32, "schema_version"),
         (agent_service_pb2.CONSENT_STATE_SHARING, -(1 << 31), "schema_version"),

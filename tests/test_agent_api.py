@@ -23,6 +23,7 @@ from printernizer.stats.v1 import (
 from printernizer_stats.agent.agent import AgentConfig, StatsAgent
 from printernizer_stats.agent.consent import Override
 from printernizer_stats.agent.storage import AgentStore
+from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.common.errors import field_violations
 from printernizer_stats.common.events import MAX_BATCH_EVENTS
 from printernizer_stats.common.weeks import Week
@@ -365,7 +366,7 @@ async def test_refused_events_cost_the_others_nothing_and_are_counted(agent: Run
         (agent_service_pb2.CONSENT_STATE_UNSPECIFIED, 0, "state"),
         (7, 0, "state"),
         (agent_service_pb2.CONSENT_STATE_SHARING, 0, "schema_version"),
-        (agent_service_pb2.CONSENT_STATE_SHARING, 2, "schema_version"),
+        (agent_service_pb2.CONSENT_STATE_SHARING, CURRENT_SCHEMA_VERSION + 1, "schema_version"),
     ],
     ids=["unspecified", "unknown_state", "sharing_without_version", "sharing_newer_version"],
 )

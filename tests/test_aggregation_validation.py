@@ -131,6 +131,57 @@ def test_unknown_enum_values_become_other_not_raw_values() -> None:
     assert normalise_unknown_values(report) == 0
 
 
+def schema_2_values(report: aggregated_stats_pb2.AggregatedStats) -> aggregated_stats_pb2.AggregatedStats:
+    """`report` with a value schema 2 added in every list that can carry one."""
+    report.printer_fleet.printers.add(printer_type=common_pb2.PRINTER_TYPE_UNKNOWN, count=1)
+    report.features.add(feature=common_pb2.FEATURE_GERMAN_COMPLIANCE, enabled=True)
+    report.usage.jobs_completed += 1
+    report.usage.completed_job_durations.add(duration=common_pb2.JOB_DURATION_BUCKET_UNKNOWN, count=1)
+    report.usage.jobs_failed += 1
+    report.usage.job_failures.add(reason=common_pb2.JOB_FAILURE_REASON_UNKNOWN, count=1)
+    conflict, business = common_pb2.ERROR_TYPE_CONFLICT, common_pb2.COMPONENT_BUSINESS
+    report.errors.add(error_type=conflict, component=business, count=2)
+    return report
+
+
+def test_a_schema_2_report_keeps_the_values_schema_2_added() -> None:
+    report = schema_2_values(valid_report())
+    report.schema_version = aggregated_stats_pb2.REPORT_SCHEMA_VERSION_2
+    sent = report.SerializeToString()
+    assert check_report(report, INSTALLATION, NOW, FIRST_KEPT) == []
+    assert normalise_unknown_values(report) == 0
+    assert report.SerializeToString() == sent
+
+
+def test_a_schema_1_report_never_stores_a_value_schema_2_added() -> None:
+    """A value newer than the report's schema is one the user did not consent
+    to: it is treated as a value the server does not know (counted, never
+    stored), while the rest of the report, and older reports, keep working."""
+    report = schema_2_values(valid_report())
+    assert report.schema_version == aggregated_stats_pb2.REPORT_SCHEMA_VERSION_1
+    assert check_report(report, INSTALLATION, NOW, FIRST_KEPT) == []
+    # printer type, feature, duration, reason, error type and component
+    assert normalise_unknown_values(report) == 6
+    assert [(p.printer_type, p.count) for p in report.printer_fleet.printers] == [
+        (common_pb2.PRINTER_TYPE_PRUSA, 2),
+        (common_pb2.PRINTER_TYPE_OTHER, 1),
+    ]
+    assert [f.feature for f in report.features] == [common_pb2.FEATURE_LIBRARY]
+    assert [(d.duration, d.count) for d in report.usage.completed_job_durations] == [
+        (common_pb2.JOB_DURATION_BUCKET_UNDER_1_HOUR, 3),
+        (common_pb2.JOB_DURATION_BUCKET_UNSPECIFIED, 1),
+    ]
+    assert [(f.reason, f.count) for f in report.usage.job_failures] == [
+        (common_pb2.JOB_FAILURE_REASON_CANCELLED, 2),
+        (common_pb2.JOB_FAILURE_REASON_OTHER, 1),
+    ]
+    assert (common_pb2.ERROR_TYPE_OTHER, common_pb2.COMPONENT_OTHER, 2) in [
+        (e.error_type, e.component, e.count) for e in report.errors
+    ]
+    assert check_report(report, INSTALLATION, NOW, FIRST_KEPT) == []
+    assert normalise_unknown_values(report) == 0
+
+
 def test_signatures() -> None:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
     from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat

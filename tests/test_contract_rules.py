@@ -180,7 +180,74 @@ def test_every_report_field_declares_the_schema_version_that_added_it() -> None:
 
 
 def test_current_schema_version_is_the_newest_enum_value() -> None:
-    assert contract.CURRENT_SCHEMA_VERSION == aggregated_stats_pb2.REPORT_SCHEMA_VERSION_1
+    assert contract.CURRENT_SCHEMA_VERSION == aggregated_stats_pb2.REPORT_SCHEMA_VERSION_2
+
+
+def released_contract() -> descriptor_pb2.FileDescriptorSet:
+    return descriptor_pb2.FileDescriptorSet.FromString((ROOT / "proto/released.binpb").read_bytes())
+
+
+def test_every_value_added_since_the_release_declares_its_schema_version() -> None:
+    assert contract.undeclared_new_values(released_contract()) == []
+
+
+def test_a_new_value_without_its_schema_version_is_caught() -> None:
+    """As if FEATURE_MQTT and ERROR_TYPE_INTERNAL had not been released: they
+    declare no version, so a report of the released schema would carry them."""
+    released = released_contract()
+    for file in released.file:
+        for enum in file.enum_type:
+            for value in list(enum.value):
+                if value.name in ("FEATURE_MQTT", "ERROR_TYPE_INTERNAL"):
+                    enum.value.remove(value)
+    assert contract.undeclared_new_values(released) == [
+        "printernizer.stats.v1.Feature.FEATURE_MQTT: added since the release, so it must declare"
+        " value_since_schema_version after 1",
+        "printernizer.stats.v1.ErrorType.ERROR_TYPE_INTERNAL: added since the release, so it must declare"
+        " value_since_schema_version after 1",
+    ]
+
+
+def test_every_value_a_schema_version_adds_says_why_and_is_in_the_disclosure() -> None:
+    assert contract.values_without_why() == []
+    items = {item.path: item for item in contract.disclosure()}
+    declared = [
+        (enum, value)
+        for enum in contract.report_enums()
+        for value in enum.values
+        if contract.declared_value_version(value)
+    ]
+    assert len(declared) >= 2 + 1 + 1 + 1 + 9 + 10  # features, printer, duration, reason, errors, components
+    paths = {
+        "Feature": "features.feature",
+        "PrinterType": "printer_fleet.printers.printer_type",
+        "JobDurationBucket": "usage.completed_job_durations.duration",
+        "JobFailureReason": "usage.job_failures.reason",
+        "ErrorType": "errors.error_type",
+        "Component": "errors.component",
+    }
+    for enum, value in declared:
+        item = items[f"{paths[enum.name]} = {value.name}"]
+        assert item.since_schema_version == contract.declared_value_version(value) == 2
+        assert item.why
+    german = items["features.feature = FEATURE_GERMAN_COMPLIANCE"]
+    assert "German business compliance" in german.why
+
+
+def test_a_report_of_an_older_schema_carries_only_that_schemas_values() -> None:
+    feature = aggregated_stats_pb2.FeatureState.DESCRIPTOR.fields_by_name["feature"].enum_type
+    assert feature is not None
+    new = feature.values_by_name["FEATURE_AUTO_JOB_CREATION"].number
+    library = feature.values_by_name["FEATURE_LIBRARY"].number
+    assert contract.value_in_schema(feature, library, 1)
+    assert not contract.value_in_schema(feature, new, 1)
+    assert contract.value_in_schema(feature, new, 2)
+    assert not contract.value_in_schema(feature, 999, 2)
+    duration = aggregated_stats_pb2.JobDurationCount.DESCRIPTOR.fields_by_name["duration"].enum_type
+    assert duration is not None
+    unknown = duration.values_by_name["JOB_DURATION_BUCKET_UNKNOWN"].number
+    assert contract.value_for_schema(duration, unknown, 1) == 0  # no OTHER: UNSPECIFIED
+    assert contract.value_for_schema(duration, unknown, 2) == unknown
 
 
 def test_disclosure_lists_every_report_field_with_its_reason() -> None:

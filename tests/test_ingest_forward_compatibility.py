@@ -1,6 +1,8 @@
 """Reports from a newer agent: enum values this server does not know, several
 in one list, are accepted (never INTERNAL), stored as OTHER (or UNSPECIFIED),
-merged where they now share a key, counted, and never stored raw.
+merged where they now share a key, counted, and never stored raw. A value the
+contract added after the report's schema version is treated the same way: the
+user did not consent to it.
 
 Hypothesis generates such reports: known and unknown values mixed in every
 list and every scalar enum, counts up to the validation maxima. The
@@ -20,7 +22,13 @@ import pytest
 from google.protobuf.descriptor import EnumDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, country_pb2, ingest_admin_service_pb2
+from printernizer.stats.v1 import (
+    aggregated_stats_pb2,
+    common_pb2,
+    country_pb2,
+    ingest_admin_service_pb2,
+    options_pb2,
+)
 from printernizer_stats.aggregation import schema
 from printernizer_stats.aggregation.database import create_sync_engine
 from printernizer_stats.aggregation.validation import (
@@ -62,8 +70,17 @@ LISTS = {
 }
 
 
-def known(enum: EnumDescriptor, value: int) -> bool:
-    return value in enum.values_by_number
+SCHEMA_VERSIONS = sorted(v for v in aggregated_stats_pb2.ReportSchemaVersion.values() if v)
+
+
+def known(enum: EnumDescriptor, value: int, schema_version: int | None = None) -> bool:
+    """A value of the contract; with `schema_version`, one a report of that
+    version may carry (introduced in it or before, as the value declares)."""
+    defined = enum.values_by_number.get(value)
+    if defined is None:
+        return False
+    introduced = defined.GetOptions().Extensions[options_pb2.value_since_schema_version] or 1
+    return schema_version is None or introduced <= schema_version
 
 
 def fallback(enum: EnumDescriptor) -> int:
@@ -89,6 +106,7 @@ def keyed(
 def newer_reports(draw: st.DrawFn) -> Report:
     """A valid report as a newer agent might send it for LAST_WEEK."""
     report = valid_report(LAST_WEEK)
+    report.schema_version = draw(st.sampled_from(SCHEMA_VERSIONS))  # type: ignore[assignment]
     for name in ("platform", "architecture", "deployment_mode", "country"):
         setattr(report.installation, name, draw(values(ENUMS[name])))
     report.printer_fleet.ClearField("printers")
@@ -127,14 +145,17 @@ def unknown_values_in(report: Report) -> int:
         *(("reason", f.reason) for f in report.usage.job_failures),
         *(("duration", d.duration) for d in report.usage.completed_job_durations),
     ]
-    return sum(not known(ENUMS[name], value) for name, value in scalars + entries)
+    version = report.schema_version
+    return sum(not known(ENUMS[name], value, version) for name, value in scalars + entries)
 
 
 def expected_lists(report: Report) -> dict[str, Counter[tuple[int, ...]]]:
     """The oracle: what the server must store for a newer agent's report."""
 
+    version = report.schema_version
+
     def normal(name: str, value: int) -> int:
-        return value if known(ENUMS[name], value) else fallback(ENUMS[name])
+        return value if known(ENUMS[name], value, version) else fallback(ENUMS[name])
 
     def merged(entries: Iterable[tuple[tuple[int, ...], int]], most: int | None) -> Counter[tuple[int, ...]]:
         totals: Counter[tuple[int, ...]] = Counter()
@@ -149,7 +170,9 @@ def expected_lists(report: Report) -> dict[str, Counter[tuple[int, ...]]]:
             MAX_PRINTERS_PER_TYPE,
         ),
         "features": Counter(
-            (f.feature, int(f.enabled)) for f in report.features if known(ENUMS["feature"], f.feature)
+            (f.feature, int(f.enabled))
+            for f in report.features
+            if known(ENUMS["feature"], f.feature, version)
         ),
         "errors": merged(
             (

@@ -9,6 +9,9 @@ names the field at fault, relative to the report ("usage.uptime_hours",
 Enum values this server does not know (a newer agent) are not errors:
 `normalise_unknown_values` makes them OTHER (or UNSPECIFIED), merges the list
 entries that thereby share a key, and counts them; they are never stored raw.
+A value the contract added after the report's schema version (one the user
+did not consent to, which an agent does not send) is treated the same way:
+a schema-1 report never stores a schema-2 value.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2
-from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
+from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION, fallback_value, value_in_schema
 from printernizer_stats.common.errors import PERIOD_NOT_ENDED
 from printernizer_stats.common.identity import ID_BYTES, installation_id_problem, report_id
 from printernizer_stats.common.weeks import Week
@@ -165,7 +168,8 @@ def _check_unique(report: Report, problem: _Problem) -> None:
 
 def normalise_unknown_values(report: Report) -> int:
     """Make a checked report storable when it holds enum values this server
-    does not know, in place; returns how many there were (to be counted).
+    does not know, or values newer than the report's schema version, in place;
+    returns how many there were (to be counted).
 
     A feature this server does not know is dropped: Feature has no OTHER, and
     "some feature" says nothing. Every other unknown value becomes its enum's
@@ -175,17 +179,22 @@ def normalise_unknown_values(report: Report) -> int:
     what the check established: counts are summed, so failures and durations
     still add up to jobs_failed and jobs_completed; a sum over the most one
     entry may count (errors, printers) is clamped there, not refused."""
-    unknown = _drop_unknown_features(report)
-    unknown += _replace_unknown_values(report)
+    version = report.schema_version
+    unknown = _drop_unknown_features(report, version)
+    unknown += _replace_unknown_values(report, version)
     for keyed in _KEYED_LISTS:
         if keyed.counted:
             _merge_equal_keys(keyed, report)
     return unknown
 
 
-def _drop_unknown_features(report: Report) -> int:
-    known = common_pb2.Feature.DESCRIPTOR.values_by_number
-    kept = [(entry.feature, entry.enabled) for entry in report.features if entry.feature in known]
+def _drop_unknown_features(report: Report, version: int) -> int:
+    enum = common_pb2.Feature.DESCRIPTOR
+    kept = [
+        (entry.feature, entry.enabled)
+        for entry in report.features
+        if value_in_schema(enum, entry.feature, version)
+    ]
     dropped = len(report.features) - len(kept)
     if dropped:
         del report.features[:]
@@ -194,15 +203,17 @@ def _drop_unknown_features(report: Report) -> int:
     return dropped
 
 
-def _replace_unknown_values(message: Message) -> int:
+def _replace_unknown_values(message: Message, version: int) -> int:
     replaced = 0
     for field, value in message.ListFields():
         if field.type == FieldDescriptor.TYPE_ENUM:
             enum = field.enum_type
             assert enum is not None
-            fallback = next((v.number for v in enum.values if v.name.endswith("_OTHER")), 0)
+            if enum.full_name == aggregated_stats_pb2.ReportSchemaVersion.DESCRIPTOR.full_name:
+                continue  # checked: a version this server knows
+            fallback = fallback_value(enum)
             values = list(value) if field.is_repeated else [value]
-            fixed = [v if v in enum.values_by_number else fallback for v in values]
+            fixed = [v if value_in_schema(enum, v, version) else fallback for v in values]
             replaced += sum(1 for old, new in zip(values, fixed, strict=True) if old != new)
             if field.is_repeated:
                 container = getattr(message, field.name)
@@ -212,7 +223,7 @@ def _replace_unknown_values(message: Message) -> int:
                 setattr(message, field.name, fixed[0])
         elif field.message_type is not None:
             for item in value if field.is_repeated else [value]:
-                replaced += _replace_unknown_values(item)
+                replaced += _replace_unknown_values(item, version)
     return replaced
 
 

@@ -127,10 +127,13 @@ _ERROR_GROUPINGS = {
 
 
 def _enum_label(enum: object, prefix: str, number: int) -> str:
+    """ "Bambu Lab" for PRINTER_TYPE_BAMBU_LAB. A value the contract does not
+    define, or UNSPECIFIED, is "unspecified": "Unknown" is a value of its own
+    (PRINTER_TYPE_UNKNOWN, a family the app could not determine)."""
     descriptor = enum.DESCRIPTOR  # type: ignore[attr-defined]
     value = descriptor.values_by_number.get(number)
     if value is None or number == 0:
-        return "unknown"
+        return "unspecified"
     return str(value.name).removeprefix(prefix).replace("_", " ").title()
 
 

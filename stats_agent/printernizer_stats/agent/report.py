@@ -9,6 +9,11 @@ sees exactly that in the preview before opting in.
 Every report is built field by field from the contract's known values, never
 by copying a stored message: nothing a stored payload may carry beyond them
 (an older agent's rows) is sent.
+
+A report carries only what the user consented to: fields and enum values
+newer than the consented schema version are left out. A newer value of an
+open enum is counted as its OTHER value (a job duration as UNSPECIFIED,
+which has no OTHER), so totals still add up; a newer feature is left out.
 """
 
 from __future__ import annotations
@@ -25,8 +30,13 @@ from printernizer.stats.v1 import (
     country_pb2,
     usage_event_pb2,
 )
-from printernizer_stats.common.contract import strip_fields_newer_than
-from printernizer_stats.common.events import KINDS_BY_NAME, to_millis
+from printernizer_stats.common.contract import (
+    CURRENT_SCHEMA_VERSION,
+    strip_fields_newer_than,
+    value_for_schema,
+    value_in_schema,
+)
+from printernizer_stats.common.events import KINDS_BY_NAME, MAX_PRINTERS_PER_TYPE, to_millis
 from printernizer_stats.common.known_fields import copy_known_fields
 from printernizer_stats.common.weeks import Week
 
@@ -66,13 +76,21 @@ _DURATION_COLUMN = _column("job_completed", "duration")
 _REASON_COLUMN = _column("job_failed", "reason")
 _ERROR_TYPE_COLUMN = _column("error_occurred", "error_type")
 _COMPONENT_COLUMN = _column("error_occurred", "component")
+_DURATION_ENUM = common_pb2.JobDurationBucket.DESCRIPTOR
+_REASON_ENUM = common_pb2.JobFailureReason.DESCRIPTOR
+_ERROR_TYPE_ENUM = common_pb2.ErrorType.DESCRIPTOR
+_COMPONENT_ENUM = common_pb2.Component.DESCRIPTOR
+_PRINTER_TYPE_ENUM = common_pb2.PrinterType.DESCRIPTOR
+_FEATURE_ENUM = common_pb2.Feature.DESCRIPTOR
 
 
 def fold_counts(
     rows: Iterable[tuple[int, int, int, int, int]],
+    schema_version: int = CURRENT_SCHEMA_VERSION,
 ) -> tuple[aggregated_stats_pb2.UsageCounts, list[aggregated_stats_pb2.ErrorCount]]:
     """Turn (kind, f1, f2, f3, count) groups into usage counts and error counts,
-    with every list sorted so equal inputs give equal bytes."""
+    with every list sorted so equal inputs give equal bytes. Values newer than
+    `schema_version` are counted as their enum's fallback (value_for_schema)."""
     usage = aggregated_stats_pb2.UsageCounts()
     durations: Counter[int] = Counter()
     failures: Counter[int] = Counter()
@@ -83,11 +101,13 @@ def fold_counts(
         if name is not None:
             setattr(usage, name, getattr(usage, name) + count)
         if kind == _JOB_COMPLETED:
-            durations[columns[_DURATION_COLUMN]] += count
+            durations[value_for_schema(_DURATION_ENUM, columns[_DURATION_COLUMN], schema_version)] += count
         elif kind == _JOB_FAILED:
-            failures[columns[_REASON_COLUMN]] += count
+            failures[value_for_schema(_REASON_ENUM, columns[_REASON_COLUMN], schema_version)] += count
         elif kind == _ERROR:
-            errors[(columns[_ERROR_TYPE_COLUMN], columns[_COMPONENT_COLUMN])] += count
+            error_type = value_for_schema(_ERROR_TYPE_ENUM, columns[_ERROR_TYPE_COLUMN], schema_version)
+            component = value_for_schema(_COMPONENT_ENUM, columns[_COMPONENT_COLUMN], schema_version)
+            errors[(error_type, component)] += count
     for bucket, count in sorted(durations.items()):
         usage.completed_job_durations.add(duration=bucket, count=count)
     for reason, count in sorted(failures.items()):
@@ -156,23 +176,38 @@ async def installation_info(
     return info
 
 
-async def printer_fleet(store: AgentStore, before: int) -> aggregated_stats_pb2.PrinterFleet:
+async def printer_fleet(
+    store: AgentStore, before: int, schema_version: int = CURRENT_SCHEMA_VERSION
+) -> aggregated_stats_pb2.PrinterFleet:
+    """The latest fleet; a family newer than `schema_version` is counted as OTHER."""
     fleet = aggregated_stats_pb2.PrinterFleet()
     observed = await store.latest_of_kind(FLEET_OBSERVED, before)
     if observed is not None and observed.row.payload is not None:
         printers = usage_event_pb2.PrinterFleetObserved.FromString(observed.row.payload).printers
-        for printer in sorted(printers, key=lambda p: p.printer_type):
-            copy_known_fields(printer, fleet.printers.add())
+        counts: Counter[int] = Counter()
+        for printer in printers:
+            printer_type = value_for_schema(_PRINTER_TYPE_ENUM, printer.printer_type, schema_version)
+            counts[printer_type] += printer.count
+        for printer_type, count in sorted(counts.items()):
+            fleet.printers.add(
+                printer_type=common_pb2.PrinterType.ValueType(printer_type),
+                count=min(count, MAX_PRINTERS_PER_TYPE),
+            )
     return fleet
 
 
-async def feature_states(store: AgentStore, before: int) -> list[aggregated_stats_pb2.FeatureState]:
+async def feature_states(
+    store: AgentStore, before: int, schema_version: int = CURRENT_SCHEMA_VERSION
+) -> list[aggregated_stats_pb2.FeatureState]:
+    """The latest state of each feature; a feature newer than `schema_version`
+    is left out (Feature has no OTHER: the list is closed)."""
     latest = await store.latest_per_value((FEATURE_ENABLED, FEATURE_DISABLED), before)
     return [
         aggregated_stats_pb2.FeatureState(
             feature=common_pb2.Feature.ValueType(feature), enabled=kind == FEATURE_ENABLED
         )
         for kind, feature in sorted(latest, key=lambda item: item[1])
+        if value_in_schema(_FEATURE_ENUM, feature, schema_version)
     ]
 
 
@@ -189,11 +224,11 @@ class ReportScope:
 
 
 async def _counts(
-    store: AgentStore, start: int, end: int, after_seq: int
+    store: AgentStore, start: int, end: int, after_seq: int, schema_version: int = CURRENT_SCHEMA_VERSION
 ) -> tuple[aggregated_stats_pb2.UsageCounts, list[aggregated_stats_pb2.ErrorCount]]:
     """Usage and error counts of the events in [start, end) stored after `after_seq`."""
     rows = await store.week_counts(start, end, after_seq) if end > start else []
-    usage, errors = fold_counts(rows)
+    usage, errors = fold_counts(rows, schema_version)
     usage.uptime_hours, usage.unclean_shutdowns = await uptime(store, start, end, after_seq)
     return usage, errors
 
@@ -203,17 +238,18 @@ async def build_report(
 ) -> aggregated_stats_pb2.AggregatedStats:
     """The weekly report for `week`, as it would be sent now."""
     state_time = to_millis(min(week.end, now))
+    version = scope.consented_schema_version
     usage, errors = await _counts(
-        store, to_millis(max(week.start, scope.consent_since)), state_time, scope.since_sequence
+        store, to_millis(max(week.start, scope.consent_since)), state_time, scope.since_sequence, version
     )
     report = aggregated_stats_pb2.AggregatedStats(
         schema_version=aggregated_stats_pb2.ReportSchemaVersion.ValueType(scope.consented_schema_version),
         report_id=scope.report_id,
         installation=await installation_info(store, state_time, scope.country, scope.installation_id),
         period=week.to_proto(),
-        printer_fleet=await printer_fleet(store, state_time),
+        printer_fleet=await printer_fleet(store, state_time, version),
         usage=usage,
-        features=await feature_states(store, state_time),
+        features=await feature_states(store, state_time, version),
         errors=errors,
     )
     strip_fields_newer_than(report, scope.consented_schema_version)

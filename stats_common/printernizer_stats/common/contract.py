@@ -15,7 +15,13 @@ from pathlib import Path
 from types import ModuleType
 
 from google.protobuf import descriptor_pb2
-from google.protobuf.descriptor import Descriptor, EnumDescriptor, FieldDescriptor, FileDescriptor
+from google.protobuf.descriptor import (
+    Descriptor,
+    EnumDescriptor,
+    EnumValueDescriptor,
+    FieldDescriptor,
+    FileDescriptor,
+)
 from google.protobuf.message import Message
 from printernizer.stats.v1 import (
     agent_service_pb2,
@@ -172,12 +178,104 @@ def since_schema_version(field: FieldDescriptor) -> int:
     return value
 
 
+def declared_value_version(value: EnumValueDescriptor) -> int:
+    """The report schema version an enum value declares it was introduced in
+    (`value_since_schema_version`); 0 for the first version's values, which
+    declare none."""
+    declared: int = value.GetOptions().Extensions[options_pb2.value_since_schema_version]
+    return declared
+
+
+_VALUE_VERSIONS: dict[str, dict[int, int]] = {}
+
+
+def _value_versions(enum: EnumDescriptor) -> dict[int, int]:
+    """number -> the schema version that introduced it (1 when undeclared)."""
+    versions = _VALUE_VERSIONS.get(enum.full_name)
+    if versions is None:
+        versions = {v.number: declared_value_version(v) or 1 for v in enum.values}
+        _VALUE_VERSIONS[enum.full_name] = versions
+    return versions
+
+
+def value_in_schema(enum: EnumDescriptor, number: int, schema_version: int) -> bool:
+    """Whether a report of `schema_version` may carry `number`: a value of the
+    enum that was introduced in that version or before."""
+    since = _value_versions(enum).get(number)
+    return since is not None and since <= schema_version
+
+
+def fallback_value(enum: EnumDescriptor) -> int:
+    """What a value a report may not carry becomes: the enum's OTHER value,
+    UNSPECIFIED (0) where it has none."""
+    return next((v.number for v in enum.values if v.name.endswith("_OTHER")), 0)
+
+
+def value_for_schema(enum: EnumDescriptor, number: int, schema_version: int) -> int:
+    """`number` when a report of `schema_version` may carry it, else the fallback."""
+    return number if value_in_schema(enum, number, schema_version) else fallback_value(enum)
+
+
 def report_fields() -> list[FieldDescriptor]:
     """Every field that can leave an installation inside a report."""
     return [
         field
         for message in reachable_messages(aggregated_stats_pb2.AggregatedStats.DESCRIPTOR)
         for field in message.fields
+    ]
+
+
+# Enums a report carries whose values are not a matter of consent: the schema
+# versions themselves, and ISO 3166 countries (generated from the tz database).
+UNVERSIONED_ENUMS = (f"{PACKAGE}.ReportSchemaVersion", f"{PACKAGE}.Country")
+
+
+def report_enums() -> list[EnumDescriptor]:
+    """Every enum a report carries, in the order the report reaches them."""
+    found: dict[str, EnumDescriptor] = {}
+    for field in report_fields():
+        if field.enum_type is not None:
+            found.setdefault(field.enum_type.full_name, field.enum_type)
+    return list(found.values())
+
+
+def undeclared_new_values(released: descriptor_pb2.FileDescriptorSet) -> list[str]:
+    """Values of enums a report carries that the released contract lacks and
+    that do not declare a schema version newer than the released contract's
+    newest: a new value must wait for the user's consent to a new version."""
+    released_enums: dict[str, set[str]] = {}
+    released_version = 0
+    for file in released.file:
+        if file.package != PACKAGE:
+            continue
+        for enum_proto in file.enum_type:
+            released_enums[f"{PACKAGE}.{enum_proto.name}"] = {v.name for v in enum_proto.value}
+            if enum_proto.name == "ReportSchemaVersion":
+                released_version = max(v.number for v in enum_proto.value)
+    problems: list[str] = []
+    for enum in report_enums():
+        if enum.full_name in UNVERSIONED_ENUMS or enum.full_name not in released_enums:
+            continue  # a new enum comes with a new field, which declares its version
+        for value in enum.values:
+            declared = declared_value_version(value)
+            if value.name not in released_enums[enum.full_name] and not (
+                released_version < declared <= CURRENT_SCHEMA_VERSION
+            ):
+                problems.append(
+                    f"{value_name(value)}: added since the release, so it must declare"
+                    f" value_since_schema_version after {released_version}"
+                )
+    return problems
+
+
+def values_without_why() -> list[str]:
+    """Enum values that declare a schema version (so the disclosure lists them)
+    but say nothing about why they are collected."""
+    return [
+        value_name(value)
+        for enum in all_enums()
+        for value in enum.values
+        if declared_value_version(value) and not why_for(value_name(value))
     ]
 
 
@@ -258,7 +356,18 @@ def comments() -> dict[str, str]:
 
 def why_collected(field: FieldDescriptor) -> str:
     """The reason a field is collected: its comment from "Why:" on, one line."""
-    comment = comments().get(field.full_name, "")
+    return why_for(field.full_name)
+
+
+def value_name(value: EnumValueDescriptor) -> str:
+    """An enum value's name within its enum ("printernizer.stats.v1.Feature.FEATURE_MQTT"),
+    the key of its comment (protobuf itself scopes values beside their enum)."""
+    return f"{value.type.full_name}.{value.name}"
+
+
+def why_for(full_name: str) -> str:
+    """The "Why:" part of a field's or enum value's comment, one line."""
+    comment = comments().get(full_name, "")
     start = comment.find("Why:")
     if start < 0:
         return ""
@@ -267,7 +376,9 @@ def why_collected(field: FieldDescriptor) -> str:
 
 @dataclass(frozen=True)
 class DisclosureItem:
-    """One line of "what we collect": a field of the report and why."""
+    """One line of "what we collect": a field of the report and why, or a value
+    added to one of its enums after the first schema version ("features.feature
+    = FEATURE_GERMAN_COMPLIANCE"), so the user sees what a new version adds."""
 
     path: str
     why: str
@@ -290,13 +401,18 @@ NEVER_COLLECTED = (
 
 def disclosure() -> list[DisclosureItem]:
     """What a report contains and why, in the contract's order, generated from
-    the contract itself so the disclosure cannot drift from what is sent."""
+    the contract itself so the disclosure cannot drift from what is sent. A
+    field is followed by the values its enum gained after the first version."""
     items: list[DisclosureItem] = []
 
     def walk(message: Descriptor, prefix: str, seen: tuple[str, ...]) -> None:
         for field in message.fields:
             path = f"{prefix}{field.name}"
             items.append(DisclosureItem(path, why_collected(field), since_schema_version(field)))
+            for value in field.enum_type.values if field.enum_type is not None else ():
+                if declared_value_version(value):
+                    why = why_for(value_name(value))
+                    items.append(DisclosureItem(f"{path} = {value.name}", why, declared_value_version(value)))
             if field.message_type is not None and field.message_type.full_name not in seen:
                 walk(field.message_type, f"{path}.", (*seen, field.message_type.full_name))
 
@@ -307,7 +423,9 @@ def disclosure() -> list[DisclosureItem]:
 
 def strip_fields_newer_than(message: Message, schema_version: int) -> None:
     """Clear, in place, every field introduced after `schema_version`: the agent
-    never sends a field newer than the version the user consented to."""
+    never sends a field newer than the version the user consented to. (Enum
+    values newer than it are mapped when the report is built, where equal
+    entries can be merged: see the agent's report builder.)"""
     for field, value in message.ListFields():
         if since_schema_version(field) > schema_version:
             message.ClearField(field.name)

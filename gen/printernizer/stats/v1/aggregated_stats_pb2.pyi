@@ -33,6 +33,12 @@ class _ReportSchemaVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_R
     """The first report: installation info, fleet, usage counts, feature states
     and error counts.
     """
+    REPORT_SCHEMA_VERSION_2: _ReportSchemaVersion.ValueType  # 2
+    """Adds values Printernizer needs: features for automatic job creation and
+    German business compliance, a printer family, job duration and failure
+    reason that are not known, and more kinds of error and parts of the app.
+    No new field: the new values are listed in the disclosure.
+    """
 
 class ReportSchemaVersion(_ReportSchemaVersion, metaclass=_ReportSchemaVersionEnumTypeWrapper):
     """The versions of the weekly report's schema. A new field in AggregatedStats
@@ -44,6 +50,12 @@ REPORT_SCHEMA_VERSION_UNSPECIFIED: ReportSchemaVersion.ValueType  # 0
 REPORT_SCHEMA_VERSION_1: ReportSchemaVersion.ValueType  # 1
 """The first report: installation info, fleet, usage counts, feature states
 and error counts.
+"""
+REPORT_SCHEMA_VERSION_2: ReportSchemaVersion.ValueType  # 2
+"""Adds values Printernizer needs: features for automatic job creation and
+German business compliance, a printer family, job duration and failure
+reason that are not known, and more kinds of error and parts of the app.
+No new field: the new values are listed in the disclosure.
 """
 Global___ReportSchemaVersion: _TypeAlias = ReportSchemaVersion  # noqa: Y015
 

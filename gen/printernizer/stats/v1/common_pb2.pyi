@@ -102,6 +102,11 @@ class _PrinterTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_PrinterTy
     PRINTER_TYPE_CREALITY: _PrinterType.ValueType  # 6
     PRINTER_TYPE_ANYCUBIC: _PrinterType.ValueType  # 7
     PRINTER_TYPE_ELEGOO: _PrinterType.ValueType  # 8
+    PRINTER_TYPE_UNKNOWN: _PrinterType.ValueType  # 9
+    """Why: printers whose family the app could not determine, counted apart
+    from unlisted families (OTHER) so they do not look like demand for a new
+    integration.
+    """
 
 class PrinterType(_PrinterType, metaclass=_PrinterTypeEnumTypeWrapper):
     """The printer family (integration) a printer is driven through. Never a model
@@ -117,6 +122,11 @@ PRINTER_TYPE_KLIPPER: PrinterType.ValueType  # 5
 PRINTER_TYPE_CREALITY: PrinterType.ValueType  # 6
 PRINTER_TYPE_ANYCUBIC: PrinterType.ValueType  # 7
 PRINTER_TYPE_ELEGOO: PrinterType.ValueType  # 8
+PRINTER_TYPE_UNKNOWN: PrinterType.ValueType  # 9
+"""Why: printers whose family the app could not determine, counted apart
+from unlisted families (OTHER) so they do not look like demand for a new
+integration.
+"""
 Global___PrinterType: _TypeAlias = PrinterType  # noqa: Y015
 
 class _Feature:
@@ -138,6 +148,14 @@ class _FeatureEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Feature.Value
     FEATURE_BUSINESS_REPORTS: _Feature.ValueType  # 10
     FEATURE_IDEAS: _Feature.ValueType  # 11
     FEATURE_MQTT: _Feature.ValueType  # 12
+    FEATURE_AUTO_JOB_CREATION: _Feature.ValueType  # 13
+    """Why: whether print jobs are created automatically when a printer starts
+    printing, to see whether the job list is kept by hand or by the app.
+    """
+    FEATURE_GERMAN_COMPLIANCE: _Feature.ValueType  # 14
+    """Why: whether the German business compliance features (VAT, invoicing) are
+    switched on, to decide how much to invest in them.
+    """
 
 class Feature(_Feature, metaclass=_FeatureEnumTypeWrapper):
     """A Printernizer feature that can be switched on or off. The list is closed:
@@ -157,6 +175,14 @@ FEATURE_NOTIFICATIONS: Feature.ValueType  # 9
 FEATURE_BUSINESS_REPORTS: Feature.ValueType  # 10
 FEATURE_IDEAS: Feature.ValueType  # 11
 FEATURE_MQTT: Feature.ValueType  # 12
+FEATURE_AUTO_JOB_CREATION: Feature.ValueType  # 13
+"""Why: whether print jobs are created automatically when a printer starts
+printing, to see whether the job list is kept by hand or by the app.
+"""
+FEATURE_GERMAN_COMPLIANCE: Feature.ValueType  # 14
+"""Why: whether the German business compliance features (VAT, invoicing) are
+switched on, to decide how much to invest in them.
+"""
 Global___Feature: _TypeAlias = Feature  # noqa: Y015
 
 class _ErrorType:
@@ -182,6 +208,42 @@ class _ErrorTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ErrorType.V
     ERROR_TYPE_OUT_OF_MEMORY: _ErrorType.ValueType  # 14
     ERROR_TYPE_PRINTER_OFFLINE: _ErrorType.ValueType  # 15
     ERROR_TYPE_INTERNAL: _ErrorType.ValueType  # 16
+    ERROR_TYPE_NOT_FOUND: _ErrorType.ValueType  # 17
+    """Why: something the user asked for (a printer, job, file, material or library
+    item) does not exist, to find stale links and lists.
+    """
+    ERROR_TYPE_CONFLICT: _ErrorType.ValueType  # 18
+    """Why: an action clashes with existing state (a printer is busy or already
+    exists, not enough material), to find confusing workflows.
+    """
+    ERROR_TYPE_INVALID_STATE: _ErrorType.ValueType  # 19
+    """Why: an action is not allowed in the current state (a job that already
+    started, a status change that is not allowed), to find state-machine bugs.
+    """
+    ERROR_TYPE_UNSUPPORTED_FILE_TYPE: _ErrorType.ValueType  # 20
+    """Why: a file of a type the app cannot handle, to decide which formats to
+    support next.
+    """
+    ERROR_TYPE_DOWNLOAD_FAILED: _ErrorType.ValueType  # 21
+    """Why: a file could not be fetched from a printer, to judge the download
+    paths per integration.
+    """
+    ERROR_TYPE_FILE_PROCESSING: _ErrorType.ValueType  # 22
+    """Why: a model or G-code file could not be parsed, analysed or generated,
+    to find weak spots in the file handling.
+    """
+    ERROR_TYPE_FILE_OPERATION: _ErrorType.ValueType  # 23
+    """Why: a file could not be stored, moved or deleted, to find storage
+    problems.
+    """
+    ERROR_TYPE_CONFIGURATION: _ErrorType.ValueType  # 24
+    """Why: the app's configuration is missing or invalid, to improve its
+    defaults and set-up.
+    """
+    ERROR_TYPE_SERVICE_UNAVAILABLE: _ErrorType.ValueType  # 25
+    """Why: a part of the app or a service it needs was not available, to find
+    start-up and dependency problems.
+    """
 
 class ErrorType(_ErrorType, metaclass=_ErrorTypeEnumTypeWrapper):
     """The kind of error, mapped from an exception class on the device. Never the
@@ -205,6 +267,42 @@ ERROR_TYPE_TIMEOUT: ErrorType.ValueType  # 13
 ERROR_TYPE_OUT_OF_MEMORY: ErrorType.ValueType  # 14
 ERROR_TYPE_PRINTER_OFFLINE: ErrorType.ValueType  # 15
 ERROR_TYPE_INTERNAL: ErrorType.ValueType  # 16
+ERROR_TYPE_NOT_FOUND: ErrorType.ValueType  # 17
+"""Why: something the user asked for (a printer, job, file, material or library
+item) does not exist, to find stale links and lists.
+"""
+ERROR_TYPE_CONFLICT: ErrorType.ValueType  # 18
+"""Why: an action clashes with existing state (a printer is busy or already
+exists, not enough material), to find confusing workflows.
+"""
+ERROR_TYPE_INVALID_STATE: ErrorType.ValueType  # 19
+"""Why: an action is not allowed in the current state (a job that already
+started, a status change that is not allowed), to find state-machine bugs.
+"""
+ERROR_TYPE_UNSUPPORTED_FILE_TYPE: ErrorType.ValueType  # 20
+"""Why: a file of a type the app cannot handle, to decide which formats to
+support next.
+"""
+ERROR_TYPE_DOWNLOAD_FAILED: ErrorType.ValueType  # 21
+"""Why: a file could not be fetched from a printer, to judge the download
+paths per integration.
+"""
+ERROR_TYPE_FILE_PROCESSING: ErrorType.ValueType  # 22
+"""Why: a model or G-code file could not be parsed, analysed or generated,
+to find weak spots in the file handling.
+"""
+ERROR_TYPE_FILE_OPERATION: ErrorType.ValueType  # 23
+"""Why: a file could not be stored, moved or deleted, to find storage
+problems.
+"""
+ERROR_TYPE_CONFIGURATION: ErrorType.ValueType  # 24
+"""Why: the app's configuration is missing or invalid, to improve its
+defaults and set-up.
+"""
+ERROR_TYPE_SERVICE_UNAVAILABLE: ErrorType.ValueType  # 25
+"""Why: a part of the app or a service it needs was not available, to find
+start-up and dependency problems.
+"""
 Global___ErrorType: _TypeAlias = ErrorType  # noqa: Y015
 
 class _Component:
@@ -227,6 +325,32 @@ class _ComponentEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Component.V
     COMPONENT_MQTT: _Component.ValueType  # 11
     COMPONENT_SCHEDULER: _Component.ValueType  # 12
     COMPONENT_FRONTEND: _Component.ValueType  # 13
+    COMPONENT_SLICER: _Component.ValueType  # 14
+    """Why: errors while slicing models (slicer, slicing queue), to see how
+    reliable the slicing integration is.
+    """
+    COMPONENT_TIMELAPSE: _Component.ValueType  # 15
+    """Why: errors while making time-lapse videos."""
+    COMPONENT_NOTIFICATIONS: _Component.ValueType  # 16
+    """Why: errors while sending notifications (Discord, Slack, ntfy)."""
+    COMPONENT_MODEL_GENERATOR: _Component.ValueType  # 17
+    """Why: errors of the built-in model generator."""
+    COMPONENT_BUSINESS: _Component.ValueType  # 18
+    """Why: errors of the business features (orders, customers, invoices, VAT,
+    business reports).
+    """
+    COMPONENT_IDEAS: _Component.ValueType  # 19
+    """Why: errors of the ideas and trending models (including reading their
+    links).
+    """
+    COMPONENT_WATCH_FOLDERS: _Component.ValueType  # 20
+    """Why: errors while watching folders for new files."""
+    COMPONENT_CONFIGURATION: _Component.ValueType  # 21
+    """Why: errors while reading or changing the app's configuration."""
+    COMPONENT_SEARCH: _Component.ValueType  # 22
+    """Why: errors of the search."""
+    COMPONENT_SYSTEM_HEALTH: _Component.ValueType  # 23
+    """Why: errors of the app's own health checks and log viewer."""
 
 class Component(_Component, metaclass=_ComponentEnumTypeWrapper):
     """The part of Printernizer an error came from."""
@@ -245,6 +369,32 @@ COMPONENT_WEBSOCKET: Component.ValueType  # 10
 COMPONENT_MQTT: Component.ValueType  # 11
 COMPONENT_SCHEDULER: Component.ValueType  # 12
 COMPONENT_FRONTEND: Component.ValueType  # 13
+COMPONENT_SLICER: Component.ValueType  # 14
+"""Why: errors while slicing models (slicer, slicing queue), to see how
+reliable the slicing integration is.
+"""
+COMPONENT_TIMELAPSE: Component.ValueType  # 15
+"""Why: errors while making time-lapse videos."""
+COMPONENT_NOTIFICATIONS: Component.ValueType  # 16
+"""Why: errors while sending notifications (Discord, Slack, ntfy)."""
+COMPONENT_MODEL_GENERATOR: Component.ValueType  # 17
+"""Why: errors of the built-in model generator."""
+COMPONENT_BUSINESS: Component.ValueType  # 18
+"""Why: errors of the business features (orders, customers, invoices, VAT,
+business reports).
+"""
+COMPONENT_IDEAS: Component.ValueType  # 19
+"""Why: errors of the ideas and trending models (including reading their
+links).
+"""
+COMPONENT_WATCH_FOLDERS: Component.ValueType  # 20
+"""Why: errors while watching folders for new files."""
+COMPONENT_CONFIGURATION: Component.ValueType  # 21
+"""Why: errors while reading or changing the app's configuration."""
+COMPONENT_SEARCH: Component.ValueType  # 22
+"""Why: errors of the search."""
+COMPONENT_SYSTEM_HEALTH: Component.ValueType  # 23
+"""Why: errors of the app's own health checks and log viewer."""
 Global___Component: _TypeAlias = Component  # noqa: Y015
 
 class _JobDurationBucket:
@@ -260,6 +410,10 @@ class _JobDurationBucketEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Job
     JOB_DURATION_BUCKET_UNDER_12_HOURS: _JobDurationBucket.ValueType  # 4
     JOB_DURATION_BUCKET_UNDER_24_HOURS: _JobDurationBucket.ValueType  # 5
     JOB_DURATION_BUCKET_AT_LEAST_24_HOURS: _JobDurationBucket.ValueType  # 6
+    JOB_DURATION_BUCKET_UNKNOWN: _JobDurationBucket.ValueType  # 7
+    """Why: jobs whose duration the app did not measure, so they are still
+    counted (completed jobs must add up) without inventing a duration.
+    """
 
 class JobDurationBucket(_JobDurationBucket, metaclass=_JobDurationBucketEnumTypeWrapper):
     """How long a print job ran, coarsened on the device (never the exact time).
@@ -273,6 +427,10 @@ JOB_DURATION_BUCKET_UNDER_4_HOURS: JobDurationBucket.ValueType  # 3
 JOB_DURATION_BUCKET_UNDER_12_HOURS: JobDurationBucket.ValueType  # 4
 JOB_DURATION_BUCKET_UNDER_24_HOURS: JobDurationBucket.ValueType  # 5
 JOB_DURATION_BUCKET_AT_LEAST_24_HOURS: JobDurationBucket.ValueType  # 6
+JOB_DURATION_BUCKET_UNKNOWN: JobDurationBucket.ValueType  # 7
+"""Why: jobs whose duration the app did not measure, so they are still
+counted (completed jobs must add up) without inventing a duration.
+"""
 Global___JobDurationBucket: _TypeAlias = JobDurationBucket  # noqa: Y015
 
 class _JobFailureReason:
@@ -288,6 +446,11 @@ class _JobFailureReasonEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_JobF
     JOB_FAILURE_REASON_CONNECTION_LOST: _JobFailureReason.ValueType  # 4
     JOB_FAILURE_REASON_FILAMENT_RUNOUT: _JobFailureReason.ValueType  # 5
     JOB_FAILURE_REASON_TIMEOUT: _JobFailureReason.ValueType  # 6
+    JOB_FAILURE_REASON_UNKNOWN: _JobFailureReason.ValueType  # 7
+    """Why: failed jobs whose reason the app does not know (a job marked as
+    failed by hand), counted apart from known reasons that are not listed
+    (OTHER).
+    """
 
 class JobFailureReason(_JobFailureReason, metaclass=_JobFailureReasonEnumTypeWrapper):
     """How a job that did not complete ended."""
@@ -299,6 +462,11 @@ JOB_FAILURE_REASON_PRINTER_ERROR: JobFailureReason.ValueType  # 3
 JOB_FAILURE_REASON_CONNECTION_LOST: JobFailureReason.ValueType  # 4
 JOB_FAILURE_REASON_FILAMENT_RUNOUT: JobFailureReason.ValueType  # 5
 JOB_FAILURE_REASON_TIMEOUT: JobFailureReason.ValueType  # 6
+JOB_FAILURE_REASON_UNKNOWN: JobFailureReason.ValueType  # 7
+"""Why: failed jobs whose reason the app does not know (a job marked as
+failed by hand), counted apart from known reasons that are not listed
+(OTHER).
+"""
 Global___JobFailureReason: _TypeAlias = JobFailureReason  # noqa: Y015
 
 class _FileSizeBucket:
@@ -339,6 +507,10 @@ class _FileTypeEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_FileType.Val
     FILE_TYPE_STL: _FileType.ValueType  # 5
     FILE_TYPE_OBJ: _FileType.ValueType  # 6
     FILE_TYPE_STEP: _FileType.ValueType  # 7
+    FILE_TYPE_PLY: _FileType.ValueType  # 8
+    """Polygon File Format (.ply) models, which Printernizer handles besides STL
+    and OBJ. Kept on the device: reports carry no file types.
+    """
 
 class FileType(_FileType, metaclass=_FileTypeEnumTypeWrapper):
     """The kind of file, from its format (never its name)."""
@@ -351,6 +523,10 @@ FILE_TYPE_THREE_MF: FileType.ValueType  # 4
 FILE_TYPE_STL: FileType.ValueType  # 5
 FILE_TYPE_OBJ: FileType.ValueType  # 6
 FILE_TYPE_STEP: FileType.ValueType  # 7
+FILE_TYPE_PLY: FileType.ValueType  # 8
+"""Polygon File Format (.ply) models, which Printernizer handles besides STL
+and OBJ. Kept on the device: reports carry no file types.
+"""
 Global___FileType: _TypeAlias = FileType  # noqa: Y015
 
 @_typing.final

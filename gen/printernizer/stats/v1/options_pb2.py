@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import descriptor_pb2 as google_dot_protobuf_dot_descriptor__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#printernizer/stats/v1/options.proto\x12\x15printernizer.stats.v1\x1a google/protobuf/descriptor.proto:=\n\x14since_schema_version\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\rb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n#printernizer/stats/v1/options.proto\x12\x15printernizer.stats.v1\x1a google/protobuf/descriptor.proto:=\n\x14since_schema_version\x12\x1d.google.protobuf.FieldOptions\x18\xd1\x86\x03 \x01(\r:G\n\x1avalue_since_schema_version\x12!.google.protobuf.EnumValueOptions\x18\xd2\x86\x03 \x01(\rb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)

@@ -11,9 +11,18 @@ import builtins as _builtins
 DESCRIPTOR: _descriptor.FileDescriptor
 
 SINCE_SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+VALUE_SINCE_SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
 since_schema_version: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.FieldOptions, _builtins.int]
 """The report schema version (ReportSchemaVersion) that introduced this
 field. Required on every field reachable from AggregatedStats: consent is
 recorded against a schema version, and the agent never sends a field
 newer than the version the user consented to.
+"""
+value_since_schema_version: _extension_dict._ExtensionFieldDescriptor[_descriptor_pb2.EnumValueOptions, _builtins.int]
+"""The report schema version (ReportSchemaVersion) that introduced this
+value, on a value added after the first version to an enum that a report
+carries (the first version's values leave it unset). A report for an older
+consent never carries the value: the agent sends the enum's OTHER value
+instead (UNSPECIFIED where there is none) and leaves out a Feature entry,
+and the server treats it as a value it does not know.
 """

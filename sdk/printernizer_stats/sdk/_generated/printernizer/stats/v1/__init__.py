@@ -79,6 +79,59 @@ class Component(betterproto2.Enum):
 
     FRONTEND = 13
 
+    SLICER = 14
+    """
+    Why: errors while slicing models (slicer, slicing queue), to see how
+    reliable the slicing integration is.
+    """
+
+    TIMELAPSE = 15
+    """
+    Why: errors while making time-lapse videos.
+    """
+
+    NOTIFICATIONS = 16
+    """
+    Why: errors while sending notifications (Discord, Slack, ntfy).
+    """
+
+    MODEL_GENERATOR = 17
+    """
+    Why: errors of the built-in model generator.
+    """
+
+    BUSINESS = 18
+    """
+    Why: errors of the business features (orders, customers, invoices, VAT,
+    business reports).
+    """
+
+    IDEAS = 19
+    """
+    Why: errors of the ideas and trending models (including reading their
+    links).
+    """
+
+    WATCH_FOLDERS = 20
+    """
+    Why: errors while watching folders for new files.
+    """
+
+    CONFIGURATION = 21
+    """
+    Why: errors while reading or changing the app's configuration.
+    """
+
+    SEARCH = 22
+    """
+    Why: errors of the search.
+    """
+
+    SYSTEM_HEALTH = 23
+    """
+    Why: errors of the app's own health checks and log viewer.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -96,6 +149,16 @@ class Component(betterproto2.Enum):
             11: "COMPONENT_MQTT",
             12: "COMPONENT_SCHEDULER",
             13: "COMPONENT_FRONTEND",
+            14: "COMPONENT_SLICER",
+            15: "COMPONENT_TIMELAPSE",
+            16: "COMPONENT_NOTIFICATIONS",
+            17: "COMPONENT_MODEL_GENERATOR",
+            18: "COMPONENT_BUSINESS",
+            19: "COMPONENT_IDEAS",
+            20: "COMPONENT_WATCH_FOLDERS",
+            21: "COMPONENT_CONFIGURATION",
+            22: "COMPONENT_SEARCH",
+            23: "COMPONENT_SYSTEM_HEALTH",
         }
 
     @classmethod
@@ -115,6 +178,16 @@ class Component(betterproto2.Enum):
             "COMPONENT_MQTT": 11,
             "COMPONENT_SCHEDULER": 12,
             "COMPONENT_FRONTEND": 13,
+            "COMPONENT_SLICER": 14,
+            "COMPONENT_TIMELAPSE": 15,
+            "COMPONENT_NOTIFICATIONS": 16,
+            "COMPONENT_MODEL_GENERATOR": 17,
+            "COMPONENT_BUSINESS": 18,
+            "COMPONENT_IDEAS": 19,
+            "COMPONENT_WATCH_FOLDERS": 20,
+            "COMPONENT_CONFIGURATION": 21,
+            "COMPONENT_SEARCH": 22,
+            "COMPONENT_SYSTEM_HEALTH": 23,
         }
 
 
@@ -2004,6 +2077,60 @@ class ErrorType(betterproto2.Enum):
 
     INTERNAL = 16
 
+    NOT_FOUND = 17
+    """
+    Why: something the user asked for (a printer, job, file, material or library
+    item) does not exist, to find stale links and lists.
+    """
+
+    CONFLICT = 18
+    """
+    Why: an action clashes with existing state (a printer is busy or already
+    exists, not enough material), to find confusing workflows.
+    """
+
+    INVALID_STATE = 19
+    """
+    Why: an action is not allowed in the current state (a job that already
+    started, a status change that is not allowed), to find state-machine bugs.
+    """
+
+    UNSUPPORTED_FILE_TYPE = 20
+    """
+    Why: a file of a type the app cannot handle, to decide which formats to
+    support next.
+    """
+
+    DOWNLOAD_FAILED = 21
+    """
+    Why: a file could not be fetched from a printer, to judge the download
+    paths per integration.
+    """
+
+    FILE_PROCESSING = 22
+    """
+    Why: a model or G-code file could not be parsed, analysed or generated,
+    to find weak spots in the file handling.
+    """
+
+    FILE_OPERATION = 23
+    """
+    Why: a file could not be stored, moved or deleted, to find storage
+    problems.
+    """
+
+    CONFIGURATION = 24
+    """
+    Why: the app's configuration is missing or invalid, to improve its
+    defaults and set-up.
+    """
+
+    SERVICE_UNAVAILABLE = 25
+    """
+    Why: a part of the app or a service it needs was not available, to find
+    start-up and dependency problems.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -2024,6 +2151,15 @@ class ErrorType(betterproto2.Enum):
             14: "ERROR_TYPE_OUT_OF_MEMORY",
             15: "ERROR_TYPE_PRINTER_OFFLINE",
             16: "ERROR_TYPE_INTERNAL",
+            17: "ERROR_TYPE_NOT_FOUND",
+            18: "ERROR_TYPE_CONFLICT",
+            19: "ERROR_TYPE_INVALID_STATE",
+            20: "ERROR_TYPE_UNSUPPORTED_FILE_TYPE",
+            21: "ERROR_TYPE_DOWNLOAD_FAILED",
+            22: "ERROR_TYPE_FILE_PROCESSING",
+            23: "ERROR_TYPE_FILE_OPERATION",
+            24: "ERROR_TYPE_CONFIGURATION",
+            25: "ERROR_TYPE_SERVICE_UNAVAILABLE",
         }
 
     @classmethod
@@ -2046,6 +2182,15 @@ class ErrorType(betterproto2.Enum):
             "ERROR_TYPE_OUT_OF_MEMORY": 14,
             "ERROR_TYPE_PRINTER_OFFLINE": 15,
             "ERROR_TYPE_INTERNAL": 16,
+            "ERROR_TYPE_NOT_FOUND": 17,
+            "ERROR_TYPE_CONFLICT": 18,
+            "ERROR_TYPE_INVALID_STATE": 19,
+            "ERROR_TYPE_UNSUPPORTED_FILE_TYPE": 20,
+            "ERROR_TYPE_DOWNLOAD_FAILED": 21,
+            "ERROR_TYPE_FILE_PROCESSING": 22,
+            "ERROR_TYPE_FILE_OPERATION": 23,
+            "ERROR_TYPE_CONFIGURATION": 24,
+            "ERROR_TYPE_SERVICE_UNAVAILABLE": 25,
         }
 
 
@@ -2081,6 +2226,18 @@ class Feature(betterproto2.Enum):
 
     MQTT = 12
 
+    AUTO_JOB_CREATION = 13
+    """
+    Why: whether print jobs are created automatically when a printer starts
+    printing, to see whether the job list is kept by hand or by the app.
+    """
+
+    GERMAN_COMPLIANCE = 14
+    """
+    Why: whether the German business compliance features (VAT, invoicing) are
+    switched on, to decide how much to invest in them.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -2097,6 +2254,8 @@ class Feature(betterproto2.Enum):
             10: "FEATURE_BUSINESS_REPORTS",
             11: "FEATURE_IDEAS",
             12: "FEATURE_MQTT",
+            13: "FEATURE_AUTO_JOB_CREATION",
+            14: "FEATURE_GERMAN_COMPLIANCE",
         }
 
     @classmethod
@@ -2115,6 +2274,8 @@ class Feature(betterproto2.Enum):
             "FEATURE_BUSINESS_REPORTS": 10,
             "FEATURE_IDEAS": 11,
             "FEATURE_MQTT": 12,
+            "FEATURE_AUTO_JOB_CREATION": 13,
+            "FEATURE_GERMAN_COMPLIANCE": 14,
         }
 
 
@@ -2179,6 +2340,12 @@ class FileType(betterproto2.Enum):
 
     STEP = 7
 
+    PLY = 8
+    """
+    Polygon File Format (.ply) models, which Printernizer handles besides STL
+    and OBJ. Kept on the device: reports carry no file types.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -2190,6 +2357,7 @@ class FileType(betterproto2.Enum):
             5: "FILE_TYPE_STL",
             6: "FILE_TYPE_OBJ",
             7: "FILE_TYPE_STEP",
+            8: "FILE_TYPE_PLY",
         }
 
     @classmethod
@@ -2203,6 +2371,7 @@ class FileType(betterproto2.Enum):
             "FILE_TYPE_STL": 5,
             "FILE_TYPE_OBJ": 6,
             "FILE_TYPE_STEP": 7,
+            "FILE_TYPE_PLY": 8,
         }
 
 
@@ -2226,6 +2395,12 @@ class JobDurationBucket(betterproto2.Enum):
 
     AT_LEAST_24_HOURS = 6
 
+    UNKNOWN = 7
+    """
+    Why: jobs whose duration the app did not measure, so they are still
+    counted (completed jobs must add up) without inventing a duration.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -2236,6 +2411,7 @@ class JobDurationBucket(betterproto2.Enum):
             4: "JOB_DURATION_BUCKET_UNDER_12_HOURS",
             5: "JOB_DURATION_BUCKET_UNDER_24_HOURS",
             6: "JOB_DURATION_BUCKET_AT_LEAST_24_HOURS",
+            7: "JOB_DURATION_BUCKET_UNKNOWN",
         }
 
     @classmethod
@@ -2248,6 +2424,7 @@ class JobDurationBucket(betterproto2.Enum):
             "JOB_DURATION_BUCKET_UNDER_12_HOURS": 4,
             "JOB_DURATION_BUCKET_UNDER_24_HOURS": 5,
             "JOB_DURATION_BUCKET_AT_LEAST_24_HOURS": 6,
+            "JOB_DURATION_BUCKET_UNKNOWN": 7,
         }
 
 
@@ -2270,6 +2447,13 @@ class JobFailureReason(betterproto2.Enum):
 
     TIMEOUT = 6
 
+    UNKNOWN = 7
+    """
+    Why: failed jobs whose reason the app does not know (a job marked as
+    failed by hand), counted apart from known reasons that are not listed
+    (OTHER).
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -2280,6 +2464,7 @@ class JobFailureReason(betterproto2.Enum):
             4: "JOB_FAILURE_REASON_CONNECTION_LOST",
             5: "JOB_FAILURE_REASON_FILAMENT_RUNOUT",
             6: "JOB_FAILURE_REASON_TIMEOUT",
+            7: "JOB_FAILURE_REASON_UNKNOWN",
         }
 
     @classmethod
@@ -2292,6 +2477,7 @@ class JobFailureReason(betterproto2.Enum):
             "JOB_FAILURE_REASON_CONNECTION_LOST": 4,
             "JOB_FAILURE_REASON_FILAMENT_RUNOUT": 5,
             "JOB_FAILURE_REASON_TIMEOUT": 6,
+            "JOB_FAILURE_REASON_UNKNOWN": 7,
         }
 
 
@@ -2359,6 +2545,13 @@ class PrinterType(betterproto2.Enum):
 
     ELEGOO = 8
 
+    UNKNOWN = 9
+    """
+    Why: printers whose family the app could not determine, counted apart
+    from unlisted families (OTHER) so they do not look like demand for a new
+    integration.
+    """
+
     @classmethod
     def betterproto_value_to_renamed_proto_names(cls) -> dict[int, str]:
         return {
@@ -2371,6 +2564,7 @@ class PrinterType(betterproto2.Enum):
             6: "PRINTER_TYPE_CREALITY",
             7: "PRINTER_TYPE_ANYCUBIC",
             8: "PRINTER_TYPE_ELEGOO",
+            9: "PRINTER_TYPE_UNKNOWN",
         }
 
     @classmethod
@@ -2385,6 +2579,7 @@ class PrinterType(betterproto2.Enum):
             "PRINTER_TYPE_CREALITY": 6,
             "PRINTER_TYPE_ANYCUBIC": 7,
             "PRINTER_TYPE_ELEGOO": 8,
+            "PRINTER_TYPE_UNKNOWN": 9,
         }
 
 
