@@ -45,10 +45,13 @@ from printernizer_stats.sdk import (
     StatsClient,
     UsageEvent,
     Version,
+    component_for_exception,
     error_type_for,
     file_size_bucket,
+    file_type_for,
     job_duration_bucket,
     parse_version,
+    printer_type_for,
 )
 from printernizer_stats.sdk.client import _Encoder
 
@@ -527,3 +530,73 @@ async def test_exception_hook_records_uncaught_errors_by_class(
     agent.stop()
     raw = b"".join(p.read_bytes() for p in agent.db_path.parent.glob("agent.db*"))
     assert b"hunter2" not in raw
+
+
+def test_flush_is_true_only_once_what_was_recorded_is_delivered(
+    agent: AgentThread, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The sender takes events out of the buffer before they are the pending
+    batch; while it encodes them (slowly here), flush() must still wait."""
+    encode = _Encoder.batch
+
+    def slow(self: object, times: list[float], parts: list[object]) -> tuple[list[bytes], int]:
+        time.sleep(0.3)
+        return encode(self, times, parts)  # type: ignore[arg-type]
+
+    monkeypatch.setattr(_Encoder, "batch", slow)
+    client = make_client(agent.socket_path)
+    client.job_completed(PrinterType.BAMBU_LAB, duration_seconds=60)
+    assert client.flush(10)
+    assert (client.stats().sent, agent.stored_events()) == (1, 1)
+    client.close()
+
+
+# --- Printernizer's own values (docs/sdk.md, "Printernizer's values") ----------------
+
+
+class PrinternizerError(Exception):
+    """Stand-ins named as Printernizer's classes in src/utils/errors.py."""
+
+
+class PrinterNotFoundError(PrinternizerError):
+    pass
+
+
+class FileNotFoundError(PrinternizerError):
+    pass
+
+
+def test_printernizers_values_are_placed_and_the_rest_counted(agent: AgentThread) -> None:
+    client = make_client(agent.socket_path)
+    client.job_created("bambu_lab")
+    client.job_completed("unknown")  # no measured duration
+    client.job_failed("prusa_core")  # no duration, no reason
+    client.printer_connected("a-printer-nobody-knows")  # OTHER, counted as unplaced
+    client.file_uploaded(1024, "model.PLY")
+    client.file_downloaded(1024, "notes.txt")  # OTHER, counted as unplaced
+    client.error(PrinterNotFoundError("printer 'garage' not found"), Component.API)
+    client.error(FileNotFoundError("/home/me/secret.3mf"), Component.FILE_SERVICE)
+    assert client.flush(10)
+    stats = client.stats()
+    client.close()
+    assert (stats.sent, stats.invalid, stats.unplaced) == (8, 0, 2)
+    local = agent.stub_call("GetLocalStats", agent_service_pb2.GetLocalStatsRequest()).this_week  # type: ignore[attr-defined]
+    assert [(d.duration, d.count) for d in local.usage.completed_job_durations] == [
+        (JobDurationBucket.UNKNOWN, 1)
+    ]
+    assert {(e.error_type, e.component) for e in local.errors} == {
+        (ErrorType.NOT_FOUND, Component.API),
+        (ErrorType.FILE_NOT_FOUND, Component.FILE_SERVICE),
+    }
+
+
+def test_the_component_is_the_printernizer_module_an_error_came_from() -> None:
+    namespace: dict[str, object] = {"__name__": "src.services.job_service"}
+    exec("def fail():\n    raise ValueError('job 42 is odd')", namespace)
+    with pytest.raises(ValueError, match="odd") as raised:
+        namespace["fail"]()  # type: ignore[operator]
+    assert component_for_exception(raised.value) == (Component.JOB_SERVICE, True)
+    assert component_for_exception(ValueError()) == (Component.OTHER, False)
+    assert file_type_for("benchy.gcode.3mf") == (FileType.THREE_MF, True)
+    assert printer_type_for(None) == (PrinterType.UNKNOWN, True)
+    assert job_duration_bucket(None) == job_duration_bucket(float("nan")) == JobDurationBucket.UNKNOWN

@@ -28,38 +28,39 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import betterproto2
 import grpc
 from google.protobuf import timestamp_pb2
-from printernizer.stats.v1 import agent_service_pb2, usage_event_pb2
+from printernizer.stats.v1 import agent_service_pb2, common_pb2, usage_event_pb2
 from printernizer_stats.common.cli import user_runtime_dir
 from printernizer_stats.common.clock import SimulatedClock, testing_allowed
 from printernizer_stats.common.events import KINDS_BY_NAME, MAX_BATCH_EVENTS, InvalidEvent, validate
 
-from ._generated.printernizer.stats.v1 import (
-    AppStarted,
+from ._generated.enums import (
     Component,
     DeploymentMode,
     ErrorType,
     Feature,
     FileType,
     JobFailureReason,
-    PrinterFleetObserved,
     PrinterType,
-    PrinterTypeCount,
-    UsageEvent,
 )
 from .mapping import (
     error_type_for,
     file_size_bucket,
+    file_type_for,
     job_duration_bucket,
+    job_failure_reason,
     parse_version,
     python_version,
     this_architecture,
     this_platform,
 )
+from .printernizer import PRINTERNIZER_ERROR_TYPES, component_for_exception, printer_type_for
+
+if TYPE_CHECKING:  # betterproto2's dataclasses: the `dataclasses` extra, imported only when used
+    from ._generated.printernizer.stats.v1 import UsageEvent
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class ClientStats:
     sent: int
     dropped: int  # buffer full, or recording disabled at the agent
     invalid: int  # events that did not fit the contract (never sent)
+    unplaced: int  # names the mappings did not know: recorded as OTHER, the name never kept
     agent_reachable: bool
 
 
@@ -131,6 +133,16 @@ class _Encoder:
                 self._kinds.clear()
             self._kinds[key] = part
         return part
+
+    @staticmethod
+    def event_part(event: usage_event_pb2.UsageEvent) -> bytes | None:
+        """The serialized kind of an event built here (not cached: its values
+        vary); None when it does not fit the contract (counted as invalid)."""
+        try:
+            validate(event, int(time.time() * 1000))
+        except InvalidEvent:
+            return None
+        return event.SerializeToString(deterministic=True)
 
     @staticmethod
     def _build(key: Any) -> usage_event_pb2.UsageEvent:
@@ -210,7 +222,12 @@ class _Parts(dict[Any, Any]):
 
 
 def _key_of(event: UsageEvent) -> tuple[float | None, Any]:
-    """(time it happened if the host set one, cache key) of a typed event."""
+    """(time it happened if the host set one, cache key) of a typed event (a
+    betterproto2 dataclass: only a host with the `dataclasses` extra has them)."""
+    import betterproto2
+
+    from ._generated.printernizer.stats.v1 import UsageEvent
+
     name, body = betterproto2.which_one_of(event, "kind")
     when = event.occurred_at.timestamp() if event.occurred_at is not None else None
     spec = KINDS_BY_NAME.get(name)
@@ -249,6 +266,7 @@ class StatsClient:
         flush_interval: float = 1.0,
         call_timeout: float = 2.0,
         error_types: Mapping[type[BaseException], ErrorType] | None = None,
+        error_names: Mapping[str, ErrorType] = PRINTERNIZER_ERROR_TYPES,
     ) -> None:
         path = socket_path or os.environ.get(SOCKET_ENVIRONMENT) or user_runtime_dir() / "agent.sock"
         self.socket_path = Path(path)
@@ -259,6 +277,8 @@ class StatsClient:
         self._flush_interval = flush_interval
         self._call_timeout = call_timeout
         self._error_types = dict(error_types or {})
+        self._error_names = error_names  # a host's exception classes, by name
+        self._unplaced = 0  # names the mappings did not know (recorded as OTHER)
         # Two deques, not one of (time, part) tuples: recording then creates no
         # container object per event, so the garbage collector has nothing to do.
         self._times: deque[float] = deque()
@@ -267,6 +287,7 @@ class StatsClient:
         # its number. Once sent it is never changed, so a resend (the answer
         # was lost) is the same batch, which the agent stores once.
         self._pending: list[bytes] = []
+        self._in_hand = 0  # events taken from the buffer, not yet the pending batch
         self._pending_dropped = 0
         self._pending_sequence = 0
         self._client_id = os.urandom(16)  # this client's batches, to the agent
@@ -322,49 +343,82 @@ class StatsClient:
         except Exception:
             self._invalid += 1
 
-    def job_created(self, printer_type: PrinterType) -> None:
+    def job_created(self, printer_type: PrinterType | str) -> None:
         try:
+            if type(printer_type) is str:
+                printer_type = self._printer_type(printer_type)
             self._put(self._job_created[printer_type])
         except Exception:
             self._invalid += 1
 
-    def job_completed(self, printer_type: PrinterType, duration_seconds: float) -> None:
+    def job_completed(self, printer_type: PrinterType | str, duration_seconds: float | None = None) -> None:
+        """A job that printed to the end; its duration None when not measured."""
         try:
+            if type(printer_type) is str:
+                printer_type = self._printer_type(printer_type)
             self._put(self._job_completed[printer_type][job_duration_bucket(duration_seconds)])
         except Exception:
             self._invalid += 1
 
     def job_failed(
-        self, printer_type: PrinterType, duration_seconds: float, reason: JobFailureReason
+        self,
+        printer_type: PrinterType | str,
+        duration_seconds: float | None = None,
+        reason: JobFailureReason | None = None,
     ) -> None:
+        """A job that ended early; the duration and the reason None when unknown."""
         try:
-            self._put(self._job_failed[printer_type][job_duration_bucket(duration_seconds)][reason])
+            if type(printer_type) is str:
+                printer_type = self._printer_type(printer_type)
+            bucket = job_duration_bucket(duration_seconds)
+            self._put(self._job_failed[printer_type][bucket][job_failure_reason(reason)])
         except Exception:
             self._invalid += 1
 
-    def file_downloaded(self, size_bytes: int, file_type: FileType) -> None:
+    def file_downloaded(self, size_bytes: int, file_type: FileType | str) -> None:
+        """`file_type` as the contract's, or a file name or extension ("x.3mf", ".ply")."""
         try:
+            if type(file_type) is str:
+                file_type = self._file_type(file_type)
             self._put(self._file_downloaded[file_size_bucket(size_bytes)][file_type])
         except Exception:
             self._invalid += 1
 
-    def file_uploaded(self, size_bytes: int, file_type: FileType) -> None:
+    def file_uploaded(self, size_bytes: int, file_type: FileType | str) -> None:
+        """`file_type` as the contract's, or a file name or extension ("x.3mf", ".ply")."""
         try:
+            if type(file_type) is str:
+                file_type = self._file_type(file_type)
             self._put(self._file_uploaded[file_size_bucket(size_bytes)][file_type])
         except Exception:
             self._invalid += 1
 
-    def printer_connected(self, printer_type: PrinterType) -> None:
+    def printer_connected(self, printer_type: PrinterType | str) -> None:
         try:
+            if type(printer_type) is str:
+                printer_type = self._printer_type(printer_type)
             self._put(self._printer_connected[printer_type])
         except Exception:
             self._invalid += 1
 
-    def printer_disconnected(self, printer_type: PrinterType) -> None:
+    def printer_disconnected(self, printer_type: PrinterType | str) -> None:
         try:
+            if type(printer_type) is str:
+                printer_type = self._printer_type(printer_type)
             self._put(self._printer_disconnected[printer_type])
         except Exception:
             self._invalid += 1
+
+    def _printer_type(self, name: str) -> PrinterType:
+        """Printernizer's printer type name as the contract's family (OTHER, counted, if unknown)."""
+        found, placed = printer_type_for(name)
+        self._unplaced += not placed
+        return found
+
+    def _file_type(self, name: str) -> FileType:
+        found, placed = file_type_for(name)
+        self._unplaced += not placed
+        return found
 
     def feature(self, feature: Feature, enabled: bool) -> None:
         try:
@@ -372,11 +426,17 @@ class StatsClient:
         except Exception:
             self._invalid += 1
 
-    def error(self, exc: BaseException, component: Component) -> None:
+    def error(self, exc: BaseException, component: Component | None = None) -> None:
         """Record an error by the exception's class only: never its message or
-        traceback, which may hold paths, host names or user input."""
+        traceback, which may hold paths, host names or user input. Without a
+        component, the Printernizer module it was raised in says which (its
+        name only)."""
         try:
-            self._put(self._error_occurred[error_type_for(exc, self._error_types)][component])
+            if component is None:
+                component, placed = component_for_exception(exc)
+                self._unplaced += not placed
+            error_type = error_type_for(exc, self._error_types, self._error_names)
+            self._put(self._error_occurred[error_type][component])
         except Exception:
             self._invalid += 1
 
@@ -421,25 +481,26 @@ class StatsClient:
     def printer_fleet(self, counts: Mapping[PrinterType, int]) -> None:
         """The configured printers by family; call at start-up and on changes."""
         try:
-            printers = [PrinterTypeCount(printer_type=t, count=n) for t, n in sorted(counts.items()) if n > 0]
-            self.record(UsageEvent(printer_fleet_observed=PrinterFleetObserved(printers=printers)))
+            event = usage_event_pb2.UsageEvent()
+            for printer_type, count in sorted(counts.items()):
+                if count > 0:
+                    event.printer_fleet_observed.printers.add(printer_type=int(printer_type), count=count)
+            event.printer_fleet_observed.SetInParent()
+            self._put(self._encoder.event_part(event))
         except Exception:
             self._invalid += 1
 
     def app_started(self, app_version: str, deployment_mode: DeploymentMode) -> None:
         """Printernizer started: its version (as numbers), Python's, the platform."""
         try:
-            self.record(
-                UsageEvent(
-                    app_started=AppStarted(
-                        app_version=parse_version(app_version),
-                        python_version=python_version(),
-                        platform=this_platform(),
-                        architecture=this_architecture(),
-                        deployment_mode=deployment_mode,
-                    )
-                )
-            )
+            event = usage_event_pb2.UsageEvent()
+            started = event.app_started
+            started.app_version.CopyFrom(parse_version(app_version))
+            started.python_version.CopyFrom(python_version())
+            started.platform = common_pb2.Platform.ValueType(this_platform())
+            started.architecture = common_pb2.CpuArchitecture.ValueType(this_architecture())
+            started.deployment_mode = common_pb2.DeploymentMode.ValueType(deployment_mode)
+            self._put(self._encoder.event_part(event))
         except Exception:
             self._invalid += 1
 
@@ -457,6 +518,7 @@ class StatsClient:
             sent=self._sent,
             dropped=self._dropped + self._dropped_unreported + self._pending_dropped,
             invalid=self._invalid,
+            unplaced=self._unplaced,
             agent_reachable=self._agent_reachable,
         )
 
@@ -474,11 +536,17 @@ class StatsClient:
         self._draining.set()
         self._wake.set()
         while time.monotonic() < deadline:
-            if not self._parts and not self._pending:
+            if self._drained():
                 return True
             time.sleep(0.005)
             self._wake.set()
-        return not self._parts and not self._pending
+        return self._drained()
+
+    def _drained(self) -> bool:
+        """Nothing buffered, in hand or in flight. Read in this order: events
+        leave the buffer only after `_in_hand` is set, and it is cleared only
+        after they are the pending batch (without locking the hot path)."""
+        return not self._parts and not self._in_hand and not self._pending
 
     def close(self, timeout: float = 2.0) -> None:
         """Send what is buffered (waiting at most `timeout`) and stop."""
@@ -524,6 +592,7 @@ class StatsClient:
         times, parts = self._times, self._parts
         # A recorder may have appended a time but not yet its part: take pairs only.
         count = min(self._max_batch, len(times), len(parts))
+        self._in_hand = count  # before they leave the buffer: flush() must not see nothing
         framed, invalid = self._encoder.batch(
             [times.popleft() for _ in range(count)], [parts.popleft() for _ in range(count)]
         )
@@ -533,6 +602,7 @@ class StatsClient:
             self._sequence += 1
             self._pending, self._pending_dropped, self._pending_sequence = framed, dropped, self._sequence
             self._dropped_unreported -= dropped
+        self._in_hand = 0
 
     def _batch_done(self) -> None:
         self._pending, self._pending_dropped, self._pending_sequence = [], 0, 0

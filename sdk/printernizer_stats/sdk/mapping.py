@@ -9,18 +9,23 @@ from __future__ import annotations
 import asyncio
 import bisect
 import errno
+import math
 import platform as _platform
 import re
-import sqlite3
 import sys
+from collections.abc import Mapping
+from pathlib import PurePath
 
-from ._generated.printernizer.stats.v1 import (
+from printernizer.stats.v1.common_pb2 import Version
+
+from ._generated.enums import (
     CpuArchitecture,
     ErrorType,
     FileSizeBucket,
+    FileType,
     JobDurationBucket,
+    JobFailureReason,
     Platform,
-    Version,
 )
 
 _MINUTE, _HOUR = 60.0, 3600.0
@@ -46,13 +51,49 @@ _SIZE_LIMITS = [bound for bound, _ in _SIZE_BOUNDS]
 _SIZE_BUCKETS = [bucket for _, bucket in _SIZE_BOUNDS] + [FileSizeBucket.AT_LEAST_1_GB]
 
 
-def job_duration_bucket(seconds: float) -> JobDurationBucket:
-    """The bucket whose upper bound is the first one above `seconds`."""
+def job_duration_bucket(seconds: float | None) -> JobDurationBucket:
+    """The bucket whose upper bound is the first one above `seconds`; UNKNOWN
+    when the duration was not measured (None, NaN, infinite or negative)."""
+    if seconds is None or not math.isfinite(seconds) or seconds < 0:
+        return JobDurationBucket.UNKNOWN
     return _DURATION_BUCKETS[bisect.bisect_right(_DURATION_LIMITS, seconds)]
+
+
+def job_failure_reason(reason: JobFailureReason | None) -> JobFailureReason:
+    """None (the app does not know why) -> UNKNOWN; UNSPECIFIED likewise."""
+    if reason is None or reason == JobFailureReason.UNSPECIFIED:
+        return JobFailureReason.UNKNOWN
+    return reason
 
 
 def file_size_bucket(size_bytes: int) -> FileSizeBucket:
     return _SIZE_BUCKETS[bisect.bisect_right(_SIZE_LIMITS, size_bytes)]
+
+
+FILE_TYPES: Mapping[str, FileType] = {
+    "3mf": FileType.THREE_MF,
+    "stl": FileType.STL,
+    "obj": FileType.OBJ,
+    "ply": FileType.PLY,
+    "gcode": FileType.GCODE,
+    "gco": FileType.GCODE,
+    "g": FileType.GCODE,
+    "bgcode": FileType.BGCODE,
+    "step": FileType.STEP,
+    "stp": FileType.STEP,
+}
+
+
+def file_type_for(name: str | None) -> tuple[FileType, bool]:
+    """(FileType, placed) from a file name ("benchy.gcode.3mf" -> THREE_MF), an
+    extension (".ply") or Printernizer's type string ("bgcode"). Only the
+    extension is looked at; anything unlisted -> OTHER, placed=False."""
+    if not name:
+        return FileType.OTHER, False
+    text = PurePath(name.strip().lower()).name or name.strip().lower()
+    suffix = text.rsplit(".", 1)[-1]  # "benchy.gcode.3mf" -> "3mf", ".ply" -> "ply", "bgcode" -> "bgcode"
+    found = FILE_TYPES.get(suffix)
+    return (found, True) if found is not None else (FileType.OTHER, False)
 
 
 _VERSION = re.compile(r"^\s*v?(\d{1,5})(?:\.(\d{1,5}))?(?:\.(\d{1,5}))?(.*)$")
@@ -113,7 +154,6 @@ _ERROR_TYPES: tuple[tuple[type[BaseException], ErrorType], ...] = (
     (PermissionError, ErrorType.PERMISSION_DENIED),
     (FileNotFoundError, ErrorType.FILE_NOT_FOUND),
     (MemoryError, ErrorType.OUT_OF_MEMORY),
-    (sqlite3.Error, ErrorType.DATABASE),
     (UnicodeError, ErrorType.PROTOCOL),
     (ValueError, ErrorType.VALIDATION),
     (TypeError, ErrorType.VALIDATION),
@@ -136,20 +176,31 @@ _ERROR_NAMES: tuple[tuple[str, ErrorType], ...] = (
 
 
 def error_type_for(
-    exc: BaseException, extra: dict[type[BaseException], ErrorType] | None = None
+    exc: BaseException,
+    extra: dict[type[BaseException], ErrorType] | None = None,
+    names: Mapping[str, ErrorType] | None = None,
 ) -> ErrorType:
-    """The error type of an exception, from its class alone."""
+    """The error type of an exception, from its class alone: `extra` (classes),
+    then `names` (class names along the MRO, most specific first: a host's own
+    exceptions without importing them), then the standard library's."""
     cls = type(exc)
     for known, error_type in (extra or {}).items():
         if isinstance(exc, known):
             return error_type
     if isinstance(exc, OSError) and exc.errno == errno.ENOSPC:
         return ErrorType.DISK_FULL
+    if names:
+        for klass in cls.__mro__:
+            named = names.get(klass.__name__)
+            if named is not None:
+                return named
     for known_cls, error_type in _ERROR_TYPES:
         if isinstance(exc, known_cls):
             return error_type
-    names = {klass.__name__ for klass in cls.__mro__}
+    if any(klass.__module__ == "sqlite3" for klass in cls.__mro__):  # without importing sqlite3
+        return ErrorType.DATABASE
+    class_names = {klass.__name__ for klass in cls.__mro__}
     for name, error_type in _ERROR_NAMES:
-        if name in names:
+        if name in class_names:
             return error_type
     return ErrorType.OTHER
