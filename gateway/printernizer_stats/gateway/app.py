@@ -10,10 +10,11 @@ from typing import Any
 from fastapi import FastAPI, Request, Response
 from fastapi.openapi.utils import get_openapi
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
+from printernizer_stats.common.http_status import BACKEND_FAILED
 from printernizer_stats.common.telemetry import metrics_enabled, tracing_enabled
 
 from .bodies import MAX_BODY_BYTES, BodyLimit
-from .errors import BACKEND_FAILED, ERROR_SCHEMA, install_error_handlers
+from .errors import ERROR_SCHEMA, install_error_handlers
 from .health import health_router
 from .pages import PRIVACY_PAGE, STATIC_PREFIX, install_pages
 from .stats_api import Analytics, stats_router

@@ -15,6 +15,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from printernizer_stats.common.errors import field_violations, retry_delay
+from printernizer_stats.common.http_status import BACKEND_FAILED, HTTP_STATUS_OF_GRPC
 from starlette.exceptions import HTTPException
 
 ERROR_SCHEMA: dict[str, Any] = {
@@ -27,23 +28,9 @@ ERROR_SCHEMA: dict[str, Any] = {
     },
 }
 
-# A backend's gRPC status -> the gateway's HTTP status; anything else is 502.
-HTTP_STATUS = {
-    grpc.StatusCode.INVALID_ARGUMENT: 400,
-    grpc.StatusCode.OUT_OF_RANGE: 400,
-    grpc.StatusCode.FAILED_PRECONDITION: 400,
-    grpc.StatusCode.UNAUTHENTICATED: 401,
-    grpc.StatusCode.PERMISSION_DENIED: 403,
-    grpc.StatusCode.NOT_FOUND: 404,
-    grpc.StatusCode.ALREADY_EXISTS: 409,
-    grpc.StatusCode.ABORTED: 409,
-    grpc.StatusCode.RESOURCE_EXHAUSTED: 429,
-    grpc.StatusCode.CANCELLED: 499,
-    grpc.StatusCode.UNIMPLEMENTED: 501,
-    grpc.StatusCode.UNAVAILABLE: 503,
-    grpc.StatusCode.DEADLINE_EXCEEDED: 504,
-}
-BACKEND_FAILED = 502
+# A backend's gRPC status -> the gateway's HTTP status; anything else is 502
+# (one table for every REST face: printernizer_stats.common.http_status).
+HTTP_STATUS = {grpc.StatusCode[name]: status for name, status in HTTP_STATUS_OF_GRPC.items()}
 
 # The code name of an HTTP error the web framework raises itself.
 _CODE_OF_HTTP_STATUS = {
