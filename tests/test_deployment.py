@@ -8,6 +8,9 @@ from __future__ import annotations
 import argparse
 import re
 import shlex
+import shutil
+import subprocess
+import sys
 import tomllib
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -242,7 +245,65 @@ def test_the_local_units_share_one_socket_and_keep_it_private(monkeypatch: pytes
     assert gateway_env["STATS_GATEWAY_AGENT_SOCKET"] == str(socket)
     assert socket.parent == Path("/run") / agent["Service.RuntimeDirectory"][0]
     assert int(agent["Service.RuntimeDirectoryMode"][0], 8) & 0o007 == 0  # no access for others
-    assert Path(agent_env["STATS_AGENT_DB"]).parent == Path("/var/lib") / agent["Service.StateDirectory"][0]
+    # The database's directory is the one the unit makes writable (beside Printernizer's data).
+    assert f"-{Path(agent_env['STATS_AGENT_DB']).parent}" in agent["Service.ReadWritePaths"]
     parsed = accepts("printernizer_stats.gateway", gateway_args, gateway_env, monkeypatch)
     assert parsed.admin_token_file == ""  # the statistics side is off beside one installation
     assert parsed.listen.startswith("127.0.0.1:")  # this machine only
+
+
+AGENT_UNIT = "printernizer-stats-agent.service"
+VENV_PYTHON = "/opt/printernizer-stats/bin/python"  # as in every recipe: a venv of its own
+
+
+def test_the_systemd_units_run_a_real_installation() -> None:
+    """What `python3 -m venv /opt/printernizer-stats && .../pip install ...` gives:
+    the interpreter the units name, and no placeholder server to send to."""
+    for name in (AGENT_UNIT, "printernizer-stats-gateway.service"):
+        unit = systemd_unit(name)
+        assert shlex.split(unit["Service.ExecStart"][0])[0] == VENV_PYTHON, name
+        assert not any("file://" in value for value in unit.get("Unit.Documentation", [])), name
+    _, _, environment = unit_command(systemd_unit(AGENT_UNIT))
+    assert "STATS_AGENT_SERVER" not in environment  # nothing is sent unless configured
+
+
+def test_the_agent_unit_keeps_its_data_beside_printernizers_and_takes_its_settings() -> None:
+    unit = systemd_unit(AGENT_UNIT)
+    _, arguments, environment = unit_command(unit)
+    # Printernizer's time zone (its TIMEZONE) from the environment file; empty: the system's.
+    assert arguments == ["--timezone", "${TIMEZONE}"]
+    files = unit["Service.EnvironmentFile"]
+    assert all(f.startswith("-") for f in files)  # optional
+    example = DEPLOY / "systemd" / "printernizer-stats-agent.env.example"
+    settings = {
+        line.split("=", 1)[0].lstrip("#")
+        for line in example.read_text().splitlines()
+        if "=" in line and not line.startswith("# ")
+    }
+    assert settings <= known_environment_variables() | {"TIMEZONE", "DO_NOT_TRACK"}, settings
+    assert {"TIMEZONE", "DO_NOT_TRACK"} <= settings
+    # The database: in Printernizer's data directory, made private for the agent's user.
+    database = Path(environment["STATS_AGENT_DB"]).parent
+    assert database.parent == Path("/data/printernizer")  # Printernizer's DATABASE_PATH default
+    user, group = unit["Service.User"][0], unit["Service.Group"][0]
+    assert unit["Service.ExecStartPre"] == [f"+/usr/bin/install -d -o {user} -g {group} -m 0700 {database}"]
+    assert unit["Service.ReadWritePaths"] == [f"-{database}"]
+    assert unit["Service.ProtectSystem"] == ["strict"]
+    # Crashes: restarted, within a bound.
+    assert unit["Service.Restart"] == ["on-failure"]
+    assert int(unit["Unit.StartLimitBurst"][0]) > 0
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze is not installed")
+def test_systemd_accepts_the_units(tmp_path: Path) -> None:
+    for unit in (DEPLOY / "systemd").glob("*.service"):
+        text = unit.read_text().replace(VENV_PYTHON, sys.executable)
+        (tmp_path / unit.name).write_text(text)
+    result = subprocess.run(
+        ["systemd-analyze", "verify", "--man=no", *sorted(str(p) for p in tmp_path.glob("*.service"))],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout + result.stderr == "", result.stderr
