@@ -143,7 +143,7 @@ async def test_a_full_disk_under_the_agent_is_reported_and_corrupts_nothing() ->
             try:
                 # The host app goes on recording as usual; every call returns.
                 full = False
-                for _ in range(200):
+                for _ in range(600):  # at most 30 s: a loaded machine stores more slowly
                     for _ in range(1_000):
                         host.job_created(PrinterType.PRUSA)
                     await asyncio.sleep(0.05)

@@ -105,6 +105,7 @@ class Machines:
     server: ServerProcess
     stub: agent_service_pb2_grpc.AgentServiceStub
     host: StatsClient
+    agent_log: Path
     advance: float = 0.0
     wall_error: float = 0.0
     recorded: dict[int, int] = field(default_factory=dict)  # jobs created per true week
@@ -155,10 +156,11 @@ class Machines:
             return set(await self.ledger()) >= set(self.recorded)
 
         try:
-            await wait_for(everything_sent, "delivering every week", timeout=20)
+            await wait_for(everything_sent, "delivering every week", timeout=45)
         except AssertionError:
             print("recorded", self.recorded, "ledger", await self.ledger())
             print((self.base / "server.log").read_text()[-3000:])
+            print("agent:", self.agent_log.read_text()[-6000:])
             raise
         return await self.ledger()
 
@@ -198,7 +200,9 @@ async def machines(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> AsyncIter
             )
             await stub.SetConsent(sharing, timeout=RPC_TIMEOUT)
             host = StatsClient(agent.socket_path)
-            running = Machines(tmp_path, agent_clock, server_clock, database_url, server, stub, host)
+            running = Machines(
+                tmp_path, agent_clock, server_clock, database_url, server, stub, host, agent.log_path
+            )
             try:
                 yield running
             finally:

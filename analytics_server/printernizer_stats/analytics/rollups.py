@@ -280,15 +280,13 @@ class Rollups:
         async with self.engine.connect() as connection:
             state = (await connection.execute(select(schema.rollup_state))).first()
             weeks, newest, total = await _changed_weeks(connection)
-        for index, week in enumerate(sorted(weeks)):
-            async with self.engine.begin() as connection:
-                if index == 0:
-                    # First, so that a reader between two weeks' transactions
-                    # never sees a week's active installations ahead of the
-                    # installations known by then.
-                    await _rebuild_new_installations(connection)
-                await _rebuild_week(connection, week)
+        # One transaction: a reader sees the figures of one moment, every week's
+        # and the installations known, never some weeks rebuilt and others not.
         async with self.engine.begin() as connection:
+            for week in sorted(weeks):
+                await _rebuild_week(connection, week)
+            if weeks:
+                await _rebuild_new_installations(connection)
             await _count_arrivals(connection, int(state.last_report) if state is not None else 0, newest)
             await _save_state(connection, newest, total, self.clock())
         if weeks:
