@@ -26,9 +26,10 @@ setup: $(STAMP)
 demo: setup
 	$(BIN)/python -m printernizer_stats.demo
 
-## Every check and every test (what CI runs).
+## Every check and every test (what CI runs). Three workers on two cores:
+## most tests wait on real processes; a test file stays on one worker.
 test: check
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n 3 --dist loadfile
 
 check: setup lint typecheck proto-check check-generated
 
