@@ -18,7 +18,7 @@ from printernizer_stats.agent.delivery import Uplink
 from printernizer_stats.common.weeks import Week, last_complete_week
 from printernizer_stats.demo.fleet import FleetPlan, report_fleet
 from printernizer_stats.gateway.stats_api import Analytics
-from printernizer_stats.gateway.usage_api import Agent
+from printernizer_stats.gateway.usage_api import local_agent
 
 from .agent_harness import (
     RunningAgent,
@@ -110,7 +110,7 @@ async def running_system(
             async with running_agent(agent_config, clock) as agent:
                 await record_own_activity(agent, 6, now)
                 analytics = Analytics(f"localhost:{port}", ca, ADMIN_TOKEN)
-                http, task, url = await running_gateway(analytics, Agent(str(agent.socket_path)))
+                http, task, url = await running_gateway(analytics, local_agent(str(agent.socket_path)))
                 try:
                     yield RunningSystem(url, ADMIN_TOKEN, plan, agent, clock, min_group_size)
                 finally:

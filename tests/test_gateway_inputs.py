@@ -4,8 +4,9 @@ strings, JSON bodies and their size, Host headers. Each class is searched
 
 - The parsers and the body limit on their own (the gateway's params and bodies).
 - A real gateway (uvicorn) whose backends are down: every wrong request must be
-  refused there, naming its field, before any backend is asked. A request that
-  reached a backend would be answered 503, so a 400 proves the gateway decided.
+  refused there, naming its field (the privacy API, the SDK's router: naming it
+  in the message), before any backend is asked. A request that reached a
+  backend would be answered 503, so a 400 proves the gateway decided.
 - The body limit on the wire: a raw socket shows the 413 comes before the body.
 """
 
@@ -25,11 +26,11 @@ from hypothesis import strategies as st
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.common.weeks import MAX_YEAR, MIN_YEAR
 from printernizer_stats.demo.services import free_port
-from printernizer_stats.gateway.bodies import MAX_BODY_BYTES, BodyLimit, json_object
-from printernizer_stats.gateway.errors import Refusal
-from printernizer_stats.gateway.params import MAX_LEDGER, MAX_WEEKS, WEEK_PATTERN, parse_week
+from printernizer_stats.gateway.bodies import MAX_BODY_BYTES, BodyLimit
+from printernizer_stats.gateway.params import MAX_WEEKS, WEEK_PATTERN, parse_week
 from printernizer_stats.gateway.stats_api import DIMENSIONS, Analytics
-from printernizer_stats.gateway.usage_api import Agent
+from printernizer_stats.gateway.usage_api import local_agent
+from printernizer_stats.sdk.fastapi import MAX_LIMIT
 from starlette.types import Message, Receive, Scope, Send
 
 from .test_gateway_stats import running_gateway
@@ -104,63 +105,13 @@ def test_text_not_written_like_2026_W46_is_not_a_week(text: str) -> None:
         parse_week(text)
 
 
-# --- JSON bodies -----------------------------------------------------------------------------
+# --- JSON values, for the bodies below ----------------------------------------------------------
 
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False, allow_infinity=False) | st.text(),
     lambda inner: st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=5), inner, max_size=3),
     max_leaves=8,
 )
-
-
-def refusal_of(raw: bytes) -> Refusal:
-    with pytest.raises(Refusal) as refused:
-        json_object(raw)
-    assert refused.value.status == 400
-    return refused.value
-
-
-@given(json_values)
-@SEARCH
-def test_only_a_json_object_is_a_body(value: Any) -> None:
-    raw = json.dumps(value).encode()
-    if isinstance(value, dict):
-        assert json_object(raw) == value
-    else:
-        assert refusal_of(raw).field == "body"
-
-
-@example(b"\xff\xfe{}")  # UTF-16 with a BOM: json.loads(bytes) would have read it
-@example(b'\xef\xbb\xbf{"schema_version": 1}')  # a UTF-8 BOM: json.loads(bytes) skips it
-@example(b'{"a": "\xed\xa0\x80"}')  # an encoded surrogate is not UTF-8
-@given(st.binary(max_size=40))
-@SEARCH
-def test_bytes_that_are_not_utf8_json_are_refused_as_the_body(raw: bytes) -> None:
-    try:
-        json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, ValueError):
-        assert refusal_of(raw).field == "body"
-
-
-@given(key=st.text(max_size=8), first=json_values, second=json_values)
-@SEARCH
-def test_a_key_given_twice_is_refused_by_name(key: str, first: Any, second: Any) -> None:
-    raw = f"{{{json.dumps(key)}: {json.dumps(first)}, {json.dumps(key)}: {json.dumps(second)}}}".encode()
-    assert refusal_of(raw).field == key
-
-
-@pytest.mark.parametrize(
-    "raw",
-    [b'{"schema_version": NaN}', b'{"a": Infinity}', b'{"a": -Infinity}', b"", b"   ", b"{", b"{} {}"],
-)
-def test_what_is_not_json_is_refused_as_the_body(raw: bytes) -> None:
-    assert refusal_of(raw).field == "body"
-
-
-@pytest.mark.parametrize("opening", ["[", '{"a":'])
-def test_nesting_as_deep_as_the_limit_allows_is_refused_not_a_crash(opening: str) -> None:
-    depth = MAX_BODY_BYTES // len(opening)  # json.loads would raise RecursionError
-    assert refusal_of((opening * depth).encode()).field == "body"
 
 
 # --- the body limit, on its own ----------------------------------------------------------------
@@ -232,7 +183,7 @@ async def gateway() -> AsyncIterator[str]:
     """Both APIs, in front of an analytics server and an agent that are not
     running: whatever reaches them is 503."""
     analytics = Analytics(f"localhost:{free_port()}", None, TOKEN)
-    http, task, url = await running_gateway(analytics, Agent("/nonexistent/agent.sock"))
+    http, task, url = await running_gateway(analytics, local_agent("/nonexistent/agent.sock"))
     try:
         yield url
     finally:
@@ -250,6 +201,15 @@ def refused(answer: httpx.Response, status: int = 400) -> dict[str, Any]:
     return body  # type: ignore[no-any-return]
 
 
+def names(body: dict[str, Any], path: str, name: str) -> bool:
+    """Whether an error body names the wrong parameter: the statistics API in
+    `field`, the privacy API (the SDK's router, whose errors are Printernizer's
+    HTTPExceptions) at the start of its message."""
+    if path.startswith(USAGE):
+        return body["error"].startswith(f"{name} ")  # type: ignore[no-any-return]
+    return body["field"] == name  # type: ignore[no-any-return]
+
+
 def reached_the_backend(answer: httpx.Response) -> bool:
     return answer.status_code == 503 and answer.json()["code"] == "UNAVAILABLE"
 
@@ -262,8 +222,8 @@ def client(gateway: str) -> Iterator[httpx.Client]:
         yield client
 
 
-def endpoints(client: httpx.Client) -> list[tuple[str, str, set[str]]]:
-    """(method, path, query parameter names) of every API operation, from the schema."""
+def endpoints(client: httpx.Client, under: str = "/api/") -> list[tuple[str, str, set[str]]]:
+    """(method, path, query parameter names) of every API operation under `under`, from the schema."""
     schema = client.get("/openapi.json").json()
     return [
         (
@@ -272,24 +232,29 @@ def endpoints(client: httpx.Client) -> list[tuple[str, str, set[str]]]:
             {p["name"] for p in op.get("parameters", []) if p["in"] == "query"},
         )
         for path, operations in schema["paths"].items()
-        if path.startswith("/api/")
+        if path.startswith(under)
         for method, op in operations.items()
     ]
 
 
 def call(client: httpx.Client, method: str, path: str, params: Any = None) -> httpx.Response:
     headers = ADMIN if path.startswith("/api/v1/stats") else {}
-    body = b"{}" if method == "post" else None
+    body = b"{}" if method in ("post", "delete") else None
     return client.request(method, path, params=params, headers={**headers, **JSON}, content=body)
 
 
 parameter_names = st.text(st.characters(exclude_categories=["Cs"]), max_size=10)
 
 
+# The statistics API refuses what it does not know. The privacy API is the SDK's
+# router, which reads Printernizer's requests as Printernizer did (and takes ?lang=).
+STATS = "/api/v1/stats"
+
+
 async def test_unknown_query_parameters_are_refused_by_name_on_every_endpoint(client: httpx.Client) -> None:
     def search() -> None:
-        operations = endpoints(client)
-        assert len(operations) == 18
+        operations = endpoints(client, STATS)
+        assert len(operations) == 10
 
         @given(name=parameter_names)
         @example(name="")
@@ -310,7 +275,7 @@ async def test_unknown_query_parameters_are_refused_by_name_on_every_endpoint(cl
 
 async def test_a_parameter_given_twice_is_refused_by_name(client: httpx.Client) -> None:
     def search() -> None:
-        for method, path, declared in endpoints(client):
+        for method, path, declared in endpoints(client, STATS):
             for name in declared:
                 value = {"weeks": "4", "limit": "4", "and": "platform", "group_by": "component"}.get(
                     name, "2026-W01"
@@ -323,8 +288,8 @@ async def test_a_parameter_given_twice_is_refused_by_name(client: httpx.Client) 
 
 COUNTS = [
     ("/api/v1/stats/overview", "weeks", MAX_WEEKS),
-    (f"{USAGE}/local", "weeks", MAX_WEEKS),
-    (f"{USAGE}/ledger", "limit", MAX_LEDGER),
+    (f"{USAGE}/details", "weeks", MAX_WEEKS),
+    (f"{USAGE}/ledger", "limit", MAX_LIMIT),
 ]
 
 
@@ -345,7 +310,7 @@ async def test_a_count_is_decimal_digits_within_its_bounds(
         def not_decimal(text: str) -> None:
             if re.fullmatch(r"-?[0-9]+", text):
                 return
-            assert refused(call(client, "get", path, {name: text}))["field"] == name
+            assert names(refused(call(client, "get", path, {name: text})), path, name)
 
         @given(number=st.integers(-(10**30), 10**30))
         @example(number=0)
@@ -360,7 +325,7 @@ async def test_a_count_is_decimal_digits_within_its_bounds(
             if 1 <= number <= most:
                 assert reached_the_backend(answer), answer.text
             else:
-                assert refused(answer)["field"] == name
+                assert names(refused(answer), path, name)
 
         not_decimal()
         bounded()
@@ -393,7 +358,8 @@ async def test_a_week_that_is_not_real_never_reaches_a_backend(
                 assert reached_the_backend(answer), answer.text
             else:
                 body = refused(answer)
-                assert (body["field"], body["code"]) == (name, "INVALID_ARGUMENT")
+                assert names(body, path, name)
+                assert body["code"] == "INVALID_ARGUMENT"
 
         week_parameter()
 
@@ -409,31 +375,9 @@ async def test_a_combination_of_a_dimension_with_itself_is_refused(gateway: str)
             assert reached_the_backend(await client.get(path, params={"and": other}))
 
 
-POSTS = ["opt-in", "opt-out", "delete-all"]
-VALID_BODY = {"opt-in": b'{"schema_version": 1}', "opt-out": b"{}", "delete-all": b"{}"}
-
-
-async def test_a_body_key_outside_the_contract_is_refused_by_name(client: httpx.Client) -> None:
-    def search() -> None:
-        @given(extra=st.dictionaries(st.text(max_size=8), json_values, min_size=1, max_size=3))
-        @example(extra={"extra": "x"})
-        @example(extra={"": 1})
-        @example(extra={"\ud800": 1})  # a lone surrogate, echoed back in the answer
-        @example(extra={"Schema_Version": 1})
-        @SEARCH
-        def unknown_key(extra: dict[str, Any]) -> None:
-            for path, fields in [("opt-in", {"schema_version": 1}), ("opt-out", {}), ("delete-all", {})]:
-                if not set(extra) - set(fields):
-                    continue
-                body = {**fields, **extra}
-                first = next(key for key in body if key not in fields)
-                raw = json.dumps(body).encode()
-                answer = refused(client.post(f"{USAGE}/{path}", content=raw, headers=JSON))
-                assert answer["field"] == (first or "body"), answer
-
-        unknown_key()
-
-    await asyncio.to_thread(search)
+# The privacy API's changes: (method, path, a body each takes).
+CHANGES = [("POST", f"{USAGE}/opt-in"), ("POST", f"{USAGE}/opt-out"), ("DELETE", USAGE)]
+VALID_BODY = {f"{USAGE}/opt-in": b'{"schema_version": 1}', f"{USAGE}/opt-out": b"{}", USAGE: b"{}"}
 
 
 async def test_schema_version_is_an_integer_the_disclosure_had(client: httpx.Client) -> None:
@@ -452,44 +396,38 @@ async def test_schema_version_is_an_integer_the_disclosure_had(client: httpx.Cli
             if type(value) is int and 1 <= value <= CURRENT_SCHEMA_VERSION:
                 assert reached_the_backend(answer), answer.text
             else:
-                assert refused(answer)["field"] == "schema_version"
+                assert names(refused(answer), USAGE, "schema_version")
 
         schema_version()
 
     await asyncio.to_thread(search)
 
 
-NOT_ONE_OBJECT = [
-    (b"[]", "body"),
-    (b"null", "body"),
-    (b"", "body"),
-    (b'{"a": 1, "a": 2}', "a"),
-    (b"\xff\xfe{}", "body"),
-    (b"[" * 2000 + b"]" * 2000, "body"),
-]
-NOT_JSON = [
-    None,
-    "text/plain",
-    "application/x-www-form-urlencoded",  # what a cross-site form sends
-    "application/json; charset=latin-1",
-    "application/jsonx",
-]
+NOT_ONE_OBJECT = [b"[]", b"null", b"1", b"{", b"\xff\xfe{}", b"[" * 2000 + b"]" * 2000]
+# What a cross-site HTML form can send without asking.
+FORMS = ["text/plain", "application/x-www-form-urlencoded", "multipart/form-data; boundary=x"]
 
 
-async def test_a_change_needs_one_json_object_sent_as_json(gateway: str) -> None:
+async def test_a_change_another_site_could_send_is_refused(gateway: str) -> None:
+    """A change sent as a form, or marked cross-site by the browser, is refused
+    before the agent is asked; a JSON body (or none: Printernizer's own page
+    sends none) reaches it. An opt-in's body is one JSON object."""
     async with httpx.AsyncClient(base_url=gateway) as client:
-        for path in POSTS:
-            for raw, field in NOT_ONE_OBJECT:
-                answer = await client.post(f"{USAGE}/{path}", content=raw, headers=JSON)
-                assert refused(answer)["field"] == field, (path, raw)
-            for content_type in NOT_JSON:
-                headers = {} if content_type is None else {"Content-Type": content_type}
-                answer = await client.post(f"{USAGE}/{path}", content=VALID_BODY[path], headers=headers)
-                assert refused(answer, 415)["field"] == "Content-Type", (path, content_type)
-            utf8 = {"Content-Type": "application/json; charset=UTF-8"}
+        for method, path in CHANGES:
+            for content_type in FORMS:
+                answer = await client.request(
+                    method, path, content=VALID_BODY[path], headers={"Content-Type": content_type}
+                )
+                refused(answer, 415)
+            cross_site = {**JSON, "Sec-Fetch-Site": "cross-site"}
+            refused(await client.request(method, path, content=VALID_BODY[path], headers=cross_site), 403)
+            utf8 = {"Content-Type": "application/json; charset=UTF-8", "Sec-Fetch-Site": "same-origin"}
             assert reached_the_backend(
-                await client.post(f"{USAGE}/{path}", content=VALID_BODY[path], headers=utf8)
+                await client.request(method, path, content=VALID_BODY[path], headers=utf8)
             )
+            assert reached_the_backend(await client.request(method, path))
+        for raw in NOT_ONE_OBJECT:
+            refused(await client.post(f"{USAGE}/opt-in", content=raw, headers=JSON))
 
 
 LOOPBACK = ["localhost", "127.0.0.1", "[::1]", "LOCALHOST", "localhost:8470", "127.0.0.1:1", "[::1]:8470"]
@@ -539,6 +477,7 @@ async def test_the_privacy_api_answers_only_loopback_host_names_whatever_is_aske
         any_host_name()
         for host in LOOPBACK:
             assert reached_the_backend(client.get(f"{USAGE}/local", headers={"Host": host})), host
+            assert client.get("/privacy", headers={"Host": host}).status_code == 307, host
 
     await asyncio.to_thread(search)
 
@@ -613,10 +552,10 @@ async def test_a_body_at_the_limit_is_read_and_one_byte_more_is_413(gateway: str
         return chunks()
 
     async with httpx.AsyncClient(base_url=gateway) as client:
-        read = await client.post(f"{USAGE}/delete-all", content=content(at_limit), headers=JSON)
-        over = await client.post(f"{USAGE}/delete-all", content=content(at_limit + b" "), headers=JSON)
+        read = await client.request("DELETE", USAGE, content=content(at_limit), headers=JSON)
+        over = await client.request("DELETE", USAGE, content=content(at_limit + b" "), headers=JSON)
         # A client that sends all of a large body before reading still gets the answer.
-        large = await client.post(f"{USAGE}/delete-all", content=content(b" " * 10_000_000), headers=JSON)
+        large = await client.request("DELETE", USAGE, content=content(b" " * 10_000_000), headers=JSON)
     assert reached_the_backend(read)
     assert refused(over, 413)["field"] == "body"
     assert refused(large, 413)["field"] == "body"

@@ -23,7 +23,7 @@ from printernizer_stats.gateway.app import create_app
 from printernizer_stats.gateway.errors import HTTP_STATUS
 from printernizer_stats.gateway.pages import PLOTLY_JS
 from printernizer_stats.gateway.stats_api import Analytics
-from printernizer_stats.gateway.usage_api import Agent
+from printernizer_stats.sdk.local import AsyncLocalAgent
 
 from . import databases
 from .test_aggregation_admin import report_of
@@ -37,7 +37,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 async def running_gateway(
-    analytics: Analytics | None, agent: Agent | None = None
+    analytics: Analytics | None, agent: AsyncLocalAgent | None = None
 ) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     """The gateway on a real port (uvicorn), in this process."""
     port = free_port()

@@ -1,4 +1,5 @@
-"""The two pages in a real browser: Debian's Chromium, driven by Playwright,
+"""The gateway's two pages in a real browser (the dashboard, and at /privacy the
+SDK's privacy page that the gateway serves): Debian's Chromium, driven by Playwright,
 against the whole system running in this process (a simulated fleet reported
 through the real ingest path, the analytics server, a real agent and the
 gateway). Every request the browser makes is checked to stay on the gateway's
@@ -177,10 +178,11 @@ async def test_the_privacy_page_shares_shows_exports_and_deletes(
     system: RunningSystem, browser: Browser
 ) -> None:
     page, watch = await open_page(browser, system.url)
-    await page.goto(f"{system.url}/privacy")
+    await page.goto(f"{system.url}/privacy")  # leads to the SDK's page, /api/v1/usage-stats/page
     await page.wait_for_selector("body[data-loaded=true]")
+    assert page.url.startswith(f"{system.url}/api/v1/usage-stats/page"), page.url
     await expect(page.locator("body")).to_have_attribute("data-consent", "local-only")
-    await expect(page.locator("#chart-activity")).to_have_attribute("data-state", "drawn")
+    await expect(page.locator("#activity tbody tr")).to_have_count(12)
     await expect(page.locator("#disclosure tbody tr").first).to_contain_text("schema_version")
     await expect(page.locator("#never-collected")).to_contain_text("IP addresses")
     await expect(page.locator("#ledger-empty")).to_be_visible()
@@ -199,12 +201,13 @@ async def test_the_privacy_page_shares_shows_exports_and_deletes(
     await page.reload()
     await page.wait_for_selector("body[data-loaded=true]")
     await expect(page.locator("#ledger tbody tr")).to_have_count(1)
-    await expect(page.locator("#ledger tbody tr")).to_contain_text("Accepted")
+    await expect(page.locator("#ledger tbody tr")).to_contain_text("accepted")
 
     async with page.expect_download() as download_info:
         await page.click("#export")
     exported = json.loads(Path(await (await download_info.value).path()).read_text())
-    assert exported["pages"], exported
+    assert exported["events"], exported
+    assert len(exported["sent_reports"]) == 1, exported
 
     # Turning sharing off asks first; "Keep sharing" changes nothing.
     await page.click("#sharing")

@@ -39,7 +39,7 @@ from printernizer.stats.v1 import agent_service_pb2, analytics_service_pb2_grpc,
 from printernizer_stats.agent.consent import Identity
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.gateway.stats_api import Analytics
-from printernizer_stats.gateway.usage_api import Agent
+from printernizer_stats.gateway.usage_api import local_agent
 
 from .agent_harness import (
     RPC_TIMEOUT,
@@ -243,7 +243,7 @@ async def test_unknown_fields_cross_no_boundary(system: System) -> None:
             for name, message in published.messages():
                 places[f"analytics {name}"] = message.SerializeToString()
             http, task, url = await running_gateway(
-                Analytics(f"localhost:{port}", ca, ADMIN_TOKEN), Agent(str(system.agent.socket_path))
+                Analytics(f"localhost:{port}", ca, ADMIN_TOKEN), local_agent(str(system.agent.socket_path))
             )
             try:
                 async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
@@ -271,6 +271,7 @@ GATEWAY_PATHS = [
     "/api/v1/stats/features",
     "/api/v1/stats/errors?weeks=4&group_by=error-type-and-component",
     "/api/v1/usage-stats/local",
+    "/api/v1/usage-stats/details",
     "/api/v1/usage-stats/preview",
     "/api/v1/usage-stats/ledger",
     "/api/v1/usage-stats/export",

@@ -2,8 +2,8 @@
 
 Serves the admin statistics API (/api/v1/stats/*, the admin token required)
 over the analytics server, with its dashboard at /dashboard; and, beside a
-local agent, that installation's privacy API (/api/v1/usage-stats/*) with its
-page at /privacy.
+local agent, that installation's privacy API (/api/v1/usage-stats/*, the SDK's)
+with its page (/api/v1/usage-stats/page; /privacy leads there).
 """
 
 from __future__ import annotations
@@ -19,7 +19,7 @@ from printernizer_stats.common.telemetry import add_telemetry_options, configure
 
 from .app import create_app
 from .stats_api import Analytics
-from .usage_api import Agent
+from .usage_api import local_agent
 
 
 def build_parser() -> EnvArgumentParser:
@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, AdminTokenError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
-    agent = Agent(args.agent_socket) if args.agent_socket else None
+    agent = local_agent(args.agent_socket) if args.agent_socket else None
     if analytics is None and agent is None:
         print("gateway: nothing to serve: set --admin-token-file, --agent-socket or both", file=sys.stderr)
         return 1

@@ -1,5 +1,5 @@
 """The gateway's FastAPI application: the admin statistics API and its
-dashboard, and the local privacy API and its page."""
+dashboard, and the local privacy API and its page (the SDK's router)."""
 
 from __future__ import annotations
 
@@ -12,13 +12,14 @@ from fastapi.openapi.utils import get_openapi
 from opentelemetry.instrumentation.fastapi import FastAPIInstrumentor
 from printernizer_stats.common.http_status import BACKEND_FAILED
 from printernizer_stats.common.telemetry import metrics_enabled, tracing_enabled
+from printernizer_stats.sdk.local import AsyncLocalAgent
 
 from .bodies import MAX_BODY_BYTES, BodyLimit
 from .errors import ERROR_SCHEMA, install_error_handlers
-from .health import health_router
+from .health import Plain, health_router
 from .pages import PRIVACY_PAGE, STATIC_PREFIX, install_pages
 from .stats_api import Analytics, stats_router
-from .usage_api import USAGE_PREFIX, Agent, LoopbackOnly, usage_router
+from .usage_api import USAGE_PREFIX, LoopbackOnly, install_usage_api
 
 # Every error an API operation can answer, for its OpenAPI description: the
 # gateway's own refusals, and each status a backend's gRPC status becomes.
@@ -33,8 +34,11 @@ API_ERRORS = {
     504: "the backend did not answer in time",
 }
 STATS_ERRORS = {401: "the admin token is missing or wrong", 403: "the analytics server refused the token"}
-USAGE_ERRORS = {401: "the agent refused the call", 403: "not addressed to this machine (a loopback name)"}
-BODY_ERRORS = {413: f"the body is larger than {MAX_BODY_BYTES} bytes", 415: "the body is not JSON"}
+USAGE_ERRORS = {
+    401: "the agent refused the call",
+    403: "not addressed to this machine (a loopback name), or a change sent by another site",
+}
+BODY_ERRORS = {413: f"the body is larger than {MAX_BODY_BYTES} bytes", 415: "the body is a form, not JSON"}
 
 # Pages load nothing from elsewhere: scripts, styles and data come from this origin only.
 CONTENT_SECURITY_POLICY = (
@@ -43,9 +47,11 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastAPI:
+def create_app(analytics: Analytics | None, agent: AsyncLocalAgent | None = None) -> FastAPI:
     """The statistics API and the dashboard over `analytics`, and the local
-    privacy API and its page over `agent`: either may be left out."""
+    privacy API and its page (the SDK's) over `agent` (usage_api.local_agent):
+    either may be left out."""
+    agent_health = Plain(agent.target) if agent is not None else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
@@ -54,6 +60,8 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
             await analytics.close()
         if agent is not None:
             await agent.close()
+        if agent_health is not None:
+            await agent_health.close()
 
     app = FastAPI(
         title="Printernizer usage statistics gateway",
@@ -68,8 +76,8 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
     if analytics is not None:
         app.include_router(stats_router(analytics))
     if agent is not None:
-        app.include_router(usage_router(agent))
-    app.include_router(health_router(analytics, agent))
+        install_usage_api(app, agent)
+    app.include_router(health_router(analytics, agent_health))
     install_error_handlers(app)
     install_pages(app, dashboard=analytics is not None, privacy_page=agent is not None)
 
@@ -88,7 +96,7 @@ def create_app(analytics: Analytics | None, agent: Agent | None = None) -> FastA
                 own = STATS_ERRORS if path.startswith("/api/v1/stats") else USAGE_ERRORS
                 for method, operation in operations.items():
                     errors = {**API_ERRORS, **own}
-                    if method == "post":
+                    if method in ("post", "delete"):
                         errors.update(BODY_ERRORS)
                     responses = operation.setdefault("responses", {})
                     responses.pop("422", None)

@@ -32,13 +32,23 @@ ERROR_SCHEMA: dict[str, Any] = {
 # (one table for every REST face: printernizer_stats.common.http_status).
 HTTP_STATUS = {grpc.StatusCode[name]: status for name, status in HTTP_STATUS_OF_GRPC.items()}
 
-# The code name of an HTTP error the web framework raises itself.
+# The code name of an HTTP error the web framework raises itself, or the SDK's
+# privacy router (printernizer_stats.sdk.fastapi) raises for the agent.
 _CODE_OF_HTTP_STATUS = {
     400: "INVALID_ARGUMENT",
     401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     405: "UNIMPLEMENTED",
+    409: "ABORTED",
+    413: "INVALID_ARGUMENT",
+    415: "INVALID_ARGUMENT",
+    429: "RESOURCE_EXHAUSTED",
+    499: "CANCELLED",
+    501: "UNIMPLEMENTED",
+    BACKEND_FAILED: "INTERNAL",
+    503: "UNAVAILABLE",
+    504: "DEADLINE_EXCEEDED",
 }
 
 # The backends name a wrong field by its protobuf path; the client sent a REST

@@ -12,6 +12,7 @@ import grpc
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from grpc_health.v1 import health_pb2
+from printernizer_stats.common.telemetry import grpc_client_interceptors
 
 from .backend import Backend
 
@@ -31,6 +32,17 @@ async def _serving(channel: grpc.aio.Channel) -> bool:
     except grpc.aio.AioRpcError:
         return False
     return bool(answer.status == health_pb2.HealthCheckResponse.SERVING)
+
+
+class Plain(Backend):
+    """A channel without TLS (the local agent's Unix socket), for its health only."""
+
+    def __init__(self, target: str) -> None:
+        super().__init__()
+        self.target = target
+
+    def _open(self) -> grpc.aio.Channel:
+        return grpc.aio.insecure_channel(self.target, interceptors=grpc_client_interceptors())
 
 
 def health_router(analytics: Backend | None, agent: Backend | None) -> APIRouter:

@@ -1,7 +1,8 @@
 """The two pages: the admin statistics dashboard (/dashboard) and one
-installation's privacy page (/privacy, only beside the local privacy API).
+installation's privacy page (/privacy, only beside the local privacy API: it
+leads to the SDK's page, served with that API at /api/v1/usage-stats/page).
 
-The pages are static files (web/, assets in web/static) that call the REST APIs from the
+The dashboard is static files (web/, assets in web/static) that call the REST APIs from the
 browser. Their charts are drawn by plotly.js, served from the installed plotly
 package: nothing is loaded from anywhere else, so the pages work offline and
 under the gateway's strict Content-Security-Policy. plotly.js's own style rules
@@ -18,9 +19,11 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Annotated
 
-from fastapi import APIRouter, FastAPI, Header, Response
+from fastapi import APIRouter, FastAPI, Header, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
+
+from .usage_api import USAGE_PAGE
 
 WEB = Path(str(files("printernizer_stats.gateway") / "web"))
 PLOTLY_JS = Path(str(files("plotly") / "package_data" / "plotly.min.js"))
@@ -50,10 +53,12 @@ def install_pages(app: FastAPI, dashboard: bool, privacy_page: bool) -> None:
             return FileResponse(WEB / "dashboard.html")
 
     if privacy_page:
-        # Loopback only, like its API (usage_api.LoopbackOnly).
+        # Loopback only, like its API (usage_api.LoopbackOnly). The page's own
+        # URLs are relative to its address: it is sent there, not served here.
         @router.get(PRIVACY_PAGE)
-        async def privacy() -> FileResponse:
-            return FileResponse(WEB / "privacy.html")
+        async def privacy(request: Request) -> RedirectResponse:
+            query = request.url.query  # ?lang=de goes along
+            return RedirectResponse(f"{USAGE_PAGE}?{query}" if query else USAGE_PAGE)
 
     @router.get(f"{STATIC_PREFIX}/vendor/plotly.min.js")
     async def plotly_js(accept_encoding: Annotated[str, Header()] = "") -> Response:

@@ -1,11 +1,11 @@
-"""The query parameters of both APIs, and what each one means: a wrong one is
+"""The query parameters of the statistics API, and what each one means: a wrong one is
 a 400 naming it, decided here before any backend is asked.
 
 - A week (`week`, `until`) is written `2026-W46` and must be a real ISO week
   of the years the system knows (printernizer_stats.common.weeks.Week: 1900-9000). The
   backends read week 0 of year 0 as "not given", so `0000-W00` must never
   reach them.
-- A count (`weeks`, `limit`) is written in decimal digits only, and bounded.
+- A count (`weeks`) is written in decimal digits only, and bounded.
 - A parameter the endpoint does not have, or one given twice, is refused:
   silently ignoring it would answer a different question than the one asked.
 """
@@ -83,12 +83,6 @@ WeekParam = Annotated[
     str | None,
     Query(description=f"the week, e.g. {WEEK_EXAMPLE}", json_schema_extra=WEEK_SCHEMA),
     AfterValidator(_real_week),
-]
-MAX_LEDGER = 520
-Limit = Annotated[
-    int | None,
-    Query(ge=1, le=MAX_LEDGER, description=f"at most this many reports (1-{MAX_LEDGER})"),
-    BeforeValidator(_decimal),
 ]
 
 

@@ -115,7 +115,8 @@ def _refusal(error: AgentError, _: Any) -> HTTPException:
     if error.unreachable:
         return HTTPException(503, _("The statistics agent is not running."))
     status = http_status_of(error.code)
-    detail = f"{error.field}: {error.message}" if error.field else error.message
+    named = not error.field or error.message.startswith(f"{error.field}:")  # the agent's own often is
+    detail = error.message if named else f"{error.field}: {error.message}"
     return HTTPException(status if status != 500 else 502, detail)
 
 
@@ -155,7 +156,7 @@ async def _schema_version(request: Request, default: int | None, _: Any) -> int 
         raise HTTPException(415, _("The body must be JSON, or empty."))
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, ValueError) as exc:
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:  # too deep: not a 500
         raise HTTPException(400, _("The body is not valid JSON.")) from exc
     if not isinstance(document, dict):
         raise HTTPException(400, _("The body must be a JSON object."))

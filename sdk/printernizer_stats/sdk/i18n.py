@@ -76,8 +76,7 @@ def choose_language(lang: str | None, accept_language: str | None) -> str:
 
 def disclosure_document(language: str = SOURCE_LANGUAGE) -> dict[str, Any]:
     """What a report contains and why, and what it can never contain, generated
-    from the contract, in `language`. The same shape as the gateway's
-    `/disclosure` (camelCase keys), plus `language`."""
+    from the contract, in `language` (camelCase keys, like the agent's JSON)."""
     _ = gettext_for(language)
     return {
         "schemaVersion": CURRENT_SCHEMA_VERSION,

@@ -101,7 +101,7 @@ def wait_for_local_events(gateway: str, timeout: float = 30.0) -> int:
     stored = 0
     while time.monotonic() < deadline:
         with contextlib.suppress(urllib.error.URLError, OSError):
-            stored = int(get_json(f"{gateway}/api/v1/usage-stats/local")["status"]["storedEvents"])
+            stored = int(get_json(f"{gateway}/api/v1/usage-stats/status")["total_events"])
             if stored:
                 return stored
         time.sleep(0.5)

@@ -1,4 +1,4 @@
-// Helpers shared by the dashboard and the privacy page.
+// Helpers of the dashboard page.
 "use strict";
 
 const Pages = (() => {
@@ -13,11 +13,6 @@ const Pages = (() => {
     }
     const words = (name.startsWith(prefix) ? name.slice(prefix.length) : name).toLowerCase().split("_");
     return words.map((w) => w.charAt(0).toUpperCase() + w.slice(1)).join(" ");
-  }
-
-  function versionLabel(version) {
-    if (!version || (!version.major && !version.minor && !version.patch)) return "unknown";
-    return `${version.major}.${version.minor}.${version.patch}`;
   }
 
   function weekLabel(week) {
@@ -84,15 +79,6 @@ const Pages = (() => {
     target.dataset.state = "drawn";
   }
 
-  /** Ask before something that cannot be undone; resolves true when confirmed. */
-  function confirmWith(dialogId) {
-    const dialog = document.getElementById(dialogId);
-    return new Promise((resolve) => {
-      dialog.addEventListener("close", () => resolve(dialog.returnValue === "confirm"), { once: true });
-      dialog.showModal();
-    });
-  }
-
   /** Save a JSON value as a file download. */
   function download(filename, blob) {
     const url = URL.createObjectURL(blob);
@@ -105,5 +91,5 @@ const Pages = (() => {
     setTimeout(() => URL.revokeObjectURL(url), 10000);
   }
 
-  return { enumLabel, versionLabel, weekLabel, percent, fetchJson, errorText, setText, element, plot, confirmWith, download };
+  return { enumLabel, weekLabel, percent, fetchJson, errorText, setText, element, plot, download };
 })();
