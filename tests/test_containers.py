@@ -31,6 +31,7 @@ import yaml
 from printernizer_stats.agent.__main__ import build_parser as agent_parser
 
 from .conftest import ROOT
+from .test_printernizer_environment import clean_copies
 
 BASE_IMAGE = os.environ.get("STATS_TEST_BASE_IMAGE", "localhost/debian-python:bookworm")
 STANDIN_IMAGE = "localhost/printernizer-standin-test:latest"
@@ -93,7 +94,7 @@ def wheelhouse() -> Path:
             str(ROOT / "constraints.txt"),
             "--wheel-dir",
             str(building),
-            *(f"{ROOT / folder}{extras}" for folder, extras in INSTALLED.items()),
+            *(f"{copy}{INSTALLED[copy.name]}" for copy in clean_copies(tuple(INSTALLED))),
         ],
         check=True,
         timeout=600,

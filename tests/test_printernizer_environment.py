@@ -18,8 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -64,6 +66,14 @@ def printernizer_environment() -> Path:
     return python
 
 
+def clean_copies(folders: tuple[str, ...]) -> list[Path]:
+    """Copies of the folders to install from: pip builds in the folder it is
+    given (a build/ directory), which another test may be building in too."""
+    target = Path(tempfile.mkdtemp(prefix="pzs-sources-"))
+    leftovers = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
+    return [Path(shutil.copytree(ROOT / folder, target / folder, ignore=leftovers)) for folder in folders]
+
+
 def frozen(python: Path) -> dict[str, str]:
     listed = run(python, "-m", "pip", "list", "--format=freeze", "--exclude-editable")
     assert listed.returncode == 0, listed.stderr
@@ -84,7 +94,7 @@ def printernizer_with_ours() -> tuple[Path, dict[str, str], dict[str, str], list
     check_before = json.loads((venv / "baseline.check").read_text())
     run(python, "-m", "pip", "uninstall", "--quiet", "--yes", *OUR_NAMES)  # the code as it is now
     started = time.monotonic()
-    installed = run(python, "-m", "pip", "install", "--quiet", *(ROOT / folder for folder in OURS))
+    installed = run(python, "-m", "pip", "install", "--quiet", *clean_copies(OURS))
     assert installed.returncode == 0, installed.stderr[-3000:]
     print(f"\nthe SDK and the agent installed beside Printernizer in {time.monotonic() - started:.1f} s")
     return python, before, frozen(python), check_before, pip_check(python)
