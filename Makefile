@@ -36,6 +36,7 @@ check: setup lint typecheck proto-check check-generated
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 
 typecheck: setup
 	$(BIN)/mypy
