@@ -9,9 +9,13 @@ import enum
 import subprocess
 import sys
 import textwrap
+import time
+from pathlib import Path
 
 import printernizer_stats.sdk as sdk
 import pytest
+from printernizer_stats.common.clock import TESTING_ENVIRONMENT, SimulatedClock
+from printernizer_stats.sdk import client as client_module
 from printernizer_stats.sdk._generated import country, enums
 from printernizer_stats.sdk._generated.printernizer.stats import v1 as dataclasses
 
@@ -76,3 +80,19 @@ def test_without_betterproto2_the_dataclasses_name_their_extra_and_the_rest_work
     )
     assert done.returncode == 0, done.stderr
     assert "pip install 'printernizer-stats-sdk[dataclasses]'" in done.stdout
+
+
+def test_a_client_made_after_a_simulated_one_keeps_the_machines_clock(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The simulated clock (tests of the real processes) is the process's while
+    asked for, and not a moment longer: a later client stamps real times."""
+    clock_file = tmp_path / "clock.json"
+    monkeypatch.setenv(TESTING_ENVIRONMENT, "1")
+    monkeypatch.setenv("STATS_AGENT_SIMULATED_CLOCK", str(clock_file))
+    SimulatedClock.write(clock_file, advance=21 * 86_400.0)
+    sdk.StatsClient(tmp_path / "absent.sock").close(timeout=0.1)
+    assert client_module._now() - time.time() > 20 * 86_400
+    monkeypatch.delenv("STATS_AGENT_SIMULATED_CLOCK")
+    sdk.StatsClient(tmp_path / "absent.sock").close(timeout=0.1)
+    assert abs(client_module._now() - time.time()) < 5

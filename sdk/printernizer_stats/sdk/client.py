@@ -241,12 +241,14 @@ def _key_of(event: UsageEvent) -> tuple[float | None, Any]:
 def _use_simulated_clock() -> None:
     """In tests of the real processes (STATS_TESTING=1), the host stamps its
     events with the agent's simulated clock (printernizer_stats.common.clock), as a host and
-    its agent share one clock on a machine."""
+    its agent share one clock on a machine; otherwise (again) with the machine's."""
     global _now
     path = os.environ.get(SIMULATED_CLOCK_ENVIRONMENT, "")
     if path and testing_allowed():
         clock = SimulatedClock(path)
         _now = lambda: clock().timestamp()  # noqa: E731 - the hot path calls a plain function
+    else:
+        _now = time.time  # a client made after a simulated one must not keep its clock
 
 
 class StatsClient:
@@ -657,6 +659,7 @@ class StatsClient:
         if code == grpc.StatusCode.INVALID_ARGUMENT:
             # The agent refused every event of the batch: it would refuse them
             # again. Its drop count goes with the next batch.
+            self._agent_reachable = True  # it answered
             self._invalid += len(self._pending)
             self._dropped_unreported += self._pending_dropped
             self._batch_done()
