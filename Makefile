@@ -6,7 +6,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: setup demo test check lint typecheck proto-check generate check-generated \
+.PHONY: setup demo test test-fast check lint typecheck proto-check generate check-generated \
         contract-release constraints clean
 
 # Each folder below is a distribution (its pyproject.toml); the root one is the
@@ -30,6 +30,12 @@ demo: setup
 ## most tests wait on real processes; a test file stays on one worker.
 test: check
 	$(BIN)/python -m pytest -n 3 --dist loadfile
+
+## The quick loop while working: the tests that need nothing but this Python
+## process (no real processes, PostgreSQL, Chromium or podman) and are not
+## slow (the long generated runs); no checks. About 50 s on two cores.
+test-fast: setup
+	$(BIN)/python -m pytest -n 2 -m "not processes and not postgres and not browser and not containers and not slow"
 
 check: setup lint typecheck proto-check check-generated
 

@@ -50,3 +50,37 @@ metrics.set_meter_provider(MeterProvider(metric_readers=[METRICS], views=private
 def _forget_spans() -> None:
     """Each test starts with no spans kept: the in-memory store never grows past one test."""
     SPANS.clear()
+
+
+# --- kinds of tests (the markers are registered in pyproject.toml) ----------------------------------------
+# `make test-fast` deselects what needs more than this Python process (real processes, the PostgreSQL
+# server, Chromium, podman) and the slow generated runs. Where the kind follows from a fixture it is
+# marked here; a test that starts processes itself carries its marker (the test's or its module's).
+
+# Fixtures, by the module and name of their function, whose every user is of these kinds.
+FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
+    "tests.test_sdk_local:agent": ("processes",),  # the agent as a process (agent_harness.agent_process)
+    "tests.test_sdk_privacy_router:agent": ("processes",),  # the same
+    "tests.test_sdk_managed:managed": ("processes",),  # the agent, started by the SDK
+    "tests.test_addon_service:addon_base": ("processes",),  # its tests run the add-on under s6
+    "tests.test_pages:browser": ("browser", "processes"),  # Chromium, through Playwright
+    "tests.test_readiness:postgres_url": ("postgres",),  # a fresh database on the server
+    "tests.test_containers:images": ("containers",),  # podman builds them
+}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        kinds: set[str] = set()
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("database_url") == "postgresql":
+            kinds.add("postgres")  # databases.database_url's PostgreSQL half
+        fixture_info = getattr(item, "_fixtureinfo", None)
+        if fixture_info is not None:
+            for name in item.fixturenames:  # type: ignore[attr-defined]
+                definitions = fixture_info.name2fixturedefs.get(name)
+                if definitions:
+                    func = definitions[-1].func  # the definition this test gets
+                    kinds.update(FIXTURE_MARKERS.get(f"{func.__module__}:{func.__name__}", ()))
+        for kind in sorted(kinds - {mark.name for mark in item.iter_markers()}):
+            item.add_marker(kind)

@@ -361,6 +361,7 @@ calls = st.sampled_from([m.name for m in METHODS]).flatmap(
 )
 
 
+@pytest.mark.slow
 @settings(
     max_examples=150,
     deadline=None,

@@ -97,6 +97,7 @@ async def test_a_broken_identity_names_its_field_and_stores_nothing(
     assert (await agent.status()).stored_events == 0
 
 
+@pytest.mark.processes
 async def test_batches_are_remembered_across_a_restart(tmp_path: Path) -> None:
     async with agent_process(tmp_path) as process:
         async with grpc.aio.insecure_channel(process.target) as channel:

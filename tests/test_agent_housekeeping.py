@@ -496,6 +496,7 @@ async def run(history: History) -> list[Pass]:
 # --- the search --------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 @settings(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large]
 )

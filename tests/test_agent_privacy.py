@@ -202,6 +202,7 @@ async def test_override_disables_recording(agent_dir: Path, override: Override, 
     assert db_rows(running.db_path, "SELECT COUNT(*) FROM events") == [(0,)]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     ("args", "env", "reason"),
     [

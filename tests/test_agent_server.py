@@ -58,6 +58,7 @@ async def test_socket_directory_and_socket_are_private(agent: RunningAgent) -> N
     assert (await agent.status()).stored_events == 0
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(
     os.geteuid() != 0 or not Path("/usr/bin/python3").exists(), reason="needs root to switch user"
 )
@@ -198,6 +199,7 @@ def assert_one_line_error(result: subprocess.CompletedProcess[str], *fragments: 
         assert fragment in lines[0]
 
 
+@pytest.mark.processes
 async def test_command_with_an_unreadable_ca_file(agent_dir: Path) -> None:
     result = subprocess.run(
         [
@@ -216,6 +218,7 @@ async def test_command_with_an_unreadable_ca_file(agent_dir: Path) -> None:
     assert_one_line_error(result, "--ca-file", "/nope.pem")
 
 
+@pytest.mark.processes
 async def test_command_with_an_uncreatable_socket_directory(agent_dir: Path) -> None:
     blocker = agent_dir / "a-file"
     blocker.write_text("")
@@ -226,6 +229,7 @@ async def test_command_with_an_uncreatable_socket_directory(agent_dir: Path) -> 
     assert not (agent_dir / "agent.db").exists()
 
 
+@pytest.mark.processes
 @pytest.mark.skipif(os.geteuid() == 0, reason="root can write to any directory")
 async def test_command_with_a_read_only_socket_directory(agent_dir: Path) -> None:
     directory = agent_dir / "run"
@@ -234,6 +238,7 @@ async def test_command_with_a_read_only_socket_directory(agent_dir: Path) -> Non
     assert_one_line_error(result, "not writable")
 
 
+@pytest.mark.processes
 async def test_command_with_a_world_accessible_socket_directory(agent_dir: Path) -> None:
     directory = agent_dir / "run"
     directory.mkdir()
@@ -242,6 +247,7 @@ async def test_command_with_a_world_accessible_socket_directory(agent_dir: Path)
     assert_one_line_error(result, "accessible by other users")
 
 
+@pytest.mark.processes
 async def test_command_with_an_unusable_database(agent_dir: Path) -> None:
     blocker = agent_dir / "a-file"
     blocker.write_text("")
@@ -278,6 +284,7 @@ async def wait_for_acks(acked: list[int], at_least: int, seconds: float) -> None
         await asyncio.sleep(0.01)
 
 
+@pytest.mark.processes
 async def test_sigterm_keeps_every_acknowledged_event(agent_dir: Path) -> None:
     async with agent_process(agent_dir) as process:
         acked: list[int] = []
@@ -298,6 +305,7 @@ async def test_sigterm_keeps_every_acknowledged_event(agent_dir: Path) -> None:
     assert "Traceback" not in process.log()
 
 
+@pytest.mark.processes
 async def test_sigkill_loses_no_acknowledged_event(agent_dir: Path) -> None:
     async with agent_process(agent_dir) as process:
         acked: list[int] = []

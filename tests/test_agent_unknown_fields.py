@@ -138,6 +138,7 @@ def batches(draw: st.DrawFn) -> list[Spliced]:
     return draw(st.lists(occurrence, min_size=1, max_size=12))
 
 
+@pytest.mark.slow
 @settings(PROPERTY, max_examples=40)
 @given(batch=batches())
 async def test_unknown_fields_are_found_nowhere_and_counted(batch: list[Spliced]) -> None:
@@ -170,6 +171,7 @@ async def test_unknown_fields_are_found_nowhere_and_counted(batch: list[Spliced]
     assert exported == [expected_export(s.clean) for s in batch]
 
 
+@pytest.mark.slow
 @settings(PROPERTY, max_examples=150)
 @given(calls=st.lists(batches(), min_size=1, max_size=4))
 def test_the_decoder_keeps_exactly_the_known_fields_whatever_it_has_cached(
@@ -193,6 +195,7 @@ def test_the_decoder_keeps_exactly_the_known_fields_whatever_it_has_cached(
 RULES = event_rules(EARLIEST, NOW)
 
 
+@pytest.mark.slow
 @settings(PROPERTY, max_examples=15)
 @given(
     app=with_unknown_fields(messages(usage_event_pb2.AppStarted.DESCRIPTOR, RULES)),

@@ -31,6 +31,8 @@ from .conftest import ROOT
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
 
+pytestmark = pytest.mark.processes
+
 W45, W46 = Week(2026, 45), Week(2026, 46)
 START_TIMEOUT = 60.0
 TIMEOUT = 10
@@ -124,6 +126,7 @@ def count_reports(database_url: str) -> int:
         engine.dispose()
 
 
+@pytest.mark.postgres
 async def test_two_processes_on_one_postgresql_store_a_report_once(tmp_path: Path) -> None:
     with databases.fresh_postgres_database() as database_url:
         # Started together on an empty database: the migrations run once, in turn.
@@ -196,6 +199,7 @@ def established_connections(pid: int, port: int) -> int:
     return count
 
 
+@pytest.mark.postgres
 async def test_processes_behind_one_address_share_the_work(tmp_path: Path) -> None:
     with databases.fresh_postgres_database() as database_url:
         migrate = subprocess.run(

@@ -177,6 +177,7 @@ async def test_no_ip_address_is_stored_or_logged(
         assert "127.0.0.1" not in dump
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     ("url", "fragment"),
     [

@@ -205,6 +205,7 @@ async def open_server(database_url: str, tmp_path: Path) -> AsyncIterator[Runnin
         yield running
 
 
+@pytest.mark.slow
 async def test_a_hostile_fleet_reveals_no_small_group(open_server: RunningServer, tmp_path: Path) -> None:
     last = last_complete_week(dt.datetime.now(dt.UTC))
     weeks = [last.previous().previous().previous(), last.previous().previous(), last.previous(), last]
@@ -316,6 +317,7 @@ def empty_database(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
+@pytest.mark.slow
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(fleet=fleets(), k=st.sampled_from([2, 3, 5]))
 async def test_generated_fleets_reveal_no_small_group(

@@ -83,6 +83,7 @@ async def refusal(call: object) -> grpc.aio.AioRpcError | None:
     return None
 
 
+@pytest.mark.slow
 @settings(max_examples=500, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(asked=requests())
 async def test_every_call_answers_generated_requests_clearly(
@@ -133,6 +134,7 @@ def edge_requests() -> list[tuple[str, Message]]:
     return asked
 
 
+@pytest.mark.slow
 async def test_every_call_at_the_calendars_edges(channel: grpc.aio.Channel) -> None:
     stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
     asked = edge_requests()

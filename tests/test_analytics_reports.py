@@ -204,6 +204,7 @@ def run_send_test(tmp_path: Path, port: int) -> subprocess.CompletedProcess[str]
     )  # fmt: skip
 
 
+@pytest.mark.processes
 def test_the_send_test_command(tmp_path: Path, smtp: tuple[Inbox, int]) -> None:
     inbox, port = smtp
     sent = run_send_test(tmp_path, port)

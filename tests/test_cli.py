@@ -21,6 +21,7 @@ SERVICES = [
 ]
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("service", SERVICES)
 def test_help_works_from_a_fresh_interpreter(service: str) -> None:
     result = subprocess.run(

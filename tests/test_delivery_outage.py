@@ -13,6 +13,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
+import pytest
 from printernizer_stats.agent.agent import AgentConfig, StatsAgent
 from printernizer_stats.agent.consent import SHARING, Override
 from printernizer_stats.agent.delivery import Courier, Uplink
@@ -70,6 +71,7 @@ async def live_until(
         clock.now = min(until, clock.now + step)
 
 
+@pytest.mark.slow
 async def test_a_server_down_for_weeks_receives_every_week_exactly_once(
     database_url: str, tmp_path: Path
 ) -> None:

@@ -117,6 +117,7 @@ def weeks(rows: object) -> list[int]:
     return [row.week for row in rows]  # type: ignore[attr-defined]
 
 
+@pytest.mark.slow
 async def test_a_report_the_server_always_fails_on_is_isolated_then_dropped(
     agent: StatsAgent, server: RunningServer, clock: FakeClock, tmp_path: Path
 ) -> None:

@@ -13,10 +13,13 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from printernizer_stats.analytics.privacy import rounded
 from printernizer_stats.demo.services import free_port
 
 from .conftest import ROOT
+
+pytestmark = pytest.mark.processes
 
 SERVICES = (
     "printernizer_stats.aggregation",

@@ -30,6 +30,8 @@ from .agent_harness import RPC_TIMEOUT, agent_process, db_event_count, job_creat
 from .postgres_instance import postgres_instance
 from .test_aggregation_processes import ServerProcess, count_reports, start_server
 
+pytestmark = pytest.mark.processes
+
 
 def expected_reports(plan: FleetPlan) -> int:
     return sum(len(request.reports) for i in build_fleet(plan) if (request := submission(i, plan)))
@@ -56,6 +58,7 @@ async def report_with_a_fault(
     return sent, started[0]
 
 
+@pytest.mark.postgres
 async def test_reports_arriving_while_the_database_restarts_are_all_stored_once(tmp_path: Path) -> None:
     plan = FleetPlan(120, 6, last_complete_week(dt.datetime.now(dt.UTC)), seed=7)
     with postgres_instance() as database:

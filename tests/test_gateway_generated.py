@@ -208,12 +208,14 @@ def assert_clean(run: Run, operations: int) -> None:
     assert len(run.driven) == operations, sorted(run.driven)
 
 
+@pytest.mark.slow
 async def test_a_generated_run_over_the_statistics_api(tmp_path: Path) -> None:
     async with statistics_gateway(tmp_path) as url:
         run = await asyncio.to_thread(generated_run, url, "/api/v1/stats/", ADMIN, needs_the_token)
     assert_clean(run, operations=10)
 
 
+@pytest.mark.slow
 async def test_a_generated_run_over_the_privacy_api(agent: RunningAgent) -> None:
     http, task, url = await running_gateway(None, local_agent(str(agent.socket_path)))
     try:
@@ -238,6 +240,7 @@ WINDOWED += ["anomalies", "export"]
 ONE_WEEK = ["distribution/country", "distribution/app-version?and=country", "features"]
 
 
+@pytest.mark.slow
 async def test_the_calendar_edges_reach_the_backends_and_come_back_as_answers(
     agent: RunningAgent, tmp_path: Path
 ) -> None:

@@ -446,6 +446,7 @@ NOT_LOOPBACK = [
 ]
 
 
+@pytest.mark.slow
 async def test_the_privacy_api_answers_only_loopback_host_names_whatever_is_asked(
     client: httpx.Client,
 ) -> None:

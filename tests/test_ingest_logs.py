@@ -40,6 +40,8 @@ from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation, unknown_field
 from .test_aggregation_processes import start_server
 
+pytestmark = pytest.mark.processes
+
 TIMEOUT = 10
 LAST_WEEK = Week.containing(dt.datetime.now(dt.UTC)).previous()
 WEEKS = [LAST_WEEK.previous().previous(), LAST_WEEK.previous(), LAST_WEEK]
@@ -94,7 +96,7 @@ async def code_of(call: object) -> grpc.StatusCode:
     return grpc.StatusCode.OK
 
 
-@pytest.mark.parametrize("kind", ["sqlite", "postgresql"])
+@pytest.mark.parametrize("kind", ["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 async def test_no_identifier_or_report_reaches_the_log(kind: str, tmp_path: Path) -> None:
     secrets: list[bytes] = []  # every identifier, key and report the server saw
     with database(kind, tmp_path) as (url, instance):

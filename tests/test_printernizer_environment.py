@@ -31,6 +31,8 @@ import pytest
 from .agent_harness import db_event_count, short_private_dir
 from .conftest import ROOT
 
+pytestmark = pytest.mark.processes
+
 FIXTURE = ROOT / "tests" / "fixtures" / "printernizer-v2.42.0" / "requirements.txt"
 OURS = ("gen", "stats_common", "sdk", "stats_agent")  # what a host installs: the SDK and the agent
 OUR_NAMES = ("printernizer-stats-contract", "printernizer-stats-common", "printernizer-stats-sdk")

@@ -105,6 +105,7 @@ def test_a_killed_agent_is_back_within_a_second_and_events_flow_again(managed: M
     assert status(managed.socket_path).stored_events == 2  # the same database: nothing lost
 
 
+@pytest.mark.processes
 def test_an_agent_that_keeps_crashing_is_given_up_after_the_bound(
     agent_dir: Path,  # noqa: F811
     caplog: pytest.LogCaptureFixture,
@@ -148,6 +149,7 @@ def test_do_not_track_starts_nothing(
     assert sum("DO_NOT_TRACK" in r.getMessage() for r in caplog.records) >= 1
 
 
+@pytest.mark.processes
 def test_no_agent_installed_starts_nothing(
     agent_dir: Path,  # noqa: F811
     monkeypatch: pytest.MonkeyPatch,
@@ -205,6 +207,7 @@ HOST = textwrap.dedent(
 )
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("how", ["exit", "sigterm", "own-handler", "sigkill"])
 def test_the_agent_ends_with_its_host(how: str, agent_dir: Path) -> None:  # noqa: F811
     script = agent_dir / "host.py"

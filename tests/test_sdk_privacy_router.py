@@ -276,6 +276,7 @@ async def test_preview_ledger_details_and_disclosure(agent: AgentProcess) -> Non
         assert (await api.get(f"{PREFIX}/disclosure", params={"lang": "de"})).json()["language"] == "de"
 
 
+@pytest.mark.processes
 async def test_opt_in_under_do_not_track_says_why_it_did_not_start(agent_dir: Path) -> None:
     async with agent_process(agent_dir, DO_NOT_TRACK="1") as agent, printernizer(agent.socket_path) as api:
         answer = await api.post(f"{PREFIX}/opt-in", headers={"Accept-Language": "de"})

@@ -23,11 +23,14 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import pytest
 from printernizer.stats.v1 import agent_service_pb2
 from printernizer_stats.sdk import PrinterType, StatsClient
 
 from .agent_harness import AgentProcess, agent_process, db_event_count, short_private_dir
 from .test_faults import agent_status, small_disk
+
+pytestmark = pytest.mark.processes
 
 KILL_AFTER_COMMITS = "STATS_AGENT_KILL_AFTER_COMMITS"
 

@@ -14,10 +14,13 @@ from pathlib import Path
 
 import grpc
 import httpx
+import pytest
 from printernizer_stats.common.health import is_serving
 from printernizer_stats.demo.services import free_port
 
 from .conftest import ROOT
+
+pytestmark = pytest.mark.processes
 
 
 def start(tmp_path: Path, *command: str) -> subprocess.Popen[str]:

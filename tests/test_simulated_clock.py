@@ -34,6 +34,7 @@ DAY = 86_400.0
 WEEK = 7 * DAY
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize(
     ("command", "environment"),
     [
@@ -224,6 +225,7 @@ def every_week_once_with_its_counts(running: Machines, sent: list[int]) -> None:
     assert stored_weeks(running.database_url) == {week: running.recorded.get(week, 0) for week in sent}
 
 
+@pytest.mark.processes
 async def test_the_real_processes_deliver_simulated_weeks_through_a_server_outage(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -244,6 +246,7 @@ ERRORS = {"week ahead": WEEK, "year ahead": YEAR, "years ahead": 5 * YEAR}
 ERRORS |= {"week back": -WEEK, "year back": -YEAR, "years back": -5 * YEAR}
 
 
+@pytest.mark.processes
 @pytest.mark.parametrize("server", ["up", "down"])
 @pytest.mark.parametrize("error", ERRORS.values(), ids=ERRORS.keys())
 async def test_a_wrong_clock_then_corrected_delivers_every_true_week_once(

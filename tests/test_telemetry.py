@@ -21,6 +21,7 @@ from typing import Any
 
 import grpc
 import httpx
+import pytest
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.sdk.trace import ReadableSpan
@@ -158,6 +159,7 @@ def scrape(port: int) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     }
 
 
+@pytest.mark.processes
 async def test_the_aggregation_servers_metrics_count_outcomes_and_limits(tmp_path: Path) -> None:
     metrics_port, port = free_port(), free_port()
     server = start_server(
@@ -257,6 +259,8 @@ class FakeCollector(
         return metrics_service_pb2.ExportMetricsServiceResponse()
 
 
+@pytest.mark.postgres
+@pytest.mark.processes
 async def test_otlp_export_and_logs_share_trace_ids_and_hold_no_address(tmp_path: Path) -> None:
     collector = FakeCollector()
     receiver = grpc.aio.server()
@@ -314,6 +318,7 @@ async def test_otlp_export_and_logs_share_trace_ids_and_hold_no_address(tmp_path
         assert form not in log_path.read_text()
 
 
+@pytest.mark.processes
 async def test_the_agents_metrics_show_its_outbox_and_dropped_events() -> None:
     metrics_port = free_port()
     base = short_private_dir()

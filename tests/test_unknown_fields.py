@@ -192,6 +192,7 @@ async def cross_the_boundaries(
     assert not where(markers, places)
 
 
+@pytest.mark.slow
 async def test_unknown_fields_cross_no_boundary(system: System) -> None:
     loop = asyncio.get_running_loop()
     now = system.clock()
