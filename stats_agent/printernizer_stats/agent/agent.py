@@ -428,14 +428,21 @@ class StatsAgent:
         now = self.now()
         current = Week.containing(now)
         first = Week.containing(current.start - dt.timedelta(weeks=weeks - 1))
+        # A pruning pass may commit while this reads week by week (it writes a
+        # week's summary and deletes its events in one transaction): read again
+        # until no summary changed meanwhile, so no week is read half each way.
         kept = await self.store.week_summaries()
-        activity = []
-        for week in weeks_between(first, current):
-            if week.key in kept:
-                activity.append(agent_service_pb2.WeeklyActivity.FromString(kept[week.key]))
-            else:
-                activity.append(await weekly_activity(self.store, week, now))
-        return activity
+        while True:
+            activity = []
+            for week in weeks_between(first, current):
+                if week.key in kept:
+                    activity.append(agent_service_pb2.WeeklyActivity.FromString(kept[week.key]))
+                else:
+                    activity.append(await weekly_activity(self.store, week, now))
+            after = await self.store.week_summaries()
+            if after == kept:
+                return activity
+            kept = after
 
     async def local_stats(self, weeks: int) -> agent_service_pb2.GetLocalStatsResponse:
         activity = await self.local_activity(weeks)
