@@ -238,6 +238,12 @@ def _key_of(event: UsageEvent) -> tuple[float | None, Any]:
     return when, (name, *(int(getattr(body, f.name)) for f in spec.columns))
 
 
+def default_socket_path() -> Path:
+    """The agent's socket when none is given: $STATS_AGENT_SOCKET, else the
+    user's runtime directory (where the agent puts it by default)."""
+    return Path(os.environ.get(SOCKET_ENVIRONMENT) or user_runtime_dir() / "agent.sock")
+
+
 def _use_simulated_clock() -> None:
     """In tests of the real processes (STATS_TESTING=1), the host stamps its
     events with the agent's simulated clock (printernizer_stats.common.clock), as a host and
@@ -270,8 +276,7 @@ class StatsClient:
         error_types: Mapping[type[BaseException], ErrorType] | None = None,
         error_names: Mapping[str, ErrorType] = PRINTERNIZER_ERROR_TYPES,
     ) -> None:
-        path = socket_path or os.environ.get(SOCKET_ENVIRONMENT) or user_runtime_dir() / "agent.sock"
-        self.socket_path = Path(path)
+        self.socket_path = Path(socket_path) if socket_path else default_socket_path()
         _use_simulated_clock()
         self._max_buffered = max_buffered
         self._batch_size = batch_size  # send when this many are waiting

@@ -40,7 +40,8 @@ import grpc.aio
 from google.protobuf.message import Message
 from printernizer.stats.v1 import agent_service_pb2 as agent_api
 from printernizer.stats.v1 import agent_service_pb2_grpc, aggregated_stats_pb2, common_pb2
-from printernizer_stats.common.cli import user_runtime_dir
+
+from .client import default_socket_path
 
 __all__ = [
     "AgentError",
@@ -57,7 +58,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-SOCKET_ENVIRONMENT = "STATS_AGENT_SOCKET"
 CALL_TIMEOUT_SECONDS = 10.0
 # An export streams every stored event: a year of a busy installation takes a minute or two.
 EXPORT_TIMEOUT_SECONDS = 600.0
@@ -75,12 +75,6 @@ UNREACHABLE_CODES = frozenset({"UNAVAILABLE", "DEADLINE_EXCEEDED", "CANCELLED"})
 SHARING = agent_api.CONSENT_STATE_SHARING
 LOCAL_ONLY = agent_api.CONSENT_STATE_LOCAL_ONLY
 DISABLED = agent_api.CONSENT_STATE_DISABLED
-
-
-def default_socket_path() -> Path:
-    """The agent's socket as StatsClient finds it: $STATS_AGENT_SOCKET, else the
-    user's runtime directory."""
-    return Path(os.environ.get(SOCKET_ENVIRONMENT) or user_runtime_dir() / "agent.sock")
 
 
 class AgentError(Exception):
