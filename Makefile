@@ -11,7 +11,7 @@ STAMP := $(VENV)/.installed
 
 # Each folder below is a distribution (its pyproject.toml); the root one is the
 # whole system. All are installed editable, at the versions constraints.txt locks.
-DISTRIBUTIONS := gen stats_common sdk stats_agent aggregation_server analytics_server gateway stats_demo
+DISTRIBUTIONS := gen stats_common sdk stats_agent stats_store aggregation_server analytics_server gateway stats_demo
 
 # Re-installs whenever the dependencies change.
 $(STAMP): pyproject.toml $(DISTRIBUTIONS:%=%/pyproject.toml) constraints.txt

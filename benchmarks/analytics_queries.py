@@ -26,11 +26,11 @@ from typing import Any
 
 from printernizer.stats.v1 import analytics_service_pb2 as api
 from printernizer.stats.v1 import country_pb2
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import async_url, create_sync_engine, upgrade
 from printernizer_stats.analytics.queries import Analytics, weeks_ending
-from printernizer_stats.analytics.rollups import Rollups
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import async_url, create_sync_engine, upgrade
+from printernizer_stats.store.rollup_store import Rollups
 from sqlalchemy import insert
 from sqlalchemy.ext.asyncio import create_async_engine
 

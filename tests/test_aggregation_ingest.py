@@ -11,8 +11,6 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, ingest_service_pb2
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import upgrade
 from printernizer_stats.aggregation.ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
 from printernizer_stats.aggregation.refusals import (
     Forbidden,
@@ -20,8 +18,10 @@ from printernizer_stats.aggregation.refusals import (
     TooManySubmissions,
     Unauthenticated,
 )
-from printernizer_stats.aggregation.storage import IngestStore
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import upgrade
+from printernizer_stats.store.ingest_store import IngestStore
 from sqlalchemy import select
 
 from . import databases

@@ -19,11 +19,11 @@ from pathlib import Path
 import grpc
 import pytest
 from printernizer.stats.v1 import ingest_service_pb2, ingest_service_pb2_grpc
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import create_sync_engine
 from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.demo.services import free_port
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import func, select
 
 from . import databases

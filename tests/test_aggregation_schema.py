@@ -14,8 +14,8 @@ import pytest
 from alembic import command
 from alembic.autogenerate import compare_metadata
 from alembic.migration import MigrationContext
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import (
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import (
     alembic_config,
     async_url,
     create_sync_engine,
@@ -50,7 +50,7 @@ def test_the_migrations_create_exactly_the_schema(engine: Engine) -> None:
 
 
 def test_every_counter_has_its_row_after_the_migrations(engine: Engine) -> None:
-    from printernizer_stats.aggregation.storage import Counter
+    from printernizer_stats.store.ingest_store import Counter
 
     with engine.connect() as connection:
         rows = dict(connection.execute(select(schema.ingest_counters)).all())
@@ -99,7 +99,7 @@ async def test_database_errors_never_list_the_statements_parameters(database_url
     text: every engine the server makes hides them. (A driver may still quote
     the row it refused, as PostgreSQL's DETAIL does: the servicer logs no
     exception's message at all, see tests/test_ingest_logs.py.)"""
-    from printernizer_stats.aggregation.database import create_server_engine
+    from printernizer_stats.store.database import create_server_engine
 
     upgrade(database_url)
     installation = uuid.uuid4().bytes
@@ -206,8 +206,8 @@ async def test_every_query_the_store_runs_compiles_for_sql_server(tmp_path: Path
     retention, status) and compile each for SQL Server."""
     from printernizer_stats.aggregation.ingest import Ingest
     from printernizer_stats.aggregation.refusals import Refused
-    from printernizer_stats.aggregation.storage import IngestStore
     from printernizer_stats.common.weeks import Week
+    from printernizer_stats.store.ingest_store import IngestStore
     from sqlalchemy import event
     from sqlalchemy.dialects import mssql
     from sqlalchemy.sql import ClauseElement
@@ -243,7 +243,7 @@ async def test_every_query_the_store_runs_compiles_for_sql_server(tmp_path: Path
         # The analytics server's rollups and queries run on the same database.
         from printernizer.stats.v1 import analytics_service_pb2
         from printernizer_stats.analytics.queries import Analytics
-        from printernizer_stats.analytics.rollups import Rollups
+        from printernizer_stats.store.rollup_store import Rollups
 
         other = Installation(uuid.uuid4().bytes)
         await ingest.submit(other.submission(report_of(other, week)))

@@ -218,8 +218,8 @@ def test_an_unusable_database_url_is_one_clear_line(tmp_path: Path, url: str, fr
 
 def snapshot(database_url: str) -> dict[str, list[tuple[object, ...]]]:
     """Every stored row of every table but the operational counters, sorted."""
-    from printernizer_stats.aggregation import schema
-    from printernizer_stats.aggregation.database import create_sync_engine
+    from printernizer_stats.store import schema
+    from printernizer_stats.store.database import create_sync_engine
 
     engine = create_sync_engine(database_url)
     try:

@@ -29,18 +29,18 @@ from google.protobuf.message import Message
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc, common_pb2, country_pb2
-from printernizer_stats.aggregation.database import upgrade
 from printernizer_stats.aggregation.ingest import Ingest
-from printernizer_stats.aggregation.storage import IngestStore
 from printernizer_stats.analytics.queries import Analytics
 from printernizer_stats.analytics.reports import content
-from printernizer_stats.analytics.rollups import Rollups
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.weeks import Week, last_complete_week
 from printernizer_stats.gateway.stats_api import DIMENSIONS as DIMENSION_PATHS
 from printernizer_stats.gateway.stats_api import ERROR_GROUPINGS as ERROR_GROUPING_PATHS
 from printernizer_stats.gateway.stats_api import Analytics as AnalyticsBackend
 from printernizer_stats.gateway.stats_api import json_of
+from printernizer_stats.store.database import upgrade
+from printernizer_stats.store.ingest_store import IngestStore
+from printernizer_stats.store.rollup_store import Rollups
 
 from . import databases
 from .agent_harness import FakeClock

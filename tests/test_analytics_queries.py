@@ -12,13 +12,13 @@ from dataclasses import dataclass
 
 import pytest
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
-from printernizer_stats.aggregation.database import upgrade
 from printernizer_stats.aggregation.ingest import Ingest
-from printernizer_stats.aggregation.storage import IngestStore
 from printernizer_stats.analytics.privacy import Disclosure, Group, fold_small_groups, rounded
 from printernizer_stats.analytics.queries import Analytics, QueryError
-from printernizer_stats.analytics.rollups import Rollups
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store.database import upgrade
+from printernizer_stats.store.ingest_store import IngestStore
+from printernizer_stats.store.rollup_store import Rollups
 
 from . import databases
 from .agent_harness import FakeClock

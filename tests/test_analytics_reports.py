@@ -20,7 +20,6 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from printernizer.stats.v1 import analytics_service_pb2, country_pb2
-from printernizer_stats.aggregation import schema
 from printernizer_stats.analytics.reports import (
     MONTHLY,
     WEEKLY,
@@ -34,6 +33,7 @@ from printernizer_stats.analytics.reports import (
 from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.demo.services import free_port
+from printernizer_stats.store import schema
 from sqlalchemy import func, select
 
 from .agent_harness import FakeClock

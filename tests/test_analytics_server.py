@@ -18,15 +18,15 @@ from typing import Any
 import grpc
 import pytest
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import async_url
 from printernizer_stats.analytics.queries import Analytics
-from printernizer_stats.analytics.rollups import Rollups
 from printernizer_stats.analytics.server import ServerConfig, serve
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.errors import field_violations
 from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import async_url
+from printernizer_stats.store.rollup_store import Rollups
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 

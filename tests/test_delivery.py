@@ -20,9 +20,9 @@ from printernizer_stats.agent.agent import AgentConfig, StatsAgent
 from printernizer_stats.agent.consent import LOCAL_ONLY, SHARING, Override
 from printernizer_stats.agent.delivery import Backoff, Courier, Uplink, deliver
 from printernizer_stats.agent.storage import AgentStore
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import create_sync_engine
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import func, select
 
 from . import agent_harness

@@ -18,12 +18,12 @@ from printernizer_stats.agent.agent import AgentConfig, StatsAgent
 from printernizer_stats.agent.consent import SHARING, Override
 from printernizer_stats.agent.delivery import Courier, Uplink
 from printernizer_stats.agent.storage import AgentStore
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import create_sync_engine
 from printernizer_stats.aggregation.server import ServerConfig, serve
 from printernizer_stats.common.tls import TlsFiles, ensure_self_made
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.demo.services import free_port
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select
 
 from . import databases

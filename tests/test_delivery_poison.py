@@ -28,8 +28,8 @@ from printernizer_stats.agent.delivery import (
     deliver,
 )
 from printernizer_stats.agent.storage import AgentStore
-from printernizer_stats.aggregation import schema
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
 
 from .agent_harness import FakeClock, job_created
 from .test_aggregation_server import RunningServer, running_server

@@ -176,15 +176,8 @@ def test_the_container_recipe_installs_what_its_services_need_and_exposes_the_li
     assert re.search(r'^CMD \["([\w.]+)"\]$', recipe, flags=re.MULTILINE)[1] in PARSERS  # type: ignore[index]
 
 
-DISTRIBUTION_FOLDERS = (
-    "gen",
-    "stats_common",
-    "sdk",
-    "stats_agent",
-    "aggregation_server",
-    "analytics_server",
-    "gateway",
-)
+# Every folder that is a distribution of this repository.
+DISTRIBUTION_FOLDERS = tuple(sorted(p.parent.name for p in ROOT.glob("*/pyproject.toml")))
 
 
 def distribution_name(folder: str) -> str:

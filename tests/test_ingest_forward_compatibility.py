@@ -29,8 +29,6 @@ from printernizer.stats.v1 import (
     ingest_admin_service_pb2,
     options_pb2,
 )
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import create_sync_engine
 from printernizer_stats.aggregation.validation import (
     MAX_PRINTERS_PER_TYPE,
     MAX_WEEKLY_COUNT,
@@ -39,6 +37,8 @@ from printernizer_stats.aggregation.validation import (
 )
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.identity import report_id
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select
 
 from . import databases

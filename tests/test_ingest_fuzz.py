@@ -43,11 +43,11 @@ from printernizer.stats.v1 import (
     ingest_admin_service_pb2,
     ingest_service_pb2,
 )
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import create_sync_engine
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.errors import field_violations
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select
 from sqlalchemy.engine import Engine
 

@@ -21,10 +21,10 @@ import pytest
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2, ingest_service_pb2
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import create_sync_engine
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select
 
 from . import databases

@@ -31,7 +31,8 @@ import pytest
 from .agent_harness import db_event_count, short_private_dir
 from .conftest import ROOT
 
-pytestmark = pytest.mark.processes
+# Making the environment from Printernizer's pins takes minutes on a cold cache (pip timeouts below).
+pytestmark = [pytest.mark.processes, pytest.mark.timeout(1500)]
 
 FIXTURE = ROOT / "tests" / "fixtures" / "printernizer-v2.42.0" / "requirements.txt"
 OURS = ("gen", "stats_common", "sdk", "stats_agent")  # what a host installs: the SDK and the agent

@@ -17,10 +17,10 @@ from printernizer_stats.agent.agent import AgentConfig, StatsAgent
 from printernizer_stats.agent.consent import SHARING, Override
 from printernizer_stats.agent.delivery import Uplink, deliver
 from printernizer_stats.agent.storage import AgentStore
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import create_sync_engine
 from printernizer_stats.common.errors import retry_delay
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select
 
 from . import databases

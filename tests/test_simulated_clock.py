@@ -19,12 +19,12 @@ from pathlib import Path
 import grpc
 import pytest
 from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc
-from printernizer_stats.aggregation import schema
-from printernizer_stats.aggregation.database import create_sync_engine
 from printernizer_stats.common.clock import TESTING_ENVIRONMENT, SimulatedClock, SystemClock, clock_from
 from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week, weeks_between
 from printernizer_stats.sdk import PrinterType, StatsClient
+from printernizer_stats.store import schema
+from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select
 
 from .agent_harness import RPC_TIMEOUT, agent_process, short_private_dir

@@ -20,9 +20,9 @@ from printernizer_stats.common.cli import (
 )
 from printernizer_stats.common.clock import TestingNotAllowed, clock_from
 from printernizer_stats.common.startup import add_tls_and_admin_options, prepare_database_url, run, start
+from printernizer_stats.store.database import current_revision, upgrade
 from sqlalchemy.exc import SQLAlchemyError
 
-from .database import current_revision, upgrade
 from .ingest import DEFAULT_RETENTION_DAYS
 from .server import ServerConfig, serve
 

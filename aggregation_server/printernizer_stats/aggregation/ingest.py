@@ -21,9 +21,9 @@ from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2
 from printernizer_stats.common.identity import PUBLIC_KEY_BYTES, installation_id_problem, signature_is_valid
 from printernizer_stats.common.known_fields import discard_unknown_fields
 from printernizer_stats.common.weeks import MIN_YEAR, Week
+from printernizer_stats.store.ingest_store import CheckedReport, DeletionReceipt, IngestStore
 
 from .refusals import InvalidRequest, Unauthenticated
-from .storage import CheckedReport, DeletionReceipt, IngestStore
 from .validation import CLOCK_SKEW, MAX_REPORT_BYTES, Violation, check_report, normalise_unknown_values
 
 # Finished weeks one submission may carry (an agent that was offline for a year).

@@ -20,11 +20,11 @@ from printernizer_stats.common.interceptors import RejectUndecodableRequests
 from printernizer_stats.common.serving import READINESS_SECONDS, serve_tls
 from printernizer_stats.common.telemetry import grpc_server_interceptors, trace_database
 from printernizer_stats.common.tls import TlsFiles
+from printernizer_stats.store.database import database_answers, upgrade
+from printernizer_stats.store.ingest_store import IngestStore
 
-from .database import database_answers, upgrade
 from .ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
 from .servicer import CallLimiter, IngestAdminServicer, IngestServicer
-from .storage import IngestStore
 from .validation import MAX_REPORT_BYTES
 
 log = logging.getLogger(__name__)

@@ -26,9 +26,9 @@ from printernizer.stats.v1 import (
 )
 from printernizer_stats.common import errors
 from printernizer_stats.common.errors import PERIOD_NOT_ENDED, Context
+from printernizer_stats.store.database import DATABASE_RETRY, database_unreachable
 
 from . import metrics
-from .database import DATABASE_RETRY, database_unreachable
 from .ingest import Ingest
 from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated, WrongKey
 

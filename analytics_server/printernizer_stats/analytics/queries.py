@@ -20,16 +20,10 @@ from collections.abc import AsyncIterator, Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
-from printernizer_stats.aggregation import schema
 from printernizer_stats.common.countries import country_name
 from printernizer_stats.common.weeks import Week
-from sqlalchemy import func, literal, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
-
-from . import anomalies
-from .anomalies import BASELINE_WEEKS
-from .privacy import DEFAULT_MIN_GROUP_SIZE, Disclosure, Folded, Group, ratio
-from .rollups import (
+from printernizer_stats.store import schema
+from printernizer_stats.store.rollup_store import (
     COMPLETED_JOBS_BY_VERSION,
     ERRORS_BY_COMPONENT,
     ERRORS_BY_TYPE,
@@ -38,6 +32,12 @@ from .rollups import (
     FAILED_JOBS_BY_VERSION,
     FEATURES,
 )
+from sqlalchemy import func, literal, select
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from . import anomalies
+from .anomalies import BASELINE_WEEKS
+from .privacy import DEFAULT_MIN_GROUP_SIZE, Disclosure, Folded, Group, ratio
 
 Dimension = analytics_service_pb2.Dimension
 _ZERO = literal(0)

@@ -23,8 +23,8 @@ from typing import Any
 
 import jinja2
 from printernizer.stats.v1 import analytics_service_pb2
-from printernizer_stats.aggregation import schema
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
 from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine

@@ -10,17 +10,17 @@ from dataclasses import dataclass
 
 import grpc
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-from printernizer_stats.aggregation.database import create_server_engine, database_answers, upgrade
 from printernizer_stats.common.admin import RequireAdminToken
 from printernizer_stats.common.interceptors import RejectUndecodableRequests
 from printernizer_stats.common.serving import READINESS_SECONDS, Job, serve_tls
 from printernizer_stats.common.telemetry import grpc_server_interceptors, trace_database
 from printernizer_stats.common.tls import TlsFiles
+from printernizer_stats.store.database import create_server_engine, database_answers, upgrade
+from printernizer_stats.store.rollup_store import Rollups
 
 from .privacy import DEFAULT_MIN_GROUP_SIZE
 from .queries import Analytics, last_complete_week
 from .reports import MailConfig, Reporter, send, weekly_report
-from .rollups import Rollups
 from .servicer import AnalyticsServicer
 
 log = logging.getLogger(__name__)

@@ -11,9 +11,9 @@ from typing import TypeVar
 
 from opentelemetry import metrics
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-from printernizer_stats.aggregation.database import DATABASE_RETRY, database_unreachable
 from printernizer_stats.common import errors
 from printernizer_stats.common.errors import Context
+from printernizer_stats.store.database import DATABASE_RETRY, database_unreachable
 
 from .queries import Analytics, QueryError
 

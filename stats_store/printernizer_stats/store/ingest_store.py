@@ -1,4 +1,4 @@
-"""Storing accepted reports: the one module of the aggregation server that speaks SQL.
+"""Storing accepted reports: the ingest store, the aggregation server's writes.
 
 Everything that must hold across several server processes sharing one
 database is decided by the database itself, inside one transaction:

@@ -1,13 +1,13 @@
-"""Alembic environment: runs the aggregation server's migrations.
+"""Alembic environment: runs the statistics database's migrations.
 
-Invoked through `printernizer_stats.aggregation.database.upgrade/downgrade` (or the
+Invoked through `printernizer_stats.store.database.upgrade/downgrade` (or the
 `alembic` command with `-x url=...`); always on a synchronous driver.
 """
 
 from __future__ import annotations
 
 from alembic import context
-from printernizer_stats.aggregation.schema import metadata
+from printernizer_stats.store.schema import metadata
 from sqlalchemy import create_engine, text
 
 config = context.config

@@ -1,4 +1,4 @@
-"""The aggregation server's database: URLs and migrations (Alembic).
+"""The statistics database: URLs, engines and migrations (Alembic).
 
 Migrations always run on a synchronous driver; the server itself uses the
 asynchronous one of the same database (aiosqlite for SQLite; asyncpg for

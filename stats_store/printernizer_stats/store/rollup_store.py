@@ -1,4 +1,4 @@
-"""Keeping the weekly rollups current: the one module of the analytics server
+"""Keeping the weekly rollups current: the rollup store, the only writer of the rollup tables.
 that writes.
 
 A week's rollup rows are rebuilt from its reports inside the database
@@ -19,8 +19,8 @@ from collections.abc import Callable
 from typing import Any
 
 from printernizer.stats.v1 import analytics_service_pb2
-from printernizer_stats.aggregation import schema
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store import schema
 from sqlalchemy import case, delete, func, insert, literal, select, text, update
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 

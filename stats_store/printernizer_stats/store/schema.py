@@ -1,4 +1,4 @@
-"""The aggregation server's database schema (SQLAlchemy Core).
+"""The statistics database's schema (SQLAlchemy Core), shared by the servers.
 
 Normalised for the analytics that read it: one row per installation with its
 latest state, one row per accepted weekly report with its scalar figures,
