@@ -43,7 +43,7 @@ import schemathesis
 from hypothesis import HealthCheck, Phase
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.gateway.params import MAX_WEEKS
-from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.stats_api import AnalyticsClient
 from printernizer_stats.gateway.usage_api import local_agent
 from schemathesis import APIOperation, Case, GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -60,7 +60,7 @@ from .agent_harness import RunningAgent, agent, agent_dir
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
 from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, running_server
-from .test_analytics_server import last_week, running_analytics
+from .test_analytics_server import last_week, refresh_rollups, running_analytics
 from .test_gateway_stats import running_gateway
 
 __all__ = ["agent", "agent_dir"]  # fixtures used here
@@ -194,8 +194,9 @@ async def statistics_gateway(tmp_path: Path) -> AsyncIterator[str]:
             installation = Installation(uuid.uuid4().bytes)
             submission = installation.submission(report_of(installation, last_week()))
             await server.stub.SubmitReports(submission, timeout=TIMEOUT)
+        await refresh_rollups(server.database_url)
         async with running_analytics(server.database_url, tmp_path / "tls", min_group_size=2) as (port, ca):
-            http, task, url = await running_gateway(Analytics(f"localhost:{port}", ca, ADMIN_TOKEN))
+            http, task, url = await running_gateway(AnalyticsClient(f"localhost:{port}", ca, ADMIN_TOKEN))
             try:
                 yield url
             finally:

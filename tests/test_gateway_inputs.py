@@ -28,7 +28,7 @@ from printernizer_stats.common.weeks import MAX_YEAR, MIN_YEAR
 from printernizer_stats.demo.services import free_port
 from printernizer_stats.gateway.bodies import MAX_BODY_BYTES, BodyLimit
 from printernizer_stats.gateway.params import MAX_WEEKS, WEEK_PATTERN, parse_week
-from printernizer_stats.gateway.stats_api import DIMENSIONS, Analytics
+from printernizer_stats.gateway.stats_api import DIMENSIONS, AnalyticsClient
 from printernizer_stats.gateway.usage_api import local_agent
 from printernizer_stats.sdk.fastapi import MAX_LIMIT
 from starlette.types import Message, Receive, Scope, Send
@@ -182,7 +182,7 @@ def test_a_body_is_refused_exactly_when_it_passes_the_limit_and_never_read_beyon
 async def gateway() -> AsyncIterator[str]:
     """Both APIs, in front of an analytics server and an agent that are not
     running: whatever reaches them is 503."""
-    analytics = Analytics(f"localhost:{free_port()}", None, TOKEN)
+    analytics = AnalyticsClient(f"localhost:{free_port()}", None, TOKEN)
     http, task, url = await running_gateway(analytics, local_agent("/nonexistent/agent.sock"))
     try:
         yield url

@@ -22,14 +22,14 @@ from printernizer_stats.demo.services import free_port
 from printernizer_stats.gateway.app import create_app
 from printernizer_stats.gateway.errors import HTTP_STATUS
 from printernizer_stats.gateway.pages import PLOTLY_JS
-from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.stats_api import AnalyticsClient
 from printernizer_stats.sdk.local import AsyncLocalAgent
 
 from . import databases
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
 from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, RunningServer, server
-from .test_analytics_server import last_week, running_analytics
+from .test_analytics_server import last_week, refresh_rollups, running_analytics
 
 database_url = databases.database_url
 __all__ = ["server"]  # a fixture used here
@@ -37,7 +37,7 @@ ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
 
 
 async def running_gateway(
-    analytics: Analytics | None, agent: AsyncLocalAgent | None = None
+    analytics: AnalyticsClient | None, agent: AsyncLocalAgent | None = None
 ) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     """The gateway on a real port (uvicorn), in this process."""
     port = free_port()
@@ -54,8 +54,9 @@ async def gateway(server: RunningServer, tmp_path: Path) -> AsyncIterator[httpx.
     for _ in range(3):  # three installations, last week, in Germany (k = 2 below)
         agent = Installation(uuid.uuid4().bytes)
         await server.stub.SubmitReports(agent.submission(report_of(agent, last_week())), timeout=TIMEOUT)
+    await refresh_rollups(server.database_url)
     async with running_analytics(server.database_url, tmp_path / "tls", min_group_size=2) as (port, ca):
-        http, task, url = await running_gateway(Analytics(f"localhost:{port}", ca, ADMIN_TOKEN))
+        http, task, url = await running_gateway(AnalyticsClient(f"localhost:{port}", ca, ADMIN_TOKEN))
         try:
             async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
                 yield client
@@ -129,7 +130,7 @@ async def test_bad_parameters_are_400_naming_the_field(
 
 
 async def test_an_unreachable_analytics_server_is_503() -> None:
-    http, task, url = await running_gateway(Analytics(f"localhost:{free_port()}", None, ADMIN_TOKEN))
+    http, task, url = await running_gateway(AnalyticsClient(f"localhost:{free_port()}", None, ADMIN_TOKEN))
     try:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
             answer = await client.get("/api/v1/stats/overview", headers=ADMIN)
@@ -191,7 +192,7 @@ async def test_the_dashboard_and_its_assets_come_from_the_gateway(gateway: httpx
     assert (await gateway.get("/static/missing.js")).headers["cache-control"] == "no-store"
 
 
-class PlainAnalytics(Analytics):
+class PlainAnalyticsClient(AnalyticsClient):
     """The gateway's channel, without TLS: to the stand-in below."""
 
     def _open(self) -> grpc.aio.Channel:
@@ -231,7 +232,7 @@ async def test_every_grpc_status_maps_to_its_http_status(code: grpc.StatusCode, 
     analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(refusing, server)
     port = server.add_insecure_port("127.0.0.1:0")
     await server.start()
-    analytics = PlainAnalytics(f"127.0.0.1:{port}", None, ADMIN_TOKEN)
+    analytics = PlainAnalyticsClient(f"127.0.0.1:{port}", None, ADMIN_TOKEN)
     http, task, url = await running_gateway(analytics)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:

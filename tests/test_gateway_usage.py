@@ -14,7 +14,7 @@ import httpx
 import pytest
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.demo.services import free_port
-from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.stats_api import AnalyticsClient
 from printernizer_stats.gateway.usage_api import local_agent
 
 from .agent_harness import RunningAgent, agent, agent_dir
@@ -26,7 +26,8 @@ BASE = "/api/v1/usage-stats"
 
 @pytest.fixture
 async def local(agent: RunningAgent) -> AsyncIterator[httpx.AsyncClient]:
-    unused = Analytics(f"localhost:{free_port()}", None, "t" * 40)  # the statistics side is not used here
+    # The statistics side is not used here.
+    unused = AnalyticsClient(f"localhost:{free_port()}", None, "t" * 40)
     http, task, url = await running_gateway(unused, local_agent(str(agent.socket_path)))
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -112,7 +113,7 @@ async def test_the_privacy_page_is_the_sdks_and_served_on_loopback_only(local: h
 
 
 async def test_without_an_agent_there_is_no_privacy_page_or_api() -> None:
-    unused = Analytics(f"localhost:{free_port()}", None, "t" * 40)
+    unused = AnalyticsClient(f"localhost:{free_port()}", None, "t" * 40)
     http, task, url = await running_gateway(unused)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:
@@ -148,7 +149,7 @@ async def test_beside_one_installation_only_the_privacy_side_is_served(agent: Ru
 
 
 async def test_an_agent_that_is_down_is_503() -> None:
-    unused = Analytics(f"localhost:{free_port()}", None, "t" * 40)
+    unused = AnalyticsClient(f"localhost:{free_port()}", None, "t" * 40)
     http, task, url = await running_gateway(unused, local_agent("/nonexistent/agent.sock"))
     try:
         async with httpx.AsyncClient(base_url=url, timeout=10) as client:

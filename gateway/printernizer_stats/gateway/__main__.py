@@ -18,7 +18,7 @@ from printernizer_stats.common.cli import EnvArgumentParser, host_port, user_dat
 from printernizer_stats.common.telemetry import add_telemetry_options, configure
 
 from .app import create_app
-from .stats_api import Analytics
+from .stats_api import AnalyticsClient
 from .usage_api import local_agent
 
 
@@ -74,7 +74,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.admin_token_file:
             token = read_token_file(Path(args.admin_token_file).expanduser())
             ca = Path(args.analytics_ca_file).expanduser().read_bytes() if args.analytics_ca_file else None
-            analytics = Analytics(args.analytics, ca, token)
+            analytics = AnalyticsClient(args.analytics, ca, token)
     except (OSError, AdminTokenError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1

@@ -18,7 +18,7 @@ from .bodies import MAX_BODY_BYTES, BodyLimit
 from .errors import ERROR_SCHEMA, install_error_handlers
 from .health import Plain, health_router
 from .pages import PRIVACY_PAGE, STATIC_PREFIX, install_pages
-from .stats_api import Analytics, stats_router
+from .stats_api import AnalyticsClient, stats_router
 from .usage_api import USAGE_PREFIX, LoopbackOnly, install_usage_api
 
 # Every error an API operation can answer, for its OpenAPI description: the
@@ -47,7 +47,7 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def create_app(analytics: Analytics | None, agent: AsyncLocalAgent | None = None) -> FastAPI:
+def create_app(analytics: AnalyticsClient | None, agent: AsyncLocalAgent | None = None) -> FastAPI:
     """The statistics API and the dashboard over `analytics`, and the local
     privacy API and its page (the SDK's) over `agent` (usage_api.local_agent):
     either may be left out."""

@@ -50,7 +50,7 @@ SecondDimension = Annotated[
 ADMIN_BEARER = HTTPBearer(auto_error=False, description="the admin token")
 
 
-class Analytics(Backend):
+class AnalyticsClient(Backend):
     """The TLS channel to the analytics server, with the admin token."""
 
     def __init__(self, target: str, ca: bytes | None, token: str) -> None:
@@ -78,7 +78,7 @@ def json_of(message: Message) -> dict[str, Any]:
     return json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
 
 
-def stats_router(analytics: Analytics) -> APIRouter:
+def stats_router(analytics: AnalyticsClient) -> APIRouter:
     expected = analytics.token.encode()
 
     async def require_admin(
