@@ -53,7 +53,7 @@ from printernizer_stats.sdk import (
     parse_version,
     printer_type_for,
 )
-from printernizer_stats.sdk.client import _Encoder
+from printernizer_stats.sdk.encoder import Encoder
 
 EVENT_KIND_ERROR_OCCURRED = agent_service_pb2.EVENT_KIND_ERROR_OCCURRED
 
@@ -191,8 +191,8 @@ def test_betterproto_events_encode_to_the_same_bytes_as_protobuf(
 
 def test_the_sdk_batch_encoding_is_protobufs_own() -> None:
     """The sender's own path: kind parts as the helpers cache them, and a typed
-    event as record() buffers it, framed by _Encoder.batch."""
-    encoder = _Encoder()
+    event as record() buffers it, framed by Encoder.batch."""
+    encoder = Encoder()
     when = 1_763_000_000.7
     parts = [
         encoder.kind_part(("job_created", PrinterType.KLIPPER)),
@@ -537,13 +537,13 @@ def test_flush_is_true_only_once_what_was_recorded_is_delivered(
 ) -> None:
     """The sender takes events out of the buffer before they are the pending
     batch; while it encodes them (slowly here), flush() must still wait."""
-    encode = _Encoder.batch
+    encode = Encoder.batch
 
     def slow(self: object, times: list[float], parts: list[object]) -> tuple[list[bytes], int]:
         time.sleep(0.3)
         return encode(self, times, parts)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(_Encoder, "batch", slow)
+    monkeypatch.setattr(Encoder, "batch", slow)
     client = make_client(agent.socket_path)
     client.job_completed(PrinterType.BAMBU_LAB, duration_seconds=60)
     assert client.flush(10)

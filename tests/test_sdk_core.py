@@ -15,7 +15,7 @@ from pathlib import Path
 import printernizer_stats.sdk as sdk
 import pytest
 from printernizer_stats.common.clock import TESTING_ENVIRONMENT, SimulatedClock
-from printernizer_stats.sdk import client as client_module
+from printernizer_stats.sdk import buffer as buffer_module
 from printernizer_stats.sdk._generated import country, enums
 from printernizer_stats.sdk._generated.printernizer.stats import v1 as dataclasses
 
@@ -72,6 +72,10 @@ def test_without_betterproto2_the_dataclasses_name_their_extra_and_the_rest_work
         client = StatsClient("/nonexistent/agent.sock")
         client.job_created(PrinterType.PRUSA)
         client.close(timeout=0.1)
+        from printernizer_stats.sdk.testing import InMemoryStatsClient  # a host's tests need no extra either
+        in_memory = InMemoryStatsClient()
+        in_memory.job_created(PrinterType.PRUSA)
+        assert [r.fields for r in in_memory.recorded()] == [{"printer_type": PrinterType.PRUSA}]
         try:
             from printernizer_stats.sdk import UsageEvent
         except ImportError as exc:
@@ -92,7 +96,7 @@ def test_a_client_made_after_a_simulated_one_keeps_the_machines_clock(
     monkeypatch.setenv("STATS_AGENT_SIMULATED_CLOCK", str(clock_file))
     SimulatedClock.write(clock_file, advance=21 * 86_400.0)
     sdk.StatsClient(tmp_path / "absent.sock").close(timeout=0.1)
-    assert client_module._now() - time.time() > 20 * 86_400
+    assert buffer_module.now() - time.time() > 20 * 86_400
     monkeypatch.delenv("STATS_AGENT_SIMULATED_CLOCK")
     sdk.StatsClient(tmp_path / "absent.sock").close(timeout=0.1)
-    assert abs(client_module._now() - time.time()) < 5
+    assert abs(buffer_module.now() - time.time()) < 5

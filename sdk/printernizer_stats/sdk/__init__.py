@@ -15,6 +15,9 @@ The core needs only grpcio and protobuf. The contract's messages as typed
 dataclasses (UsageEvent, AppStarted, ... for `StatsClient.record`) are
 betterproto2's: install the `dataclasses` extra
 (`pip install printernizer-stats-sdk[dataclasses]`); they are imported on first use.
+
+For a host's own tests, `printernizer_stats.sdk.testing.InMemoryStatsClient` is
+the same client recording into memory (docs/sdk.md).
 """
 
 import importlib
