@@ -42,7 +42,7 @@ from printernizer_stats.agent import process
 from printernizer_stats.agent.agent import AgentConfig
 from printernizer_stats.agent.consent import Override
 from printernizer_stats.agent.server import ServerConfig, serve
-from printernizer_stats.common.events import MAX_PRINTERS_PER_TYPE, MAX_VERSION_PART
+from printernizer_stats.common.limits import MAX_PRINTERS_PER_TYPE, MAX_VERSION_PART
 from printernizer_stats.common.weeks import Week
 
 from . import unknown_fields

@@ -12,16 +12,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, ingest_service_pb2
 from printernizer_stats.aggregation.ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
-from printernizer_stats.aggregation.refusals import (
-    Forbidden,
-    InvalidRequest,
-    TooManySubmissions,
-    Unauthenticated,
-)
+from printernizer_stats.common.refusals import FieldError, Unauthenticated
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.store import schema
 from printernizer_stats.store.database import upgrade
 from printernizer_stats.store.ingest_store import IngestStore
+from printernizer_stats.store.refusals import Forbidden, TooManySubmissions
 from sqlalchemy import select
 
 from . import databases
@@ -132,7 +128,7 @@ async def test_a_leaked_installation_id_is_useless_without_the_key(ingest: Inges
 async def test_size_is_checked_before_the_signature_and_before_parsing(ingest: Ingest) -> None:
     request = Installation().submission(valid_report(W46))
     request.reports[0].report = b"\xff" * 11_000  # garbage, larger than the cap, badly signed
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(FieldError) as refused:
         await ingest.submit(request)
     assert [v.field for v in refused.value.violations] == ["reports[0].report"]
 
@@ -142,7 +138,7 @@ async def test_signed_garbage_is_invalid(ingest: Ingest) -> None:
     request = agent.submission(valid_report(W46))
     request.reports[0].report = b"\xff\xff\xff"
     request.reports[0].signature = agent.key.sign(b"\xff\xff\xff")
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(FieldError) as refused:
         await ingest.submit(request)
     assert refused.value.violations[0].field == "reports[0].report"
 
@@ -150,7 +146,7 @@ async def test_signed_garbage_is_invalid(ingest: Ingest) -> None:
 async def test_validation_errors_name_the_report_and_field(ingest: Ingest) -> None:
     report = valid_report(W46)
     report.usage.uptime_hours = 500
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(FieldError) as refused:
         await ingest.submit(Installation().submission(valid_report(W45), report))
     assert [v.field for v in refused.value.violations] == ["reports[1].report.usage.uptime_hours"]
     assert await stored_reports(ingest) == 0  # all or nothing
@@ -168,7 +164,7 @@ async def test_validation_errors_name_the_report_and_field(ingest: Ingest) -> No
 async def test_envelope_errors(ingest: Ingest, change: object, field: str) -> None:
     request = Installation().submission(valid_report(W46))
     change(request)  # type: ignore[operator]
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(FieldError) as refused:
         await ingest.submit(request)
     assert refused.value.violations[0].field == field
 
@@ -179,7 +175,7 @@ async def test_too_many_reports_in_one_submission(ingest: Ingest) -> None:
     for _ in range(MAX_REPORTS_PER_SUBMISSION + 1):
         reports.append(valid_report(week))
         week = week.previous()
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(FieldError) as refused:
         await ingest.submit(Installation().submission(*reports))
     assert refused.value.violations[0].field == "reports"
 
@@ -219,10 +215,10 @@ async def test_deletion_with_the_key_deletes_and_refuses_later_reports(
 
 async def test_bad_deletion_requests(ingest: Ingest) -> None:
     agent = Installation(uuid.uuid4().bytes)
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(FieldError) as refused:
         await ingest.delete(agent.deletion(requested_at=NOW + dt.timedelta(days=1)))
     assert refused.value.violations[0].field == "order.requested_at"
-    with pytest.raises(InvalidRequest) as refused:
+    with pytest.raises(FieldError) as refused:
         await ingest.delete(agent.signed_deletion(b"\xff\xff"))  # signed garbage
     assert refused.value.violations[0].field == "order"
     unsigned = agent.deletion()

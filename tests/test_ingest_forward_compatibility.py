@@ -29,14 +29,10 @@ from printernizer.stats.v1 import (
     ingest_admin_service_pb2,
     options_pb2,
 )
-from printernizer_stats.aggregation.validation import (
-    MAX_PRINTERS_PER_TYPE,
-    MAX_WEEKLY_COUNT,
-    check_report,
-    normalise_unknown_values,
-)
+from printernizer_stats.aggregation.validation import MAX_WEEKLY_COUNT, check_report, normalise_unknown_values
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.identity import report_id
+from printernizer_stats.common.limits import MAX_PRINTERS_PER_TYPE
 from printernizer_stats.store import schema
 from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select

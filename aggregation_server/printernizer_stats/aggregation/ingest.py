@@ -7,8 +7,9 @@ of them looks anything up, so their answers cannot depend on an
 installation's state; the store then refuses any key but the installation's
 before it answers anything else.
 
-Refusals (from here or from the store) are the errors in `refusals`; the
-servicer maps them to status codes.
+Refusals (from here or from the store) are those of
+printernizer_stats.common.refusals, answered with their status codes by the
+shared boundary. The domain also counts what it answered (`metrics`).
 """
 
 from __future__ import annotations
@@ -20,11 +21,13 @@ from google.protobuf.message import DecodeError
 from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2, ingest_service_pb2
 from printernizer_stats.common.identity import PUBLIC_KEY_BYTES, installation_id_problem, signature_is_valid
 from printernizer_stats.common.known_fields import discard_unknown_fields
+from printernizer_stats.common.limits import AGENT_CLOCK_SKEW
+from printernizer_stats.common.refusals import FieldError, FieldViolation, Unauthenticated
 from printernizer_stats.common.weeks import MIN_YEAR, Week
 from printernizer_stats.store.ingest_store import CheckedReport, DeletionReceipt, IngestStore
 
-from .refusals import InvalidRequest, Unauthenticated
-from .validation import CLOCK_SKEW, MAX_REPORT_BYTES, Violation, check_report, normalise_unknown_values
+from . import metrics
+from .validation import MAX_REPORT_BYTES, check_report, normalise_unknown_values
 
 # Finished weeks one submission may carry (an agent that was offline for a year).
 MAX_REPORTS_PER_SUBMISSION = 60
@@ -42,14 +45,10 @@ def retention_cutoff(now: dt.datetime, retention_days: int) -> Week:
     return Week.containing(now - dt.timedelta(days=retention_days))
 
 
-def _invalid(field: str, description: str) -> InvalidRequest:
-    return InvalidRequest([Violation(field, description)])
-
-
 def _check_installation_id(field: str, installation_id: bytes) -> None:
     problem = installation_id_problem(installation_id)
     if problem is not None:
-        raise _invalid(field, problem)
+        raise FieldError(field, problem)
 
 
 class Ingest:
@@ -69,20 +68,21 @@ class Ingest:
         now = self.clock()
         _check_installation_id("installation_id", request.installation_id)
         if len(request.public_key) != PUBLIC_KEY_BYTES:
-            raise _invalid("public_key", f"must be {PUBLIC_KEY_BYTES} bytes")
+            raise FieldError("public_key", f"must be {PUBLIC_KEY_BYTES} bytes")
         if not 1 <= len(request.reports) <= MAX_REPORTS_PER_SUBMISSION:
-            raise _invalid("reports", f"between 1 and {MAX_REPORTS_PER_SUBMISSION} reports per submission")
+            raise FieldError("reports", f"between 1 and {MAX_REPORTS_PER_SUBMISSION} reports per submission")
         first_kept = retention_cutoff(now, self.retention_days)
         reports = [
             self._open(i, signed, request, now, first_kept) for i, signed in enumerate(request.reports)
         ]
         weeks = [(r.report.period.year, r.report.period.week) for r in reports]
         if len(set(weeks)) != len(weeks):
-            raise _invalid("reports", "the same week is submitted twice")
+            raise FieldError("reports", "the same week is submitted twice")
         receipts = await self.store.store(request.installation_id, request.public_key, reports, now)
         response = ingest_service_pb2.SubmitReportsResponse()
         response.server_time.FromDatetime(now)
         for receipt in receipts:
+            metrics.REPORTS.add(1, {"outcome": "duplicate" if receipt.duplicate else "accepted"})
             item = response.receipts.add(
                 report_id=receipt.report_id,
                 status=ingest_service_pb2.RECEIPT_STATUS_DUPLICATE
@@ -107,18 +107,21 @@ class Ingest:
         not know is checked or kept."""
         path = f"reports[{index}].report"
         if len(signed.report) > MAX_REPORT_BYTES:
-            raise _invalid(path, f"larger than {MAX_REPORT_BYTES} bytes")
+            raise FieldError(path, f"larger than {MAX_REPORT_BYTES} bytes")
         if not signature_is_valid(request.public_key, signed.signature, signed.report):
             raise Unauthenticated(f"reports[{index}].signature does not verify with public_key")
         try:
             report = aggregated_stats_pb2.AggregatedStats.FromString(signed.report)
         except DecodeError:
-            raise _invalid(path, "is not an AggregatedStats message") from None
+            raise FieldError(path, "is not an AggregatedStats message") from None
         unknown_fields = discard_unknown_fields(report)
         violations = check_report(report, request.installation_id, now, first_kept)
         if violations:
-            raise InvalidRequest(
-                [Violation(f"{path}.{v.field}", v.description, v.reason) for v in violations], now
+            # The server's time goes with them: an agent whose clock is ahead
+            # (PERIOD_NOT_ENDED) keeps the report, and learns the time.
+            raise FieldError.of(
+                [FieldViolation(f"{path}.{v.field}", v.description, v.reason) for v in violations],
+                {"server_time": now.isoformat()},
             )
         return CheckedReport(report, normalise_unknown_values(report), unknown_fields)
 
@@ -128,26 +131,27 @@ class Ingest:
         """The checks of a submission, in the same order, for a deletion order."""
         now = self.clock()
         if len(request.public_key) != PUBLIC_KEY_BYTES:
-            raise _invalid("public_key", f"must be {PUBLIC_KEY_BYTES} bytes")
+            raise FieldError("public_key", f"must be {PUBLIC_KEY_BYTES} bytes")
         if len(request.order) > MAX_ORDER_BYTES:
-            raise _invalid("order", f"larger than {MAX_ORDER_BYTES} bytes")
+            raise FieldError("order", f"larger than {MAX_ORDER_BYTES} bytes")
         if not signature_is_valid(request.public_key, request.signature, request.order):
             raise Unauthenticated("signature does not verify with public_key")
         try:
             order = ingest_service_pb2.DeletionOrder.FromString(request.order)
         except DecodeError:
-            raise _invalid("order", "is not a DeletionOrder message") from None
+            raise FieldError("order", "is not a DeletionOrder message") from None
         discard_unknown_fields(order)
         _check_installation_id("order.installation_id", order.installation_id)
         try:
             requested_at = order.requested_at.ToDatetime(tzinfo=dt.UTC)
         except (ValueError, OverflowError):  # seconds beyond years 1-9999, or nanos beyond a second
-            raise _invalid("order.requested_at", "is not a valid timestamp") from None
-        if requested_at > now + CLOCK_SKEW:
-            raise _invalid("order.requested_at", "is in the future")
+            raise FieldError("order.requested_at", "is not a valid timestamp") from None
+        if requested_at > now + AGENT_CLOCK_SKEW:
+            raise FieldError("order.requested_at", "is in the future")
         receipt = await self.store.delete_installation(
             order.installation_id, now, signed_by=request.public_key
         )
+        metrics.DELETIONS.add(1)
         return _deletion_response(receipt)
 
     # --- the operator's calls (the servicer checks the admin credential) -----------

@@ -1,7 +1,9 @@
 """The aggregation server's metrics (docs/operations.md says what each means).
 
-Recorded by the servicer, so they count what callers were answered. No
-attribute holds an address or an installation: only outcomes and reasons.
+Refusals, rate limits and durations are recorded at the servicer's boundary,
+reports and deletions by the ingest domain once it answers them: they count
+what callers were answered. No attribute holds an address or an
+installation: only outcomes and reasons.
 """
 
 from __future__ import annotations

@@ -1,6 +1,8 @@
-"""The IngestService and IngestAdminService over gRPC: protobuf in, Ingest
-calls, status codes out. The admin credential is checked before the admin
-servicer runs (printernizer_stats.common.admin.RequireAdminToken).
+"""The IngestService and IngestAdminService over gRPC: each call hands its
+request to one method of Ingest and returns its answer; the shared boundary
+answers refusals and failures (printernizer_stats.common.boundary), and
+counts them. The admin credential is checked before the admin servicer runs
+(printernizer_stats.common.admin.RequireAdminToken).
 
 The peer's address is used here, in memory only, to limit how fast one peer
 can call; it is never stored and never logged.
@@ -13,28 +15,31 @@ import logging
 import time
 import traceback
 from collections import OrderedDict
-from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import NamedTuple, NoReturn, TypeVar
+from typing import NamedTuple
 
-import grpc
 from printernizer.stats.v1 import (
     ingest_admin_service_pb2,
     ingest_admin_service_pb2_grpc,
     ingest_service_pb2,
     ingest_service_pb2_grpc,
 )
-from printernizer_stats.common import errors
-from printernizer_stats.common.errors import PERIOD_NOT_ENDED, Context
-from printernizer_stats.store.database import DATABASE_RETRY, database_unreachable
+from printernizer_stats.common.boundary import Boundary, Outcome
+from printernizer_stats.common.errors import Context
+from printernizer_stats.common.refusals import (
+    FieldError,
+    PermissionDenied,
+    Refusal,
+    ResourceExhausted,
+    Unauthenticated,
+    Unavailable,
+)
+from printernizer_stats.store.database import database_refusal
 
 from . import metrics
 from .ingest import Ingest
-from .refusals import Forbidden, InvalidRequest, Refused, TooManySubmissions, Unauthenticated, WrongKey
 
 log = logging.getLogger(__name__)
-
-Response = TypeVar("Response")
 
 
 class Wait(NamedTuple):
@@ -110,80 +115,86 @@ def peer_address(context: Context) -> str:
     return rest.rsplit(":", 1)[0] if kind == "ipv4" else peer
 
 
+class TooManyCalls(ResourceExhausted):
+    """A call refused by the rate limit (`scope`: "peer" or "global"), before Ingest sees it."""
+
+    def __init__(self, wait: Wait) -> None:
+        super().__init__("too many calls; slow down", dt.timedelta(seconds=wait.seconds))
+        self.scope = wait.scope
+
+
 class IngestServicer(ingest_service_pb2_grpc.IngestServiceServicer):
     def __init__(self, ingest: Ingest, limiter: CallLimiter) -> None:
         self.ingest = ingest
         self.limiter = limiter
+        self.boundary = Boundary(
+            log, failures=database_refusal, describe=describe_failure, admit=self._admit, observe=_timed
+        )
 
-    async def _limit(self, context: Context) -> None:
+    def _admit(self, context: Context) -> Refusal | None:
         wait = self.limiter.wait_needed(peer_address(context))
-        if wait.seconds > 0:
-            metrics.RATE_LIMITED.add(1, {"scope": wait.scope})
-            await errors.resource_exhausted(
-                context, "too many calls; slow down", dt.timedelta(seconds=wait.seconds)
-            )
-
-    async def _answer(self, context: Context, call: Callable[[], Awaitable[Response]], what: str) -> Response:
-        started = time.perf_counter()
-        try:
-            await self._limit(context)
-            return await _answer(context, call, what)
-        finally:
-            metrics.DURATION.record(time.perf_counter() - started, {"method": what})
+        return TooManyCalls(wait) if wait.seconds > 0 else None
 
     async def SubmitReports(
         self, request: ingest_service_pb2.SubmitReportsRequest, context: Context
     ) -> ingest_service_pb2.SubmitReportsResponse:
-        response = await self._answer(context, lambda: self.ingest.submit(request), "submission")
-        for receipt in response.receipts:
-            accepted = receipt.status == ingest_service_pb2.RECEIPT_STATUS_ACCEPTED
-            metrics.REPORTS.add(1, {"outcome": "accepted" if accepted else "duplicate"})
-        return response
+        return await self.boundary.answer(context, "submission", lambda: self.ingest.submit(request))
 
     async def DeleteInstallation(
         self, request: ingest_service_pb2.DeleteInstallationRequest, context: Context
     ) -> ingest_service_pb2.DeleteInstallationResponse:
-        response = await self._answer(context, lambda: self.ingest.delete(request), "deletion")
-        metrics.DELETIONS.add(1)
-        return response
+        return await self.boundary.answer(context, "deletion", lambda: self.ingest.delete(request))
 
 
 class IngestAdminServicer(ingest_admin_service_pb2_grpc.IngestAdminServiceServicer):
     def __init__(self, ingest: Ingest) -> None:
         self.ingest = ingest
+        self.boundary = Boundary(log, failures=database_refusal, describe=describe_failure, observe=_counted)
 
     async def GetIngestStatus(
         self, request: ingest_admin_service_pb2.GetIngestStatusRequest, context: Context
     ) -> ingest_admin_service_pb2.GetIngestStatusResponse:
-        return await _answer(context, self.ingest.status, "status")
+        return await self.boundary.answer(context, "status", self.ingest.status)
 
     async def DeleteInstallationAsOperator(
         self, request: ingest_admin_service_pb2.DeleteInstallationAsOperatorRequest, context: Context
     ) -> ingest_admin_service_pb2.DeleteInstallationAsOperatorResponse:
-        return await _answer(context, lambda: self.ingest.delete_as_operator(request), "operator deletion")
+        return await self.boundary.answer(
+            context, "operator deletion", lambda: self.ingest.delete_as_operator(request)
+        )
 
     async def PurgeExpiredReports(
         self, request: ingest_admin_service_pb2.PurgeExpiredReportsRequest, context: Context
     ) -> ingest_admin_service_pb2.PurgeExpiredReportsResponse:
-        return await _answer(context, self.ingest.purge_expired, "retention")
+        return await self.boundary.answer(context, "retention", self.ingest.purge_expired)
 
 
-async def _answer(context: Context, call: Callable[[], Awaitable[Response]], what: str) -> Response:
-    """Run a call; map refusals and failures to statuses."""
-    try:
-        return await call()
-    except Refused as exc:
-        metrics.REFUSED.add(1, {"reason": REFUSAL_REASONS.get(type(exc), "other"), "method": what})
-        await _refuse(context, exc)
-    except Exception as exc:
-        if not database_unreachable(exc):
-            metrics.REFUSED.add(1, {"reason": "internal_error", "method": what})
-            log.error("%s failed: %s", what, describe_failure(exc))
-            await errors.internal(context)
-        # Nothing was stored (the transaction did not commit): the caller retries.
-        metrics.REFUSED.add(1, {"reason": "database_unavailable", "method": what})
-        log.warning("%s: the database is not answering (%s)", what, type(exc).__name__)
-        await errors.unavailable(context, "the database is not answering; try again later", DATABASE_RETRY)
+# The reason a refusal is counted under (stats.ingest.refused), by its kind; a
+# failure that is a bug counts as "internal_error".
+REFUSAL_REASONS: tuple[tuple[type[Refusal], str], ...] = (
+    (FieldError, "invalid"),
+    (Unauthenticated, "unauthenticated"),
+    (PermissionDenied, "deleted_installation"),  # the only one the ingest API answers
+    (ResourceExhausted, "too_many_submissions"),
+    (Unavailable, "database_unavailable"),
+)
+
+
+def _counted(outcome: Outcome) -> None:
+    """Count a refused call by its reason; a call refused by the rate limit by its scope."""
+    if isinstance(outcome.refusal, TooManyCalls):
+        metrics.RATE_LIMITED.add(1, {"scope": outcome.refusal.scope})
+    elif outcome.refusal is not None:
+        reason = next((r for kind, r in REFUSAL_REASONS if isinstance(outcome.refusal, kind)), "other")
+        metrics.REFUSED.add(1, {"reason": reason, "method": outcome.what})
+    elif outcome.failed:
+        metrics.REFUSED.add(1, {"reason": "internal_error", "method": outcome.what})
+
+
+def _timed(outcome: Outcome) -> None:
+    """Count it, and how long the answer took."""
+    _counted(outcome)
+    metrics.DURATION.record(outcome.seconds, {"method": outcome.what})
 
 
 def describe_failure(exc: BaseException) -> str:
@@ -214,32 +225,6 @@ def describe_failure(exc: BaseException) -> str:
     return "; caused by ".join(parts)
 
 
-# Where this project's code lives, as frames name it.
-_OWN_PACKAGES = frozenset({"printernizer_stats.aggregation", "printernizer_stats.common"})
-
-# The reason a refusal is counted under (stats.ingest.refused).
-REFUSAL_REASONS: dict[type[Refused], str] = {
-    InvalidRequest: "invalid",
-    Unauthenticated: "unauthenticated",
-    WrongKey: "unauthenticated",
-    Forbidden: "deleted_installation",
-    TooManySubmissions: "too_many_submissions",
-}
-
-
-async def _refuse(context: Context, exc: Refused) -> NoReturn:
-    if isinstance(exc, InvalidRequest):
-        violations = [(v.field, v.description) for v in exc.violations]
-        reasons = {v.reason for v in exc.violations if v.reason}
-        if PERIOD_NOT_ENDED in reasons and exc.server_time is not None:
-            # The agent's clock is ahead: it keeps the report, and learns the time.
-            info = errors.error_info(PERIOD_NOT_ENDED, {"server_time": exc.server_time.isoformat()})
-            await errors.invalid_argument(context, violations, info)
-        await errors.invalid_argument(context, violations)
-    if isinstance(exc, TooManySubmissions):
-        await errors.resource_exhausted(context, str(exc), exc.retry_after)
-    if isinstance(exc, Unauthenticated):
-        await context.abort(grpc.StatusCode.UNAUTHENTICATED, str(exc))
-    if isinstance(exc, Forbidden):
-        await context.abort(grpc.StatusCode.PERMISSION_DENIED, str(exc))
-    await errors.internal(context)
+# Where this project's code lives, as frames name it: the folders of its packages
+# (printernizer_stats/aggregation/..., printernizer_stats/store/..., printernizer_stats/common/...).
+_OWN_PACKAGES = frozenset({"aggregation", "store", "common"})

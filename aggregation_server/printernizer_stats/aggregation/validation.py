@@ -1,10 +1,10 @@
 """Checking a submitted weekly report before anything is stored, and making a
 checked report storable.
 
-Plain domain code (no gRPC): the servicer turns the violations into
-INVALID_ARGUMENT with google.rpc.BadRequest field violations. Every rule
-names the field at fault, relative to the report ("usage.uptime_hours",
-"errors[3]"), with list indices as the agent sent them.
+Plain domain code (no gRPC): the ingest domain raises the violations as one
+FieldError, answered INVALID_ARGUMENT with google.rpc.BadRequest field
+violations. Every rule names the field at fault, relative to the report
+("usage.uptime_hours", "errors[3]"), with list indices as the agent sent them.
 
 Enum values this server does not know (a newer agent) are not errors:
 `normalise_unknown_values` makes them OTHER (or UNSPECIFIED), merges the list
@@ -27,30 +27,21 @@ from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION, fallback_value, value_in_schema
 from printernizer_stats.common.errors import PERIOD_NOT_ENDED
 from printernizer_stats.common.identity import ID_BYTES, installation_id_problem, report_id
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.common.limits import AGENT_CLOCK_SKEW, MAX_PRINTERS_PER_TYPE, MAX_VERSION_PART
+from printernizer_stats.common.refusals import FieldViolation
+from printernizer_stats.common.weeks import WEEK_HOURS, Week
 
 # The largest serialized report accepted, checked before parsing.
 MAX_REPORT_BYTES = 10 * 1024
-# A report may arrive this long before its week has ended by the server's clock.
-CLOCK_SKEW = dt.timedelta(hours=1)
-WEEK_HOURS = 168
-# Plausible maxima for one installation in one week; beyond them a report is
-# more likely broken or forged than real.
+# A plausible maximum for one count of one installation in one week; beyond
+# it a report is more likely broken or forged than real (printers and version
+# parts have theirs in printernizer_stats.common.limits).
 MAX_WEEKLY_COUNT = 1_000_000
-MAX_PRINTERS_PER_TYPE = 10_000
-MAX_VERSION_PART = 10_000
 
 Report = aggregated_stats_pb2.AggregatedStats
 
 # Records one violation: (field, description).
 _Problem = Callable[[str, str], None]
-
-
-@dataclass(frozen=True)
-class Violation:
-    field: str
-    description: str
-    reason: str = ""  # a machine-readable reason, for the few a client acts on
 
 
 @dataclass(frozen=True)
@@ -82,14 +73,14 @@ _KEYED_LISTS = (_PRINTERS, _FEATURES, _ERRORS, _JOB_FAILURES, _JOB_DURATIONS)
 
 def check_report(
     report: Report, installation_id: bytes, now: dt.datetime, first_kept: Week
-) -> list[Violation]:
+) -> list[FieldViolation]:
     """Every rule the report breaks (an empty list: the report is acceptable).
     `first_kept` is the oldest week the server keeps: an older report would be
     deleted by retention at once, so it is refused instead."""
-    problems: list[Violation] = []
+    problems: list[FieldViolation] = []
 
     def problem(field: str, description: str) -> None:
-        problems.append(Violation(field, description))
+        problems.append(FieldViolation(field, description))
 
     if not 1 <= report.schema_version <= CURRENT_SCHEMA_VERSION:
         problem("schema_version", f"unknown schema version {report.schema_version}")
@@ -103,8 +94,8 @@ def check_report(
         problem("report_id", f"must be {ID_BYTES} bytes, got {len(report.report_id)}")
     week = _week(report, problem)
     if week is not None:
-        if week.end > now + CLOCK_SKEW:
-            problems.append(Violation("period", f"{week} has not ended yet", PERIOD_NOT_ENDED))
+        if week.end > now + AGENT_CLOCK_SKEW:
+            problems.append(FieldViolation("period", f"{week} has not ended yet", PERIOD_NOT_ENDED))
         elif week < first_kept:
             problem("period", f"{week} is older than this server keeps (reports from {first_kept} on)")
         if len(installation_id) == ID_BYTES and report.report_id != report_id(installation_id, week):

@@ -21,7 +21,8 @@ from dataclasses import dataclass
 
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
 from printernizer_stats.common.countries import country_name
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.common.refusals import FieldError
+from printernizer_stats.common.weeks import Week, last_complete_week
 from printernizer_stats.store import schema
 from printernizer_stats.store.rollup_store import (
     COMPLETED_JOBS_BY_VERSION,
@@ -31,6 +32,7 @@ from printernizer_stats.store.rollup_store import (
     ERRORS_BY_VERSION,
     FAILED_JOBS_BY_VERSION,
     FEATURES,
+    Tally,
 )
 from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
@@ -43,18 +45,6 @@ Dimension = analytics_service_pb2.Dimension
 _ZERO = literal(0)
 MAX_WEEKS = 104
 DEFAULT_WEEKS = 12
-
-
-class QueryError(ValueError):
-    """A request that cannot be answered: names the field that is wrong."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field, self.description = field, description
-
-
-def last_complete_week(now: dt.datetime) -> Week:
-    return Week.containing(now).previous()
 
 
 def weeks_ending(until: Week, count: int) -> list[Week]:
@@ -72,9 +62,9 @@ def _week(field: str, given: common_pb2.IsoWeek | None, now: dt.datetime) -> Wee
     try:
         week = Week.from_proto(given)
     except ValueError:
-        raise QueryError(field, f"{given.year}-W{given.week} is not an ISO week") from None
+        raise FieldError(field, f"{given.year}-W{given.week} is not an ISO week") from None
     if week > latest:
-        raise QueryError(field, f"{week} is not complete yet (the last complete week is {latest})")
+        raise FieldError(field, f"{week} is not complete yet (the last complete week is {latest})")
     return week
 
 
@@ -82,14 +72,14 @@ def window(request: analytics_service_pb2.WeekWindow, now: dt.datetime, field: s
     """The weeks a request's window covers, oldest first; bounded."""
     count = request.weeks or DEFAULT_WEEKS
     if count > MAX_WEEKS:
-        raise QueryError(f"{field}.weeks", f"at most {MAX_WEEKS} weeks")
+        raise FieldError(f"{field}.weeks", f"at most {MAX_WEEKS} weeks")
     until = _week(f"{field}.until", request.until if request.HasField("until") else None, now)
     try:
         # The weeks before the window are read too (growth, anomaly baselines).
         weeks_ending(until, count + BASELINE_WEEKS + 1)
     except ValueError:
         too_early = f"a window of {count} weeks ending {until} starts too early"
-        raise QueryError(f"{field}.until", too_early) from None
+        raise FieldError(f"{field}.until", too_early) from None
     return weeks_ending(until, count)
 
 
@@ -341,12 +331,12 @@ class Analytics:
     ) -> analytics_service_pb2.GetDistributionResponse:
         dimensions = list(request.dimensions)
         if not 1 <= len(dimensions) <= 2:
-            raise QueryError("dimensions", "give one dimension, or two for a combination")
+            raise FieldError("dimensions", "give one dimension, or two for a combination")
         for index, dimension in enumerate(dimensions):
             if dimension not in Dimension.values() or dimension == Dimension.DIMENSION_UNSPECIFIED:
-                raise QueryError(f"dimensions[{index}]", "is not a known dimension")
+                raise FieldError(f"dimensions[{index}]", "is not a known dimension")
         if len(set(dimensions)) != len(dimensions):
-            raise QueryError("dimensions[1]", "repeats the first dimension")
+            raise FieldError("dimensions[1]", "repeats the first dimension")
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
         if len(dimensions) == 1:
             groups, total = await self._groups(week, dimensions[0])
@@ -444,7 +434,7 @@ class Analytics:
         weeks = window(request.window, self.clock())
         grouping = request.group_by or ErrorGrouping.ERROR_GROUPING_ERROR_TYPE
         if grouping not in _ERROR_GROUPINGS:
-            raise QueryError("group_by", "is not a known grouping")
+            raise FieldError("group_by", "is not a known grouping")
         code = _ERROR_GROUPINGS[grouping]
         per_week, active = await self._groups_over(weeks, code)
         if code == ERRORS_BY_VERSION:  # each installation reports one version
@@ -588,8 +578,12 @@ class Analytics:
     async def _groups_over(
         self, weeks: list[Week], dimension: int
     ) -> tuple[dict[int, list[Group]], dict[int, int]]:
-        """Each week's groups of one dimension, and each week's active installations."""
-        groups, totals = schema.weekly_groups, schema.weekly_totals
+        """Each week's groups of one dimension (or tally), and each week's active installations."""
+        totals = schema.weekly_totals
+        if isinstance(dimension, Tally):
+            groups, kind = schema.weekly_tallies, schema.weekly_tallies.c.tally
+        else:
+            groups, kind = schema.weekly_groups, schema.weekly_groups.c.dimension
         span = (weeks[0].key, weeks[-1].key)
         per_week: dict[int, list[Group]] = {}
         async with self.reading() as connection:
@@ -601,7 +595,7 @@ class Analytics:
                     groups.c.value_c,
                     groups.c.installations,
                     groups.c.amount,
-                ).where(groups.c.week.between(*span), groups.c.dimension == dimension)
+                ).where(groups.c.week.between(*span), kind == dimension)
             )
             for week, a, b, c, n, amount in rows:
                 per_week.setdefault(int(week), []).append(

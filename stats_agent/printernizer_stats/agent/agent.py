@@ -1,7 +1,9 @@
 """The agent's behaviour, without gRPC: what each API call does.
 
-The servicer translates protobuf requests into calls on `StatsAgent` and maps
-its exceptions to status codes; tests can drive this class directly.
+The servicer decodes a request, calls one method of `StatsAgent` and encodes
+its result; what it refuses it raises as a refusal
+(printernizer_stats.common.refusals), which the shared boundary answers with
+its status. Tests can drive this class directly.
 """
 
 from __future__ import annotations
@@ -24,17 +26,11 @@ from printernizer.stats.v1 import (
 from printernizer_stats.common.clock import Clock, SystemClock, as_clock
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.common.countries import country_for_timezone
-from printernizer_stats.common.events import (
-    EARLIEST_EVENT,
-    EventDecoder,
-    InvalidEvent,
-    from_millis,
-    to_event,
-    to_millis,
-)
+from printernizer_stats.common.events import EARLIEST_EVENT, EventDecoder, from_millis, to_event, to_millis
 from printernizer_stats.common.identity import report_id
 from printernizer_stats.common.known_fields import discard_unknown_fields, known_fields_only
-from printernizer_stats.common.weeks import Week, weeks_between
+from printernizer_stats.common.refusals import FailedPrecondition, FieldError, FieldViolation
+from printernizer_stats.common.weeks import Week, last_complete_week, weeks_between
 
 from . import consent as consent_mod
 from .consent import ConsentRecord, Identity, Override
@@ -75,16 +71,7 @@ FIRST_WEEK = Week.containing(EARLIEST_EVENT)
 PLACEHOLDER_ID = bytes(16)
 
 
-class RequestError(ValueError):
-    """A request the agent refuses; `field` names the request field at fault."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
-
-
-class NotSharing(RuntimeError):
+class NotSharing(FailedPrecondition):
     """An operation that needs the user to have opted in to sharing."""
 
 
@@ -129,9 +116,9 @@ def _batch_identity(client_id: bytes, sequence: int) -> BatchIdentity | None:
     if not client_id and not sequence:
         return None
     if len(client_id) != CLIENT_ID_BYTES:
-        raise RequestError("client_id", f"must be {CLIENT_ID_BYTES} bytes when batch_sequence is set")
+        raise FieldError("client_id", f"must be {CLIENT_ID_BYTES} bytes when batch_sequence is set")
     if sequence < 1:
-        raise RequestError("batch_sequence", "must be 1 or more when client_id is set")
+        raise FieldError("batch_sequence", "must be 1 or more when client_id is set")
     return BatchIdentity(client_id, sequence)
 
 
@@ -163,8 +150,15 @@ class StatsAgent:
         self._storage = agent_service_pb2.STORAGE_CONDITION_OK
         self._storage_since: dt.datetime | None = None
         self._decoder = EventDecoder()
+        self._sharing_stopped: list[Callable[[], None]] = []
 
     # --- consent -----------------------------------------------------------------
+
+    def when_sharing_stops(self, listener: Callable[[], None]) -> None:
+        """Call `listener` each time the user stops sharing (an opt-out, or
+        deleting everything while sharing), once it is recorded: the courier
+        then cancels a submission in flight and sends the deletion request."""
+        self._sharing_stopped.append(listener)
 
     async def consent(self) -> ConsentRecord:
         if self._consent is None:
@@ -175,7 +169,8 @@ class StatsAgent:
         consent_mod.check_choice(state, schema_version)
         before = await self.consent()
         now = self.now()
-        if before.chosen == consent_mod.SHARING and state != consent_mod.SHARING:
+        stops_sharing = before.chosen == consent_mod.SHARING and state != consent_mod.SHARING
+        if stops_sharing:
             await self._opt_out(state, now)
         elif state == consent_mod.SHARING and before.chosen == consent_mod.SHARING and before.since_time:
             # Agreeing to a newer disclosure keeps the identity and where counting started.
@@ -192,6 +187,8 @@ class StatsAgent:
                 settings.update(Identity.create().settings())
             await self.store.put_settings(settings)
         self._consent = None
+        if stops_sharing:
+            self._sharing_has_stopped()
         return await self.consent()
 
     async def _opt_out(self, state: int, now: dt.datetime) -> None:
@@ -219,6 +216,10 @@ class StatsAgent:
         settings[consent_mod.PRIVATE_KEY] = None
         await self.store.opt_out(settings, deletion)
 
+    def _sharing_has_stopped(self) -> None:
+        for listener in self._sharing_stopped:
+            listener()
+
     async def identity(self) -> Identity | None:
         return consent_mod.load_identity(await self.store.settings())
 
@@ -232,8 +233,10 @@ class StatsAgent:
         batch_sequence: int = 0,
     ) -> RecordResult:
         """Store the valid events of a batch; the refused ones come back with
-        the field at fault. A batch with an identity (client_id,
-        batch_sequence) is stored once: sent again, it gets its first answer."""
+        the field at fault. A batch none of whose events could be stored is
+        refused as a whole (FieldError naming every event's field). A batch
+        with an identity (client_id, batch_sequence) is stored once: sent
+        again, it gets its first answer."""
         consent = await self.consent()
         if not consent.recording:
             return RecordResult(stored=0, recording_disabled=True)
@@ -241,12 +244,12 @@ class StatsAgent:
         now = reading.trusted
         try:  # the request as a whole
             if dropped_by_client > MAX_DROPPED_BY_CLIENT:
-                raise RequestError("dropped_by_client", f"must be at most {MAX_DROPPED_BY_CLIENT:,}")
+                raise FieldError("dropped_by_client", f"must be at most {MAX_DROPPED_BY_CLIENT:,}")
             batch = _batch_identity(client_id, batch_sequence)
             # Host times come from the same wall clock: checked against it, then
             # moved as the agent's own time is moved (docs/agent.md, "Time").
             decoded = self._decoder.rows(events, reading.wall, reading.shift)
-        except (InvalidEvent, RequestError):
+        except FieldError:
             await self.store.add_counter("rejected_events", len(events))
             raise
         try:
@@ -268,6 +271,10 @@ class StatsAgent:
         if self._after_commit is not None:
             self._after_commit()
         self._note_storage(agent_service_pb2.STORAGE_CONDITION_OK)
+        if stored.refused and not stored.stored:
+            raise FieldError.of(
+                FieldViolation(f"events[{r.index}].{r.field}", r.reason) for r in stored.refused
+            )
         return RecordResult(stored.stored, False, stored.refused, stored.duplicate)
 
     async def remember_time(self) -> None:
@@ -354,7 +361,7 @@ class StatsAgent:
                 "%d queued report(s) are for weeks not over yet; built again when they are", len(early)
             )
             await self.store.unqueue(early)
-        last_finished = Week.containing(now).previous()
+        last_finished = last_complete_week(now)
         first = Week.containing(consent.since_time)
         if last_finished < first:
             return 0
@@ -398,12 +405,18 @@ class StatsAgent:
         try:
             chosen = Week(year, week)
         except ValueError:
-            raise RequestError("week", f"{year}-W{week} is not an ISO week") from None
+            raise FieldError("week", f"{year}-W{week} is not an ISO week") from None
         if chosen > Week.containing(self.now()):
-            raise RequestError("week", f"{chosen} is in the future")
+            raise FieldError("week", f"{chosen} is in the future")
         if chosen < FIRST_WEEK:
-            raise RequestError("week", f"{chosen} is before {FIRST_WEEK}, the week of the earliest event")
+            raise FieldError("week", f"{chosen} is before {FIRST_WEEK}, the week of the earliest event")
         return chosen
+
+    async def preview_requested(self, requested: common_pb2.IsoWeek | None) -> tuple[Week, bytes]:
+        """PreviewReport: the report of the week a request names (if a report
+        could cover it: requested_week), else of the next report's week."""
+        week = None if requested is None else self.requested_week(requested.year, requested.week)
+        return await self.preview(week)
 
     async def preview(self, week: Week | None) -> tuple[Week, bytes]:
         """The exact bytes of a report: a queued week's frozen bytes, else the
@@ -424,7 +437,7 @@ class StatsAgent:
         if weeks == 0:
             weeks = DEFAULT_LOCAL_WEEKS
         if not 1 <= weeks <= MAX_LOCAL_WEEKS:
-            raise RequestError("weeks", f"must be between 1 and {MAX_LOCAL_WEEKS}")
+            raise FieldError("weeks", f"must be between 1 and {MAX_LOCAL_WEEKS}")
         now = self.now()
         current = Week.containing(now)
         first = Week.containing(current.start - dt.timedelta(weeks=weeks - 1))
@@ -472,7 +485,7 @@ class StatsAgent:
         if page_size == 0:
             page_size = DEFAULT_EXPORT_PAGE
         if not 1 <= page_size <= MAX_EXPORT_PAGE:
-            raise RequestError("page_size", f"must be between 1 and {MAX_EXPORT_PAGE}")
+            raise FieldError("page_size", f"must be between 1 and {MAX_EXPORT_PAGE}")
         first = agent_service_pb2.ExportDataResponse(settings=await self.settings_view())
         first.sent_reports.extend(await self.ledger(MAX_LEDGER))
         first.deletion_receipts.extend(await self.deletion_receipts())
@@ -503,7 +516,7 @@ class StatsAgent:
         if limit == 0:
             limit = DEFAULT_LEDGER
         if not 1 <= limit <= MAX_LEDGER:
-            raise RequestError("limit", f"must be between 1 and {MAX_LEDGER}")
+            raise FieldError("limit", f"must be between 1 and {MAX_LEDGER}")
         reports = []
         for row in await self.store.sent_reports(limit):
             sent = agent_service_pb2.SentReport(
@@ -515,6 +528,12 @@ class StatsAgent:
             sent.sent_at.FromMilliseconds(row.sent_at)
             reports.append(sent)
         return reports
+
+    async def sent_reports(self, limit: int) -> agent_service_pb2.ListSentReportsResponse:
+        """ListSentReports: the newest `limit` reports sent, and every deletion receipt."""
+        return agent_service_pb2.ListSentReportsResponse(
+            reports=await self.ledger(limit), deletion_receipts=await self.deletion_receipts()
+        )
 
     async def deletion_receipts(self) -> list[ingest_service_pb2.DeleteInstallationResponse]:
         return [
@@ -529,10 +548,13 @@ class StatsAgent:
         choice itself is kept (deleting data is not a change of mind)."""
         consent = await self.consent()
         queued = len(await self.store.outbox())  # queued reports are deleted too (by the opt-out or below)
-        if consent.chosen == consent_mod.SHARING:
+        stops_sharing = consent.chosen == consent_mod.SHARING
+        if stops_sharing:
             await self._opt_out(consent_mod.LOCAL_ONLY, self.now())
         events, reports = await self.store.delete_all(keep_settings=consent_mod.CONSENT_KEYS)
         self._consent = None
+        if stops_sharing:
+            self._sharing_has_stopped()
         return events, reports + queued
 
     async def status(self) -> agent_service_pb2.GetStatusResponse:

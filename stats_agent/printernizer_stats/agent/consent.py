@@ -19,6 +19,7 @@ from typing import TYPE_CHECKING
 from printernizer.stats.v1 import agent_service_pb2, aggregated_stats_pb2
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.common.events import from_millis
+from printernizer_stats.common.refusals import FieldError
 
 if TYPE_CHECKING:
     from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
@@ -38,15 +39,6 @@ SINCE_TIME = "consent.since_time"  # ...if they happened after this (millisecond
 INSTALLATION_ID = "identity.installation_id"
 PRIVATE_KEY = "identity.private_key"
 CONSENT_KEYS = (CHOSEN, SCHEMA_VERSION, CHANGED_AT, SINCE_SEQUENCE, SINCE_TIME)
-
-
-class ConsentError(ValueError):
-    """A consent change that cannot be made; `field` names the request field."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
 
 
 @dataclass(frozen=True)
@@ -151,16 +143,16 @@ class ConsentRecord:
 def check_choice(state: int, schema_version: int) -> None:
     """Refuse a consent change the agent cannot honour, naming the field."""
     if state not in (LOCAL_ONLY, SHARING, DISABLED):
-        raise ConsentError("state", "must be LOCAL_ONLY, SHARING or DISABLED")
+        raise FieldError("state", "must be LOCAL_ONLY, SHARING or DISABLED")
     # Whatever the state, a version this agent does not define is refused, not ignored.
     if schema_version > CURRENT_SCHEMA_VERSION:
-        raise ConsentError(
+        raise FieldError(
             "schema_version", f"{schema_version} is newer than this agent's {CURRENT_SCHEMA_VERSION}"
         )
     if schema_version not in aggregated_stats_pb2.ReportSchemaVersion.values():
-        raise ConsentError("schema_version", f"{schema_version} is not a ReportSchemaVersion")
+        raise FieldError("schema_version", f"{schema_version} is not a ReportSchemaVersion")
     if state == SHARING and schema_version == 0:
-        raise ConsentError("schema_version", "required to opt in: the version of the disclosure shown")
+        raise FieldError("schema_version", "required to opt in: the version of the disclosure shown")
 
 
 def choice_settings(

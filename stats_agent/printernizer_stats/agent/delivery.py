@@ -35,6 +35,7 @@ from printernizer.stats.v1 import agent_service_pb2, ingest_service_pb2, ingest_
 from printernizer_stats.common.errors import PERIOD_NOT_ENDED, error_reason, retry_delay
 from printernizer_stats.common.events import to_millis
 from printernizer_stats.common.known_fields import discard_unknown_fields
+from printernizer_stats.common.refusals import FailedPrecondition, Unavailable
 from printernizer_stats.common.telemetry import grpc_client_interceptors
 from printernizer_stats.common.weeks import Week
 
@@ -301,7 +302,8 @@ class Backoff:
 class Courier:
     """The agent's background work: every hour (and when woken), queue finished
     weeks, prune old events, and deliver what is due. Opting out cancels a
-    submission in flight and wakes it to send the deletion request."""
+    submission in flight and wakes it to send the deletion request (the
+    agent tells it: StatsAgent.when_sharing_stops)."""
 
     def __init__(self, agent: StatsAgent, uplink: Uplink | None, longest_wait: float | None = None) -> None:
         self.agent = agent
@@ -313,6 +315,7 @@ class Courier:
         self._not_before: dt.datetime | None = None
         self._backoff = Backoff()
         self._rng = random.Random()  # noqa: S311 - jitter, not secrets
+        agent.when_sharing_stops(self.stop_sending)
 
     def wake(self) -> None:
         self._wake.set()
@@ -369,15 +372,26 @@ class Courier:
             return
         await self._deliver(self.uplink)
 
-    async def submit_now(self) -> Delivery:
-        """SubmitNow: queue the finished weeks and deliver them at once.
-        Checked first, so a call that is refused changes nothing."""
+    async def submit_now(self) -> list[ingest_service_pb2.ReportReceipt]:
+        """SubmitNow: queue the finished weeks and deliver them at once; the
+        receipts of what the server took. Checked first, so a call that is
+        refused changes nothing; a delivery the server did not take (all of
+        it) is refused too, saying whether the reports wait or were dropped."""
         if not (await self.agent.consent()).sharing:
             raise NotSharing("statistics are only sent after opting in to sharing")
         if self.uplink is None:
             raise NotSharing("no aggregation server is configured for this agent")
         await self.agent.queue_finished_weeks()
-        return await self._deliver(self.uplink)
+        delivery = await self._deliver(self.uplink)
+        if delivery.outcome == agent_service_pb2.DELIVERY_OUTCOME_RETRYING:
+            raise Unavailable(
+                f"the aggregation server did not take the reports ({delivery.failure_code}); they stay queued"
+            )
+        if delivery.outcome == agent_service_pb2.DELIVERY_OUTCOME_DROPPED:
+            raise FailedPrecondition(
+                f"the aggregation server refused the reports ({delivery.failure_code}); they were dropped"
+            )
+        return delivery.receipts
 
     async def _deliver(self, uplink: Uplink) -> Delivery:
         """Deliver once, and schedule the next try after a retryable failure."""

@@ -36,14 +36,14 @@ from printernizer_stats.common.contract import (
     value_for_schema,
     value_in_schema,
 )
-from printernizer_stats.common.events import KINDS_BY_NAME, MAX_PRINTERS_PER_TYPE, to_millis
+from printernizer_stats.common.events import KINDS_BY_NAME, to_millis
 from printernizer_stats.common.known_fields import copy_known_fields
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.common.limits import MAX_PRINTERS_PER_TYPE
+from printernizer_stats.common.weeks import WEEK_HOURS, Week
 
 from .storage import AgentStore
 
 HOUR_MS = 3_600_000
-WEEK_HOURS = 168
 
 APP_STARTED = KINDS_BY_NAME["app_started"].kind
 APP_STOPPED = KINDS_BY_NAME["app_stopped"].kind

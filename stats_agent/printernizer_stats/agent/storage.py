@@ -14,6 +14,7 @@ upgrade and a downgrade, applied in one transaction each.
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import fcntl
 import os
 import sqlite3
@@ -26,6 +27,7 @@ from typing import IO, Any
 import aiosqlite
 from printernizer.stats.v1 import agent_service_pb2
 from printernizer_stats.common.events import KINDS_BY_NAME, EventRow, RowValues, unpack
+from printernizer_stats.common.refusals import Refusal, ResourceExhausted, Unavailable
 
 RefusedEvent = agent_service_pb2.RefusedEvent
 
@@ -254,6 +256,19 @@ def disk_full(exc: BaseException) -> bool:
 
 class StorageError(RuntimeError):
     """The database cannot be opened or used (permissions, disk, corruption)."""
+
+
+# When the disk is full, a retry soon is pointless.
+DISK_FULL_RETRY = dt.timedelta(minutes=5)
+
+
+def storage_refusal(exc: Exception) -> Refusal | None:
+    """What a storage failure means to a caller of the agent's API (None: not one)."""
+    if disk_full(exc):
+        return ResourceExhausted("the agent's disk is full", DISK_FULL_RETRY)
+    if isinstance(exc, StorageError | sqlite3.Error | OSError):
+        return Unavailable("the agent's storage is unavailable")
+    return None
 
 
 def _lock(path: Path) -> IO[bytes]:

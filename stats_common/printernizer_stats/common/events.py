@@ -19,28 +19,21 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from printernizer.stats.v1 import agent_service_pb2, usage_event_pb2
 from printernizer_stats.common.known_fields import copy_known_fields, discard_unknown_fields
+from printernizer_stats.common.limits import HOST_CLOCK_SKEW, MAX_PRINTERS_PER_TYPE, MAX_VERSION_PART
+from printernizer_stats.common.refusals import FieldError
 
 # A call carries at most this many events (~75 KB): the SDK sends when 1,000
 # are waiting, and more in one call only when a backlog has built up.
 MAX_BATCH_EVENTS = 5000
-# An event dated further ahead than this is a clock or host bug, not usage.
-MAX_CLOCK_SKEW = dt.timedelta(minutes=10)
 # No event happened before this: an earlier time is a clock that was never set.
 EARLIEST_EVENT = dt.datetime(2000, 1, 1, tzinfo=dt.UTC)
-MAX_PRINTERS_PER_TYPE = 10_000
-MAX_VERSION_PART = 10_000
 
 _EVENT = usage_event_pb2.UsageEvent.DESCRIPTOR
 _KIND_ONEOF = _EVENT.oneofs_by_name["kind"]
 
-
-class InvalidEvent(ValueError):
-    """An event that does not fit the contract; `field` is its path in the request."""
-
-    def __init__(self, field: str, description: str) -> None:
-        super().__init__(f"{field}: {description}")
-        self.field = field
-        self.description = description
+# An event that does not fit the contract: the field error, by the name the SDK
+# knows it (`field` is the path in the request).
+InvalidEvent = FieldError
 
 
 @dataclass(frozen=True)
@@ -138,9 +131,9 @@ def _check_enum(value: int, field: Any, path: str) -> None:
     enum = field.enum_type
     assert enum is not None
     if value not in enum.values_by_number:
-        raise InvalidEvent(path, f"{value} is not a value of {enum.name}")
+        raise FieldError(path, f"{value} is not a value of {enum.name}")
     if value == 0:
-        raise InvalidEvent(path, f"must be set ({enum.values_by_number[0].name} is not allowed)")
+        raise FieldError(path, f"must be set ({enum.values_by_number[0].name} is not allowed)")
 
 
 def _check_message(message: Message, path: str) -> None:
@@ -161,7 +154,7 @@ def _check_message(message: Message, path: str) -> None:
             elif message.HasField(field.name):
                 _check_message(getattr(message, field.name), field_path)
             else:
-                raise InvalidEvent(field_path, "must be set")
+                raise FieldError(field_path, "must be set")
     _check_rules(message, path)
 
 
@@ -171,20 +164,20 @@ def _check_rules(message: Message, path: str) -> None:
         seen: set[int] = set()
         for i, entry in enumerate(message.printers):
             if entry.printer_type in seen:
-                raise InvalidEvent(f"{path}.printers[{i}].printer_type", "listed twice")
+                raise FieldError(f"{path}.printers[{i}].printer_type", "listed twice")
             seen.add(entry.printer_type)
     elif isinstance(message, usage_event_pb2.PrinterTypeCount):
         if not 1 <= message.count <= MAX_PRINTERS_PER_TYPE:
-            raise InvalidEvent(f"{path}.count", f"must be between 1 and {MAX_PRINTERS_PER_TYPE}")
+            raise FieldError(f"{path}.count", f"must be between 1 and {MAX_PRINTERS_PER_TYPE}")
     elif message.DESCRIPTOR.full_name == "printernizer.stats.v1.Version":
         for part in ("major", "minor", "patch"):
             if getattr(message, part) > MAX_VERSION_PART:
-                raise InvalidEvent(f"{path}.{part}", f"must be at most {MAX_VERSION_PART}")
+                raise FieldError(f"{path}.{part}", f"must be at most {MAX_VERSION_PART}")
 
 
 def validate(event: usage_event_pb2.UsageEvent, now_ms: int) -> EventRow:
     """Check one event against the contract and return its storage row.
-    InvalidEvent.field is relative to the event ("job_created.printer_type").
+    FieldError.field is relative to the event ("job_created.printer_type").
 
     This runs for every recorded event, so the common kinds (only enum
     fields) take a fast path of set lookups; the rare richer kinds are checked
@@ -193,7 +186,7 @@ def validate(event: usage_event_pb2.UsageEvent, now_ms: int) -> EventRow:
     """
     name = event.WhichOneof("kind")
     if name is None:
-        raise InvalidEvent("kind", "no event kind is set")
+        raise FieldError("kind", "no event kind is set")
     spec = KINDS_BY_NAME[name]
     body = getattr(event, name)
     payload = None
@@ -207,9 +200,9 @@ def validate(event: usage_event_pb2.UsageEvent, now_ms: int) -> EventRow:
     if event.HasField("occurred_at"):
         occurred = timestamp_millis(event.occurred_at, "occurred_at")
         if occurred > now_ms + _MAX_SKEW_MS:
-            raise InvalidEvent("occurred_at", "is in the future")
+            raise FieldError("occurred_at", "is in the future")
         if occurred < EARLIEST_EVENT_MS:
-            raise InvalidEvent("occurred_at", "is before the year 2000")
+            raise FieldError("occurred_at", "is before the year 2000")
     else:
         occurred = now_ms
     columns += [0, 0, 0]
@@ -220,11 +213,11 @@ def timestamp_millis(stamp: timestamp_pb2.Timestamp, path: str) -> int:
     """A Timestamp as milliseconds since the epoch. Its nanos must be what the
     Timestamp type allows: anything else is a broken encoder, not a time."""
     if not 0 <= stamp.nanos <= MAX_NANOS:
-        raise InvalidEvent(f"{path}.nanos", f"must be between 0 and {MAX_NANOS:,}")
+        raise FieldError(f"{path}.nanos", f"must be between 0 and {MAX_NANOS:,}")
     return stamp.seconds * 1000 + stamp.nanos // 1_000_000
 
 
-_MAX_SKEW_MS = int(MAX_CLOCK_SKEW.total_seconds() * 1000)
+_MAX_SKEW_MS = int(HOST_CLOCK_SKEW.total_seconds() * 1000)
 MAX_NANOS = 999_999_999
 
 
@@ -275,13 +268,13 @@ class EventDecoder:
     ) -> DecodedBatch:
         """The valid events of a batch as rows, and the refused ones with the
         field at fault, relative to the event ("job_created.printer_type").
-        InvalidEvent only for the batch as a whole (too many events).
+        FieldError only for the batch as a whole (too many events).
 
         Event times are checked against `now` (the wall clock they were read
         from), then `shift` is added to them (to an unset one, `now`'s): the
         agent's correction of a wall clock that jumped."""
         if len(events) > MAX_BATCH_EVENTS:
-            raise InvalidEvent("events", f"at most {MAX_BATCH_EVENTS} events per call, got {len(events)}")
+            raise FieldError("events", f"at most {MAX_BATCH_EVENTS} events per call, got {len(events)}")
         now_ms = to_millis(now)
         latest = now_ms + _MAX_SKEW_MS
         kinds, times = self._kinds, self._times
@@ -315,7 +308,7 @@ class EventDecoder:
                 if shaped is None:
                     shaped = self._kind(index, kind_part, now_ms, stripped)
                 rows.append((occurred, *shaped))
-            except InvalidEvent as exc:
+            except FieldError as exc:
                 stripped.discard(index)  # nothing of it is kept
                 refused.append(
                     agent_service_pb2.RefusedEvent(index=index, field=exc.field, reason=exc.description)
@@ -371,7 +364,7 @@ class EventDecoder:
 
     @staticmethod
     def _raise(event: usage_event_pb2.UsageEvent, now_ms: int) -> None:
-        validate(event, now_ms)  # raises InvalidEvent naming the time's problem
+        validate(event, now_ms)  # raises FieldError naming the time's problem
         raise AssertionError("an event with a time out of bounds passed validation")  # pragma: no cover
 
 

@@ -20,6 +20,8 @@ UTC = dt.UTC
 # accepts from outside is narrower (see its validation).
 MIN_YEAR = 1900
 MAX_YEAR = 9000
+# The hours of a week: the most a week's uptime can be.
+WEEK_HOURS = 7 * 24
 
 
 @dataclass(frozen=True, order=True)
@@ -92,4 +94,6 @@ def weeks_between(first: Week, last: Week) -> list[Week]:
 
 
 def last_complete_week(now: dt.datetime) -> Week:
+    """The newest week whose end has passed: what the analytics publish by
+    default, and the newest week an agent reports."""
     return Week.containing(now).previous()

@@ -1,19 +1,14 @@
 """Why a request is refused, as far as the database decides it (whose key an
 installation is, whether it was deleted, its submission rate): raised by the
-ingest store and the ingest domain alike, mapped to status codes by the
-aggregation server's servicer. Nothing was stored or deleted when one is raised."""
+ingest store, each one of the refusals of printernizer_stats.common.refusals,
+answered with its status at the servers' boundary. Nothing was stored or
+deleted when one is raised."""
 
 from __future__ import annotations
 
 import datetime as dt
 
-
-class Refused(Exception):
-    """A request the ingest API refuses."""
-
-
-class Unauthenticated(Refused):
-    """UNAUTHENTICATED: a signature that does not verify."""
+from printernizer_stats.common.refusals import PermissionDenied, ResourceExhausted, Unauthenticated
 
 
 class WrongKey(Unauthenticated):
@@ -25,13 +20,12 @@ class WrongKey(Unauthenticated):
         super().__init__("not signed with this installation's key")
 
 
-class Forbidden(Refused):
+class Forbidden(PermissionDenied):
     """PERMISSION_DENIED (to the key's holder only): the installation was deleted."""
 
 
-class TooManySubmissions(Refused):
+class TooManySubmissions(ResourceExhausted):
     """RESOURCE_EXHAUSTED, with the delay after which a retry may succeed."""
 
     def __init__(self, retry_after: dt.timedelta) -> None:
-        super().__init__(f"one submission per installation per hour; retry in {retry_after}")
-        self.retry_after = retry_after
+        super().__init__(f"one submission per installation per hour; retry in {retry_after}", retry_after)
