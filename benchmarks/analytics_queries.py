@@ -3,8 +3,8 @@ reports by default, on SQLite and on PostgreSQL.
 
 The reports are written straight into the tables in bulk (running 5 million
 reports through the ingest path would take hours and measures ingest, which
-`ingest_server` does); the rollups are then built by the analytics server's
-own refresh, and every query the dashboard makes is timed through the same
+`ingest_server` does); the rollups are then built by the refresh the
+aggregation server runs, and every query the dashboard makes is timed through the same
 Analytics object the server uses.
 
 Run: python -m benchmarks.analytics_queries [--installations N] [--weeks W] [--engines sqlite postgresql]

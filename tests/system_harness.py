@@ -17,7 +17,7 @@ from printernizer.stats.v1 import common_pb2
 from printernizer_stats.agent.delivery import Uplink
 from printernizer_stats.common.weeks import Week, last_complete_week
 from printernizer_stats.demo.fleet import FleetPlan, report_fleet
-from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.stats_api import AnalyticsClient
 from printernizer_stats.gateway.usage_api import local_agent
 
 from .agent_harness import (
@@ -33,7 +33,7 @@ from .agent_harness import (
     short_private_dir,
 )
 from .test_aggregation_server import ADMIN_TOKEN, running_server
-from .test_analytics_server import running_analytics
+from .test_analytics_server import refresh_rollups, running_analytics
 from .test_gateway_stats import running_gateway
 
 
@@ -98,6 +98,7 @@ async def running_system(
         finally:
             await uplink.close()
         assert not sent.failed, sent.failed
+        await refresh_rollups(database_url)
         async with running_analytics(database_url, base / "analytics-tls", min_group_size=min_group_size) as (
             port,
             ca,
@@ -109,7 +110,7 @@ async def running_system(
             )
             async with running_agent(agent_config, clock) as agent:
                 await record_own_activity(agent, 6, now)
-                analytics = Analytics(f"localhost:{port}", ca, ADMIN_TOKEN)
+                analytics = AnalyticsClient(f"localhost:{port}", ca, ADMIN_TOKEN)
                 http, task, url = await running_gateway(analytics, local_agent(str(agent.socket_path)))
                 try:
                     yield RunningSystem(url, ADMIN_TOKEN, plan, agent, clock, min_group_size)

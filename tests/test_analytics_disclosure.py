@@ -36,8 +36,7 @@ from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.weeks import Week, last_complete_week
 from printernizer_stats.gateway.stats_api import DIMENSIONS as DIMENSION_PATHS
 from printernizer_stats.gateway.stats_api import ERROR_GROUPINGS as ERROR_GROUPING_PATHS
-from printernizer_stats.gateway.stats_api import Analytics as AnalyticsBackend
-from printernizer_stats.gateway.stats_api import json_of
+from printernizer_stats.gateway.stats_api import AnalyticsClient, json_of
 from printernizer_stats.store.database import upgrade
 from printernizer_stats.store.ingest_store import IngestStore
 from printernizer_stats.store.rollup_store import Rollups
@@ -46,7 +45,7 @@ from . import databases
 from .agent_harness import FakeClock
 from .disclosure_auditor import Ask, Member, Published, Setup, Truth, audit, collect, json_counts
 from .test_aggregation_server import ADMIN_TOKEN, RunningServer, running_server
-from .test_analytics_server import running_analytics
+from .test_analytics_server import refresh_rollups, running_analytics
 from .test_gateway_stats import running_gateway
 
 database_url = databases.database_url
@@ -154,13 +153,13 @@ async def published_over_tls(
 ) -> Everything:
     for member in members:
         await server.stub.SubmitReports(member.submission(), timeout=TIMEOUT)
-    # Started after the fleet reported: its first refresh includes everything.
+    await refresh_rollups(server.database_url)  # the aggregation server's rollup job, now
     async with running_analytics(server.database_url, tmp_path / "tls", min_group_size=K) as (port, ca):
         credentials = grpc.ssl_channel_credentials(root_certificates=ca)
         async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:
             stub = analytics_service_pb2_grpc.AnalyticsServiceStub(channel)
             everything = Everything(await collect(grpc_asker(stub), K, weeks))
-        http, task, url = await running_gateway(AnalyticsBackend(f"localhost:{port}", ca, ADMIN_TOKEN))
+        http, task, url = await running_gateway(AnalyticsClient(f"localhost:{port}", ca, ADMIN_TOKEN))
         try:
             async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
                 for path in GATEWAY_PATHS:

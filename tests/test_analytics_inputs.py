@@ -25,7 +25,7 @@ from printernizer_stats.common.weeks import MAX_YEAR, MIN_YEAR
 
 from .disclosure_auditor import Member, Setup
 from .test_aggregation_server import ADMIN_TOKEN, RunningServer, running_server
-from .test_analytics_server import last_week, running_analytics
+from .test_analytics_server import last_week, refresh_rollups, running_analytics
 from .unknown_fields import messages
 
 SERVICE = analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
@@ -59,6 +59,7 @@ async def channel(tmp_path: Path) -> AsyncIterator[grpc.aio.Channel]:
         week = last_week()
         for member in [Member({week: Setup()}) for _ in range(6)] + [Member({week: Setup(country=276)})]:
             await server.stub.SubmitReports(member.submission(), timeout=TIMEOUT)
+        await refresh_rollups(database_url)
         async with running_analytics(database_url, tmp_path / "tls", min_group_size=3) as (port, ca):
             credentials = grpc.ssl_channel_credentials(root_certificates=ca)
             async with grpc.aio.secure_channel(f"localhost:{port}", credentials) as channel:

@@ -38,7 +38,7 @@ from hypothesis import strategies as st
 from printernizer.stats.v1 import agent_service_pb2, analytics_service_pb2_grpc, ingest_service_pb2
 from printernizer_stats.agent.consent import Identity
 from printernizer_stats.common.weeks import Week
-from printernizer_stats.gateway.stats_api import Analytics
+from printernizer_stats.gateway.stats_api import AnalyticsClient
 from printernizer_stats.gateway.usage_api import local_agent
 
 from .agent_harness import (
@@ -53,7 +53,7 @@ from .agent_harness import (
 from .disclosure_auditor import Setup, collect, report_for
 from .system_harness import MovableClock
 from .test_aggregation_server import ADMIN_TOKEN, RunningServer, running_server
-from .test_analytics_server import running_analytics
+from .test_analytics_server import refresh_rollups, running_analytics
 from .test_gateway_stats import running_gateway
 from .test_ingest_logs import encodings
 from .unknown_fields import Spliced, found, with_unknown_fields
@@ -229,6 +229,7 @@ async def test_unknown_fields_cross_no_boundary(system: System) -> None:
         "the server's database": system.server_database(),
     }
     database_url = f"sqlite:///{system.base / 'aggregation.db'}"
+    await refresh_rollups(database_url)
     analytics = running_analytics(database_url, system.base / "analytics-tls", system.clock, min_group_size=1)
     async with analytics as (port, ca):
         credentials = grpc.ssl_channel_credentials(root_certificates=ca)
@@ -244,7 +245,8 @@ async def test_unknown_fields_cross_no_boundary(system: System) -> None:
             for name, message in published.messages():
                 places[f"analytics {name}"] = message.SerializeToString()
             http, task, url = await running_gateway(
-                Analytics(f"localhost:{port}", ca, ADMIN_TOKEN), local_agent(str(system.agent.socket_path))
+                AnalyticsClient(f"localhost:{port}", ca, ADMIN_TOKEN),
+                local_agent(str(system.agent.socket_path)),
             )
             try:
                 async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:

@@ -1,6 +1,7 @@
 """`python -m printernizer_stats.aggregation`: the public ingest server for signed weekly reports.
 
-Serves the IngestService over TLS. Without --tls-cert/--tls-key it makes its own
+Serves the IngestService over TLS, and keeps the analytics' weekly rollups current
+(at start and every --rollup-refresh-seconds). Without --tls-cert/--tls-key it makes its own
 CA and server certificate (under --tls-dir) and prints where the CA is, for
 agents to trust. Database migrations are applied at start (--migrations
 apply), or only applied (only: then it exits), or left to such a run (skip:
@@ -67,6 +68,14 @@ def build_parser() -> EnvArgumentParser:
         metavar="RATE",
     )
     parser.add_env_option(
+        "--rollup-refresh-seconds",
+        help="how often the analytics' weekly rollups are brought up to date (on PostgreSQL by one "
+        "replica at a time)",
+        default=60,
+        type=positive_int,
+        metavar="SECONDS",
+    )
+    parser.add_env_option(
         "--migrations",
         help="apply the database migrations at start (apply), apply them and exit (only), or not (skip)",
         default="apply",
@@ -101,6 +110,7 @@ def main(argv: list[str] | None = None) -> int:
         peer_calls_per_second=args.peer_calls_per_second,
         global_calls_per_second=args.global_calls_per_second,
         migrate=args.migrations == "apply",
+        rollup_refresh_seconds=args.rollup_refresh_seconds,
     )
     return run("printernizer_stats.aggregation", serve(config, clock=clock))
 

@@ -1,4 +1,5 @@
-"""Serving the ingest API over TLS."""
+"""Serving the ingest API over TLS, and keeping the analytics' weekly rollups current: the
+database's writer refreshes them, so the analytics server only reads (and can read a replica)."""
 
 from __future__ import annotations
 
@@ -20,8 +21,9 @@ from printernizer_stats.common.interceptors import RejectUndecodableRequests
 from printernizer_stats.common.serving import READINESS_SECONDS, serve_tls
 from printernizer_stats.common.telemetry import grpc_server_interceptors, trace_database
 from printernizer_stats.common.tls import TlsFiles
-from printernizer_stats.store.database import database_answers, upgrade
+from printernizer_stats.store.database import database_answers, database_unreachable, upgrade
 from printernizer_stats.store.ingest_store import IngestStore
+from printernizer_stats.store.rollup_store import Rollups
 
 from .ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
 from .servicer import CallLimiter, IngestAdminServicer, IngestServicer
@@ -49,6 +51,8 @@ class ServerConfig:
     global_calls_per_second: float = 2000.0
     migrate: bool = True
     readiness_seconds: float = READINESS_SECONDS  # how often health checks the database
+    # How often the rollups are brought up to date (and at start); on PostgreSQL one replica at a time.
+    rollup_refresh_seconds: float = 60.0
 
     def limiter(self) -> CallLimiter:
         return CallLimiter(
@@ -103,6 +107,17 @@ async def serve(
                     purged.cutoff.week,
                 )
 
+        rollups = Rollups(store.engine, clock)
+
+        async def refresh_rollups() -> None:
+            try:
+                await rollups.refresh()
+            except Exception as exc:
+                if not database_unreachable(exc):
+                    raise
+                # Readiness says so already; one line, not a traceback every turn.
+                log.warning("rollups: the database does not answer; will try again at the next turn")
+
         await serve_tls(
             server,
             listen=config.listen,
@@ -111,7 +126,10 @@ async def serve(
             what="aggregation server",
             stop=stop,
             on_ready=on_ready,
-            jobs=[(RETENTION_INTERVAL_SECONDS, purge, "retention")],
+            jobs=[
+                (RETENTION_INTERVAL_SECONDS, purge, "retention"),
+                (config.rollup_refresh_seconds, refresh_rollups, "refreshing the rollups"),
+            ],
             ready=lambda: database_answers(store.engine),
             readiness_seconds=config.readiness_seconds,
         )

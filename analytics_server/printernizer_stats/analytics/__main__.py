@@ -1,10 +1,12 @@
 """`python -m printernizer_stats.analytics`: the maintainers' query service over the stored reports.
 
-Serves the AnalyticsService over TLS; every call needs the admin token. It reads
-the aggregation server's database and keeps its weekly rollups current. With
---smtp-host it e-mails a weekly summary (Mondays) and a monthly report (the 1st). Without
---tls-cert/--tls-key it uses the self-made CA and certificate under --tls-dir
-(the aggregation server's, by default).
+Serves the AnalyticsService over TLS; every call needs the admin token. It only
+reads the aggregation server's database, whose weekly rollups the aggregation
+server keeps current, so --database-url may be a PostgreSQL read replica. With
+--smtp-host it e-mails a weekly summary (Mondays) and a monthly report (the 1st),
+each claimed once in a writable database (on a replica: --mail-claims-database-url,
+the primary). Without --tls-cert/--tls-key it uses the self-made CA and
+certificate under --tls-dir (the aggregation server's, by default).
 """
 
 from __future__ import annotations
@@ -35,7 +37,7 @@ def build_parser() -> EnvArgumentParser:
     )
     parser.add_env_option(
         "--database-url",
-        help="SQLAlchemy database URL (the aggregation server's database)",
+        help="SQLAlchemy database URL (the aggregation server's database, or a read replica of it)",
         default=f"sqlite:///{user_data_dir() / 'aggregation.db'}",
         metavar="URL",
     )
@@ -45,13 +47,6 @@ def build_parser() -> EnvArgumentParser:
         default=DEFAULT_MIN_GROUP_SIZE,
         type=positive_int,
         metavar="K",
-    )
-    parser.add_env_option(
-        "--refresh-seconds",
-        help="how often the weekly rollups are brought up to date",
-        default=60,
-        type=positive_int,
-        metavar="SECONDS",
     )
     add_tls_and_admin_options(parser, "every call needs")
     parser.add_env_option(
@@ -84,6 +79,13 @@ def build_parser() -> EnvArgumentParser:
     parser.add_env_option(
         "--mail-to", help="recipients of the e-mail reports, comma-separated", default="", metavar="ADDRESSES"
     )
+    parser.add_env_option(
+        "--mail-claims-database-url",
+        help="the primary's database URL, used only to claim each e-mail report so that it is sent once; "
+        "needed when --database-url is a read replica (default: --database-url)",
+        default="",
+        metavar="URL",
+    )
     parser.add_env_switch(
         "--send-test-email",
         help="send the weekly summary of the last complete week to the recipients now, then exit",
@@ -102,8 +104,8 @@ def mail_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ma
     """The e-mail settings, or None when no SMTP host is set."""
     recipients = tuple(address.strip() for address in args.mail_to.split(",") if address.strip())
     if not args.smtp_host:
-        if recipients or args.send_test_email:
-            parser.error("--mail-to and --send-test-email need --smtp-host")
+        if recipients or args.send_test_email or args.mail_claims_database_url:
+            parser.error("--mail-to, --send-test-email and --mail-claims-database-url need --smtp-host")
         return None
     if not recipients or not args.mail_from:
         parser.error("--smtp-host needs --mail-from and --mail-to")
@@ -134,8 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         tls,
         admin_token,
         min_group_size=args.min_group_size,
-        refresh_seconds=args.refresh_seconds,
         mail=mail_config(parser, args),
+        mail_claims_database_url=args.mail_claims_database_url or None,
     )
     if args.send_test_email:
         try:

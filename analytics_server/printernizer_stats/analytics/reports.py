@@ -23,13 +23,13 @@ from typing import Any
 
 import jinja2
 from printernizer.stats.v1 import analytics_service_pb2
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.common.weeks import Week, last_complete_week
 from printernizer_stats.store import schema
 from sqlalchemy import delete, insert
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from .queries import Analytics, last_complete_week
+from .queries import Analytics
 
 log = logging.getLogger(__name__)
 

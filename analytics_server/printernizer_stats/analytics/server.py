@@ -1,4 +1,9 @@
-"""Serving the analytics API over TLS, with the rollups refreshed periodically."""
+"""Serving the analytics API over TLS.
+
+The server only reads its database: the aggregation server keeps the rollups
+current. So it can serve from a PostgreSQL hot standby; the one write it makes,
+claiming each e-mail report so that it is sent once, then goes to the primary
+(`mail_claims_database_url`)."""
 
 from __future__ import annotations
 
@@ -13,13 +18,14 @@ from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_g
 from printernizer_stats.common.admin import RequireAdminToken
 from printernizer_stats.common.interceptors import RejectUndecodableRequests
 from printernizer_stats.common.serving import READINESS_SECONDS, Job, serve_tls
+from printernizer_stats.common.startup import StartupError
 from printernizer_stats.common.telemetry import grpc_server_interceptors, trace_database
 from printernizer_stats.common.tls import TlsFiles
-from printernizer_stats.store.database import create_server_engine, database_answers, upgrade
-from printernizer_stats.store.rollup_store import Rollups
+from printernizer_stats.common.weeks import last_complete_week
+from printernizer_stats.store.database import create_server_engine, database_answers, read_only, upgrade
 
 from .privacy import DEFAULT_MIN_GROUP_SIZE
-from .queries import Analytics, last_complete_week
+from .queries import Analytics
 from .reports import MailConfig, Reporter, send, weekly_report
 from .servicer import AnalyticsServicer
 
@@ -37,9 +43,12 @@ class ServerConfig:
     tls: TlsFiles
     admin_token: str
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE
-    refresh_seconds: float = 60.0
     # E-mail reports are sent only when configured.
     mail: MailConfig | None = None
+    # Where each e-mail report is claimed, a writable database (a read replica's primary); None: the
+    # database itself.
+    mail_claims_database_url: str | None = None
+    # Applied unless the database is read-only (a hot standby: its primary is migrated instead).
     migrate: bool = True
     readiness_seconds: float = READINESS_SECONDS  # how often health checks the database
 
@@ -50,15 +59,18 @@ async def serve(
     on_ready: Callable[[int], None] | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
 ) -> None:
-    """Run until `stop` is set (or SIGTERM/SIGINT); `on_ready` gets the bound port."""
-    if config.migrate:
-        # The aggregation server's migrations: the same database, one schema.
-        await asyncio.to_thread(upgrade, config.database_url)
+    """Run until `stop` is set (or SIGTERM/SIGINT); `on_ready` gets the bound port. Raises
+    StartupError when e-mail reports are configured with no writable database to claim them in."""
+    database_read_only = await prepare_database(config)
+    if config.mail is not None:
+        await check_mail_claims(config, database_read_only)
     engine = create_server_engine(config.database_url)
     trace_database(engine)
+    claims_engine = engine
+    if config.mail is not None and config.mail_claims_database_url is not None:
+        claims_engine = create_server_engine(config.mail_claims_database_url)
+        trace_database(claims_engine)
     try:
-        rollups = Rollups(engine, clock)
-        await rollups.refresh()  # answer from current rollups from the first call on
         server = grpc.aio.server(
             interceptors=[
                 *grpc_server_interceptors(),
@@ -70,12 +82,10 @@ async def serve(
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(
             AnalyticsServicer(analytics), server
         )
-        jobs: list[tuple[float, Job, str]] = [
-            (config.refresh_seconds, rollups.refresh, "refreshing the rollups")
-        ]
+        jobs: list[tuple[float, Job, str]] = []
         if config.mail is not None:
             jobs.append(
-                (REPORT_CHECK_SECONDS, Reporter(analytics, engine, config.mail).tick, "e-mail reports")
+                (REPORT_CHECK_SECONDS, Reporter(analytics, claims_engine, config.mail).tick, "e-mail reports")
             )
         await serve_tls(
             server,
@@ -91,6 +101,40 @@ async def serve(
         )
     finally:
         await engine.dispose()
+        if claims_engine is not engine:
+            await claims_engine.dispose()
+
+
+async def prepare_database(config: ServerConfig) -> bool:
+    """Apply the migrations (unless told not to), except on a read-only database; returns whether
+    the database is read-only."""
+    if await asyncio.to_thread(read_only, config.database_url):
+        log.info(
+            "the database is read-only (such as a hot standby): migrations skipped; its primary gets them"
+        )
+        return True
+    if config.migrate:
+        # The aggregation server's migrations: the same database, one schema.
+        await asyncio.to_thread(upgrade, config.database_url)
+    return False
+
+
+async def check_mail_claims(config: ServerConfig, database_read_only: bool) -> None:
+    """Refuse to start without a writable database to claim each e-mail report in (so that it is
+    sent once)."""
+    if config.mail_claims_database_url is None:
+        if database_read_only:
+            raise StartupError(
+                "e-mail reports are claimed in a writable database so that each is sent once, and the one at "
+                "--database-url is read-only (such as a hot standby): give the primary's URL with "
+                "--mail-claims-database-url"
+            )
+        return
+    if await asyncio.to_thread(read_only, config.mail_claims_database_url):
+        raise StartupError(
+            "the database of --mail-claims-database-url is read-only: e-mail reports are claimed there, "
+            "so it must be the primary's"
+        )
 
 
 async def send_test_email(config: ServerConfig) -> None:
@@ -98,11 +142,9 @@ async def send_test_email(config: ServerConfig) -> None:
     checking their mail settings); raises when it cannot be sent."""
     if config.mail is None:
         raise ValueError("no e-mail is configured")
-    if config.migrate:
-        await asyncio.to_thread(upgrade, config.database_url)
+    await prepare_database(config)  # nothing is claimed: a read-only database will do
     engine = create_server_engine(config.database_url)
     try:
-        await Rollups(engine).refresh()
         analytics = Analytics(engine, config.min_group_size)
         report = await weekly_report(analytics, last_complete_week(analytics.clock()))
         await send(report, config.mail)

@@ -99,11 +99,15 @@ def prepare_database_url(url: str) -> str:
 
 
 def run(prog: str, server: Coroutine[Any, Any, None]) -> int:
-    """Run a server until it stops; a database it cannot use is one line, exit 1."""
+    """Run a server until it stops; a database it cannot use, or settings it finds unusable once
+    it sees the database (a StartupError), is one line, exit 1."""
     try:
         with contextlib.suppress(KeyboardInterrupt):
             asyncio.run(server)
     except SQLAlchemyError as exc:
         print(f"{prog}: cannot use the database: {str(exc).splitlines()[0]}", file=sys.stderr)
+        return 1
+    except StartupError as exc:
+        print(f"{prog}: {exc}", file=sys.stderr)
         return 1
     return 0

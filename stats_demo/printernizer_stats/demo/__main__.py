@@ -192,6 +192,9 @@ def run(args: argparse.Namespace, installations: int, weeks: int) -> int:
                     database,
                     "--peer-calls-per-second",
                     "0",
+                    # The dashboard follows the fleet's reports within seconds.
+                    "--rollup-refresh-seconds",
+                    "2",
                     *shared,
                 ],
                 logs,
@@ -209,8 +212,6 @@ def run(args: argparse.Namespace, installations: int, weeks: int) -> int:
                     f"127.0.0.1:{analytics_port}",
                     "--database-url",
                     database,
-                    "--refresh-seconds",
-                    "2",
                     *shared,
                 ],
                 logs,

@@ -18,6 +18,7 @@ import sqlalchemy.exc
 from alembic import command
 from alembic.config import Config
 from alembic.runtime.migration import MigrationContext
+from printernizer_stats.common.refusals import Unavailable
 from sqlalchemy import create_engine, event, text
 from sqlalchemy.engine import Engine, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
@@ -75,6 +76,22 @@ def current_revision(url: str) -> str | None:
             return MigrationContext.configure(connection).get_current_revision()
     finally:
         engine.dispose()
+
+
+def read_only(url: str) -> bool:
+    """Whether the database at `url` takes no writes: a PostgreSQL hot standby (in recovery), or a
+    role or database that is read-only by default. Other databases are taken as writable."""
+    if make_url(url).get_backend_name() != "postgresql":
+        return False
+    engine = create_sync_engine(url)
+    try:
+        with engine.connect() as connection:
+            answer = connection.scalar(
+                text("SELECT pg_is_in_recovery() OR current_setting('transaction_read_only') = 'on'")
+            )
+    finally:
+        engine.dispose()
+    return bool(answer)
 
 
 def downgrade(url: str, revision: str) -> None:
@@ -151,3 +168,11 @@ def database_unreachable(exc: BaseException) -> bool:
         | OSError
         | TimeoutError,
     )
+
+
+def database_refusal(exc: Exception) -> Unavailable | None:
+    """What a failure to reach the database means to a server's caller: try
+    again later (nothing was stored: the transaction did not commit)."""
+    if database_unreachable(exc):
+        return Unavailable("the database is not answering; try again later", DATABASE_RETRY)
+    return None
