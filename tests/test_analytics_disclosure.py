@@ -30,8 +30,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc, common_pb2, country_pb2
 from printernizer_stats.aggregation.ingest import Ingest
+from printernizer_stats.analytics.email_reports import content
 from printernizer_stats.analytics.queries import Analytics
-from printernizer_stats.analytics.reports import content
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.weeks import Week, last_complete_week
 from printernizer_stats.gateway.stats_api import DIMENSIONS as DIMENSION_PATHS

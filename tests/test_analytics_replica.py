@@ -21,7 +21,7 @@ import grpc
 import psycopg
 import pytest
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-from printernizer_stats.analytics.reports import MONTHLY, WEEKLY
+from printernizer_stats.analytics.email_reports import MONTHLY, WEEKLY
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.demo.services import free_port
 from printernizer_stats.store.database import upgrade
@@ -31,7 +31,7 @@ from .postgres_replica import Replication, scalar, streaming_replication
 from .test_aggregation_admin import report_of
 from .test_aggregation_ingest import Installation
 from .test_aggregation_server import ADMIN_TOKEN, TIMEOUT, running_server
-from .test_analytics_reports import Inbox, mail, smtp
+from .test_analytics_email_reports import Inbox, mail, smtp
 from .test_analytics_server import last_week, running_analytics
 from .test_readiness import SERVING, wait_for_health
 

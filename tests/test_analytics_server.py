@@ -186,7 +186,7 @@ async def test_bad_requests_name_the_field(analytics: RunningAnalytics) -> None:
 async def test_a_failing_smtp_server_does_not_stop_the_service(
     server: RunningServer, tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    from printernizer_stats.analytics.reports import MailConfig
+    from printernizer_stats.analytics.email_reports import MailConfig
     from printernizer_stats.demo.services import free_port
 
     from .agent_harness import FakeClock

@@ -333,7 +333,7 @@ SHARED_LIMITS = {
         [
             "printernizer_stats.agent.agent",
             "printernizer_stats.analytics.queries",
-            "printernizer_stats.analytics.reports",
+            "printernizer_stats.analytics.email_reports",
             "printernizer_stats.analytics.server",
         ],
     ),

@@ -19,8 +19,8 @@ from pathlib import Path
 from printernizer_stats.common.cli import EnvArgumentParser, host_port, positive_int, user_data_dir
 from printernizer_stats.common.startup import add_tls_and_admin_options, prepare_database_url, run, start
 
+from .email_reports import SECURITY_MODES, MailConfig
 from .privacy import DEFAULT_MIN_GROUP_SIZE
-from .reports import SECURITY_MODES, MailConfig
 from .server import ServerConfig, send_test_email, serve
 
 

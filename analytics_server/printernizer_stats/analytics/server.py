@@ -24,9 +24,9 @@ from printernizer_stats.common.tls import TlsFiles
 from printernizer_stats.common.weeks import last_complete_week
 from printernizer_stats.store.database import create_server_engine, database_answers, read_only, upgrade
 
+from .email_reports import MailConfig, Reporter, send, weekly_report
 from .privacy import DEFAULT_MIN_GROUP_SIZE
 from .queries import Analytics
-from .reports import MailConfig, Reporter, send, weekly_report
 from .servicer import AnalyticsServicer
 
 log = logging.getLogger(__name__)

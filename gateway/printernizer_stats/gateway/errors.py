@@ -83,7 +83,7 @@ class ErrorResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, separators=(",", ":")).encode("ascii")
 
 
-class Refusal(Exception):
+class HttpRefusal(Exception):
     """A request the gateway answers itself, with an error."""
 
     def __init__(
@@ -101,9 +101,9 @@ class Refusal(Exception):
         return ErrorResponse(self.status, self.message, self.code, self.field, self.headers)
 
 
-def invalid(field: str, problem: str) -> Refusal:
+def invalid(field: str, problem: str) -> HttpRefusal:
     """400: the parameter (or body key) `field` is wrong."""
-    return Refusal(400, f"{field}: {problem}", "INVALID_ARGUMENT", field)
+    return HttpRefusal(400, f"{field}: {problem}", "INVALID_ARGUMENT", field)
 
 
 def install_error_handlers(app: FastAPI) -> None:
@@ -114,8 +114,8 @@ def install_error_handlers(app: FastAPI) -> None:
         field = str(first["loc"][-1]) if first.get("loc") else "request"
         return invalid(field, first.get("msg", "is invalid")).response()
 
-    @app.exception_handler(Refusal)
-    async def refused(_: Request, exc: Refusal) -> ErrorResponse:
+    @app.exception_handler(HttpRefusal)
+    async def refused(_: Request, exc: HttpRefusal) -> ErrorResponse:
         return exc.response()
 
     @app.exception_handler(HTTPException)

@@ -26,7 +26,7 @@ from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.telemetry import grpc_client_interceptors
 
 from .backend import Backend
-from .errors import Refusal, invalid
+from .errors import HttpRefusal, invalid
 from .params import Until, WeekParam, Weeks, only_declared_parameters, week_of
 
 CALL_TIMEOUT_SECONDS = 10.0
@@ -86,7 +86,7 @@ def stats_router(analytics: AnalyticsClient) -> APIRouter:
     ) -> None:
         given = credentials.credentials.encode() if credentials is not None else b""
         if not hmac.compare_digest(given, expected):
-            raise Refusal(
+            raise HttpRefusal(
                 401,
                 "this API needs the admin token (Authorization: Bearer <token>)",
                 "UNAUTHENTICATED",

@@ -20,7 +20,7 @@ from typing import Any
 import pytest
 from aiosmtpd.controller import Controller
 from printernizer.stats.v1 import analytics_service_pb2, country_pb2
-from printernizer_stats.analytics.reports import (
+from printernizer_stats.analytics.email_reports import (
     MONTHLY,
     WEEKLY,
     MailConfig,
