@@ -2,15 +2,21 @@
 
 Refusals, rate limits and durations are recorded at the servicer's boundary,
 reports and deletions by the ingest domain once it answers them: they count
-what callers were answered. No attribute holds an address or an
-installation: only outcomes and reasons.
+what callers were answered. The rollup lag is measured by the server's
+rollup job. No attribute holds an address or an installation: only outcomes
+and reasons.
 """
 
 from __future__ import annotations
 
-from opentelemetry import metrics
+import datetime as dt
+from collections.abc import Callable
 
-_meter = metrics.get_meter("printernizer_stats.aggregation_server")
+from opentelemetry import metrics
+from printernizer_stats.common.telemetry import observe_gauge
+
+_METER = "printernizer_stats.aggregation_server"
+_meter = metrics.get_meter(_METER)
 
 REPORTS = _meter.create_counter(
     "stats.ingest.reports",
@@ -33,3 +39,24 @@ DELETIONS = _meter.create_counter(
 DURATION = _meter.create_histogram(
     "stats.ingest.duration", unit="s", description="time to answer a call, by method"
 )
+
+
+class RollupLag:
+    """stats.rollups.lag: seconds since the rollups last caught up with the
+    reports, on `clock`. `caught_up_at` is when the last refresh (by this
+    process or another replica) completed; until it is known, the server's
+    start."""
+
+    def __init__(self, clock: Callable[[], dt.datetime]) -> None:
+        self.clock = clock
+        self.caught_up_at = clock()
+        observe_gauge(
+            _METER,
+            "stats.rollups.lag",
+            self.seconds,
+            "seconds since the analytics' rollups last caught up with the stored reports",
+            unit="s",
+        )
+
+    def seconds(self) -> float:
+        return max(0.0, (self.clock() - self.caught_up_at).total_seconds())

@@ -6,7 +6,8 @@ groups are folded the same way. Every value goes through Jinja2's HTML
 autoescaping. Recipients come only from the configuration. Each report is
 claimed in the database before it is sent, so several analytics replicas and
 restarts send it once; a failed send releases the claim and is tried again
-at the next turn, logged as one line, never crashing the server.
+at the next turn, logged as one line and counted (stats.email.reports),
+never crashing the server.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from email.message import EmailMessage
 from typing import Any
 
 import jinja2
+from opentelemetry import metrics
 from printernizer.stats.v1 import analytics_service_pb2
 from printernizer_stats.common.weeks import Week, last_complete_week
 from printernizer_stats.store import schema
@@ -37,6 +39,12 @@ WEEKLY, MONTHLY = 1, 2
 # Reports go out at this hour (UTC) on Mondays and on the 1st.
 SEND_HOUR = 6
 SECURITY_MODES = ("starttls", "ssl", "none")
+
+EMAILS = metrics.get_meter("printernizer_stats.analytics_server").create_counter(
+    "stats.email.reports",
+    unit="{report}",
+    description="e-mail reports, by kind (weekly, monthly) and outcome: sent, or failed (tried again later)",
+)
 
 _templates = jinja2.Environment(
     loader=jinja2.PackageLoader("printernizer_stats.analytics", "templates"),
@@ -229,6 +237,10 @@ class Reporter:
         self.analytics = analytics
         self.engine = engine
         self.config = config
+        # Every series from zero, so that an alert sees the first failure as an increase.
+        for kind in _KIND.values():
+            for outcome in ("sent", "failed"):
+                EMAILS.add(0, {"kind": kind, "outcome": outcome})
 
     async def tick(self) -> None:
         for kind, period in due(self.analytics.clock()):
@@ -236,6 +248,7 @@ class Reporter:
                 try:
                     await send(await self.build(kind, period), self.config)
                 except Exception as exc:
+                    EMAILS.add(1, {"kind": _KIND[kind], "outcome": "failed"})
                     await self._release(kind, period)
                     log.warning(
                         "the %s e-mail report for %d was not sent (%s); will try again",
@@ -244,6 +257,7 @@ class Reporter:
                         exc,
                     )
                 else:
+                    EMAILS.add(1, {"kind": _KIND[kind], "outcome": "sent"})
                     log.info("sent the %s e-mail report for %d", _KIND[kind], period)
 
     async def build(self, kind: int, period: int) -> Report:

@@ -20,6 +20,7 @@ STATUS_MAX_AGE_SECONDS = 1.0  # one status serves every instrument of one collec
 
 
 Status = agent_service_pb2.GetStatusResponse
+_STORAGE_FAILING = (agent_service_pb2.STORAGE_CONDITION_FULL, agent_service_pb2.STORAGE_CONDITION_FAILING)
 # (name, a level (gauge) or a total that only grows (counter), read from the status, unit, meaning)
 INSTRUMENTS: tuple[tuple[str, str, Callable[[Status], int], str, str], ...] = (
     (
@@ -44,6 +45,27 @@ INSTRUMENTS: tuple[tuple[str, str, Callable[[Status], int], str, str], ...] = (
         lambda s: s.evicted_reports,
         "{report}",
         "unsent reports dropped because the outbox was full",
+    ),
+    (
+        "stats.agent.reports.dropped",
+        "counter",
+        lambda s: s.dropped_reports,
+        "{report}",
+        "reports never accepted: refused by the server for good, or given up after a week of failures",
+    ),
+    (
+        "stats.agent.delivery.failing",
+        "gauge",
+        lambda s: int(s.last_outcome == agent_service_pb2.DELIVERY_OUTCOME_RETRYING),
+        "",
+        "1 while the last delivery failed and its reports wait to be tried again, else 0",
+    ),
+    (
+        "stats.agent.storage.failing",
+        "gauge",
+        lambda s: int(s.storage in _STORAGE_FAILING),
+        "",
+        "1 while the agent's database refuses writes (the disk full, or another failure), else 0",
     ),
 )
 

@@ -14,6 +14,8 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from .telemetry import observe_gauge
+
 log = logging.getLogger(__name__)
 
 # How long a periodic job may take to finish once the server stops.
@@ -57,7 +59,8 @@ async def serve_tls(
 
     With `ready` (is the database answering?), health follows it: checked
     every `readiness_seconds`, NOT_SERVING while it is False, so a load
-    balancer sends nothing to a server that cannot store."""
+    balancer sends nothing to a server that cannot store; the metric
+    stats.database.up says the same to monitoring."""
     health_servicer = health.aio.HealthServicer()
     health_pb2_grpc.add_HealthServicer_to_server(health_servicer, server)
     reflection.enable_server_reflection([*services, health.SERVICE_NAME, reflection.SERVICE_NAME], server)
@@ -105,6 +108,12 @@ def _follow_readiness(
     what: str,
 ) -> Job:
     serving = [True]
+    observe_gauge(
+        "printernizer_stats.common.serving",
+        "stats.database.up",
+        lambda: float(serving[0]),
+        "1 while the database answers the readiness check (and health says SERVING), else 0",
+    )
 
     async def check() -> None:
         now_ready = await ready()

@@ -26,6 +26,7 @@ import logging
 import re
 import sys
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from .cli import EnvArgumentParser, host_port_or_empty
@@ -207,6 +208,32 @@ def metrics_enabled() -> bool:
     from opentelemetry.sdk.metrics import MeterProvider
 
     return isinstance(metrics.get_meter_provider(), MeterProvider)
+
+
+# What each gauge of `observe_gauge` reads, by name (one instrument per name and process).
+_gauge_readers: dict[str, Callable[[], float]] = {}
+
+
+def observe_gauge(meter: str, name: str, read: Callable[[], float], description: str, unit: str = "") -> None:
+    """Export `read()` as the gauge `name` of `meter`, read whenever metrics
+    are collected (so it is current however long ago it changed), if this
+    process collects metrics. `read` runs on the collecting thread, so it
+    must be quick and wait on nothing (no database, no event loop). Called
+    again with the same name (a server started again in the same process, as
+    tests do), the new `read` replaces the old one."""
+    if not metrics_enabled():
+        return
+    registered = name in _gauge_readers
+    _gauge_readers[name] = read
+    if registered:
+        return
+    from opentelemetry import metrics
+    from opentelemetry.metrics import CallbackOptions, Observation
+
+    def observe(_: CallbackOptions) -> list[Observation]:
+        return [Observation(_gauge_readers[name]())]
+
+    metrics.get_meter(meter).create_observable_gauge(name, [observe], unit=unit, description=description)
 
 
 def trace_database(engine: AsyncEngine) -> None:
