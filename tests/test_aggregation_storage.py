@@ -9,11 +9,11 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from printernizer_stats.aggregation.refusals import Forbidden, TooManySubmissions, WrongKey
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.store import schema
 from printernizer_stats.store.database import upgrade
 from printernizer_stats.store.ingest_store import SUBMISSION_INTERVAL, CheckedReport, IngestStore, Report
+from printernizer_stats.store.refusals import Forbidden, TooManySubmissions, WrongKey
 from sqlalchemy import func, select
 
 from . import databases

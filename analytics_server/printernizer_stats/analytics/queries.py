@@ -314,12 +314,12 @@ class Analytics:
     async def _active_within(self, last: Week, count: int) -> int:
         """Installations active in at least one of `count` weeks ending with `last`."""
         first = weeks_ending(last, count)[0]
-        installations, reports = schema.installations, schema.reports
+        latest, reports = schema.weekly_latest, schema.reports
         async with self.reading() as connection:
             if last == last_complete_week(self.clock()):
-                # No report can be newer than the last complete week: an
-                # installation's newest week tells (an indexed count).
-                statement = select(func.count()).where(installations.c.last_week >= first.key)
+                # No report can be newer than the last complete week: the
+                # installations by their newest week tell (a few rollup rows).
+                statement = select(func.sum(latest.c.installations)).where(latest.c.week >= first.key)
             else:
                 statement = select(func.count(func.distinct(reports.c.installation_id))).where(
                     reports.c.week.between(first.key, last.key)

@@ -37,6 +37,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 from . import schema
 from .database import create_server_engine
 from .refusals import Forbidden, TooManySubmissions, WrongKey
+from .rollup_store import drop_weeks_before, lock_rollups, subtract_installation
 
 SUBMISSION_INTERVAL = dt.timedelta(hours=1)
 # A transaction that lost a race is tried again this many times.
@@ -431,11 +432,14 @@ class IngestStore:
         for attempt in range(RACE_RETRIES):
             try:
                 async with self._writing() as connection:
+                    # The rollups first: their reports leave them in this transaction.
+                    rollups = await lock_rollups(connection)
                     owner, earlier = await self._deletion_facts(connection, installation_id)
                     if signed_by is not None and owner is not None and owner.refuses(signed_by):
                         raise WrongKey
                     if earlier is not None:
                         return earlier
+                    await subtract_installation(connection, rollups, installation_id)
                     deleted = await connection.execute(
                         delete(schema.reports).where(schema.reports.c.installation_id == installation_id)
                     )
@@ -498,8 +502,9 @@ class IngestStore:
     # --- retention -------------------------------------------------------------------
 
     async def purge_weeks_before(self, week: Week) -> int:
-        """Delete reports of weeks before `week` (their lists go with them)."""
+        """Delete reports of weeks before `week` (their lists and rollups go with them)."""
         async with self._writing() as connection:
+            await drop_weeks_before(connection, await lock_rollups(connection), week)
             result = await connection.execute(delete(schema.reports).where(schema.reports.c.week < week.key))
             await _count(connection, Counter.REPORTS_EXPIRED, result.rowcount)
         return result.rowcount

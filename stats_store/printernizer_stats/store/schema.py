@@ -26,6 +26,7 @@ from sqlalchemy import (
     String,
     Table,
     UniqueConstraint,
+    false,
 )
 from sqlalchemy.dialects import mssql
 
@@ -117,6 +118,9 @@ reports = Table(
     # a second server process can never store a week twice.
     UniqueConstraint("installation_id", "week"),
     Index(None, "week"),
+    # Row ids never come back after a deletion (SQLite would reuse the highest):
+    # the rollups take the new reports by id (rollup_store.py).
+    sqlite_autoincrement=True,
 )
 
 
@@ -178,9 +182,10 @@ ingest_counters = Table(
     Column("value", BigInteger, nullable=False),
 )
 
-# --- weekly rollups, kept by the analytics server -------------------------------------
-# Rebuilt week by week from `reports` when a week's reports change, so dashboard
-# queries read a few rows per week whatever the length of the history.
+# --- weekly rollups, kept by the rollup store (rollup_store.py) ----------------------------
+# Sums over `reports`, kept current by adding the new reports' contributions and
+# taking away the deleted ones', so dashboard queries read a few rows per week
+# whatever the length of the history.
 
 # Per week: installations active in it (a report for that week) and their job totals.
 weekly_totals = Table(
@@ -192,14 +197,30 @@ weekly_totals = Table(
     Column("jobs_failed", BigInteger, nullable=False),
 )
 
-# Per week and dimension value: active installations in the group (and, for
-# printer types, the printers of that type across the group). A version's
-# value is (major, minor, patch); other values use value_a only.
+# Per week and value of a dimension (the API's Dimension numbers): active
+# installations in the group (and, for printer types, the printers of that type
+# across the group). A version's value is (major, minor, patch); other values
+# use value_a only.
 weekly_groups = Table(
     "weekly_groups",
     metadata,
     Column("week", Integer, primary_key=True),
     Column("dimension", SmallInteger, primary_key=True),
+    Column("value_a", Integer, primary_key=True),
+    Column("value_b", Integer, primary_key=True),
+    Column("value_c", Integer, primary_key=True),
+    Column("installations", Integer, nullable=False),
+    Column("amount", BigInteger, nullable=False),
+)
+
+# Per week and value of a tally (rollup_store.Tally: features, errors, jobs):
+# what `installations` and `amount` are depends on the tally. Values as in
+# weekly_groups.
+weekly_tallies = Table(
+    "weekly_tallies",
+    metadata,
+    Column("week", Integer, primary_key=True),
+    Column("tally", SmallInteger, primary_key=True),
     Column("value_a", Integer, primary_key=True),
     Column("value_b", Integer, primary_key=True),
     Column("value_c", Integer, primary_key=True),
@@ -226,7 +247,8 @@ weekly_pairs = Table(
     Column("amount", BigInteger, nullable=False),
 )
 
-# Installations by the week of their first report (rebuilt whole: it is small).
+# Installations by the week of their first report, counted once that week's
+# report is rolled up.
 weekly_new = Table(
     "weekly_new",
     metadata,
@@ -234,8 +256,18 @@ weekly_new = Table(
     Column("installations", Integer, nullable=False),
 )
 
+# Installations by the week of their newest report rolled up: those active in
+# the last weeks are a sum of the last weeks' rows (no count of the fleet).
+weekly_latest = Table(
+    "weekly_latest",
+    metadata,
+    Column("week", Integer, primary_key=True),
+    Column("installations", Integer, nullable=False),
+)
+
 # Reports received per week of arrival (not of their period): counted as new
-# report rows are rolled up, so deletions later do not change the history.
+# report rows are rolled up, so deletions later do not change the history (and
+# a rebuild keeps it).
 weekly_arrivals = Table(
     "weekly_arrivals",
     metadata,
@@ -243,15 +275,16 @@ weekly_arrivals = Table(
     Column("reports", Integer, nullable=False),
 )
 
-# Where the rollups stand (one row): the newest report row they include, and
-# how many reports there were then (fewer now means some were deleted).
+# Where the rollups stand (one row, which writers of the rollups lock first):
+# the newest report row they include, and whether the next refresh is to
+# rebuild them whole (set by a migration that changes them).
 rollup_state = Table(
     "rollup_state",
     metadata,
     Column("id", SmallInteger, primary_key=True),
     Column("last_report", BigInteger, nullable=False),
-    Column("reports", BigInteger, nullable=False),
     Column("refreshed_at", DateTime(timezone=True), nullable=False),
+    Column("rebuild_requested", Boolean, nullable=False, server_default=false()),
 )
 
 # E-mail reports the analytics server has sent (or is sending): one row per
