@@ -59,13 +59,13 @@ def _forget_spans() -> None:
 
 # Fixtures, by the module and name of their function, whose every user is of these kinds.
 FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
-    "tests.test_sdk_local:agent": ("processes",),  # the agent as a process (agent_harness.agent_process)
-    "tests.test_sdk_privacy_router:agent": ("processes",),  # the same
-    "tests.test_sdk_managed:managed": ("processes",),  # the agent, started by the SDK
-    "tests.test_addon_service:addon_base": ("processes",),  # its tests run the add-on under s6
-    "tests.test_pages:browser": ("browser", "processes"),  # Chromium, through Playwright
-    "tests.test_readiness:postgres_url": ("postgres",),  # a fresh database on the server
-    "tests.test_containers:images": ("containers",),  # podman builds them
+    "tests.sdk.test_local:agent": ("processes",),  # the agent as a process (agent_harness.agent_process)
+    "tests.sdk.test_privacy_router:agent": ("processes",),  # the same
+    "tests.sdk.test_managed:managed": ("processes",),  # the agent, started by the SDK
+    "tests.system.test_addon_service:addon_base": ("processes",),  # its tests run the add-on under s6
+    "tests.gateway.test_pages:browser": ("browser", "processes"),  # Chromium, through Playwright
+    "tests.system.test_readiness:postgres_url": ("postgres",),  # a fresh database on the server
+    "tests.system.test_containers:images": ("containers",),  # podman builds them
 }
 
 
