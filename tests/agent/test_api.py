@@ -44,6 +44,7 @@ from ..agent_harness import (
     job_failed,
     times_this_week,
 )
+from .conftest import bad_request, rpc_error
 
 # The harness's fixtures, used by the tests below (imported explicitly, not via conftest).
 agent = agent_harness.agent
@@ -52,23 +53,6 @@ agent_dir = agent_harness.agent_dir
 UTC = dt.UTC
 C = common_pb2
 KIND = agent_service_pb2
-
-
-async def rpc_error(call: object) -> grpc.aio.AioRpcError:
-    """The error an awaited call fails with (the test fails if it succeeds)."""
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
-
-
-async def bad_request(call: object) -> list[str]:
-    """The fields named by an INVALID_ARGUMENT error."""
-    error = await rpc_error(call)
-    assert error.code() == grpc.StatusCode.INVALID_ARGUMENT, error.details()
-    fields = [f for f, _ in field_violations(error)]
-    assert fields, "INVALID_ARGUMENT without a BadRequest detail"
-    assert error.details().startswith(f"{fields[0]}: ")
-    return fields
 
 
 def record_request(*events: usage_event_pb2.UsageEvent) -> agent_service_pb2.RecordEventsRequest:

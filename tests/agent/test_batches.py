@@ -25,7 +25,7 @@ from ..agent_harness import (
     job_completed,
     job_created,
 )
-from ..agent.test_api import bad_request
+from .conftest import bad_request
 
 agent = agent_harness.agent
 agent_dir = agent_harness.agent_dir

@@ -21,13 +21,11 @@ from printernizer_stats.agent.consent import LOCAL_ONLY, SHARING, Override
 from printernizer_stats.agent.delivery import Backoff, Courier, Uplink, deliver
 from printernizer_stats.agent.storage import AgentStore
 from printernizer_stats.common.weeks import Week
-from printernizer_stats.store import schema
-from printernizer_stats.store.database import create_sync_engine
-from sqlalchemy import func, select
 
 from .. import agent_harness
 from ..agent_harness import FakeClock, job_created
-from ..aggregation.test_server import RunningServer, database_url, server  # noqa: F401 - fixtures
+from ..aggregation.conftest import RunningServer, database_url, server  # noqa: F401 - fixtures
+from .conftest import stored_on_server
 
 W = Week(2026, 40)
 
@@ -56,15 +54,6 @@ async def uplink(server: RunningServer, tmp_path: Path) -> AsyncIterator[Uplink]
     opened = Uplink(f"localhost:{server.port}", str(ca))
     yield opened
     await opened.close()
-
-
-def stored_on_server(server: RunningServer) -> int:  # noqa: F811
-    engine = create_sync_engine(server.database_url)
-    try:
-        with engine.connect() as connection:
-            return int(connection.execute(select(func.count()).select_from(schema.reports)).scalar_one())
-    finally:
-        engine.dispose()
 
 
 async def test_a_finished_week_reaches_the_server_and_the_ledger(

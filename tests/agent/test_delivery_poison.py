@@ -32,8 +32,8 @@ from printernizer_stats.common.weeks import Week
 from printernizer_stats.store import schema
 
 from ..agent_harness import FakeClock, job_created
-from ..aggregation.test_server import RunningServer, running_server
-from ..agent.test_delivery import stored_on_server
+from ..aggregation.conftest import RunningServer, running_server
+from .conftest import stored_on_server
 
 W1, W2, W3 = Week(2026, 30), Week(2026, 31), Week(2026, 32)
 POISON_JOBS = 777_777

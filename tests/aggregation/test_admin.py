@@ -13,7 +13,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2, ingest_service_pb2
+from printernizer.stats.v1 import ingest_admin_service_pb2, ingest_service_pb2
 from printernizer_stats.aggregation.servicer import CallLimiter
 from printernizer_stats.common.admin import (
     AdminTokenError,
@@ -22,35 +22,26 @@ from printernizer_stats.common.admin import (
     read_token_file,
 )
 from printernizer_stats.common.errors import field_violations, retry_delay
-from printernizer_stats.common.identity import report_id
 from printernizer_stats.common.weeks import Week
 
 from .. import databases
-from ..aggregation.test_ingest import Installation, unknown_field
-from ..aggregation.test_server import (
+from .conftest import (
     ADMIN_TOKEN,
     TIMEOUT,
+    Installation,
     OffsetClock,
     RunningServer,
+    report_of,
     rpc_error,
     running_server,
-    server,
+    unknown_field,
 )
-from ..aggregation.test_validation import valid_report
 
 database_url = databases.database_url
-__all__ = ["server"]  # a fixture used here
 
 ADMIN = bearer_metadata(ADMIN_TOKEN)
 W44, W45, W46 = Week(2026, 44), Week(2026, 45), Week(2026, 46)
 Counter = ingest_admin_service_pb2.IngestCounter
-
-
-def report_of(installation: Installation, week: Week) -> aggregated_stats_pb2.AggregatedStats:
-    report = valid_report(week)
-    report.installation.installation_id = installation.installation_id
-    report.report_id = report_id(installation.installation_id, week)
-    return report
 
 
 def counters(status: ingest_admin_service_pb2.GetIngestStatusResponse) -> dict[int, int]:

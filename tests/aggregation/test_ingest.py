@@ -8,9 +8,7 @@ import uuid
 from collections.abc import AsyncIterator
 
 import pytest
-from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
-from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
-from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, ingest_service_pb2
+from printernizer.stats.v1 import common_pb2, ingest_service_pb2
 from printernizer_stats.aggregation.ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
 from printernizer_stats.common.refusals import FieldError, Unauthenticated
 from printernizer_stats.common.weeks import Week
@@ -22,57 +20,10 @@ from sqlalchemy import select
 
 from .. import databases
 from ..agent_harness import FakeClock
-from ..aggregation.test_validation import INSTALLATION, NOW, valid_report
+from .conftest import INSTALLATION, NOW, Installation, valid_report
 
 database_url = databases.database_url
 W45, W46 = Week(2026, 45), Week(2026, 46)
-
-
-class Installation:
-    """The signing side of one installation, as its agent would sign."""
-
-    def __init__(self, installation_id: bytes = INSTALLATION) -> None:
-        self.installation_id = installation_id
-        self.key = Ed25519PrivateKey.generate()
-        self.public_key = self.key.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)
-
-    def submission(
-        self, *reports: aggregated_stats_pb2.AggregatedStats | bytes
-    ) -> ingest_service_pb2.SubmitReportsRequest:
-        """Reports signed as the agent signs them; bytes are signed as they are."""
-        request = ingest_service_pb2.SubmitReportsRequest(
-            installation_id=self.installation_id, public_key=self.public_key
-        )
-        for report in reports:
-            data = report if isinstance(report, bytes) else report.SerializeToString()
-            request.reports.add(report=data, signature=self.key.sign(data))
-        return request
-
-    def deletion(self, requested_at: dt.datetime = NOW) -> ingest_service_pb2.DeleteInstallationRequest:
-        order = ingest_service_pb2.DeletionOrder(installation_id=self.installation_id)
-        order.requested_at.FromDatetime(requested_at)
-        return self.signed_deletion(order.SerializeToString())
-
-    def signed_deletion(self, order: bytes) -> ingest_service_pb2.DeleteInstallationRequest:
-        """A deletion request carrying `order` as it is, signed."""
-        return ingest_service_pb2.DeleteInstallationRequest(
-            order=order, signature=self.key.sign(order), public_key=self.public_key
-        )
-
-
-def unknown_field(number: int, payload: bytes) -> bytes:
-    """The encoding of a length-delimited field `number` that the contract does
-    not have: appended to a message's bytes, a parser keeps it as unknown."""
-    return varint(number << 3 | 2) + varint(len(payload)) + payload
-
-
-def varint(value: int) -> bytes:
-    encoded = bytearray()
-    while True:
-        byte, value = value & 0x7F, value >> 7
-        encoded.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(encoded)
 
 
 @pytest.fixture

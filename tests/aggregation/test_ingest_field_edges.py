@@ -30,9 +30,7 @@ from printernizer_stats.common.identity import report_id
 from printernizer_stats.common.weeks import Week
 
 from .. import databases
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_server import ADMIN_TOKEN, TIMEOUT, RunningServer, rpc_error, running_server
+from .conftest import ADMIN_TOKEN, TIMEOUT, Installation, RunningServer, report_of, rpc_error, running_server
 
 database_url = databases.database_url
 ADMIN = bearer_metadata(ADMIN_TOKEN)

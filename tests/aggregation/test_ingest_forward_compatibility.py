@@ -38,9 +38,18 @@ from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select
 
 from .. import databases
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_server import ADMIN_TOKEN, TIMEOUT, RunningServer, running_server
-from ..aggregation.test_validation import FIRST_KEPT, INSTALLATION, LAST_WEEK, NOW, valid_report
+from .conftest import (
+    ADMIN_TOKEN,
+    FIRST_KEPT,
+    INSTALLATION,
+    LAST_WEEK,
+    NOW,
+    TIMEOUT,
+    Installation,
+    RunningServer,
+    running_server,
+    valid_report,
+)
 
 database_url = databases.database_url
 ADMIN = bearer_metadata(ADMIN_TOKEN)

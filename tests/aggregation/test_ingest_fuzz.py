@@ -52,10 +52,17 @@ from sqlalchemy import select
 from sqlalchemy.engine import Engine
 
 from .. import databases
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation, varint
-from ..aggregation.test_server import ADMIN_TOKEN, TIMEOUT, RunningServer, running_server
-from ..aggregation.test_ingest_unknown_fields import PATHS, spliced_at_path
+from .conftest import (
+    ADMIN_TOKEN,
+    PATHS,
+    TIMEOUT,
+    Installation,
+    RunningServer,
+    report_of,
+    running_server,
+    spliced_at_path,
+    varint,
+)
 
 database_url = databases.database_url
 ADMIN = bearer_metadata(ADMIN_TOKEN)

@@ -37,13 +37,13 @@ from printernizer_stats.common.errors import retry_delay
 from printernizer_stats.common.weeks import Week
 
 from .. import databases
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_server import (
+from .conftest import (
     ADMIN_TOKEN,
     TIMEOUT,
+    Installation,
     OffsetClock,
     RunningServer,
+    report_of,
     running_server,
     snapshot,
 )

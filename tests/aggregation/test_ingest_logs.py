@@ -17,7 +17,6 @@ reports' bytes and the text carried in unknown fields.
 from __future__ import annotations
 
 import asyncio
-import base64
 import contextlib
 import datetime as dt
 import json
@@ -36,9 +35,7 @@ from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.weeks import Week
 
 from ..postgres_instance import postgres_instance
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation, unknown_field
-from ..aggregation.test_processes import start_server
+from .conftest import Installation, encodings, report_of, start_server, unknown_field
 
 pytestmark = pytest.mark.processes
 
@@ -48,17 +45,6 @@ WEEKS = [LAST_WEEK.previous().previous(), LAST_WEEK.previous(), LAST_WEEK]
 # A count of created jobs the database is made to refuse (a constraint added for the test).
 REFUSED_COUNT = 4242
 SECRET = b"alice@example.org /home/alice/benchy.gcode"
-
-
-def encodings(value: bytes) -> list[str]:
-    """Every way a log line could spell `value`."""
-    forms = [value.hex(), value.hex().upper(), repr(value)[2:-1]]
-    for encode in (base64.b64encode, base64.urlsafe_b64encode):
-        text = encode(value).decode()
-        forms += [text, text.rstrip("=")]
-    if len(value) == 16:
-        forms += [str(uuid.UUID(bytes=value)), str(uuid.UUID(bytes=value)).upper()]
-    return forms
 
 
 @contextlib.contextmanager

@@ -18,7 +18,6 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from google.protobuf.message import Message
 from printernizer.stats.v1 import aggregated_stats_pb2, ingest_admin_service_pb2, ingest_service_pb2
 from printernizer_stats.common.admin import bearer_metadata
@@ -28,29 +27,24 @@ from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select
 
 from .. import databases
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation, varint
-from ..aggregation.test_server import ADMIN_TOKEN, TIMEOUT, RunningServer, running_server, snapshot
+from .conftest import (
+    ADMIN_TOKEN,
+    PATHS,
+    TIMEOUT,
+    Installation,
+    RunningServer,
+    report_of,
+    running_server,
+    snapshot,
+    spliced_at_path,
+    varint,
+)
 
 database_url = databases.database_url
 ADMIN = bearer_metadata(ADMIN_TOKEN)
 WEEK = Week.containing(dt.datetime.now(dt.UTC)).previous()
-# One step into a message: a field, and the entry of a repeated one.
-Step = tuple[str, int | None]
 # Text that would be a leak if it were ever kept.
 SECRET = b"/home/alice/prints/benchy.gcode alice@example.org 192.0.2.7 "
-
-
-def message_paths(descriptor: Descriptor, prefix: tuple[Step, ...] = ()) -> Iterator[tuple[Step, ...]]:
-    """Every message reachable from `descriptor`, as the steps that reach it."""
-    yield prefix
-    for field in descriptor.fields:
-        if field.message_type is not None:
-            step = (field.name, 0 if field.is_repeated else None)
-            yield from message_paths(field.message_type, (*prefix, step))
-
-
-PATHS = list(message_paths(aggregated_stats_pb2.AggregatedStats.DESCRIPTOR))
 
 
 def marked_unknown_fields(marker: bytes) -> bytes:
@@ -66,25 +60,6 @@ def marked_unknown_fields(marker: bytes) -> bytes:
         + varint(9004 << 3 | 5)
         + b"\x02" * 4
     )
-
-
-def spliced_at_path(message: Message, path: tuple[Step, ...], extra: bytes) -> bytes:
-    """`message` serialized with `extra` appended inside the message at `path`
-    (that entry of a repeated field moves to the end of its list)."""
-    if not path:
-        return message.SerializeToString() + extra
-    (name, index), rest = path[0], path[1:]
-    field: FieldDescriptor = message.DESCRIPTOR.fields_by_name[name]
-    outer = type(message)()
-    outer.CopyFrom(message)
-    if index is None:
-        inner = getattr(message, name)
-        outer.ClearField(name)
-    else:
-        inner = getattr(message, name)[index]
-        del getattr(outer, name)[index]
-    data = spliced_at_path(inner, rest, extra)
-    return outer.SerializeToString() + varint(field.number << 3 | 2) + varint(len(data)) + data
 
 
 def carries_unknown_fields(message: Message) -> bool:

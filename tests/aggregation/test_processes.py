@@ -10,10 +10,8 @@ import os
 import signal
 import subprocess
 import sys
-import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
@@ -22,73 +20,15 @@ from printernizer.stats.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.demo.services import free_port
-from printernizer_stats.store import schema
-from printernizer_stats.store.database import create_sync_engine
-from sqlalchemy import func, select
 
 from .. import databases
 from ..conftest import ROOT
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
+from .conftest import Installation, ServerProcess, count_reports, report_of, start_server
 
 pytestmark = pytest.mark.processes
 
 W45, W46 = Week(2026, 45), Week(2026, 46)
-START_TIMEOUT = 60.0
 TIMEOUT = 10
-
-
-@dataclass
-class ServerProcess:
-    process: subprocess.Popen[bytes]
-    port: int
-    log_path: Path
-
-    def log(self) -> str:
-        return self.log_path.read_text(errors="replace")
-
-    async def wait_until_serving(self) -> None:
-        deadline = time.monotonic() + START_TIMEOUT
-        while "serving over TLS on port" not in self.log():
-            if self.process.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError(f"the server did not start:\n{self.log()}")
-            await asyncio.sleep(0.05)
-
-
-def start_server(
-    base: Path,
-    database_url: str,
-    name: str,
-    port: int | None = None,
-    extra: tuple[str, ...] = (),
-    env: dict[str, str] | None = None,
-) -> ServerProcess:
-    """`python -m printernizer_stats.aggregation` with its files under `base`, logging to base/NAME.log."""
-    port = port or free_port()
-    log_path = base / f"{name}.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "printernizer_stats.aggregation",
-                "--listen",
-                f"127.0.0.1:{port}",
-                "--database-url",
-                database_url,
-                "--tls-dir",
-                str(base / "tls"),
-                "--admin-token-file",
-                str(base / "admin-token"),
-                *extra,
-            ],
-            cwd=ROOT,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=log,
-            env=env,
-        )
-    return ServerProcess(process, port, log_path)
 
 
 @contextlib.asynccontextmanager
@@ -115,15 +55,6 @@ def stubs(
     yield [ingest_service_pb2_grpc.IngestServiceStub(channel) for channel in channels]
     for channel in channels:
         asyncio.get_running_loop().create_task(channel.close())
-
-
-def count_reports(database_url: str) -> int:
-    engine = create_sync_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return int(connection.execute(select(func.count()).select_from(schema.reports)).scalar_one())
-    finally:
-        engine.dispose()
 
 
 @pytest.mark.postgres

@@ -3,100 +3,21 @@
 
 from __future__ import annotations
 
-import asyncio
-import dataclasses
 import datetime as dt
 import logging
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import grpc
 import pytest
-from printernizer.stats.v1 import ingest_admin_service_pb2_grpc, ingest_service_pb2, ingest_service_pb2_grpc
-from printernizer_stats.aggregation.server import ServerConfig, serve
+from printernizer.stats.v1 import ingest_service_pb2, ingest_service_pb2_grpc
 from printernizer_stats.common.errors import field_violations, retry_delay
-from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
 
 from .. import databases
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_validation import valid_report
+from .conftest import TIMEOUT, Installation, RunningServer, rpc_error, snapshot, valid_report
 
 database_url = databases.database_url
 W45, W46 = Week(2026, 45), Week(2026, 46)
-TIMEOUT = 10
-
-
-ADMIN_TOKEN = "test-admin-token-" + "x" * 32
-
-
-class OffsetClock:
-    """The server's clock for a test: the real time, moved by `offset`."""
-
-    def __init__(self) -> None:
-        self.offset = dt.timedelta()
-
-    def __call__(self) -> dt.datetime:
-        return dt.datetime.now(dt.UTC) + self.offset
-
-
-@dataclass
-class RunningServer:
-    stub: ingest_service_pb2_grpc.IngestServiceStub
-    admin: ingest_admin_service_pb2_grpc.IngestAdminServiceStub
-    channel: grpc.aio.Channel
-    port: int
-    ca: bytes
-    database_url: str
-
-
-@asynccontextmanager
-async def running_server(
-    database_url: str,
-    tmp_path: Path,
-    clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
-    **config: Any,
-) -> AsyncIterator[RunningServer]:
-    """The real server in this process, over TLS with a self-made CA; `config`
-    overrides ServerConfig fields, `clock` the server's time."""
-    tls = ensure_self_made(tmp_path / "tls")
-    settings = ServerConfig("127.0.0.1:0", database_url, tls, retention_days=730, admin_token=ADMIN_TOKEN)
-    settings = dataclasses.replace(settings, **config)
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-    task = asyncio.create_task(serve(settings, stop, on_ready=ready.set_result, clock=clock))
-    port = await asyncio.wait_for(ready, 30)
-    assert tls.ca_certificate is not None
-    ca = tls.ca_certificate.read_bytes()
-    channel = grpc.aio.secure_channel(f"localhost:{port}", grpc.ssl_channel_credentials(root_certificates=ca))
-    try:
-        yield RunningServer(
-            ingest_service_pb2_grpc.IngestServiceStub(channel),
-            ingest_admin_service_pb2_grpc.IngestAdminServiceStub(channel),
-            channel,
-            port,
-            ca,
-            database_url,
-        )
-    finally:
-        await channel.close()
-        stop.set()
-        await asyncio.wait_for(task, 30)
-
-
-@pytest.fixture
-async def server(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServer]:
-    async with running_server(database_url, tmp_path) as running:
-        yield running
-
-
-async def rpc_error(call: object) -> grpc.aio.AioRpcError:
-    with pytest.raises(grpc.aio.AioRpcError) as caught:
-        await call  # type: ignore[misc]
-    return caught.value
 
 
 async def test_submit_replay_and_delete_over_tls(server: RunningServer) -> None:
@@ -216,28 +137,10 @@ def test_an_unusable_database_url_is_one_clear_line(tmp_path: Path, url: str, fr
     assert "Traceback" not in result.stderr
 
 
-def snapshot(database_url: str) -> dict[str, list[tuple[object, ...]]]:
-    """Every stored row of every table but the operational counters and the rollups, sorted. The
-    rollups follow the stored reports on the server's own schedule (its rollup job)."""
-    from printernizer_stats.store import schema
-    from printernizer_stats.store.database import create_sync_engine
-
-    engine = create_sync_engine(database_url)
-    try:
-        with engine.connect() as connection:
-            return {
-                name: sorted((tuple(row) for row in connection.execute(table.select())), key=repr)
-                for name, table in schema.metadata.tables.items()
-                if name not in ("ingest_counters", "rollup_state") and not name.startswith("weekly_")
-            }
-    finally:
-        engine.dispose()
-
-
 async def test_bad_input_changes_nothing_already_stored(server: RunningServer) -> None:
     import uuid
 
-    from .test_aggregation_admin import report_of
+    from .conftest import report_of
 
     owner = Installation(uuid.uuid4().bytes)
     W44 = Week(2026, 44)

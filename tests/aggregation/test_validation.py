@@ -2,43 +2,15 @@
 
 from __future__ import annotations
 
-import datetime as dt
 import uuid
 
 import pytest
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, country_pb2
 from printernizer_stats.aggregation.validation import check_report, normalise_unknown_values
-from printernizer_stats.common.identity import report_id, signature_is_valid
+from printernizer_stats.common.identity import signature_is_valid
 from printernizer_stats.common.weeks import Week
 
-NOW = dt.datetime(2026, 11, 22, 12, tzinfo=dt.UTC)
-INSTALLATION = uuid.UUID("6f1c2a9e-8b3d-4e5f-9a0b-1c2d3e4f5a6b").bytes
-LAST_WEEK = Week.containing(NOW).previous()
-FIRST_KEPT = Week(2024, 48)  # two years before NOW, as the default retention keeps
-
-
-def valid_report(week: Week = LAST_WEEK) -> aggregated_stats_pb2.AggregatedStats:
-    report = aggregated_stats_pb2.AggregatedStats(
-        schema_version=aggregated_stats_pb2.REPORT_SCHEMA_VERSION_1,
-        report_id=report_id(INSTALLATION, week),
-        installation=aggregated_stats_pb2.InstallationInfo(
-            installation_id=INSTALLATION,
-            app_version=common_pb2.Version(major=2, minor=7),
-            python_version=common_pb2.Version(major=3, minor=11, patch=7),
-            platform=common_pb2.PLATFORM_LINUX,
-            deployment_mode=common_pb2.DEPLOYMENT_MODE_DOCKER,
-            country=country_pb2.COUNTRY_DE,
-        ),
-        period=week.to_proto(),
-    )
-    report.printer_fleet.printers.add(printer_type=common_pb2.PRINTER_TYPE_PRUSA, count=2)
-    report.usage.jobs_created, report.usage.jobs_completed, report.usage.jobs_failed = 5, 3, 2
-    report.usage.completed_job_durations.add(duration=common_pb2.JOB_DURATION_BUCKET_UNDER_1_HOUR, count=3)
-    report.usage.job_failures.add(reason=common_pb2.JOB_FAILURE_REASON_CANCELLED, count=2)
-    report.usage.app_starts, report.usage.unclean_shutdowns, report.usage.uptime_hours = 2, 1, 100
-    report.features.add(feature=common_pb2.FEATURE_LIBRARY, enabled=True)
-    report.errors.add(error_type=common_pb2.ERROR_TYPE_TIMEOUT, component=common_pb2.COMPONENT_API, count=4)
-    return report
+from .conftest import FIRST_KEPT, INSTALLATION, NOW, valid_report
 
 
 def fields(report: aggregated_stats_pb2.AggregatedStats, installation: bytes = INSTALLATION) -> list[str]:

@@ -18,9 +18,7 @@ from printernizer_stats.store.rollup_store import Rollups
 
 from .. import databases
 from ..agent_harness import FakeClock
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_validation import NOW
+from ..aggregation.conftest import NOW, Installation, report_of
 
 database_url = databases.database_url
 Kind, Severity = anomalies.Kind, anomalies.Severity

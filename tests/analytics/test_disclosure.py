@@ -43,10 +43,10 @@ from printernizer_stats.store.rollup_store import Rollups
 
 from .. import databases
 from ..agent_harness import FakeClock
+from ..aggregation.conftest import ADMIN_TOKEN, RunningServer, running_server
 from ..disclosure_auditor import Ask, Member, Published, Setup, Truth, audit, collect, json_counts
-from ..aggregation.test_server import ADMIN_TOKEN, RunningServer, running_server
-from ..analytics.test_server import refresh_rollups, running_analytics
-from ..gateway.test_stats import running_gateway
+from ..gateway.conftest import running_gateway
+from .conftest import refresh_rollups, running_analytics
 
 database_url = databases.database_url
 P, C = common_pb2, country_pb2

@@ -11,11 +11,8 @@ import ssl
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
-from email import message_from_bytes
 from email.message import Message
 from pathlib import Path
-from typing import Any
 
 import pytest
 from aiosmtpd.controller import Controller
@@ -23,7 +20,6 @@ from printernizer.stats.v1 import analytics_service_pb2, country_pb2
 from printernizer_stats.analytics.email_reports import (
     MONTHLY,
     WEEKLY,
-    MailConfig,
     Reporter,
     due,
     send,
@@ -37,45 +33,9 @@ from printernizer_stats.store import schema
 from sqlalchemy import func, select
 
 from ..agent_harness import FakeClock
+from ..aggregation.conftest import Installation, report_of
 from ..conftest import ROOT
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..analytics.test_queries import W46, Stored, database_url, stored
-
-__all__ = ["database_url", "stored"]  # fixtures used here
-
-
-class Inbox:
-    """An SMTP handler that keeps every message it is given."""
-
-    def __init__(self) -> None:
-        self.messages: list[Message] = []
-
-    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
-        self.messages.append(message_from_bytes(envelope.original_content or envelope.content))
-        return "250 OK"
-
-
-@pytest.fixture
-def smtp() -> Iterator[tuple[Inbox, int]]:
-    inbox = Inbox()
-    controller = Controller(inbox, hostname="127.0.0.1", port=free_port())
-    controller.start()
-    try:
-        yield inbox, controller.port
-    finally:
-        controller.stop()
-
-
-def mail(port: int, **extra: Any) -> MailConfig:
-    settings: dict[str, Any] = {
-        "host": "127.0.0.1",
-        "port": port,
-        "security": "none",
-        "sender": "stats@printernizer.invalid",
-        "recipients": ("maintainers@printernizer.invalid",),
-    }
-    return MailConfig(**(settings | extra))
+from .conftest import W46, Inbox, Stored, mail
 
 
 def parts(message: Message) -> tuple[str, str]:

@@ -23,10 +23,10 @@ from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.errors import field_violations
 from printernizer_stats.common.weeks import MAX_YEAR, MIN_YEAR
 
+from ..aggregation.conftest import ADMIN_TOKEN, RunningServer, running_server
 from ..disclosure_auditor import Member, Setup
-from ..aggregation.test_server import ADMIN_TOKEN, RunningServer, running_server
-from ..analytics.test_server import last_week, refresh_rollups, running_analytics
 from ..unknown_fields import messages
+from .conftest import last_week, refresh_rollups, running_analytics
 
 SERVICE = analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsService"]
 ADMIN = bearer_metadata(ADMIN_TOKEN)

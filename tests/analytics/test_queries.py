@@ -7,86 +7,21 @@ small groups folded; every count rounded to a multiple of k (here 3: 1 -> 0,
 from __future__ import annotations
 
 import uuid
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 
 import pytest
-from printernizer.stats.v1 import analytics_service_pb2, common_pb2
-from printernizer_stats.aggregation.ingest import Ingest
+from printernizer.stats.v1 import analytics_service_pb2
 from printernizer_stats.analytics.privacy import Disclosure, Group, fold_small_groups, rounded
 from printernizer_stats.analytics.queries import Analytics
 from printernizer_stats.common.refusals import FieldError
 from printernizer_stats.common.weeks import Week
-from printernizer_stats.store.database import upgrade
-from printernizer_stats.store.ingest_store import IngestStore
-from printernizer_stats.store.rollup_store import Rollups
 
 from .. import databases
 from ..agent_harness import FakeClock
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_validation import NOW
+from ..aggregation.conftest import NOW, Installation, report_of
+from .conftest import DOCKER, W44, W45, W46, K, Stored
 
 database_url = databases.database_url
-W44, W45, W46 = Week(2026, 44), Week(2026, 45), Week(2026, 46)  # NOW is in W47: W46 is the last complete
 Dimension = analytics_service_pb2.Dimension
-DOCKER, HA, PI, STANDALONE = (
-    common_pb2.DEPLOYMENT_MODE_DOCKER,
-    common_pb2.DEPLOYMENT_MODE_HOME_ASSISTANT_ADDON,
-    common_pb2.DEPLOYMENT_MODE_RASPBERRY_PI,
-    common_pb2.DEPLOYMENT_MODE_STANDALONE,
-)
-K = 3
-
-
-@dataclass
-class Member:
-    mode: int
-    version: tuple[int, int, int]
-    weeks: tuple[Week, ...]
-    timelapse: bool | None = None  # None: the report does not mention it
-
-
-# The fleet, by hand: 12 installations, all with the library switched on.
-FLEET = (
-    [Member(DOCKER, (2, 7, 0), (W45, W46), timelapse=True)] * 6
-    + [Member(HA, (2, 8, 0), (W46,))] * 2
-    + [Member(PI, (2, 8, 0), (W45, W46), timelapse=False)] * 3
-    + [Member(STANDALONE, (2, 6, 1), (W44,))]
-)
-
-
-@dataclass
-class Stored:
-    ingest: Ingest
-    analytics: Analytics
-    rollups: Rollups
-    installations: list[Installation]
-
-
-@pytest.fixture
-async def stored(database_url: str) -> AsyncIterator[Stored]:
-    upgrade(database_url)
-    store = IngestStore.open(database_url)
-    ingest = Ingest(store, FakeClock(NOW))
-    installations = []
-    for member in FLEET:
-        agent = Installation(uuid.uuid4().bytes)
-        reports = []
-        for week in member.weeks:
-            report = report_of(agent, week)
-            report.installation.deployment_mode = member.mode  # type: ignore[assignment]
-            version = report.installation.app_version
-            version.major, version.minor, version.patch = member.version
-            if member.timelapse is not None:
-                report.features.add(feature=common_pb2.FEATURE_TIMELAPSE, enabled=member.timelapse)
-            reports.append(report)
-        await ingest.submit(agent.submission(*reports))
-        installations.append(agent)
-    rollups = Rollups(store.engine, FakeClock(NOW))
-    assert await rollups.refresh() == [W44, W45, W46]
-    yield Stored(ingest, Analytics(store.engine, K, FakeClock(NOW)), rollups, installations)
-    await store.close()
 
 
 def trend_figures(response: analytics_service_pb2.GetInstallationTrendResponse) -> list[tuple[object, ...]]:

@@ -26,17 +26,13 @@ from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.demo.services import free_port
 from printernizer_stats.store.database import upgrade
 
+from ..aggregation.conftest import ADMIN_TOKEN, TIMEOUT, Installation, report_of, running_server
 from ..conftest import ROOT
 from ..postgres_replica import Replication, scalar, streaming_replication
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_server import ADMIN_TOKEN, TIMEOUT, running_server
-from ..analytics.test_email_reports import Inbox, mail, smtp
-from ..analytics.test_server import last_week, running_analytics
-from ..system.test_readiness import SERVING, wait_for_health
+from ..system.conftest import SERVING, wait_for_health
+from .conftest import Inbox, last_week, mail, running_analytics
 
 pytestmark = [pytest.mark.postgres, pytest.mark.processes]
-__all__ = ["smtp"]  # a fixture used here
 ADMIN = bearer_metadata(ADMIN_TOKEN)
 COUNTRY = analytics_service_pb2.GetDistributionRequest(
     dimensions=[analytics_service_pb2.Dimension.DIMENSION_COUNTRY]

@@ -5,11 +5,10 @@ follow new reports through the aggregation server's rollup job, precise errors."
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -19,21 +18,26 @@ import grpc
 import pytest
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 from printernizer_stats.analytics.queries import Analytics
-from printernizer_stats.analytics.server import ServerConfig, serve
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.errors import field_violations
-from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.store import schema
-from printernizer_stats.store.database import async_url, create_server_engine
-from printernizer_stats.store.rollup_store import Rollups
+from printernizer_stats.store.database import async_url
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
 
 from .. import databases
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_server import ADMIN_TOKEN, TIMEOUT, RunningServer, rpc_error, running_server, server
+from ..aggregation.conftest import (
+    ADMIN_TOKEN,
+    TIMEOUT,
+    Installation,
+    RunningServer,
+    report_of,
+    rpc_error,
+    running_server,
+    server,
+)
+from .conftest import last_week, refresh_rollups, running_analytics
 
 database_url = databases.database_url
 __all__ = ["server"]  # a fixture used here
@@ -47,29 +51,6 @@ class RunningAnalytics:
 
 
 @asynccontextmanager
-async def running_analytics(
-    database_url: str, tls_dir: Path, clock: Callable[[], dt.datetime] | None = None, **config: Any
-) -> AsyncIterator[tuple[int, bytes]]:
-    """The analytics server in this process, over TLS with the self-made
-    material in `tls_dir`; `config` overrides ServerConfig fields. Yields its
-    port and the CA that verifies it. It answers from the rollups as the
-    aggregation server last refreshed them (see refresh_rollups)."""
-    tls = ensure_self_made(tls_dir)
-    settings = dataclasses.replace(ServerConfig("127.0.0.1:0", database_url, tls, ADMIN_TOKEN), **config)
-    ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
-    stop = asyncio.Event()
-    times = {} if clock is None else {"clock": clock}
-    task = asyncio.create_task(serve(settings, stop, on_ready=ready.set_result, **times))
-    try:
-        port = await asyncio.wait_for(ready, 60)
-        assert tls.ca_certificate is not None
-        yield port, tls.ca_certificate.read_bytes()
-    finally:
-        stop.set()
-        await asyncio.wait_for(task, 60)
-
-
-@asynccontextmanager
 async def analytics_client(
     database_url: str, tls_dir: Path, **config: Any
 ) -> AsyncIterator[RunningAnalytics]:
@@ -80,35 +61,11 @@ async def analytics_client(
             yield RunningAnalytics(analytics_service_pb2_grpc.AnalyticsServiceStub(channel))
 
 
-async def refresh_rollups(database_url: str) -> None:
-    """What the aggregation server's rollup job does, done now: for tests that fill a database, then
-    start an analytics server over it. A refresh skips while another holds its lock (on PostgreSQL,
-    the aggregation server's own job at its start), so it is done until the rollups count every
-    stored report."""
-    engine = create_server_engine(database_url)
-    try:
-        stored = select(func.count()).select_from(schema.reports)
-        rolled_up = select(func.coalesce(func.sum(schema.weekly_totals.c.active), 0))
-        for _ in range(200):
-            await Rollups(engine).refresh()
-            async with engine.connect() as connection:
-                if await connection.scalar(stored) == await connection.scalar(rolled_up):
-                    return
-            await asyncio.sleep(0.05)
-        raise AssertionError("the rollups did not catch up with the stored reports")
-    finally:
-        await engine.dispose()
-
-
 @pytest.fixture
 async def analytics(server: RunningServer, tmp_path: Path) -> AsyncIterator[RunningAnalytics]:
     # The aggregation server's TLS directory, as by default.
     async with analytics_client(server.database_url, tmp_path / "tls", min_group_size=2) as running:
         yield running
-
-
-def last_week() -> Week:
-    return Week.containing(dt.datetime.now(dt.UTC)).previous()
 
 
 async def test_answers_follow_new_reports(database_url: str, tmp_path: Path) -> None:
@@ -189,7 +146,7 @@ async def test_a_failing_smtp_server_does_not_stop_the_service(
     from printernizer_stats.analytics.email_reports import MailConfig
     from printernizer_stats.demo.services import free_port
 
-    from .agent_harness import FakeClock
+    from ..agent_harness import FakeClock
 
     unreachable = MailConfig(
         "127.0.0.1", free_port(), "none", "stats@printernizer.invalid", ("m@printernizer.invalid",)

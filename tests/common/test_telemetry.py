@@ -45,18 +45,15 @@ from ..agent_harness import (
     running_agent,
     short_private_dir,
 )
+from ..aggregation.conftest import TIMEOUT, Installation, report_of, rpc_error, running_server, start_server
+from ..aggregation.conftest import server as server
+from ..analytics.conftest import last_week
 from ..conftest import SPANS
 from ..databases import database_url as database_url
+from ..gateway.conftest import ADMIN
+from ..gateway.conftest import gateway as gateway
+from ..system.conftest import database_away
 from ..system_harness import MovableClock
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_processes import start_server
-from ..aggregation.test_server import TIMEOUT, rpc_error, running_server
-from ..analytics.test_server import last_week
-from ..gateway.test_stats import ADMIN
-from ..gateway.test_stats import gateway as gateway
-from ..gateway.test_stats import server as server
-from ..system.test_readiness import database_away
 
 SUBMIT = "/printernizer.stats.v1.IngestService/SubmitReports"
 OVERVIEW = "/printernizer.stats.v1.AnalyticsService/GetOverview"

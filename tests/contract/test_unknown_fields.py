@@ -50,12 +50,11 @@ from ..agent_harness import (
     short_private_dir,
     usage_events,
 )
+from ..aggregation.conftest import ADMIN_TOKEN, RunningServer, encodings, running_server
+from ..analytics.conftest import refresh_rollups, running_analytics
 from ..disclosure_auditor import Setup, collect, report_for
+from ..gateway.conftest import running_gateway
 from ..system_harness import MovableClock
-from ..aggregation.test_server import ADMIN_TOKEN, RunningServer, running_server
-from ..analytics.test_server import refresh_rollups, running_analytics
-from ..gateway.test_stats import running_gateway
-from ..aggregation.test_ingest_logs import encodings
 from ..unknown_fields import Spliced, found, with_unknown_fields
 
 TIMEOUT = 30

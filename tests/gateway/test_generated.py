@@ -57,11 +57,9 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from ..agent_harness import RunningAgent, agent, agent_dir
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_server import ADMIN_TOKEN, TIMEOUT, running_server
-from ..analytics.test_server import last_week, refresh_rollups, running_analytics
-from ..gateway.test_stats import running_gateway
+from ..aggregation.conftest import ADMIN_TOKEN, TIMEOUT, Installation, report_of, running_server
+from ..analytics.conftest import last_week, refresh_rollups, running_analytics
+from .conftest import running_gateway
 
 __all__ = ["agent", "agent_dir"]  # fixtures used here
 # schemathesis's own strategies use `random`; Hypothesis warns about it on every run.

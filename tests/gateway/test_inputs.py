@@ -33,7 +33,7 @@ from printernizer_stats.gateway.usage_api import local_agent
 from printernizer_stats.sdk.fastapi import MAX_LIMIT
 from starlette.types import Message, Receive, Scope, Send
 
-from ..gateway.test_stats import running_gateway
+from .conftest import running_gateway
 
 TOKEN = "t" * 40
 ADMIN = {"Authorization": f"Bearer {TOKEN}"}

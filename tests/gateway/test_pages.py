@@ -11,34 +11,20 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import json
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from playwright.async_api import Browser, Page, Request, Route, async_playwright, expect
+from playwright.async_api import Browser, Page, Request, Route, expect
 from printernizer.stats.v1 import agent_service_pb2
 from printernizer_stats.analytics.privacy import rounded
 from printernizer_stats.demo.fleet import build_fleet
 
 from ..agent_harness import RPC_TIMEOUT
-from ..conftest import ROOT
 from ..system_harness import RunningSystem, running_system
+from .conftest import REPORT_CSP_VIOLATIONS, screenshot
 
-CHROMIUM = os.environ.get("STATS_TEST_CHROMIUM", "/usr/bin/chromium")
-# As root, in a sandbox with no network: no sandboxing of its own, no GPU, no
-# calls home (Chromium's background services would try to reach Google).
-CHROMIUM_ARGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
-SCREENSHOTS = Path(os.environ.get("STATS_TEST_SCREENSHOTS", ROOT / "build" / "screenshots"))
 CHARTS = [
     "chart-installations",
     "chart-deployment",
@@ -49,24 +35,6 @@ CHARTS = [
     "chart-errors",
     "chart-migration",
 ]
-REPORT_CSP_VIOLATIONS = """
-document.addEventListener("securitypolicyviolation", (e) =>
-  console.error(`CSP violation: ${e.violatedDirective} ${e.blockedURI} ${e.sourceFile}:${e.lineNumber}`));
-"""
-
-
-@pytest.fixture
-async def browser() -> AsyncIterator[Browser]:
-    if not Path(CHROMIUM).exists():
-        if "STATS_TEST_CHROMIUM" in os.environ:
-            pytest.fail(f"$STATS_TEST_CHROMIUM is {CHROMIUM}, which does not exist")
-        pytest.skip(f"no Chromium at {CHROMIUM}; .ci/run installs Debian's chromium package")
-    async with async_playwright() as playwright:
-        browser = await playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
-        try:
-            yield browser
-        finally:
-            await browser.close()
 
 
 @pytest.fixture
@@ -122,11 +90,6 @@ async def wait_for_deletion_receipt(system: RunningSystem, timeout: float = 30) 
             return
         await asyncio.sleep(0.1)
     raise AssertionError("the agent never received the server's deletion receipt")
-
-
-async def screenshot(page: Page, name: str) -> None:
-    SCREENSHOTS.mkdir(parents=True, exist_ok=True)
-    await page.screenshot(path=SCREENSHOTS / name, full_page=True)
 
 
 async def test_the_dashboard_draws_the_fleet_and_its_anomalies(

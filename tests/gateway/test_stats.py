@@ -8,61 +8,22 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import re
-import uuid
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 import httpx
 import pytest
-import uvicorn
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 from printernizer_stats.common import errors
 from printernizer_stats.demo.services import free_port
-from printernizer_stats.gateway.app import create_app
 from printernizer_stats.gateway.errors import HTTP_STATUS
 from printernizer_stats.gateway.pages import PLOTLY_JS
 from printernizer_stats.gateway.stats_api import AnalyticsClient
-from printernizer_stats.sdk.local import AsyncLocalAgent
 
 from .. import databases
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_server import ADMIN_TOKEN, TIMEOUT, RunningServer, server
-from ..analytics.test_server import last_week, refresh_rollups, running_analytics
+from ..aggregation.conftest import ADMIN_TOKEN, TIMEOUT
+from .conftest import ADMIN, running_gateway
 
 database_url = databases.database_url
-__all__ = ["server"]  # a fixture used here
-ADMIN = {"Authorization": f"Bearer {ADMIN_TOKEN}"}
-
-
-async def running_gateway(
-    analytics: AnalyticsClient | None, agent: AsyncLocalAgent | None = None
-) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
-    """The gateway on a real port (uvicorn), in this process."""
-    port = free_port()
-    app = create_app(analytics, agent)
-    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
-    task = asyncio.create_task(http.serve())
-    while not http.started:
-        await asyncio.sleep(0.02)
-    return http, task, f"http://127.0.0.1:{port}"
-
-
-@pytest.fixture
-async def gateway(server: RunningServer, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    for _ in range(3):  # three installations, last week, in Germany (k = 2 below)
-        agent = Installation(uuid.uuid4().bytes)
-        await server.stub.SubmitReports(agent.submission(report_of(agent, last_week())), timeout=TIMEOUT)
-    await refresh_rollups(server.database_url)
-    async with running_analytics(server.database_url, tmp_path / "tls", min_group_size=2) as (port, ca):
-        http, task, url = await running_gateway(AnalyticsClient(f"localhost:{port}", ca, ADMIN_TOKEN))
-        try:
-            async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
-                yield client
-        finally:
-            http.should_exit = True
-            await asyncio.wait_for(task, 30)
 
 
 ENDPOINTS = [

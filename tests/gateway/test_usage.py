@@ -18,7 +18,7 @@ from printernizer_stats.gateway.stats_api import AnalyticsClient
 from printernizer_stats.gateway.usage_api import local_agent
 
 from ..agent_harness import RunningAgent, agent, agent_dir
-from ..gateway.test_stats import running_gateway
+from .conftest import running_gateway
 
 __all__ = ["agent", "agent_dir"]  # fixtures used here
 BASE = "/api/v1/usage-stats"

@@ -13,18 +13,14 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import grpc
 import pytest
 from printernizer.stats.v1 import (
     agent_service_pb2,
-    agent_service_pb2_grpc,
     aggregated_stats_pb2,
     common_pb2,
     usage_event_pb2,
 )
-from printernizer_stats.agent.agent import AgentConfig
 from printernizer_stats.agent.consent import Override
-from printernizer_stats.agent.server import ServerConfig, serve
 from printernizer_stats.common.events import unpack
 from printernizer_stats.sdk import (
     AppStarted,
@@ -55,58 +51,13 @@ from printernizer_stats.sdk import (
 )
 from printernizer_stats.sdk.encoder import Encoder
 
+from .conftest import AgentThread
+
 EVENT_KIND_ERROR_OCCURRED = agent_service_pb2.EVENT_KIND_ERROR_OCCURRED
 
 # Generous bound for "returns at once": a blocking RPC or a retry sleep would
 # take far longer; this is a behaviour check, not a benchmark.
 NO_DELAY_SECONDS = 0.25
-
-
-class AgentThread:
-    """A real agent (printernizer_stats.agent.server.serve) in a thread with its own loop."""
-
-    def __init__(self, socket_path: Path, db_path: Path, override: Override = Override()) -> None:
-        self.socket_path, self.db_path, self.override = socket_path, db_path, override
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._stop: asyncio.Event | None = None
-        self._thread: threading.Thread | None = None
-
-    def start(self) -> AgentThread:
-        ready = threading.Event()
-
-        async def main() -> None:
-            self._loop = asyncio.get_running_loop()
-            self._stop = asyncio.Event()
-            config = ServerConfig(
-                self.socket_path, self.db_path, AgentConfig("Europe/Berlin", 400, self.override)
-            )
-            task = asyncio.create_task(serve(config, self._stop))
-            while not self.socket_path.exists():
-                await asyncio.sleep(0.01)
-            ready.set()
-            await task
-
-        self._thread = threading.Thread(target=asyncio.run, args=(main(),), daemon=True)
-        self._thread.start()
-        assert ready.wait(10), "the agent did not start"
-        return self
-
-    def stop(self) -> None:
-        if self._thread is None or not self._thread.is_alive():
-            return
-        assert self._loop is not None
-        assert self._stop is not None
-        self._loop.call_soon_threadsafe(self._stop.set)
-        self._thread.join(10)
-
-    def stub_call(self, method: str, request: object) -> object:
-        with grpc.insecure_channel(f"unix:{self.socket_path}") as channel:
-            stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-            return getattr(stub, method)(request, timeout=10)
-
-    def stored_events(self) -> int:
-        with contextlib.closing(sqlite3.connect(self.db_path)) as db:
-            return int(db.execute("SELECT COUNT(*) FROM events").fetchone()[0])
 
 
 @pytest.fixture

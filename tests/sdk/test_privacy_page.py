@@ -18,8 +18,8 @@ from printernizer_stats.demo.services import free_port
 from printernizer_stats.sdk.local import AsyncLocalAgent
 
 from ..agent_harness import agent_dir, agent_process
-from ..gateway.test_pages import REPORT_CSP_VIOLATIONS, browser, screenshot
-from ..sdk.test_privacy_router import PREFIX, printernizer_app, record_this_week
+from ..gateway.conftest import REPORT_CSP_VIOLATIONS, browser, screenshot
+from .conftest import PREFIX, printernizer_app, record_this_week
 
 __all__ = ["agent_dir", "browser"]  # fixtures used here
 STRICT_CSP = (

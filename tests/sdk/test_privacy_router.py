@@ -17,30 +17,18 @@ from typing import Any
 
 import httpx
 import pytest
-from fastapi import FastAPI, HTTPException, Request
-from fastapi.responses import JSONResponse
-from printernizer.stats.v1 import agent_service_pb2, common_pb2
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION, NEVER_COLLECTED
-from printernizer_stats.sdk.fastapi import usage_stats_router
 from printernizer_stats.sdk.local import AsyncLocalAgent
 
 from ..agent_harness import (
     AgentProcess,
     agent_dir,
     agent_process,
-    app_started,
-    error_occurred,
-    job_completed,
-    job_created,
-    job_failed,
-    times_this_week,
 )
-from ..conftest import ROOT
+from .conftest import FIXTURE, PREFIX, printernizer_app, record_this_week
 
 __all__ = ["agent_dir"]  # fixtures used here
-FIXTURE = json.loads((ROOT / "tests" / "fixtures" / "printernizer_usage_stats_api.json").read_text())
 ENDPOINTS: dict[str, dict[str, Any]] = {endpoint["id"]: endpoint for endpoint in FIXTURE["endpoints"]}
-PREFIX = FIXTURE["mount"]["prefix"]
 JSON_TYPES: dict[str, tuple[type, ...]] = {
     "string": (str,),
     "integer": (int,),
@@ -49,26 +37,6 @@ JSON_TYPES: dict[str, tuple[type, ...]] = {
     "array": (list,),
     "null": (type(None),),
 }
-
-
-def printernizer_app(agent: AsyncLocalAgent) -> FastAPI:
-    """An app mounted as Printernizer's src/main.py mounts its router: the prefix,
-    redirect_slashes=False, and its HTTPException handler's envelope."""
-    app = FastAPI(redirect_slashes=False)
-    app.include_router(usage_stats_router(agent=agent), prefix=PREFIX)
-
-    @app.exception_handler(HTTPException)
-    async def envelope(_: Request, exc: HTTPException) -> JSONResponse:  # src/utils/errors.py:927
-        body = {
-            "status": "error",
-            "message": exc.detail,
-            "error_code": f"HTTP_{exc.status_code}",
-            "details": {},
-            "timestamp": dt.datetime.now().isoformat(),
-        }
-        return JSONResponse(body, status_code=exc.status_code, headers=exc.headers)
-
-    return app
 
 
 @asynccontextmanager
@@ -121,28 +89,6 @@ def check_fields(fields: dict[str, Any], body: dict[str, Any], where: str) -> No
         assert not wrong, f"{where}: {name} = {value!r} is not {kinds}"
         if "fields" in spec:
             check_fields(spec["fields"], value, f"{where}.{name}")
-
-
-async def record_this_week(agent: AgentProcess) -> int:
-    """Two completed jobs, one failed, a created one, a start and two errors, all this week."""
-    moments = times_this_week(7)
-    events = [
-        app_started(moments[0]),
-        job_created(moments[1]),
-        job_completed(moments[2]),
-        job_completed(moments[3]),
-        job_failed(moments[4]),
-        error_occurred(moments[5], common_pb2.ERROR_TYPE_TIMEOUT, common_pb2.COMPONENT_API),
-        error_occurred(moments[6], common_pb2.ERROR_TYPE_TIMEOUT, common_pb2.COMPONENT_API),
-    ]
-    import grpc
-    from printernizer.stats.v1 import agent_service_pb2_grpc
-
-    async with grpc.aio.insecure_channel(agent.target) as channel:
-        stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-        answer = await stub.RecordEvents(agent_service_pb2.RecordEventsRequest(events=events), timeout=10)
-    assert answer.stored_count == len(events)
-    return len(events)
 
 
 async def test_every_request_of_printernizers_frontend_gets_its_recorded_shape(agent: AgentProcess) -> None:

@@ -28,7 +28,7 @@ from printernizer.stats.v1 import agent_service_pb2
 from printernizer_stats.sdk import PrinterType, StatsClient
 
 from ..agent_harness import AgentProcess, agent_process, db_event_count, short_private_dir
-from ..system.test_faults import agent_status, small_disk
+from ..system.conftest import agent_status, small_disk
 
 pytestmark = pytest.mark.processes
 

@@ -38,7 +38,7 @@ from printernizer_stats.sdk import (
 )
 from printernizer_stats.sdk.testing import InMemoryStatsClient, Recorded
 
-from ..sdk.test_client import AgentThread
+from .conftest import AgentThread
 
 
 @pytest.fixture

@@ -17,7 +17,7 @@ from printernizer_stats.store.ingest_store import SUBMISSION_INTERVAL, CheckedRe
 from sqlalchemy import func, select
 
 from .. import databases
-from ..aggregation.test_validation import INSTALLATION, NOW, valid_report
+from ..aggregation.conftest import INSTALLATION, NOW, valid_report
 
 database_url = databases.database_url
 KEY = bytes(range(32))

@@ -212,9 +212,8 @@ async def test_every_query_the_store_runs_compiles_for_sql_server(tmp_path: Path
     from sqlalchemy.dialects import mssql
     from sqlalchemy.sql import ClauseElement
 
-    from .agent_harness import FakeClock
-    from .test_aggregation_admin import report_of
-    from .test_aggregation_ingest import NOW, Installation
+    from ..agent_harness import FakeClock
+    from ..aggregation.conftest import NOW, Installation, report_of
 
     url = f"sqlite:///{tmp_path / 'aggregation.db'}"
     upgrade(url)

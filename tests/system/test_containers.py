@@ -31,7 +31,7 @@ import yaml
 from printernizer_stats.agent.__main__ import build_parser as agent_parser
 
 from ..conftest import ROOT
-from ..system.test_printernizer_environment import clean_copies
+from .conftest import clean_copies
 
 BASE_IMAGE = os.environ.get("STATS_TEST_BASE_IMAGE", "localhost/debian-python:bookworm")
 STANDIN_IMAGE = "localhost/printernizer-standin-test:latest"

@@ -6,14 +6,10 @@ the host app never notices."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-import os
 import signal
 import sqlite3
-import subprocess
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import grpc
@@ -27,8 +23,9 @@ from printernizer_stats.demo.services import free_port
 from printernizer_stats.sdk import PrinterType, StatsClient
 
 from ..agent_harness import RPC_TIMEOUT, agent_process, db_event_count, job_created
+from ..aggregation.conftest import ServerProcess, count_reports, start_server
 from ..postgres_instance import postgres_instance
-from ..aggregation.test_processes import ServerProcess, count_reports, start_server
+from .conftest import agent_status, small_disk
 
 pytestmark = pytest.mark.processes
 
@@ -109,32 +106,6 @@ async def test_killing_the_aggregation_server_mid_request_loses_nothing(tmp_path
     assert sent.failed == []
     assert sent.retried > 0, "no submission met the outage"
     assert count_reports(database_url) == expected_reports(plan)
-
-
-@contextlib.contextmanager
-def small_disk(size: str) -> Iterator[Path]:
-    """A tmpfs of `size`: a disk that really fills up."""
-    where = Path(tempfile.mkdtemp(prefix="full-", dir="/tmp"))
-    mounted = subprocess.run(
-        ["mount", "-t", "tmpfs", "-o", f"size={size},mode=0700", "tmpfs", str(where)], capture_output=True
-    )
-    if mounted.returncode != 0:
-        where.rmdir()
-        if "STATS_TEST_CHROMIUM" in os.environ:  # CI: this machine can mount
-            pytest.fail(f"cannot mount a tmpfs: {mounted.stderr!r}")
-        pytest.skip("mounting a small filesystem needs root")
-    try:
-        yield where
-    finally:
-        subprocess.run(["umount", "-l", str(where)], check=False)
-        with contextlib.suppress(OSError):
-            where.rmdir()
-
-
-async def agent_status(target: str) -> agent_service_pb2.GetStatusResponse:
-    async with grpc.aio.insecure_channel(target) as channel:
-        stub = agent_service_pb2_grpc.AgentServiceStub(channel)
-        return await stub.GetStatus(agent_service_pb2.GetStatusRequest(), timeout=RPC_TIMEOUT)
 
 
 async def test_a_full_disk_under_the_agent_is_reported_and_corrupts_nothing() -> None:

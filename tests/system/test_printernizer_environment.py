@@ -18,10 +18,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import shutil
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
@@ -30,6 +28,7 @@ import pytest
 
 from ..agent_harness import db_event_count, short_private_dir
 from ..conftest import ROOT
+from .conftest import clean_copies
 
 # Making the environment from Printernizer's pins takes minutes on a cold cache (pip timeouts below).
 pytestmark = [pytest.mark.processes, pytest.mark.timeout(1500)]
@@ -67,14 +66,6 @@ def printernizer_environment() -> Path:
     (venv / "baseline.check").write_text(json.dumps(pip_check(python)))
     (venv / ".complete").touch()
     return python
-
-
-def clean_copies(folders: tuple[str, ...]) -> list[Path]:
-    """Copies of the folders to install from: pip builds in the folder it is
-    given (a build/ directory), which another test may be building in too."""
-    target = Path(tempfile.mkdtemp(prefix="pzs-sources-"))
-    leftovers = shutil.ignore_patterns("build", "*.egg-info", "__pycache__")
-    return [Path(shutil.copytree(ROOT / folder, target / folder, ignore=leftovers)) for folder in folders]
 
 
 def frozen(python: Path) -> dict[str, str]:

@@ -6,61 +6,22 @@ recover when the database answers again."""
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
 import grpc
-import psycopg
 import pytest
-from grpc_health.v1 import health_pb2, health_pb2_grpc
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc, ingest_service_pb2
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.errors import retry_delay
-from sqlalchemy.engine import make_url
 
 from .. import databases
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_server import ADMIN_TOKEN, TIMEOUT, rpc_error, running_server
-from ..analytics.test_server import last_week, running_analytics
+from ..aggregation.conftest import ADMIN_TOKEN, TIMEOUT, Installation, report_of, rpc_error, running_server
+from ..analytics.conftest import last_week, running_analytics
+from .conftest import NOT_SERVING, SERVING, database_away, wait_for_health
 
 ADMIN = bearer_metadata(ADMIN_TOKEN)
-SERVING = health_pb2.HealthCheckResponse.SERVING
-NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
-
-
-@contextlib.contextmanager
-def database_away(url: str) -> Iterator[None]:
-    """The database refuses new connections and its sessions end (as when it
-    restarts), until the block ends."""
-    name = make_url(url).database
-    admin = (
-        make_url(databases.POSTGRES_URL).set(drivername="postgresql").render_as_string(hide_password=False)
-    )
-    with psycopg.connect(admin, autocommit=True) as connection:
-        connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS false')
-        connection.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
-        )
-        try:
-            yield
-        finally:
-            connection.execute(f'ALTER DATABASE "{name}" ALLOW_CONNECTIONS true')
-
-
-async def wait_for_health(channel: grpc.aio.Channel, wanted: int, timeout: float = 20) -> None:
-    health = health_pb2_grpc.HealthStub(channel)
-    deadline = asyncio.get_running_loop().time() + timeout
-    status = None
-    while asyncio.get_running_loop().time() < deadline:
-        status = (await health.Check(health_pb2.HealthCheckRequest(), timeout=TIMEOUT)).status
-        if status == wanted:
-            return
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"health stayed {status}, expected {wanted}")
 
 
 @pytest.fixture

@@ -1,7 +1,7 @@
 """The first implementation's ingest failures (shared/DESIGN.md, "Lessons"),
 each with a test here that would catch it again, on real TLS and real
 databases. Double storing is covered where it can happen: a lost answer
-(test_delivery), two server processes (test_aggregation_processes)."""
+(tests/agent/test_delivery.py), two server processes (tests/aggregation/test_processes.py)."""
 
 from __future__ import annotations
 
@@ -25,9 +25,7 @@ from sqlalchemy import select
 
 from .. import databases
 from ..agent_harness import FakeClock, job_created
-from ..aggregation.test_admin import report_of
-from ..aggregation.test_ingest import Installation
-from ..aggregation.test_server import TIMEOUT, RunningServer, rpc_error, server
+from ..aggregation.conftest import TIMEOUT, Installation, RunningServer, report_of, rpc_error, server
 
 database_url = databases.database_url
 __all__ = ["server"]  # a fixture used here

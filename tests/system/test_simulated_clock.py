@@ -28,7 +28,7 @@ from printernizer_stats.store.database import create_sync_engine
 from sqlalchemy import select
 
 from ..agent_harness import RPC_TIMEOUT, agent_process, short_private_dir
-from ..aggregation.test_processes import ServerProcess, start_server
+from ..aggregation.conftest import ServerProcess, start_server
 
 DAY = 86_400.0
 WEEK = 7 * DAY
