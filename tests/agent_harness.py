@@ -7,7 +7,7 @@ Hypothesis strategies of valid events) and small helpers for calling the API
 live here too.
 
 Test modules import the fixtures explicitly:
-`from .agent_harness import agent  # noqa: F401`.
+`from ..agent_harness import agent  # noqa: F401`.
 """
 
 from __future__ import annotations

@@ -1,5 +1,17 @@
 """Shared test fixtures: paths of the repository and of the tools it installs,
-and the in-memory telemetry every in-process service reports to."""
+and the in-memory telemetry every in-process service reports to.
+
+The tests mirror the tree: tests/<part>/ holds the tests of printernizer_stats.<part> (contract/ the
+contract's, system/ the whole system's), and tests/<part>/conftest.py is that folder's harness:
+its fixtures, helpers and constants. Harnesses several folders share sit here beside this file
+(agent_harness.py, system_harness.py, databases.py, ...).
+
+Across folders, one rule: a test module (or harness) that needs another folder's harness imports it
+by name, fixtures included (`from ..aggregation.conftest import RunningServer, server`; a fixture
+imported into a module is that module's fixture). None is registered globally through
+pytest_plugins: a test's fixtures stay visible in its own imports, and two folders' same-named
+fixtures cannot shadow each other. No test module imports from another test module
+(tests/system/test_layout.py checks that, and where test modules sit)."""
 
 from __future__ import annotations
 
@@ -59,13 +71,13 @@ def _forget_spans() -> None:
 
 # Fixtures, by the module and name of their function, whose every user is of these kinds.
 FIXTURE_MARKERS: dict[str, tuple[str, ...]] = {
-    "tests.test_sdk_local:agent": ("processes",),  # the agent as a process (agent_harness.agent_process)
-    "tests.test_sdk_privacy_router:agent": ("processes",),  # the same
-    "tests.test_sdk_managed:managed": ("processes",),  # the agent, started by the SDK
-    "tests.test_addon_service:addon_base": ("processes",),  # its tests run the add-on under s6
-    "tests.test_pages:browser": ("browser", "processes"),  # Chromium, through Playwright
-    "tests.test_readiness:postgres_url": ("postgres",),  # a fresh database on the server
-    "tests.test_containers:images": ("containers",),  # podman builds them
+    "tests.sdk.test_local:agent": ("processes",),  # the agent as a process (agent_harness.agent_process)
+    "tests.sdk.test_privacy_router:agent": ("processes",),  # the same
+    "tests.sdk.test_managed:managed": ("processes",),  # the agent, started by the SDK
+    "tests.system.test_addon_service:addon_base": ("processes",),  # its tests run the add-on under s6
+    "tests.gateway.conftest:browser": ("browser", "processes"),  # Chromium, through Playwright
+    "tests.system.test_readiness:postgres_url": ("postgres",),  # a fresh database on the server
+    "tests.system.test_containers:images": ("containers",),  # podman builds them
 }
 
 

@@ -32,9 +32,9 @@ from .agent_harness import (
     running_agent,
     short_private_dir,
 )
-from .test_aggregation_server import ADMIN_TOKEN, running_server
-from .test_analytics_server import refresh_rollups, running_analytics
-from .test_gateway_stats import running_gateway
+from .aggregation.conftest import ADMIN_TOKEN, running_server
+from .analytics.conftest import refresh_rollups, running_analytics
+from .gateway.conftest import running_gateway
 
 
 class MovableClock:

@@ -9,7 +9,7 @@ every service:
 - anything else is a bug: INTERNAL with a generic message, and what happened
   in the service's log only.
 
-tests/test_servicer_boundaries.py holds every servicer to this.
+tests/common/test_servicer_boundaries.py holds every servicer to this.
 """
 
 from __future__ import annotations
