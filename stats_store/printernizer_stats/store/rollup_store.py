@@ -19,7 +19,7 @@ the fleet again:
   arrived in; deletions do not rewrite that history.
 A refresh therefore costs in proportion to the reports since the last one,
 and a deletion in proportion to the installation's reports; the result is
-the same as a full rebuild's (tests/test_rollup_maintenance.py).
+the same as a full rebuild's (tests/store/test_rollup_maintenance.py).
 
 The contributions of a set of reports are computed inside the database in a
 few passes: the reports counted by a few sets of dimensions at once (partial

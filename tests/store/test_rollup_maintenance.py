@@ -28,7 +28,7 @@ from printernizer_stats.store.rollup_store import Rollups
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from . import databases
+from .. import databases
 
 database_url = databases.database_url
 
