@@ -93,10 +93,16 @@ class AgentMetrics:
         if threading.get_ident() == self._loop_thread:
             return self._status  # waiting for the loop from its own thread would never end
         if self._status is None or time.monotonic() - self._read_at > STATUS_MAX_AGE_SECONDS:
+            reading = self.agent.status()
             try:
-                future = asyncio.run_coroutine_threadsafe(self.agent.status(), self.loop)
+                future = asyncio.run_coroutine_threadsafe(reading, self.loop)
+            except Exception:  # the loop is closed: skip this collection
+                reading.close()  # never scheduled: close it rather than leave it unawaited
+                return None
+            try:
                 self._status = future.result(timeout=STATUS_TIMEOUT_SECONDS)
                 self._read_at = time.monotonic()
             except Exception:  # the loop is stopping or the database is busy: skip this collection
+                future.cancel()
                 return None
         return self._status
