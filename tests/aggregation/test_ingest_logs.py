@@ -211,3 +211,28 @@ async def test_no_identifier_or_report_reaches_the_log(kind: str, tmp_path: Path
             assert not found, (form, found[:1])
     assert SECRET not in raw
     assert b"benchy" not in raw
+
+
+def test_an_unexpected_failure_is_located_through_the_projects_own_frames_without_its_message() -> None:
+    """The log line of a bug names each exception's type along the chain and the project's frames it
+    passed through (store and aggregation code), innermost last; never a message, which may quote a row."""
+    from printernizer_stats.aggregation.servicer import describe_failure
+    from printernizer_stats.store.database import sync_url
+
+    secret = uuid.uuid4().hex
+    try:
+        try:
+            sync_url(f"no url {secret}")  # SQLAlchemy refuses it, called from the store's own code
+        except Exception as inner:
+            raise KeyError(secret) from inner
+    except KeyError as failure:
+        described = describe_failure(failure)
+    assert secret not in described
+    assert described.split("; caused by ")[0].startswith(
+        ("KeyError at test_ingest_logs.py:", "builtins.KeyError at test_ingest_logs.py:")
+    )
+    assert "; caused by " in described
+    cause = described.split("; caused by ", 1)[1]
+    # The store's frame is named, not only the innermost one (which is SQLAlchemy's).
+    assert "database.py:" in cause, cause
+    assert "sync_url" in cause, cause
