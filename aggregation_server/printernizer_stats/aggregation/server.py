@@ -21,12 +21,9 @@ from printernizer_stats.common.interceptors import RejectUndecodableRequests
 from printernizer_stats.common.serving import READINESS_SECONDS, serve_tls
 from printernizer_stats.common.telemetry import grpc_server_interceptors, trace_database
 from printernizer_stats.common.tls import TlsFiles
-from printernizer_stats.store import schema
 from printernizer_stats.store.database import database_answers, database_unreachable, upgrade
 from printernizer_stats.store.ingest_store import IngestStore
 from printernizer_stats.store.rollup_store import Rollups
-from sqlalchemy import func, select
-from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .ingest import MAX_REPORTS_PER_SUBMISSION, Ingest
 from .metrics import RollupLag
@@ -119,7 +116,7 @@ async def serve(
                 await rollups.refresh()
                 # Read back, not assumed: a turn skipped (another replica is refreshing, or
                 # report writes took too long) did not catch up; whichever refresh did, recorded when.
-                lag.caught_up_at = await rollups_refreshed_at(store.engine) or lag.caught_up_at
+                lag.caught_up_at = await rollups.refreshed_at() or lag.caught_up_at
             except Exception as exc:
                 if not database_unreachable(exc):
                     raise
@@ -143,14 +140,3 @@ async def serve(
         )
     finally:
         await store.close()
-
-
-async def rollups_refreshed_at(engine: AsyncEngine) -> dt.datetime | None:
-    """When the last refresh of the rollups completed, by any replica (None: never)."""
-    async with engine.connect() as connection:
-        refreshed: dt.datetime | None = await connection.scalar(
-            select(func.max(schema.rollup_state.c.refreshed_at))
-        )
-    if refreshed is None:
-        return None
-    return refreshed if refreshed.tzinfo is not None else refreshed.replace(tzinfo=dt.UTC)  # SQLite: UTC

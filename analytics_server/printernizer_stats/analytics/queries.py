@@ -24,16 +24,7 @@ from printernizer_stats.common.countries import country_name
 from printernizer_stats.common.refusals import FieldError
 from printernizer_stats.common.weeks import Week, last_complete_week
 from printernizer_stats.store import schema
-from printernizer_stats.store.rollup_store import (
-    COMPLETED_JOBS_BY_VERSION,
-    ERRORS_BY_COMPONENT,
-    ERRORS_BY_TYPE,
-    ERRORS_BY_TYPE_AND_COMPONENT,
-    ERRORS_BY_VERSION,
-    FAILED_JOBS_BY_VERSION,
-    FEATURES,
-    Tally,
-)
+from printernizer_stats.store.rollup_store import Tally
 from sqlalchemy import func, literal, select
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
@@ -98,21 +89,21 @@ _ENUMS: dict[int, tuple[str, object, str]] = {
     Dimension.DIMENSION_PLATFORM: ("platform", common_pb2.Platform, "PLATFORM_"),
     Dimension.DIMENSION_ARCHITECTURE: ("architecture", common_pb2.CpuArchitecture, "CPU_ARCHITECTURE_"),
     Dimension.DIMENSION_PRINTER_TYPE: ("printer_type", common_pb2.PrinterType, "PRINTER_TYPE_"),
-    FEATURES: ("feature", common_pb2.Feature, "FEATURE_"),
-    ERRORS_BY_TYPE: ("error_type", common_pb2.ErrorType, "ERROR_TYPE_"),
-    ERRORS_BY_COMPONENT: ("component", common_pb2.Component, "COMPONENT_"),
+    Tally.FEATURES: ("feature", common_pb2.Feature, "FEATURE_"),
+    Tally.ERRORS_BY_TYPE: ("error_type", common_pb2.ErrorType, "ERROR_TYPE_"),
+    Tally.ERRORS_BY_COMPONENT: ("component", common_pb2.Component, "COMPONENT_"),
 }
 # Distributions ordered as versions (newest first), not by size.
 _VERSIONS = {Dimension.DIMENSION_APP_VERSION, Dimension.DIMENSION_PYTHON_VERSION}
 # Rollup codes whose key is an app version.
-_APP_VERSIONS = {Dimension.DIMENSION_APP_VERSION, ERRORS_BY_VERSION}
+_APP_VERSIONS = {Dimension.DIMENSION_APP_VERSION, Tally.ERRORS_BY_VERSION}
 
 ErrorGrouping = analytics_service_pb2.ErrorGrouping
 _ERROR_GROUPINGS = {
-    ErrorGrouping.ERROR_GROUPING_ERROR_TYPE: ERRORS_BY_TYPE,
-    ErrorGrouping.ERROR_GROUPING_COMPONENT: ERRORS_BY_COMPONENT,
-    ErrorGrouping.ERROR_GROUPING_ERROR_TYPE_AND_COMPONENT: ERRORS_BY_TYPE_AND_COMPONENT,
-    ErrorGrouping.ERROR_GROUPING_APP_VERSION: ERRORS_BY_VERSION,
+    ErrorGrouping.ERROR_GROUPING_ERROR_TYPE: Tally.ERRORS_BY_TYPE,
+    ErrorGrouping.ERROR_GROUPING_COMPONENT: Tally.ERRORS_BY_COMPONENT,
+    ErrorGrouping.ERROR_GROUPING_ERROR_TYPE_AND_COMPONENT: Tally.ERRORS_BY_TYPE_AND_COMPONENT,
+    ErrorGrouping.ERROR_GROUPING_APP_VERSION: Tally.ERRORS_BY_VERSION,
 }
 
 
@@ -389,7 +380,7 @@ class Analytics:
         self, request: analytics_service_pb2.GetFeatureAdoptionRequest
     ) -> analytics_service_pb2.GetFeatureAdoptionResponse:
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
-        groups, total = await self._groups(week, FEATURES)
+        groups, total = await self._groups(week, Tally.FEATURES)
         published = self.disclosure.features(groups)
         total = self.disclosure.count(total)
         response = analytics_service_pb2.GetFeatureAdoptionResponse(
@@ -397,7 +388,7 @@ class Analytics:
         )
         for group in published.groups:
             response.features.add(
-                feature=group_value(FEATURES, group.key),
+                feature=group_value(Tally.FEATURES, group.key),
                 enabled_installations=group.installations,
                 reporting_installations=group.amount,
                 enabled_share=ratio(group.installations, total),
@@ -421,10 +412,12 @@ class Analytics:
         self, request: analytics_service_pb2.GetFeatureTrendRequest
     ) -> analytics_service_pb2.GetFeatureTrendResponse:
         weeks = window(request.window, self.clock())
-        per_week, active = await self._groups_over(weeks, FEATURES)
+        per_week, active = await self._groups_over(weeks, Tally.FEATURES)
         return analytics_service_pb2.GetFeatureTrendResponse(
             weeks=[w.to_proto() for w in weeks],
-            series=self._series(weeks, per_week, active, FEATURES, self.disclosure.features, lambda key: key),
+            series=self._series(
+                weeks, per_week, active, Tally.FEATURES, self.disclosure.features, lambda key: key
+            ),
             min_group_size=self.min_group_size,
         )
 
@@ -437,7 +430,7 @@ class Analytics:
             raise FieldError("group_by", "is not a known grouping")
         code = _ERROR_GROUPINGS[grouping]
         per_week, active = await self._groups_over(weeks, code)
-        if code == ERRORS_BY_VERSION:  # each installation reports one version
+        if code == Tally.ERRORS_BY_VERSION:  # each installation reports one version
             fold, order = self.disclosure.fold, _version_order
         else:  # an installation can report several error types and components
             fold, order = self.disclosure.drop_small, (lambda key: key)
@@ -457,7 +450,7 @@ class Analytics:
         weeks = window(request.window, self.clock())
         versions, _ = await self._groups_over(weeks, Dimension.DIMENSION_APP_VERSION)
         sums = {}
-        for code in (ERRORS_BY_VERSION, FAILED_JOBS_BY_VERSION, COMPLETED_JOBS_BY_VERSION):
+        for code in (Tally.ERRORS_BY_VERSION, Tally.FAILED_JOBS_BY_VERSION, Tally.COMPLETED_JOBS_BY_VERSION):
             per_week, _ = await self._groups_over(weeks, code)
             sums[code] = {(w, g.key): g.amount for w, groups in per_week.items() for g in groups}
         folded = {w.key: self.disclosure.fold(versions.get(w.key, [])) for w in weeks}
@@ -469,7 +462,11 @@ class Analytics:
         ) -> analytics_service_pb2.SeriesPoint:
             errors, failed, completed = (
                 count(sum(sums[code].get((week.key, key), 0) for key in keys))
-                for code in (ERRORS_BY_VERSION, FAILED_JOBS_BY_VERSION, COMPLETED_JOBS_BY_VERSION)
+                for code in (
+                    Tally.ERRORS_BY_VERSION,
+                    Tally.FAILED_JOBS_BY_VERSION,
+                    Tally.COMPLETED_JOBS_BY_VERSION,
+                )
             )
             return analytics_service_pb2.SeriesPoint(
                 week=week.to_proto(),
@@ -509,8 +506,8 @@ class Analytics:
         span = weeks_ending(weeks[-1], len(weeks) + BASELINE_WEEKS)
         k = self.min_group_size
         versions, active = await self._groups_over(span, Dimension.DIMENSION_APP_VERSION)
-        version_errors, _ = await self._groups_over(span, ERRORS_BY_VERSION)
-        pairs, _ = await self._groups_over(span, ERRORS_BY_TYPE_AND_COMPONENT)
+        version_errors, _ = await self._groups_over(span, Tally.ERRORS_BY_VERSION)
+        pairs, _ = await self._groups_over(span, Tally.ERRORS_BY_TYPE_AND_COMPONENT)
         arrivals_table = schema.weekly_arrivals
         async with self.reading() as connection:
             received = dict(
@@ -648,8 +645,8 @@ class Analytics:
 
 def group_values(code: int, key: Sequence[int]) -> list[analytics_service_pb2.GroupValue]:
     """A group's values: one, or two for an (error type, component) pair."""
-    if code == ERRORS_BY_TYPE_AND_COMPONENT:
-        return [group_value(ERRORS_BY_TYPE, key[:1]), group_value(ERRORS_BY_COMPONENT, key[1:2])]
+    if code == Tally.ERRORS_BY_TYPE_AND_COMPONENT:
+        return [group_value(Tally.ERRORS_BY_TYPE, key[:1]), group_value(Tally.ERRORS_BY_COMPONENT, key[1:2])]
     return [group_value(code, key)]
 
 

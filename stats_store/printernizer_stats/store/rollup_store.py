@@ -112,15 +112,6 @@ class Tally(enum.IntEnum):
     COMPLETED_JOBS_BY_VERSION = 106  # per app version: active installations; jobs completed
 
 
-# The names the analytics queries use.
-FEATURES = Tally.FEATURES
-ERRORS_BY_TYPE = Tally.ERRORS_BY_TYPE
-ERRORS_BY_COMPONENT = Tally.ERRORS_BY_COMPONENT
-ERRORS_BY_TYPE_AND_COMPONENT = Tally.ERRORS_BY_TYPE_AND_COMPONENT
-ERRORS_BY_VERSION = Tally.ERRORS_BY_VERSION
-FAILED_JOBS_BY_VERSION = Tally.FAILED_JOBS_BY_VERSION
-COMPLETED_JOBS_BY_VERSION = Tally.COMPLETED_JOBS_BY_VERSION
-
 _reports, _installations = schema.reports, schema.installations
 _ZERO = literal(0)
 
@@ -751,6 +742,16 @@ class Rollups:
     ) -> None:
         self.engine = engine
         self.clock = clock
+
+    async def refreshed_at(self) -> dt.datetime | None:
+        """When the last refresh completed, by any server sharing the database (None: never)."""
+        async with self.engine.connect() as connection:
+            refreshed: dt.datetime | None = await connection.scalar(
+                select(func.max(schema.rollup_state.c.refreshed_at))
+            )
+        if refreshed is None:
+            return None
+        return refreshed if refreshed.tzinfo is not None else refreshed.replace(tzinfo=dt.UTC)  # SQLite: UTC
 
     async def refresh(self) -> list[Week]:
         """Add the reports stored since the last refresh (after a full rebuild
