@@ -24,10 +24,10 @@ import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
-from printernizer_stats.common.weeks import MAX_YEAR, MIN_YEAR
+from printernizer_stats.common.weeks import MAX_YEAR, MIN_YEAR, parse_week
 from printernizer_stats.demo.services import free_port
 from printernizer_stats.gateway.bodies import MAX_BODY_BYTES, BodyLimit
-from printernizer_stats.gateway.params import MAX_WEEKS, WEEK_PATTERN, parse_week
+from printernizer_stats.gateway.params import MAX_WEEKS, WEEK_PATTERN
 from printernizer_stats.gateway.stats_api import DIMENSIONS, AnalyticsClient
 from printernizer_stats.gateway.usage_api import local_agent
 from printernizer_stats.sdk.fastapi import MAX_LIMIT

@@ -404,3 +404,33 @@ def test_the_rollups_are_rebuilt_on_request(tmp_path: Path, capsys: pytest.Captu
     assert asyncio.run(rows()) != kept  # only asked for
     asyncio.run(play([Refresh()]))
     assert asyncio.run(rows()) == kept
+
+
+FULL_WIDTH_2026 = "\uff12\uff10\uff12\uff16"
+
+
+@pytest.mark.processes
+@pytest.mark.parametrize(
+    ("arguments", "said"),
+    [
+        (["--database-url", "no url at all"], "cannot use the database: Could not parse"),
+        (["--database-url", "sqlite:////nonexistent/dir/stats.db"], "cannot use the database: "),
+        # Full-width digits, which int() would read as 2026.
+        (["--database-url", "sqlite:////tmp/x.db", "--week", FULL_WIDTH_2026 + "-W48"], "is not a week like"),
+        (["--database-url", "sqlite:////tmp/x.db", "--week", "2025-W53"], "is not an ISO week of the years"),
+    ],
+)
+def test_the_rebuild_command_refuses_bad_input_in_one_line(arguments: list[str], said: str) -> None:
+    """An operator's mistake is one line on stderr and a failing exit status, never a traceback."""
+    import subprocess
+    import sys
+
+    done = subprocess.run(
+        [sys.executable, "-m", "printernizer_stats.store", "rebuild-rollups", *arguments],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stderr
+    assert said in done.stderr, done.stderr

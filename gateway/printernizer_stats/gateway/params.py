@@ -19,7 +19,7 @@ from fastapi import Query, Request
 from fastapi.dependencies.models import Dependant
 from fastapi.routing import APIRoute
 from printernizer.stats.v1 import common_pb2
-from printernizer_stats.common.weeks import MAX_YEAR, MIN_YEAR, Week
+from printernizer_stats.common.weeks import parse_week
 from pydantic import AfterValidator, BeforeValidator
 from pydantic_core import PydanticCustomError
 
@@ -31,17 +31,6 @@ from .errors import invalid
 # is for parse_week to say.
 WEEK_PATTERN = r"^(19[0-9]{2}|[2-8][0-9]{3}|9000)-W(0[1-9]|[1-4][0-9]|5[0-3])$"
 MAX_WEEKS = 104
-
-
-def parse_week(text: str) -> Week:
-    """The ISO week `text` names (`2026-W46`); ValueError if it names none."""
-    match = re.fullmatch(r"([0-9]{4})-W([0-9]{2})", text)
-    if match is None:
-        raise ValueError(f"{text!r} is not a week like 2026-W46")
-    try:
-        return Week(int(match[1]), int(match[2]))
-    except ValueError:
-        raise ValueError(f"{text} is not an ISO week of the years {MIN_YEAR}-{MAX_YEAR}") from None
 
 
 def week_of(text: str | None) -> common_pb2.IsoWeek | None:

@@ -8,6 +8,7 @@ is counted twice.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 from printernizer.stats.v1 import common_pb2
@@ -97,3 +98,15 @@ def last_complete_week(now: dt.datetime) -> Week:
     """The newest week whose end has passed: what the analytics publish by
     default, and the newest week an agent reports."""
     return Week.containing(now).previous()
+
+
+def parse_week(text: str) -> Week:
+    """The ISO week `text` names (`2026-W46`); ValueError if it names none. ASCII digits only
+    (`\\d` would take other scripts' digits, which int() reads)."""
+    match = re.fullmatch(r"([0-9]{4})-W([0-9]{2})", text)
+    if match is None:
+        raise ValueError(f"{text!r} is not a week like 2026-W46")
+    try:
+        return Week(int(match[1]), int(match[2]))
+    except ValueError:
+        raise ValueError(f"{text} is not an ISO week of the years {MIN_YEAR}-{MAX_YEAR}") from None

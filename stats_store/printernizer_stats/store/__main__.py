@@ -12,21 +12,18 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import re
 import sys
 
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.common.weeks import Week, parse_week
+from sqlalchemy.exc import SQLAlchemyError
 
 from .database import create_server_engine
 from .rollup_store import Rollups
 
 
 def _week(text: str) -> Week:
-    match = re.fullmatch(r"(\d{4})-?W(\d{2})", text)
-    if match is None:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an ISO week such as 2026-W48")
     try:
-        return Week(int(match[1]), int(match[2]))
+        return parse_week(text)
     except ValueError as error:
         raise argparse.ArgumentTypeError(str(error)) from None
 
@@ -61,7 +58,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.later and args.week:
         print("--later rebuilds every week: give no --week", file=sys.stderr)
         return 2
-    print(asyncio.run(_rebuild(args.database_url, args.week, args.later)))
+    try:
+        print(asyncio.run(_rebuild(args.database_url, args.week, args.later)))
+    except SQLAlchemyError as exc:  # a URL it cannot read, a database it cannot reach: one line
+        print(
+            f"printernizer_stats.store: cannot use the database: {str(exc).splitlines()[0]}", file=sys.stderr
+        )
+        return 1
     return 0
 
 
