@@ -24,7 +24,7 @@ from printernizer_stats.store import rollup_store, schema
 from printernizer_stats.store.database import create_server_engine, create_sync_engine, upgrade
 from printernizer_stats.store.ingest_store import CheckedReport, IngestStore
 from printernizer_stats.store.refusals import Forbidden, WrongKey
-from printernizer_stats.store.rollup_store import Rollups
+from printernizer_stats.store.rollup_store import Activity, Rollups, Tally
 from sqlalchemy import delete, insert, select, update
 from sqlalchemy.ext.asyncio import AsyncEngine
 
@@ -35,6 +35,10 @@ database_url = databases.database_url
 START = dt.datetime(2026, 10, 5, 9, tzinfo=dt.UTC)
 WEEKS = [Week(2026, 38), Week(2026, 39), Week(2026, 40), Week(2026, 41)]
 INSTALLATIONS = [bytes([n + 1]) * 16 for n in range(5)]
+DURATIONS = [common_pb2.JOB_DURATION_BUCKET_UNDER_1_HOUR, common_pb2.JOB_DURATION_BUCKET_UNDER_4_HOURS]
+DURATIONS.append(common_pb2.JOB_DURATION_BUCKET_UNKNOWN)
+REASONS = [common_pb2.JOB_FAILURE_REASON_CANCELLED, common_pb2.JOB_FAILURE_REASON_PRINTER_ERROR]
+REASONS.append(common_pb2.JOB_FAILURE_REASON_FILAMENT_RUNOUT)
 KEY = bytes(range(32))
 # What the rollups are compared on; weekly_arrivals is history (a rebuild keeps it), checked on its own.
 ROLLUP_TABLES = (
@@ -125,6 +129,20 @@ def stores(draw: st.DrawFn) -> Store:
     usage = report.usage
     usage.jobs_completed, usage.jobs_failed = draw(st.integers(0, 9)), draw(st.integers(0, 3))
     usage.jobs_created = usage.jobs_completed + usage.jobs_failed
+    for entries, total, values in (
+        (usage.completed_job_durations, usage.jobs_completed, DURATIONS),
+        (usage.job_failures, usage.jobs_failed, REASONS),
+    ):
+        first, second = draw(st.lists(st.sampled_from(values), min_size=2, max_size=2, unique=True))
+        split = draw(st.integers(0, total))
+        for value, count in ((first, split), (second, total - split)):
+            if count:
+                entry = entries.add(count=count)
+                setattr(entry, "duration" if values is DURATIONS else "reason", value)
+    usage.app_starts = draw(st.integers(0, 3))
+    usage.unclean_shutdowns = draw(st.integers(0, usage.app_starts))
+    usage.uptime_hours = draw(st.integers(0, 168))
+    usage.files_uploaded, usage.printer_disconnections = draw(st.integers(0, 2)), draw(st.integers(0, 2))
     return Store(installation, week, report)
 
 
@@ -180,6 +198,22 @@ class Model:
             figures[1] += report.usage.jobs_completed
             figures[2] += report.usage.jobs_failed
         return sorted((week, *figures) for week, figures in by_week.items())  # type: ignore[misc]
+
+    def activity(self) -> list[tuple[int, ...]]:
+        """The activity tally's rows: per week and activity, installations with
+        any of it, and its sum."""
+        rows: dict[tuple[int, int], list[int]] = {}
+        for (_, week), (report, _) in self.reports.items():
+            for kind in Activity:
+                amount = getattr(report.usage, kind.column)
+                figures = rows.setdefault((WEEKS[week].key, kind), [0, 0])
+                figures[0] += amount > 0
+                figures[1] += amount
+        return sorted(
+            (week, Tally.ACTIVITY, kind, 0, 0, 0, *figures)
+            for (week, kind), figures in rows.items()
+            if figures != [0, 0]
+        )
 
     def latest(self) -> list[tuple[int, int]]:
         newest: dict[int, int] = {}
@@ -254,6 +288,8 @@ async def check(url: str, history: list[Any]) -> None:
         assert incremental["weekly_totals"] == model.totals()
         assert incremental["weekly_new"] == model.new()
         assert incremental["weekly_latest"] == model.latest()
+        activity = [row for row in incremental["weekly_tallies"] if row[1] == Tally.ACTIVITY]
+        assert activity == model.activity()
         assert incremental["weekly_arrivals"] == sorted(model.arrivals.items())
     finally:
         await engine.dispose()

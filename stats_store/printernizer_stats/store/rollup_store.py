@@ -71,6 +71,7 @@ from sqlalchemy import (
     func,
     insert,
     literal,
+    literal_column,
     null,
     or_,
     select,
@@ -110,6 +111,44 @@ class Tally(enum.IntEnum):
     ERRORS_BY_VERSION = 104  # per app version: installations reporting errors; errors
     FAILED_JOBS_BY_VERSION = 105  # per app version: active installations; jobs failed
     COMPLETED_JOBS_BY_VERSION = 106  # per app version: active installations; jobs completed
+    # Keyed (activity) and (app version, activity), as `Activity` numbers:
+    # installations with any of it in the week; the sum of it.
+    ACTIVITY = 107
+    ACTIVITY_BY_VERSION = 108
+    # Keyed (reason) and (app version, reason): installations reporting failed
+    # jobs for the reason; those jobs.
+    JOB_FAILURES = 109
+    JOB_FAILURES_BY_VERSION = 110
+    # Keyed (duration bucket): installations reporting completed jobs of it; those jobs.
+    JOB_DURATIONS = 111
+    # Keyed (app version, deployment mode): installations reporting errors; errors.
+    ERRORS_BY_DEPLOYMENT_AND_VERSION = 112
+    # Keyed (app version, deployment mode): active installations; jobs failed, completed.
+    FAILED_JOBS_BY_DEPLOYMENT_AND_VERSION = 113
+    COMPLETED_JOBS_BY_DEPLOYMENT_AND_VERSION = 114
+    # Keyed (app version, feature): installations with it on; installations reporting it.
+    FEATURES_BY_VERSION = 115
+
+
+class Activity(enum.IntEnum):
+    """What an installation did in a week, as the report's usage counts say:
+    the keys of the activity tallies."""
+
+    JOBS_CREATED = 1
+    JOBS_COMPLETED = 2
+    JOBS_FAILED = 3
+    FILES_DOWNLOADED = 4
+    FILES_UPLOADED = 5
+    UPTIME_HOURS = 6
+    APP_STARTS = 7
+    UNCLEAN_SHUTDOWNS = 8
+    PRINTER_CONNECTIONS = 9
+    PRINTER_DISCONNECTIONS = 10
+
+    @property
+    def column(self) -> str:
+        """The `reports` column that holds it."""
+        return self.name.lower()
 
 
 _reports, _installations = schema.reports, schema.installations
@@ -231,13 +270,26 @@ _PRINTER_PARTS = _temporary(
 _ERROR_ROWS = _temporary(
     "rollup_error_rows",
     Column("report", BigInteger),
-    *_integers("week", "error_type", "component", *_VERSION, "count"),
+    *_integers("week", "error_type", "component", *_VERSION, "deployment_mode", "count"),
 )
-# The reports' features: reporting them, and with them on.
+# The reports' features by app version: reporting them, and with them on.
 _FEATURE_ROWS = _temporary(
-    "rollup_feature_rows", *_integers("week", "feature"), *_big_integers("enabled", "reports")
+    "rollup_feature_rows", *_integers("week", *_VERSION, "feature"), *_big_integers("enabled", "reports")
 )
-_SCRATCH = (_REPORT_PARTS, _PRINTER_PARTS, _ERROR_ROWS, _FEATURE_ROWS)
+# The reports by app version and deployment mode: how many, each activity's
+# sum, and how many had any of it.
+_ACTIVITY_PARTS = _temporary(
+    "rollup_activity_parts",
+    *_integers("week", *_VERSION, "deployment_mode"),
+    *_big_integers("reports", *(a.column for a in Activity), *(f"{a.column}_reports" for a in Activity)),
+)
+# The reports' failed jobs by reason (outcome 1) and completed jobs by
+# duration (outcome 2), by app version.
+_JOB_ROWS = _temporary(
+    "rollup_job_rows", *_integers("week", *_VERSION, "outcome", "value"), *_big_integers("reports", "jobs")
+)
+_FAILED, _COMPLETED = 1, 2
+_SCRATCH = (_REPORT_PARTS, _PRINTER_PARTS, _ERROR_ROWS, _FEATURE_ROWS, _ACTIVITY_PARTS, _JOB_ROWS)
 
 
 class _CreateTemporaryAs(Executable, ClauseElement):
@@ -317,17 +369,21 @@ def _all_parts(
     return union_all(*(_part_rows(scope, parts, i, printers) for i in range(len(parts))))
 
 
+_VERSION_COLUMNS = [_reports.c[name] for name in _VERSION]
+
+
 def _feature_rows(scope: _Scope) -> _Rows:
     features = schema.report_features
     return (
         select(
             _reports.c.week,
+            *_VERSION_COLUMNS,
             features.c.feature,
             func.sum(case((features.c.enabled, 1), else_=0)).label("enabled"),
             func.count().label("reports"),
         )
         .where(scope.of(features), scope.reports)
-        .group_by(_reports.c.week, features.c.feature)
+        .group_by(_reports.c.week, *_VERSION_COLUMNS, features.c.feature)
     )
 
 
@@ -338,9 +394,44 @@ def _error_rows(scope: _Scope) -> _Rows:
         _reports.c.week,
         errors.c.error_type,
         errors.c.component,
-        *(_reports.c[name] for name in _VERSION),
+        *_VERSION_COLUMNS,
+        _reports.c.deployment_mode,
         errors.c.count,
     ).where(scope.of(errors), scope.reports)
+
+
+def _activity_parts(scope: _Scope) -> _Rows:
+    keys = [_reports.c.week, *_VERSION_COLUMNS, _reports.c.deployment_mode]
+    columns = [_reports.c[a.column] for a in Activity]
+    return (
+        select(
+            *keys,
+            func.count().label("reports"),
+            *(func.sum(c).label(c.name) for c in columns),
+            *(func.sum(case((c > 0, 1), else_=0)).label(f"{c.name}_reports") for c in columns),
+        )
+        .where(scope.reports)
+        .group_by(*keys)
+    )
+
+
+def _job_rows(scope: _Scope) -> _AnyRows:
+    """Failed jobs by reason and completed jobs by duration."""
+    selects = []
+    for outcome, child, value in (
+        (_FAILED, schema.report_job_failures, schema.report_job_failures.c.reason),
+        (_COMPLETED, schema.report_job_durations, schema.report_job_durations.c.duration),
+    ):
+        # A constant the scratch table can take its type from (a parameter has none).
+        kind = literal_column(str(outcome), Integer)
+        keys = [_reports.c.week, *_VERSION_COLUMNS, kind, value]
+        amounts = [func.count(), func.sum(child.c["count"])]
+        selects.append(
+            select(*(c.label(n) for c, n in zip([*keys, *amounts], _JOB_ROWS.c.keys(), strict=True)))
+            .where(scope.of(child), scope.reports)
+            .group_by(_reports.c.week, *_VERSION_COLUMNS, value)
+        )
+    return union_all(*selects)
 
 
 @dataclass(frozen=True)
@@ -352,6 +443,8 @@ class _Sources:
     printer_parts: Sequence[FromClause]
     error_rows: FromClause
     feature_rows: FromClause
+    activity_parts: FromClause
+    job_rows: FromClause
 
 
 async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> _Sources:
@@ -363,6 +456,8 @@ async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> 
             [_part_rows(scope, PRINTER_PARTS, i, True).subquery() for i in range(len(PRINTER_PARTS))],
             _error_rows(scope).subquery(),
             _feature_rows(scope).subquery(),
+            _activity_parts(scope).subquery(),
+            _job_rows(scope).subquery(),
         )
     postgresql = connection.dialect.name == "postgresql"
     await connection.execute(
@@ -383,6 +478,8 @@ async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> 
     )
     await connection.execute(_CreateTemporaryAs(_ERROR_ROWS, _error_rows(scope)))
     await connection.execute(_CreateTemporaryAs(_FEATURE_ROWS, _feature_rows(scope)))
+    await connection.execute(_CreateTemporaryAs(_ACTIVITY_PARTS, _activity_parts(scope)))
+    await connection.execute(_CreateTemporaryAs(_JOB_ROWS, _job_rows(scope)))
     if postgresql:
         await connection.execute(text("SET LOCAL enable_hashjoin = on"))
         # Temporary tables get no statistics by themselves; without them the
@@ -390,7 +487,12 @@ async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> 
         for table in _SCRATCH:
             await connection.execute(text(f"ANALYZE {table.name}"))
     return _Sources(
-        [_REPORT_PARTS] * len(REPORT_PARTS), [_PRINTER_PARTS] * len(PRINTER_PARTS), _ERROR_ROWS, _FEATURE_ROWS
+        [_REPORT_PARTS] * len(REPORT_PARTS),
+        [_PRINTER_PARTS] * len(PRINTER_PARTS),
+        _ERROR_ROWS,
+        _FEATURE_ROWS,
+        _ACTIVITY_PARTS,
+        _JOB_ROWS,
     )
 
 
@@ -414,13 +516,24 @@ def _contributions(sources: _Sources, sign: int) -> list[tuple[Table, _Rows]]:
     statements: list[tuple[Table, _Rows]] = []
 
     def rollup(
-        table: Table, source: FromClause, part: int | None, keys: Sequence[Any], amounts: Sequence[Any]
+        table: Table,
+        source: FromClause,
+        part: int | None,
+        keys: Sequence[Any],
+        amounts: Sequence[Any],
+        where: ColumnElement[bool] | None = None,
+        having: ColumnElement[bool] | None = None,
     ) -> None:
+        """`part`: the part of a parts source to read; `where`: which of the source's
+        rows; `having`: which keys (those whose rows would be empty are left out,
+        as a rebuild would find no row for them)."""
         grouping = [k for k in keys if not isinstance(k, BindParameter)]
         rows = select(*keys, *(signed(a) for a in amounts)).select_from(source)
         # A WHERE always: SQLite would read an ON after a bare FROM as a join's.
-        rows = rows.where(source.c.part == part if part is not None else true())
-        statements.append((table, rows.group_by(*grouping)))
+        if part is not None:
+            where = source.c.part == part
+        rows = rows.where(where if where is not None else true()).group_by(*grouping)
+        statements.append((table, rows.having(having) if having is not None else rows))
 
     def report_part(*dimensions: int) -> tuple[FromClause, int]:
         index = _part_of(REPORT_PARTS, dimensions)
@@ -442,28 +555,65 @@ def _contributions(sources: _Sources, sign: int) -> list[tuple[Table, _Rows]]:
     amounts: list[ColumnElement[Any]] = [func.sum(source.c.reports), func.sum(source.c.printers)]
     rollup(schema.weekly_groups, source, part, keys, amounts)
     source, part = report_part(_V)
-    for tally, jobs in (
+    for by_version, outcome in (
         (Tally.FAILED_JOBS_BY_VERSION, "jobs_failed"),
         (Tally.COMPLETED_JOBS_BY_VERSION, "jobs_completed"),
     ):
-        keys = [source.c.week, literal(int(tally)), *_values(source, _VERSION)]
-        amounts = [func.sum(source.c.reports), func.sum(source.c[jobs])]
+        keys = [source.c.week, literal(int(by_version)), *_values(source, _VERSION), _ZERO]
+        amounts = [func.sum(source.c.reports), func.sum(source.c[outcome])]
         rollup(schema.weekly_tallies, source, part, keys, amounts)
+
+    def tally(
+        code: Tally,
+        source: FromClause,
+        names: Sequence[str | None],
+        amounts: Sequence[Any],
+        where: ColumnElement[bool] | None = None,
+    ) -> None:
+        """A tally's rows: keyed by up to four of the source's columns."""
+        values = _values(source, [*names, *[None] * (4 - len(names))])
+        keys = [source.c.week, literal(int(code)), *values]
+        rollup(schema.weekly_tallies, source, None, keys, amounts, where)
+
     features = sources.feature_rows
-    keys = [features.c.week, literal(int(Tally.FEATURES)), features.c.feature, _ZERO, _ZERO]
-    amounts = [func.sum(features.c.enabled), func.sum(features.c.reports)]
-    rollup(schema.weekly_tallies, features, None, keys, amounts)
+    feature_amounts = [func.sum(features.c.enabled), func.sum(features.c.reports)]
+    tally(Tally.FEATURES, features, ["feature"], feature_amounts)
+    tally(Tally.FEATURES_BY_VERSION, features, [*_VERSION, "feature"], feature_amounts)
     errors = sources.error_rows
-    error_groups: dict[Tally, tuple[str | None, str | None, str | None]] = {
-        Tally.ERRORS_BY_TYPE: ("error_type", None, None),
-        Tally.ERRORS_BY_COMPONENT: ("component", None, None),
-        Tally.ERRORS_BY_TYPE_AND_COMPONENT: ("error_type", "component", None),
+    error_groups: dict[Tally, Sequence[str | None]] = {
+        Tally.ERRORS_BY_TYPE: ["error_type"],
+        Tally.ERRORS_BY_COMPONENT: ["component"],
+        Tally.ERRORS_BY_TYPE_AND_COMPONENT: ["error_type", "component"],
         Tally.ERRORS_BY_VERSION: _VERSION,
+        Tally.ERRORS_BY_DEPLOYMENT_AND_VERSION: [*_VERSION, "deployment_mode"],
     }
-    for tally, names in error_groups.items():
-        keys = [errors.c.week, literal(int(tally)), *_values(errors, names)]
+    for code, keyed_by in error_groups.items():
         amounts = [func.count(func.distinct(errors.c.report)), func.sum(errors.c["count"])]
-        rollup(schema.weekly_tallies, errors, None, keys, amounts)
+        tally(code, errors, keyed_by, amounts)
+    activity = sources.activity_parts
+    for code, outcome in (
+        (Tally.FAILED_JOBS_BY_DEPLOYMENT_AND_VERSION, "jobs_failed"),
+        (Tally.COMPLETED_JOBS_BY_DEPLOYMENT_AND_VERSION, "jobs_completed"),
+    ):
+        amounts = [func.sum(activity.c.reports), func.sum(activity.c[outcome])]
+        tally(code, activity, [*_VERSION, "deployment_mode"], amounts)
+    for kind in Activity:
+        with_it = func.sum(activity.c[f"{kind.column}_reports"])
+        amounts = [with_it, func.sum(activity.c[kind.column])]
+        for code, version in ((Tally.ACTIVITY, []), (Tally.ACTIVITY_BY_VERSION, _VERSION)):
+            keys = [activity.c.week, literal(int(code)), *_values(activity, version)]
+            keys += [literal(int(kind))] + [_ZERO] * (3 - len(version))
+            # Only where an installation did any of it: a row of zeros is no row.
+            rollup(schema.weekly_tallies, activity, None, keys, amounts, having=with_it != 0)
+    jobs = sources.job_rows
+    job_amounts = [func.sum(jobs.c.reports), func.sum(jobs.c.jobs)]
+    failed, completed = jobs.c.outcome == _FAILED, jobs.c.outcome == _COMPLETED
+    for code, keyed_by, which in (
+        (Tally.JOB_FAILURES, ["value"], failed),
+        (Tally.JOB_FAILURES_BY_VERSION, [*_VERSION, "value"], failed),
+        (Tally.JOB_DURATIONS, ["value"], completed),
+    ):
+        tally(code, jobs, keyed_by, job_amounts, which)
     # Pairs of dimensions, in Dimension order.
     for first, second in itertools.combinations(sorted([*REPORT_DIMENSIONS, PRINTER_TYPE]), 2):
         if PRINTER_TYPE in (first, second):

@@ -213,9 +213,10 @@ weekly_groups = Table(
     Column("amount", BigInteger, nullable=False),
 )
 
-# Per week and value of a tally (rollup_store.Tally: features, errors, jobs):
-# what `installations` and `amount` are depends on the tally. Values as in
-# weekly_groups.
+# Per week and value of a tally (rollup_store.Tally: features, errors, jobs,
+# activity): what `installations` and `amount` are depends on the tally. Values
+# as in weekly_groups; a tally per app version and something else (a feature, a
+# failure reason...) keeps the version in a, b, c and the other value in d.
 weekly_tallies = Table(
     "weekly_tallies",
     metadata,
@@ -224,6 +225,7 @@ weekly_tallies = Table(
     Column("value_a", Integer, primary_key=True),
     Column("value_b", Integer, primary_key=True),
     Column("value_c", Integer, primary_key=True),
+    Column("value_d", Integer, primary_key=True),
     Column("installations", Integer, nullable=False),
     Column("amount", BigInteger, nullable=False),
 )
