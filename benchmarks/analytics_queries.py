@@ -29,6 +29,7 @@ from printernizer.stats.v1 import country_pb2
 from printernizer_stats.analytics.queries import Analytics, weeks_ending
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.store import schema
+from printernizer_stats.store.analytics_store import AnalyticsStore
 from printernizer_stats.store.database import async_url, create_sync_engine, upgrade
 from printernizer_stats.store.rollup_store import Rollups
 from sqlalchemy import insert
@@ -189,7 +190,7 @@ async def measure(url: str, runs: int) -> tuple[float, list[tuple[str, float, fl
         start = time.perf_counter()
         await Rollups(engine, lambda: NOW).refresh()
         refresh_seconds = time.perf_counter() - start
-        analytics = Analytics(engine, 5, lambda: NOW)
+        analytics = Analytics(AnalyticsStore(engine), 5, lambda: NOW)
         results = []
         for name, query in QUERIES:
             await query(analytics)  # warm: connections, compiled statements

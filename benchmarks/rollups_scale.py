@@ -31,6 +31,7 @@ import psycopg
 from printernizer.stats.v1 import country_pb2
 from printernizer_stats.analytics.queries import Analytics
 from printernizer_stats.common.weeks import Week
+from printernizer_stats.store.analytics_store import AnalyticsStore
 from printernizer_stats.store.database import create_server_engine, upgrade
 from printernizer_stats.store.ingest_store import IngestStore
 from printernizer_stats.store.rollup_store import Rollups
@@ -309,7 +310,7 @@ async def measure_fleet(url: str, installations: int, week_count: int, runs: int
             after.append(await _timed(rollups.refresh))
         figures.add("deletion of an installation, its reports taken out of the rollups", deletions, 1)
         figures.add("refresh after a deletion", after, 1)
-        analytics = Analytics(engine, 5, lambda: NOW)
+        analytics = Analytics(AnalyticsStore(engine), 5, lambda: NOW)
         for name, query in QUERIES:
             await query(analytics)  # warm: connections, compiled statements
             timings = [await _timed(lambda q=query: q(analytics)) for _ in range(runs)]  # type: ignore[misc]

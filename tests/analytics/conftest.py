@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager
@@ -29,10 +30,12 @@ from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.demo.services import free_port
 from printernizer_stats.store import schema
-from printernizer_stats.store.database import create_server_engine, upgrade
+from printernizer_stats.store.analytics_store import AnalyticsStore
+from printernizer_stats.store.database import create_server_engine
 from printernizer_stats.store.ingest_store import IngestStore
 from printernizer_stats.store.rollup_store import Rollups
 from sqlalchemy import func, select
+from sqlalchemy.engine import make_url
 
 from .. import databases
 from ..agent_harness import FakeClock
@@ -127,28 +130,59 @@ class Stored:
     installations: list[Installation]
 
 
-@pytest.fixture
-async def stored(database_url: str) -> AsyncIterator[Stored]:
-    upgrade(database_url)
+async def store_fleet(database_url: str) -> list[Installation]:
+    """FLEET through the real ingest path into the database at `database_url` (at the latest schema),
+    the rollups refreshed; the installations that signed."""
     store = IngestStore.open(database_url)
-    ingest = Ingest(store, FakeClock(NOW))
-    installations = []
-    for member in FLEET:
-        agent = Installation(uuid.uuid4().bytes)
-        reports = []
-        for week in member.weeks:
-            report = report_of(agent, week)
-            report.installation.deployment_mode = member.mode  # type: ignore[assignment]
-            version = report.installation.app_version
-            version.major, version.minor, version.patch = member.version
-            if member.timelapse is not None:
-                report.features.add(feature=common_pb2.FEATURE_TIMELAPSE, enabled=member.timelapse)
-            reports.append(report)
-        await ingest.submit(agent.submission(*reports))
-        installations.append(agent)
+    try:
+        ingest = Ingest(store, FakeClock(NOW))
+        installations = []
+        for member in FLEET:
+            agent = Installation(uuid.uuid4().bytes)
+            reports = []
+            for week in member.weeks:
+                report = report_of(agent, week)
+                report.installation.deployment_mode = member.mode  # type: ignore[assignment]
+                version = report.installation.app_version
+                version.major, version.minor, version.patch = member.version
+                if member.timelapse is not None:
+                    report.features.add(feature=common_pb2.FEATURE_TIMELAPSE, enabled=member.timelapse)
+                reports.append(report)
+            await ingest.submit(agent.submission(*reports))
+            installations.append(agent)
+        assert await Rollups(store.engine, FakeClock(NOW)).refresh() == [W44, W45, W46]
+    finally:
+        await store.close()
+    return installations
+
+
+# FLEET stored once per test process in a SQLite file, which each test on SQLite gets a copy of
+# (storing it takes about half a second). Its installations' keys sign the copies' later requests.
+_sqlite_fleet: list[tuple[Path, list[Installation]]] = []
+
+
+async def sqlite_fleet(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Installation]]:
+    if not _sqlite_fleet:
+        path = tmp_path_factory.mktemp("fleet") / "fleet.db"
+        databases.upgrade(f"sqlite:///{path}")
+        _sqlite_fleet.append((path, await store_fleet(f"sqlite:///{path}")))
+    return _sqlite_fleet[0]
+
+
+@pytest.fixture
+async def stored(database_url: str, tmp_path_factory: pytest.TempPathFactory) -> AsyncIterator[Stored]:
+    """FLEET stored in this test's own database."""
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite":
+        template, installations = await sqlite_fleet(tmp_path_factory)
+        shutil.copyfile(template, str(url.database))
+    else:
+        databases.upgrade(database_url)
+        installations = await store_fleet(database_url)
+    store = IngestStore.open(database_url)
     rollups = Rollups(store.engine, FakeClock(NOW))
-    assert await rollups.refresh() == [W44, W45, W46]
-    yield Stored(ingest, Analytics(store.engine, K, FakeClock(NOW)), rollups, installations)
+    analytics = Analytics(AnalyticsStore(store.engine), K, FakeClock(NOW))
+    yield Stored(Ingest(store, FakeClock(NOW)), analytics, rollups, installations)
     await store.close()
 
 

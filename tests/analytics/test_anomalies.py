@@ -12,7 +12,7 @@ from printernizer_stats.aggregation.ingest import Ingest
 from printernizer_stats.analytics import anomalies
 from printernizer_stats.analytics.queries import Analytics, weeks_ending
 from printernizer_stats.common.weeks import Week
-from printernizer_stats.store.database import upgrade
+from printernizer_stats.store.analytics_store import AnalyticsStore
 from printernizer_stats.store.ingest_store import IngestStore
 from printernizer_stats.store.rollup_store import Rollups
 
@@ -90,7 +90,7 @@ async def fleet_alerts(
 ) -> list[analytics_service_pb2.Anomaly]:
     """20 installations (the last 6 on app 2.8.0, the rest on 2.7.0) over 12
     weeks; the anomalies of the last 4 weeks."""
-    upgrade(database_url)
+    databases.upgrade(database_url)
     store = IngestStore.open(database_url)
     try:
         ingest = Ingest(store, FakeClock(NOW))
@@ -106,7 +106,7 @@ async def fleet_alerts(
                 reports.append(report)
             await ingest.submit(agent.submission(*reports))
         await Rollups(store.engine, FakeClock(NOW)).refresh()
-        analytics = Analytics(store.engine, 5, FakeClock(NOW))
+        analytics = Analytics(AnalyticsStore(store.engine), 5, FakeClock(NOW))
         request = analytics_service_pb2.ListAnomaliesRequest(window=analytics_service_pb2.WeekWindow(weeks=4))
         return list((await analytics.anomalies(request)).anomalies)
     finally:
@@ -136,8 +136,12 @@ async def test_an_error_surge_in_one_version_is_named(database_url: str) -> None
     assert [
         (a.kind, a.severity, Week.from_proto(a.week), [v.label for v in a.scope], round(a.observed, 2))
         for a in alerts
+        if a.kind != Kind.ANOMALY_KIND_RELEASE_REGRESSION
     ] == [
         (Kind.ANOMALY_KIND_VERSION_ERROR_SPIKE, Severity.SEVERITY_CRITICAL, LAST, ["2.8.0"], 48.0),
         (Kind.ANOMALY_KIND_ERROR_SPIKE, Severity.SEVERITY_WARNING, LAST, [], 14.75),
     ]
+    # The version is also worse than the release before it (tests/analytics/test_release_health.py).
+    regressions = [a for a in alerts if a.kind == Kind.ANOMALY_KIND_RELEASE_REGRESSION]
+    assert [(Week.from_proto(a.week), [v.label for v in a.scope]) for a in regressions] == [(LAST, ["2.8.0"])]
     assert all(a.description and str(round(a.threshold, 2)) for a in alerts)

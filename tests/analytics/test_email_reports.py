@@ -30,6 +30,7 @@ from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.demo.services import free_port
 from printernizer_stats.store import schema
+from printernizer_stats.store.mail_claims_store import MailClaimsStore
 from sqlalchemy import func, select
 
 from ..agent_harness import FakeClock
@@ -98,11 +99,12 @@ async def test_a_failed_send_is_logged_and_tried_again_once_per_period(
     inbox, port = smtp
     monday_morning = FakeClock(dt.datetime(2026, 11, 23, 7, tzinfo=dt.UTC))  # W48, a Monday
     stored.analytics.clock = monday_morning
-    broken = Reporter(stored.analytics, stored.analytics.engine, mail(free_port()))  # nothing listens
+    claims = MailClaimsStore(stored.analytics.store.engine)
+    broken = Reporter(stored.analytics, claims, mail(free_port()))  # nothing listens
     await broken.tick()  # must not raise
     assert "e-mail report for 202647 was not sent" in caplog.text
     assert await sent_reports(stored) == 0  # the claim was released
-    working = Reporter(stored.analytics, stored.analytics.engine, mail(port))
+    working = Reporter(stored.analytics, claims, mail(port))
     await working.tick()
     await working.tick()  # already sent: not again
     assert sorted(m["Subject"] for m in inbox.messages) == [
@@ -113,7 +115,7 @@ async def test_a_failed_send_is_logged_and_tried_again_once_per_period(
 
 
 async def sent_reports(stored: Stored) -> int:
-    async with stored.analytics.engine.connect() as connection:
+    async with stored.analytics.store.engine.connect() as connection:
         return int(await connection.scalar(select(func.count()).select_from(schema.email_reports)) or 0)
 
 

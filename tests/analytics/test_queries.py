@@ -202,7 +202,7 @@ async def test_version_migration_orders_versions_as_numbers_and_hides_small_ones
 
 
 async def test_a_group_small_in_one_week_only_is_folded_in_that_week(stored: Stored) -> None:
-    strict = Analytics(stored.analytics.engine, 4, FakeClock(NOW))
+    strict = Analytics(stored.analytics.store, 4, FakeClock(NOW))
     request = analytics_service_pb2.GetVersionMigrationRequest(
         window=analytics_service_pb2.WeekWindow(weeks=3)
     )

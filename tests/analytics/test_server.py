@@ -17,11 +17,11 @@ from typing import Any
 import grpc
 import pytest
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
-from printernizer_stats.analytics.queries import Analytics
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.errors import field_violations
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.store import schema
+from printernizer_stats.store.analytics_store import AnalyticsStore
 from printernizer_stats.store.database import async_url
 from sqlalchemy import func, select
 from sqlalchemy.ext.asyncio import create_async_engine
@@ -184,10 +184,11 @@ async def test_a_query_reads_one_snapshot_while_a_refresh_commits(server: Runnin
     tear its answer (seen once: a week's total of 3 with no country groups)."""
     engine = create_async_engine(async_url(server.database_url))
     try:
-        analytics = Analytics(engine, min_group_size=1)
+        store = AnalyticsStore(engine)
         await refresh_rollups(server.database_url)
         totals = select(func.count()).select_from(schema.weekly_totals)
-        async with analytics.reading() as connection:
+        async with store.snapshot() as snapshot:
+            connection = snapshot.connection
             before = await connection.scalar(totals)
             if engine.dialect.name == "postgresql":
                 agent = Installation(uuid.uuid4().bytes)
@@ -202,7 +203,8 @@ async def test_a_query_reads_one_snapshot_while_a_refresh_commits(server: Runnin
                 with pytest.raises(sqlite3.OperationalError, match="locked"):
                     await asyncio.to_thread(write_totals, server.database_url.removeprefix("sqlite:///"))
             assert await connection.scalar(totals) == before  # still the snapshot it started with
-        async with analytics.reading() as connection:
+        async with store.snapshot() as snapshot:
+            connection = snapshot.connection
             if engine.dialect.name == "postgresql":
                 assert await connection.scalar(totals) == (before or 0) + 1  # a new query sees the refresh
     finally:

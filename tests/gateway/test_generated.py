@@ -211,7 +211,7 @@ def assert_clean(run: Run, operations: int) -> None:
 async def test_a_generated_run_over_the_statistics_api(tmp_path: Path) -> None:
     async with statistics_gateway(tmp_path) as url:
         run = await asyncio.to_thread(generated_run, url, "/api/v1/stats/", ADMIN, needs_the_token)
-    assert_clean(run, operations=10)
+    assert_clean(run, operations=13)
 
 
 @pytest.mark.slow

@@ -34,6 +34,13 @@ CHARTS = [
     "chart-features",
     "chart-errors",
     "chart-migration",
+    "chart-jobs",
+    "chart-durations",
+    "chart-failures",
+    "chart-stability",
+    "chart-files",
+    "chart-deployment-errors",
+    "chart-features-by-version",
 ]
 
 
@@ -124,6 +131,12 @@ async def test_the_dashboard_draws_the_fleet_and_its_anomalies(
     # The buggy patch's spike, the fleet's only critical one.
     spike = page.locator("#anomaly-list li[data-kind=ANOMALY_KIND_VERSION_ERROR_SPIKE]", has_text="2.8.1")
     await expect(spike.locator(".severity")).to_have_class("severity critical")
+    # The same patch's planted regression (crashes, failed jobs) against the release before it: flagged
+    # in release health and raised as an anomaly; the fix after it is not.
+    await expect(page.locator('#release-health tr[data-version="2.8.1"] td.regressed').first).to_be_visible()
+    assert await page.locator('#release-health tr[data-version="2.8.2"] td.regressed').count() == 0
+    regression = page.locator("#anomaly-list li[data-kind=ANOMALY_KIND_RELEASE_REGRESSION]", has_text="2.8.1")
+    await expect(regression.first).to_be_visible()
 
     async with page.expect_download() as download_info:
         await page.click("#export")
@@ -131,6 +144,9 @@ async def test_the_dashboard_draws_the_fleet_and_its_anomalies(
     assert download.suggested_filename == "printernizer-usage-statistics.json"
     export = json.loads(Path(await download.path()).read_text())
     assert export["overview"]["active"]["totalKnown"] == str(known)
+    assert "2.8.1" in [r["version"]["label"] for r in export["releaseHealth"]["releases"]]
+    assert export["usage"]["weeks"]
+    assert export["featureAdoptionByVersion"]["versions"]
 
     await screenshot(page, "dashboard.png")
     assert watch.problems == []

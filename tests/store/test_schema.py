@@ -248,12 +248,13 @@ async def test_every_query_the_store_runs_compiles_for_sql_server(
         # The analytics server's rollups and queries run on the same database.
         from printernizer.stats.v1 import analytics_service_pb2
         from printernizer_stats.analytics.queries import Analytics
+        from printernizer_stats.store.analytics_store import AnalyticsStore
         from printernizer_stats.store.rollup_store import Rollups
 
         other = Installation(uuid.uuid4().bytes)
         await ingest.submit(other.submission(report_of(other, week)))
         await Rollups(store.engine, FakeClock(NOW)).refresh()
-        analytics = Analytics(store.engine, 5, FakeClock(NOW))
+        analytics = Analytics(AnalyticsStore(store.engine), 5, FakeClock(NOW))
         await analytics.installation_trend(analytics_service_pb2.GetInstallationTrendRequest())
         for dimension in analytics_service_pb2.Dimension.values()[1:]:
             await analytics.distribution(analytics_service_pb2.GetDistributionRequest(dimensions=[dimension]))

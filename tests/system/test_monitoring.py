@@ -38,6 +38,7 @@ from printernizer_stats.common.clock import SimulatedClock
 from printernizer_stats.common.health import is_serving
 from printernizer_stats.demo.services import free_port
 from printernizer_stats.store import rollup_store
+from printernizer_stats.store.mail_claims_store import MailClaimsStore
 from sqlalchemy.engine import make_url
 
 from .. import databases
@@ -551,7 +552,8 @@ async def test_email_reports_are_counted_sent_or_failed(stored: Stored) -> None:
         return {(dict(k)["kind"], dict(k)["outcome"]): v for k, v in collected("stats.email.reports").items()}
 
     stored.analytics.clock = FakeClock(dt.datetime(2026, 11, 23, 7, tzinfo=dt.UTC))  # a Monday: both due
-    broken = Reporter(stored.analytics, stored.analytics.engine, mail(free_port()))  # nothing listens
+    claims = MailClaimsStore(stored.analytics.store.engine)
+    broken = Reporter(stored.analytics, claims, mail(free_port()))  # nothing listens
     before = counts()
     assert set(before) == {
         (kind, outcome) for kind in ("weekly", "monthly") for outcome in ("sent", "failed")
@@ -568,7 +570,7 @@ async def test_email_reports_are_counted_sent_or_failed(stored: Stored) -> None:
     controller = Controller(Inbox(), hostname="127.0.0.1", port=free_port())
     controller.start()
     try:
-        await Reporter(stored.analytics, stored.analytics.engine, mail(controller.port)).tick()
+        await Reporter(stored.analytics, claims, mail(controller.port)).tick()
     finally:
         controller.stop()
     sent = counts()

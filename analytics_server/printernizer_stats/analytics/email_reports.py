@@ -1,8 +1,8 @@
 """E-mail reports: a weekly summary (Mondays) and a monthly report (the 1st).
 
-Both are built from the overview the dashboard shows (`Analytics.overview`),
-so a report cannot show zeros where the dashboard shows data, and small
-groups are folded the same way. Every value goes through Jinja2's HTML
+Both are built from the answers the dashboard shows (`Analytics.overview`,
+`release_health` and `usage`), so a report cannot show zeros where the
+dashboard shows data, and small groups are folded the same way. Every value goes through Jinja2's HTML
 autoescaping. Recipients come only from the configuration. Each report is
 claimed in the database before it is sent, so several analytics replicas and
 restarts send it once; a failed send releases the claim and is tried again
@@ -26,10 +26,7 @@ import jinja2
 from opentelemetry import metrics
 from printernizer.stats.v1 import analytics_service_pb2
 from printernizer_stats.common.weeks import Week, last_complete_week
-from printernizer_stats.store import schema
-from sqlalchemy import delete, insert
-from sqlalchemy.exc import IntegrityError
-from sqlalchemy.ext.asyncio import AsyncEngine
+from printernizer_stats.store.mail_claims_store import MailClaimsStore
 
 from .queries import Analytics
 
@@ -82,8 +79,66 @@ def _name(enum: Any, number: int, prefix: str) -> str:
     return str(enum.Name(number)).removeprefix(prefix).lower().replace("_", " ")
 
 
-def content(overview: analytics_service_pb2.GetOverviewResponse, title: str) -> dict[str, Any]:
-    """The template's values, all taken from the overview."""
+@dataclass(frozen=True)
+class Answers:
+    """What a report is made of: the dashboard's answers for its weeks."""
+
+    overview: analytics_service_pb2.GetOverviewResponse
+    release_health: analytics_service_pb2.GetReleaseHealthResponse
+    usage: analytics_service_pb2.GetUsageResponse
+
+
+async def answers(analytics: Analytics, window: analytics_service_pb2.WeekWindow) -> Answers:
+    """The overview and usage of `window`, and release health over its last weeks."""
+    health_window = analytics_service_pb2.WeekWindow(until=window.until)
+    return Answers(
+        await analytics.overview(analytics_service_pb2.GetOverviewRequest(window=window)),
+        await analytics.release_health(analytics_service_pb2.GetReleaseHealthRequest(window=health_window)),
+        await analytics.usage(analytics_service_pb2.GetUsageRequest(window=window)),
+    )
+
+
+def _release_rows(health: analytics_service_pb2.GetReleaseHealthResponse) -> list[dict[str, Any]]:
+    return [
+        {
+            "version": release.version.label,
+            "installations": release.installations,
+            "crash_free": "too few to show"
+            if release.crash_free_suppressed
+            else _percent(release.crash_free_rate),
+            "job_success": _percent(release.job_success_rate),
+            "errors": f"{release.errors_per_installation:.2f}",
+            "uptime": f"{release.uptime_hours_per_installation:.0f}",
+            "previous": release.previous.label if release.HasField("previous") else "",
+            "regressions": [
+                f"{_name(analytics_service_pb2.ReleaseMetric, r.metric, 'RELEASE_METRIC_')} "
+                f"({_name(analytics_service_pb2.Severity, r.severity, 'SEVERITY_')}): "
+                f"{r.observed:.4g} against {r.previous:.4g}"
+                for r in release.regressions
+            ],
+        }
+        for release in health.releases
+    ]
+
+
+def _usage_rows(usage: analytics_service_pb2.GetUsageResponse) -> list[dict[str, Any]]:
+    return [
+        {
+            "week": str(Week.from_proto(w.week)),
+            "completed": w.jobs_completed,
+            "failed": w.jobs_failed,
+            "success": _percent(w.job_success_rate),
+            "files": w.files_downloaded + w.files_uploaded,
+            "disconnections": f"{w.disconnections_per_connection:.2f}",
+            "crash_free": "too few to show" if w.crash_free_suppressed else _percent(w.crash_free_rate),
+        }
+        for w in usage.weeks
+    ]
+
+
+def content(given: Answers, title: str) -> dict[str, Any]:
+    """The template's values, all taken from the dashboard's answers."""
+    overview = given.overview
     active = overview.active
     week = Week.from_proto(active.week)
     sections = []
@@ -142,6 +197,9 @@ def content(overview: analytics_service_pb2.GetOverviewResponse, title: str) -> 
             }
             for a in overview.anomalies
         ],
+        "releases": _release_rows(given.release_health),
+        "release_weeks": len(given.release_health.weeks),
+        "usage": _usage_rows(given.usage),
         "min_group_size": overview.min_group_size,
     }
 
@@ -156,12 +214,8 @@ def render(values: dict[str, Any]) -> Report:
 
 async def weekly_report(analytics: Analytics, week: Week) -> Report:
     """The summary of one complete week, with the 12 weeks up to it."""
-    overview = await analytics.overview(
-        analytics_service_pb2.GetOverviewRequest(
-            window=analytics_service_pb2.WeekWindow(until=week.to_proto())
-        )
-    )
-    return render(content(overview, f"Printernizer usage, week {week}"))
+    given = await answers(analytics, analytics_service_pb2.WeekWindow(until=week.to_proto()))
+    return render(content(given, f"Printernizer usage, week {week}"))
 
 
 def weeks_of_month(year: int, month: int) -> list[Week]:
@@ -179,12 +233,9 @@ def weeks_of_month(year: int, month: int) -> list[Week]:
 async def monthly_report(analytics: Analytics, year: int, month: int) -> Report:
     """The month's weeks (those ending in it), in the same shape as the weekly summary."""
     weeks = weeks_of_month(year, month)
-    overview = await analytics.overview(
-        analytics_service_pb2.GetOverviewRequest(
-            window=analytics_service_pb2.WeekWindow(weeks=len(weeks), until=weeks[-1].to_proto())
-        )
-    )
-    return render(content(overview, f"Printernizer usage, {calendar.month_name[month]} {year}"))
+    window = analytics_service_pb2.WeekWindow(weeks=len(weeks), until=weeks[-1].to_proto())
+    given = await answers(analytics, window)
+    return render(content(given, f"Printernizer usage, {calendar.month_name[month]} {year}"))
 
 
 def message(report: Report, config: MailConfig) -> EmailMessage:
@@ -233,9 +284,9 @@ def due(now: dt.datetime) -> list[tuple[int, int]]:
 class Reporter:
     """Sends each report once, when it is due (a periodic job of the server)."""
 
-    def __init__(self, analytics: Analytics, engine: AsyncEngine, config: MailConfig) -> None:
+    def __init__(self, analytics: Analytics, claims: MailClaimsStore, config: MailConfig) -> None:
         self.analytics = analytics
-        self.engine = engine
+        self.claims = claims
         self.config = config
         # Every series from zero, so that an alert sees the first failure as an increase.
         for kind in _KIND.values():
@@ -244,12 +295,12 @@ class Reporter:
 
     async def tick(self) -> None:
         for kind, period in due(self.analytics.clock()):
-            if await self._claim(kind, period):
+            if await self.claims.claim(kind, period, self.analytics.clock()):
                 try:
                     await send(await self.build(kind, period), self.config)
                 except Exception as exc:
                     EMAILS.add(1, {"kind": _KIND[kind], "outcome": "failed"})
-                    await self._release(kind, period)
+                    await self.claims.release(kind, period)
                     log.warning(
                         "the %s e-mail report for %d was not sent (%s); will try again",
                         _KIND[kind],
@@ -264,26 +315,6 @@ class Reporter:
         if kind == WEEKLY:
             return await weekly_report(self.analytics, Week.from_key(period))
         return await monthly_report(self.analytics, period // 100, period % 100)
-
-    async def _claim(self, kind: int, period: int) -> bool:
-        try:
-            async with self.engine.begin() as connection:
-                await connection.execute(
-                    insert(schema.email_reports).values(
-                        kind=kind, period=period, sent_at=self.analytics.clock()
-                    )
-                )
-        except IntegrityError:
-            return False  # sent already (or being sent by another replica)
-        return True
-
-    async def _release(self, kind: int, period: int) -> None:
-        async with self.engine.begin() as connection:
-            await connection.execute(
-                delete(schema.email_reports).where(
-                    schema.email_reports.c.kind == kind, schema.email_reports.c.period == period
-                )
-            )
 
 
 _KIND = {WEEKLY: "weekly", MONTHLY: "monthly"}

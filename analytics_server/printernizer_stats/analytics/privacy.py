@@ -32,15 +32,11 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass, replace
 
+# A group is the analytics store's row (a key, its installations, its amount), as read.
+from printernizer_stats.store.analytics_store import Group as Group
+
 # k: the smallest group of installations ever published, unless configured.
 DEFAULT_MIN_GROUP_SIZE = 5
-
-
-@dataclass(frozen=True)
-class Group:
-    key: tuple[int, ...]
-    installations: int
-    amount: int = 0  # printers, errors...: summed along with the group
 
 
 @dataclass(frozen=True)

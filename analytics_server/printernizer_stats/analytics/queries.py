@@ -1,4 +1,5 @@
-"""The maintainers' questions, answered from the weekly rollups (no gRPC here).
+"""The maintainers' questions, answered from the weekly rollups (no gRPC here, and no SQL:
+the rollups are read through the analytics store, printernizer_stats.store.analytics_store).
 
 Definitions (also in the contract, analytics_service.proto):
 - a week is an ISO week (UTC); "the last complete week" is the newest week
@@ -14,26 +15,32 @@ Definitions (also in the contract, analytics_service.proto):
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
 from printernizer_stats.common.countries import country_name
 from printernizer_stats.common.refusals import FieldError
 from printernizer_stats.common.weeks import Week, last_complete_week
-from printernizer_stats.store import schema
-from printernizer_stats.store.rollup_store import Tally
-from sqlalchemy import func, literal, select
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from printernizer_stats.store.analytics_store import AnalyticsStore, Group
+from printernizer_stats.store.rollup_store import Activity, Tally
 
 from . import anomalies
-from .anomalies import BASELINE_WEEKS
-from .privacy import DEFAULT_MIN_GROUP_SIZE, Disclosure, Folded, Group, ratio
+from .anomalies import BASELINE_WEEKS, Alert
+from .privacy import DEFAULT_MIN_GROUP_SIZE, Disclosure, Folded, ratio
+from .release_health import (
+    RELEASE_HEALTH_WEEKS,
+    WeekFigures,
+    compared,
+    failure_shares,
+    releases,
+    week_figures,
+)
+from .usage import job_series, usage_week
 
 Dimension = analytics_service_pb2.Dimension
-_ZERO = literal(0)
+_V = Dimension.DIMENSION_APP_VERSION
 MAX_WEEKS = 104
 DEFAULT_WEEKS = 12
 
@@ -92,6 +99,8 @@ _ENUMS: dict[int, tuple[str, object, str]] = {
     Tally.FEATURES: ("feature", common_pb2.Feature, "FEATURE_"),
     Tally.ERRORS_BY_TYPE: ("error_type", common_pb2.ErrorType, "ERROR_TYPE_"),
     Tally.ERRORS_BY_COMPONENT: ("component", common_pb2.Component, "COMPONENT_"),
+    Tally.JOB_FAILURES: ("job_failure_reason", common_pb2.JobFailureReason, "JOB_FAILURE_REASON_"),
+    Tally.JOB_DURATIONS: ("job_duration", common_pb2.JobDurationBucket, "JOB_DURATION_BUCKET_"),
 }
 # Distributions ordered as versions (newest first), not by size.
 _VERSIONS = {Dimension.DIMENSION_APP_VERSION, Dimension.DIMENSION_PYTHON_VERSION}
@@ -146,28 +155,16 @@ def group_value(dimension: int, key: Sequence[int]) -> analytics_service_pb2.Gro
 @dataclass
 class Analytics:
     """Every answer goes through `disclosure` (printernizer_stats.analytics.privacy): small
-    groups suppressed, every count rounded to a multiple of min_group_size."""
+    groups suppressed, every count rounded to a multiple of min_group_size. The figures
+    come from `store`; the reads of one answer share one of its snapshots."""
 
-    engine: AsyncEngine
+    store: AnalyticsStore
     min_group_size: int = DEFAULT_MIN_GROUP_SIZE
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC)
 
     @property
     def disclosure(self) -> Disclosure:
         return Disclosure(self.min_group_size)
-
-    @contextlib.asynccontextmanager
-    async def reading(self) -> AsyncIterator[AsyncConnection]:
-        """A connection whose statements all see one snapshot of the rollups, so
-        a refresh committing between two of them cannot tear an answer (a
-        week's total counted, its groups not yet). PostgreSQL: REPEATABLE READ;
-        SQLite: one read transaction (writers wait for it; it is short)."""
-        async with self.engine.connect() as connection:
-            if connection.dialect.name == "postgresql":
-                await connection.execution_options(isolation_level="REPEATABLE READ")
-            elif connection.dialect.name == "sqlite":
-                await connection.exec_driver_sql("BEGIN")
-            yield connection
 
     async def installation_trend(
         self, request: analytics_service_pb2.GetInstallationTrendRequest
@@ -177,38 +174,16 @@ class Analytics:
 
     async def _installation_weeks(self, weeks: list[Week]) -> list[analytics_service_pb2.InstallationWeek]:
         before = weeks[0].previous()
-        totals, new = schema.weekly_totals, schema.weekly_new
-        async with self.reading() as connection:
-            active = dict(
-                (
-                    await connection.execute(
-                        select(totals.c.week, totals.c.active).where(
-                            totals.c.week.between(before.key, weeks[-1].key)
-                        )
-                    )
-                ).all()
-            )
-            first_weeks = dict(
-                (
-                    await connection.execute(
-                        select(new.c.week, new.c.installations).where(
-                            new.c.week.between(weeks[0].key, weeks[-1].key)
-                        )
-                    )
-                ).all()
-            )
-            known = int(
-                await connection.scalar(
-                    select(func.coalesce(func.sum(new.c.installations), 0)).where(new.c.week <= before.key)
-                )
-                or 0
-            )
+        async with self.store.snapshot() as snapshot:
+            active = await snapshot.active(before, weeks[-1])
+            first_weeks = await snapshot.new_installations(weeks[0], weeks[-1])
+            known = await snapshot.known_by(before)
         result = []
         count = self.disclosure.count
-        previous_active = count(int(active.get(before.key, 0)))
+        previous_active = count(active.get(before.key, 0))
         for week in weeks:
-            active_now = count(int(active.get(week.key, 0)))
-            new_now = int(first_weeks.get(week.key, 0))
+            active_now = count(active.get(week.key, 0))
+            new_now = first_weeks.get(week.key, 0)
             known += new_now
             result.append(
                 analytics_service_pb2.InstallationWeek(
@@ -300,22 +275,27 @@ class Analytics:
             error_rates=await self.error_rates(
                 analytics_service_pb2.GetErrorRatesRequest(window=request.window)
             ),
+            release_health=await self.release_health(
+                analytics_service_pb2.GetReleaseHealthRequest(
+                    window=analytics_service_pb2.WeekWindow(weeks=RELEASE_HEALTH_WEEKS, until=last.to_proto())
+                )
+            ),
+            usage=await self.usage(analytics_service_pb2.GetUsageRequest(window=request.window)),
+            error_rates_by_deployment_mode=await self.error_rates(
+                analytics_service_pb2.GetErrorRatesRequest(window=request.window, by_deployment_mode=True)
+            ),
+            feature_adoption_by_version=await self.feature_adoption_by_version(
+                analytics_service_pb2.GetFeatureAdoptionByVersionRequest(week=last.to_proto())
+            ),
         )
 
     async def _active_within(self, last: Week, count: int) -> int:
         """Installations active in at least one of `count` weeks ending with `last`."""
         first = weeks_ending(last, count)[0]
-        latest, reports = schema.weekly_latest, schema.reports
-        async with self.reading() as connection:
-            if last == last_complete_week(self.clock()):
-                # No report can be newer than the last complete week: the
-                # installations by their newest week tell (a few rollup rows).
-                statement = select(func.sum(latest.c.installations)).where(latest.c.week >= first.key)
-            else:
-                statement = select(func.count(func.distinct(reports.c.installation_id))).where(
-                    reports.c.week.between(first.key, last.key)
-                )
-            return int(await connection.scalar(statement) or 0)
+        # No report can be for a week after the last complete one.
+        no_later_reports = last == last_complete_week(self.clock())
+        async with self.store.snapshot() as snapshot:
+            return await snapshot.active_in_any_week(first, last, no_later_reports=no_later_reports)
 
     async def distribution(
         self, request: analytics_service_pb2.GetDistributionRequest
@@ -352,29 +332,11 @@ class Analytics:
         return response
 
     async def _combinations(self, week: Week, first: int, second: int) -> tuple[list[Group], int]:
-        """Installations by two dimensions at once (from the pair rollups)."""
-        pairs = schema.weekly_pairs
-        low, high = sorted((first, second))
-        async with self.reading() as connection:
-            rows = (
-                await connection.execute(
-                    select(
-                        pairs.c.first_a, pairs.c.first_b, pairs.c.first_c,
-                        pairs.c.second_a, pairs.c.second_b, pairs.c.second_c,
-                        pairs.c.installations, pairs.c.amount,
-                    ).where(pairs.c.week == week.key, pairs.c.first == low, pairs.c.second == high)
-                )
-            ).all()  # fmt: skip
-            total = await connection.scalar(
-                select(schema.weekly_totals.c.active).where(schema.weekly_totals.c.week == week.key)
-            )
-        groups = []
-        for row in rows:
-            key = tuple(int(v) for v in row[:6])
-            if first > second:  # stored in dimension order; asked the other way round
-                key = key[3:] + key[:3]
-            groups.append(Group(key, int(row[6]), int(row[7])))
-        return groups, int(total or 0)
+        """Installations by two dimensions at once (from the pair rollups), and the week's active ones."""
+        async with self.store.snapshot() as snapshot:
+            groups = await snapshot.pairs(week, first, second)
+            active = await snapshot.active(week, week)
+        return groups, active.get(week.key, 0)
 
     async def feature_adoption(
         self, request: analytics_service_pb2.GetFeatureAdoptionRequest
@@ -444,29 +406,47 @@ class Analytics:
     async def error_rates(
         self, request: analytics_service_pb2.GetErrorRatesRequest
     ) -> analytics_service_pb2.GetErrorRatesResponse:
-        """Per app version (folded by its active installations): errors per
-        active installation, and the failed share of finished jobs, from the
-        rounded figures."""
+        """Per app version, or per deployment mode and app version (folded by
+        their active installations): errors per active installation, and the
+        failed share of finished jobs, from the rounded figures."""
         weeks = window(request.window, self.clock())
-        versions, _ = await self._groups_over(weeks, Dimension.DIMENSION_APP_VERSION)
+        if request.by_deployment_mode:
+            groups = await self._pairs_over(weeks, Dimension.DIMENSION_DEPLOYMENT_MODE, _V)
+            codes = (
+                Tally.ERRORS_BY_DEPLOYMENT_AND_VERSION,
+                Tally.FAILED_JOBS_BY_DEPLOYMENT_AND_VERSION,
+                Tally.COMPLETED_JOBS_BY_DEPLOYMENT_AND_VERSION,
+            )
+
+            def key_of(tally_key: tuple[int, ...]) -> tuple[int, ...]:
+                return (tally_key[3], 0, 0, *tally_key[:3])  # (version, mode) as the pair's key
+
+            def values(key: tuple[int, ...]) -> list[analytics_service_pb2.GroupValue]:
+                return [group_value(Dimension.DIMENSION_DEPLOYMENT_MODE, key[:3]), group_value(_V, key[3:])]
+
+            def order(key: tuple[int, ...]) -> tuple[int, ...]:
+                return (key[0], *_version_order(key[3:]))
+        else:
+            groups, _ = await self._groups_over(weeks, _V)
+            codes = (Tally.ERRORS_BY_VERSION, Tally.FAILED_JOBS_BY_VERSION, Tally.COMPLETED_JOBS_BY_VERSION)
+            key_of, order = _version, _version_order  # type: ignore[assignment]
+
+            def values(key: tuple[int, ...]) -> list[analytics_service_pb2.GroupValue]:
+                return group_values(_V, key)
+
         sums = {}
-        for code in (Tally.ERRORS_BY_VERSION, Tally.FAILED_JOBS_BY_VERSION, Tally.COMPLETED_JOBS_BY_VERSION):
+        for code in codes:
             per_week, _ = await self._groups_over(weeks, code)
-            sums[code] = {(w, g.key): g.amount for w, groups in per_week.items() for g in groups}
-        folded = {w.key: self.disclosure.fold(versions.get(w.key, [])) for w in weeks}
-        published = sorted({g.key for f in folded.values() for g in f.groups}, key=_version_order)
+            sums[code] = {(w, key_of(g.key)): g.amount for w, tallied in per_week.items() for g in tallied}
+        folded = {w.key: self.disclosure.fold(groups.get(w.key, [])) for w in weeks}
+        published = sorted({g.key for f in folded.values() for g in f.groups}, key=order)
         count = self.disclosure.count
 
         def point(
             week: Week, keys: Iterable[tuple[int, ...]], installations: int
         ) -> analytics_service_pb2.SeriesPoint:
             errors, failed, completed = (
-                count(sum(sums[code].get((week.key, key), 0) for key in keys))
-                for code in (
-                    Tally.ERRORS_BY_VERSION,
-                    Tally.FAILED_JOBS_BY_VERSION,
-                    Tally.COMPLETED_JOBS_BY_VERSION,
-                )
+                count(sum(sums[code].get((week.key, key), 0) for key in keys)) for code in codes
             )
             return analytics_service_pb2.SeriesPoint(
                 week=week.to_proto(),
@@ -478,7 +458,7 @@ class Analytics:
 
         series = []
         for key in published:
-            line = analytics_service_pb2.Series(values=group_values(Dimension.DIMENSION_APP_VERSION, key))
+            line = analytics_service_pb2.Series(values=values(key))
             for week in weeks:
                 group = next((g for g in folded[week.key].groups if g.key == key), None)
                 line.points.append(point(week, [key], group.installations) if group else _suppressed(week))
@@ -492,8 +472,126 @@ class Analytics:
                 )
             series.append(other)
         return analytics_service_pb2.GetErrorRatesResponse(
-            weeks=[w.to_proto() for w in weeks], series=series, min_group_size=self.min_group_size
+            weeks=[w.to_proto() for w in weeks],
+            series=series,
+            min_group_size=self.min_group_size,
+            by_deployment_mode=request.by_deployment_mode,
         )
+
+    async def release_health(
+        self, request: analytics_service_pb2.GetReleaseHealthRequest
+    ) -> analytics_service_pb2.GetReleaseHealthResponse:
+        """Each app version over the window (by default its last
+        RELEASE_HEALTH_WEEKS weeks), against the release before it."""
+        given = analytics_service_pb2.WeekWindow()
+        given.CopyFrom(request.window)
+        given.weeks = given.weeks or RELEASE_HEALTH_WEEKS
+        weeks = window(given, self.clock())
+        found = compared(releases(await self._release_weeks(weeks), self.disclosure))
+        response = analytics_service_pb2.GetReleaseHealthResponse(
+            weeks=[w.to_proto() for w in weeks], min_group_size=self.min_group_size
+        )
+        for release, previous, regressions in found:
+            health = response.releases.add(
+                version=group_value(_V, release.version),
+                installations=release.installations,
+                installation_weeks=release.installation_weeks,
+                installation_weeks_with_unclean_shutdown=release.unclean_weeks,
+                crash_free_rate=release.crash_free_rate,
+                crash_free_suppressed=release.crash_free_suppressed,
+                jobs_completed=release.jobs_completed,
+                jobs_failed=release.jobs_failed,
+                job_success_rate=release.job_success_rate,
+                errors=release.errors,
+                errors_per_installation=release.errors_per_installation,
+                uptime_hours=release.uptime_hours,
+                uptime_hours_per_installation=ratio(release.uptime_hours, release.installation_weeks),
+            )
+            if release.crash_free_suppressed:
+                health.installation_weeks_with_unclean_shutdown = 0
+            for reason, installations, jobs, share in failure_shares(release):
+                health.failure_reasons.add(
+                    value=group_value(Tally.JOB_FAILURES, (reason,)),
+                    installations=installations,
+                    jobs=jobs,
+                    share=share,
+                )
+            if previous is not None:
+                health.previous.CopyFrom(group_value(_V, previous.version))
+            for regression in regressions:
+                health.regressions.add(
+                    metric=regression.metric,
+                    severity=regression.severity,
+                    observed=regression.observed,
+                    previous=regression.previous,
+                    threshold=regression.threshold,
+                    description=regression.description,
+                )
+        return response
+
+    async def _release_weeks(self, weeks: list[Week]) -> list[WeekFigures]:
+        """The rollups release health reads, week by week."""
+        versions, _ = await self._groups_over(weeks, _V)
+        activity, _ = await self._groups_over(weeks, Tally.ACTIVITY_BY_VERSION)
+        errors, _ = await self._groups_over(weeks, Tally.ERRORS_BY_VERSION)
+        failures, _ = await self._groups_over(weeks, Tally.JOB_FAILURES_BY_VERSION)
+        return week_figures(versions, activity, errors, failures, [w.key for w in weeks])
+
+    async def usage(
+        self, request: analytics_service_pb2.GetUsageRequest
+    ) -> analytics_service_pb2.GetUsageResponse:
+        weeks = window(request.window, self.clock())
+        activity, active = await self._groups_over(weeks, Tally.ACTIVITY)
+        durations, _ = await self._groups_over(weeks, Tally.JOB_DURATIONS)
+        failures, _ = await self._groups_over(weeks, Tally.JOB_FAILURES)
+
+        def total_of(kind: Activity) -> dict[int, int]:
+            return {w: sum(g.amount for g in groups if g.key[0] == kind) for w, groups in activity.items()}
+
+        return analytics_service_pb2.GetUsageResponse(
+            weeks=[
+                usage_week(w, active.get(w.key, 0), activity.get(w.key, []), self.disclosure) for w in weeks
+            ],
+            job_durations=job_series(
+                weeks,
+                durations,
+                total_of(Activity.JOBS_COMPLETED),
+                self.disclosure,
+                lambda key: group_values(Tally.JOB_DURATIONS, key),
+            ),
+            failure_reasons=job_series(
+                weeks,
+                failures,
+                total_of(Activity.JOBS_FAILED),
+                self.disclosure,
+                lambda key: group_values(Tally.JOB_FAILURES, key),
+            ),
+            min_group_size=self.min_group_size,
+        )
+
+    async def feature_adoption_by_version(
+        self, request: analytics_service_pb2.GetFeatureAdoptionByVersionRequest
+    ) -> analytics_service_pb2.GetFeatureAdoptionByVersionResponse:
+        week = _week("week", request.week if request.HasField("week") else None, self.clock())
+        versions, _ = await self._groups(week, _V)
+        features, _ = await self._groups(week, Tally.FEATURES_BY_VERSION)
+        response = analytics_service_pb2.GetFeatureAdoptionByVersionResponse(
+            week=week.to_proto(), min_group_size=self.min_group_size
+        )
+        folded = self.disclosure.fold(versions)
+        for version in sorted(folded.groups, key=lambda g: _version_order(g.key)):
+            adoption = response.versions.add(
+                version=group_value(_V, version.key), installations=version.installations
+            )
+            own = [Group(g.key[3:], g.installations, g.amount) for g in features if g.key[:3] == version.key]
+            for group in self.disclosure.features(own).groups:
+                adoption.features.add(
+                    feature=group_value(Tally.FEATURES, group.key),
+                    enabled_installations=group.installations,
+                    reporting_installations=group.amount,
+                    enabled_share=ratio(group.installations, version.installations),
+                )
+        return response
 
     async def anomalies(
         self, request: analytics_service_pb2.ListAnomaliesRequest
@@ -508,29 +606,20 @@ class Analytics:
         versions, active = await self._groups_over(span, Dimension.DIMENSION_APP_VERSION)
         version_errors, _ = await self._groups_over(span, Tally.ERRORS_BY_VERSION)
         pairs, _ = await self._groups_over(span, Tally.ERRORS_BY_TYPE_AND_COMPONENT)
-        arrivals_table = schema.weekly_arrivals
-        async with self.reading() as connection:
-            received = dict(
-                (
-                    await connection.execute(
-                        select(arrivals_table.c.week, arrivals_table.c.reports).where(
-                            arrivals_table.c.week.between(span[0].key, span[-1].key)
-                        )
-                    )
-                ).all()
-            )
+        async with self.store.snapshot() as snapshot:
+            received = await snapshot.arrivals(span[0], span[-1])
         # The rules see only what is published: rounded figures, groups of at least k.
         count = self.disclosure.count
         active = {w: count(n) for w, n in active.items()}
-        received = {w: count(int(n)) for w, n in received.items()}
+        received = {w: count(n) for w, n in received.items()}
         errors = {w: count(sum(g.amount for g in groups)) for w, groups in pairs.items()}
         rate = {w.key: ratio(errors.get(w.key, 0), active.get(w.key, 0)) for w in span}
         by_version: dict[tuple[int, ...], dict[int, tuple[int, int]]] = {}
         for week_key, groups in versions.items():
-            errors_of = {g.key: g.amount for g in version_errors.get(week_key, [])}
+            errors_of = {_version(g.key): g.amount for g in version_errors.get(week_key, [])}
             for g in self.disclosure.fold(groups).groups:
                 by_version.setdefault(g.key, {})[week_key] = (g.installations, count(errors_of.get(g.key, 0)))
-        alerts: list[anomalies.Alert] = []
+        alerts: list[Alert] = []
         for index, week in enumerate(span[BASELINE_WEEKS:], start=BASELINE_WEEKS):
             before = [w.key for w in span[index - BASELINE_WEEKS : index]]
             key = week.key
@@ -538,7 +627,7 @@ class Analytics:
             fleet_history = [rate[w] for w in before]
             alerts += anomalies.error_alerts(key, errors.get(key, 0), active.get(key, 0), fleet_history)
             alerts += anomalies.volume_alerts(
-                key, int(received.get(key, 0)), [int(received.get(w, 0)) for w in before], k
+                key, received.get(key, 0), [received.get(w, 0) for w in before], k
             )
             for version, figures in by_version.items():
                 installations, version_errors_now = figures.get(key, (0, 0))
@@ -555,6 +644,7 @@ class Analytics:
                     kind=anomalies.Kind.ANOMALY_KIND_VERSION_ERROR_SPIKE,
                     scope=version,
                 )
+        alerts += await self._release_alerts(weeks)
         alerts.sort(key=lambda a: (-a.week, -a.severity, a.kind, a.scope))
         result = []
         for alert in alerts:
@@ -572,40 +662,49 @@ class Analytics:
             result.append(anomaly)
         return result
 
+    async def _release_alerts(self, weeks: list[Week]) -> list[Alert]:
+        """Release regressions: for each week of the window, release health over
+        the RELEASE_HEALTH_WEEKS weeks up to it, for the versions published in
+        that week."""
+        span = weeks_ending(weeks[-1], len(weeks) + RELEASE_HEALTH_WEEKS - 1)
+        figures = await self._release_weeks(span)
+        alerts = []
+        for index, week in enumerate(weeks):
+            health = releases(figures[index : index + RELEASE_HEALTH_WEEKS], self.disclosure)
+            for release, previous, regressions in compared(health):
+                if release.installations == 0:
+                    continue  # not in use this week: raised while it was
+                for regression in regressions:
+                    assert previous is not None  # a regression is against a previous release
+                    alerts.append(
+                        Alert(
+                            anomalies.Kind.ANOMALY_KIND_RELEASE_REGRESSION,
+                            regression.severity,
+                            week.key,
+                            regression.observed,
+                            regression.previous,
+                            regression.threshold,
+                            f"{regression.description}; {_label(release.version)} against the previous "
+                            f"release {_label(previous.version)}, over the {RELEASE_HEALTH_WEEKS} weeks "
+                            "up to this one",
+                            release.version,
+                        )
+                    )
+        return alerts
+
+    async def _pairs_over(self, weeks: list[Week], first: int, second: int) -> dict[int, list[Group]]:
+        """Each week's groups of a pair of dimensions."""
+        async with self.store.snapshot() as snapshot:
+            return {week.key: await snapshot.pairs(week, first, second) for week in weeks}
+
     async def _groups_over(
         self, weeks: list[Week], dimension: int
     ) -> tuple[dict[int, list[Group]], dict[int, int]]:
         """Each week's groups of one dimension (or tally), and each week's active installations."""
-        totals = schema.weekly_totals
-        if isinstance(dimension, Tally):
-            groups, kind = schema.weekly_tallies, schema.weekly_tallies.c.tally
-        else:
-            groups, kind = schema.weekly_groups, schema.weekly_groups.c.dimension
-        span = (weeks[0].key, weeks[-1].key)
-        per_week: dict[int, list[Group]] = {}
-        async with self.reading() as connection:
-            rows = await connection.execute(
-                select(
-                    groups.c.week,
-                    groups.c.value_a,
-                    groups.c.value_b,
-                    groups.c.value_c,
-                    groups.c.installations,
-                    groups.c.amount,
-                ).where(groups.c.week.between(*span), kind == dimension)
-            )
-            for week, a, b, c, n, amount in rows:
-                per_week.setdefault(int(week), []).append(
-                    Group((int(a), int(b), int(c)), int(n), int(amount))
-                )
-            active = dict(
-                (
-                    await connection.execute(
-                        select(totals.c.week, totals.c.active).where(totals.c.week.between(*span))
-                    )
-                ).all()
-            )
-        return per_week, {int(w): int(n) for w, n in active.items()}
+        async with self.store.snapshot() as snapshot:
+            per_week = await snapshot.groups(weeks[0], weeks[-1], dimension)
+            active = await snapshot.active(weeks[0], weeks[-1])
+        return per_week, active
 
     def _series(
         self,
@@ -648,6 +747,16 @@ def group_values(code: int, key: Sequence[int]) -> list[analytics_service_pb2.Gr
     if code == Tally.ERRORS_BY_TYPE_AND_COMPONENT:
         return [group_value(Tally.ERRORS_BY_TYPE, key[:1]), group_value(Tally.ERRORS_BY_COMPONENT, key[1:2])]
     return [group_value(code, key)]
+
+
+def _version(key: tuple[int, ...]) -> tuple[int, ...]:
+    """The app version of a tally's key by version (its first three values), as the
+    version groups' keys have it."""
+    return key[:3]
+
+
+def _label(version: tuple[int, ...]) -> str:
+    return group_value(_V, version).label
 
 
 def _version_order(key: tuple[int, ...]) -> tuple[int, ...]:

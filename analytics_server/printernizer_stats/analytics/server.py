@@ -22,7 +22,9 @@ from printernizer_stats.common.startup import StartupError
 from printernizer_stats.common.telemetry import grpc_server_interceptors, trace_database
 from printernizer_stats.common.tls import TlsFiles
 from printernizer_stats.common.weeks import last_complete_week
+from printernizer_stats.store.analytics_store import AnalyticsStore
 from printernizer_stats.store.database import create_server_engine, database_answers, read_only, upgrade
+from printernizer_stats.store.mail_claims_store import MailClaimsStore
 
 from .email_reports import MailConfig, Reporter, send, weekly_report
 from .privacy import DEFAULT_MIN_GROUP_SIZE
@@ -78,15 +80,14 @@ async def serve(
                 RejectUndecodableRequests(),
             ]
         )
-        analytics = Analytics(engine, config.min_group_size, clock)
+        analytics = Analytics(AnalyticsStore(engine), config.min_group_size, clock)
         analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(
             AnalyticsServicer(analytics), server
         )
         jobs: list[tuple[float, Job, str]] = []
         if config.mail is not None:
-            jobs.append(
-                (REPORT_CHECK_SECONDS, Reporter(analytics, claims_engine, config.mail).tick, "e-mail reports")
-            )
+            reporter = Reporter(analytics, MailClaimsStore(claims_engine), config.mail)
+            jobs.append((REPORT_CHECK_SECONDS, reporter.tick, "e-mail reports"))
         await serve_tls(
             server,
             listen=config.listen,
@@ -145,7 +146,7 @@ async def send_test_email(config: ServerConfig) -> None:
     await prepare_database(config)  # nothing is claimed: a read-only database will do
     engine = create_server_engine(config.database_url)
     try:
-        analytics = Analytics(engine, config.min_group_size)
+        analytics = Analytics(AnalyticsStore(engine), config.min_group_size)
         report = await weekly_report(analytics, last_complete_week(analytics.clock()))
         await send(report, config.mail)
         log.info("sent a test e-mail report to %s", ", ".join(config.mail.recipients))

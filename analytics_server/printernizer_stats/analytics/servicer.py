@@ -104,3 +104,26 @@ class AnalyticsServicer(analytics_service_pb2_grpc.AnalyticsServiceServicer):
         self, request: analytics_service_pb2.ExportAggregatesRequest, context: Context
     ) -> analytics_service_pb2.ExportAggregatesResponse:
         return await self.boundary.answer(context, "export", lambda: self.analytics.export(request))
+
+    async def GetReleaseHealth(
+        self, request: analytics_service_pb2.GetReleaseHealthRequest, context: Context
+    ) -> analytics_service_pb2.GetReleaseHealthResponse:
+        return await self.boundary.answer(
+            context, "release health", lambda: self.analytics.release_health(request)
+        )
+
+    async def GetUsage(
+        self, request: analytics_service_pb2.GetUsageRequest, context: Context
+    ) -> analytics_service_pb2.GetUsageResponse:
+        return await self.boundary.answer(context, "usage", lambda: self.analytics.usage(request))
+
+    async def GetFeatureAdoptionByVersion(
+        self,
+        request: analytics_service_pb2.GetFeatureAdoptionByVersionRequest,
+        context: Context,
+    ) -> analytics_service_pb2.GetFeatureAdoptionByVersionResponse:
+        return await self.boundary.answer(
+            context,
+            "feature adoption by version",
+            lambda: self.analytics.feature_adoption_by_version(request),
+        )

@@ -158,10 +158,41 @@ def stats_router(analytics: AnalyticsClient) -> APIRouter:
         return await call(analytics.stub.GetErrorTrend, request)
 
     @router.get("/error-rates")
-    async def error_rates(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:
-        return await call(
-            analytics.stub.GetErrorRates, api.GetErrorRatesRequest(window=_window(weeks, until))
+    async def error_rates(
+        weeks: Weeks = None,
+        until: Until = None,
+        by: Annotated[
+            str,
+            Query(
+                pattern="^(app-version|deployment-mode)$",
+                description="per app version, or per mode and version",
+            ),
+        ] = "app-version",
+    ) -> dict[str, Any]:
+        request = api.GetErrorRatesRequest(
+            window=_window(weeks, until), by_deployment_mode=by == "deployment-mode"
         )
+        return await call(analytics.stub.GetErrorRates, request)
+
+    @router.get("/release-health")
+    async def release_health(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:
+        """Each app version's health over the window (default 4 weeks), against the release before it."""
+        return await call(
+            analytics.stub.GetReleaseHealth, api.GetReleaseHealthRequest(window=_window(weeks, until))
+        )
+
+    @router.get("/usage")
+    async def usage(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:
+        """Jobs, their durations and failure reasons, files, connections, uptime and crashes per week."""
+        return await call(analytics.stub.GetUsage, api.GetUsageRequest(window=_window(weeks, until)))
+
+    @router.get("/features-by-version")
+    async def features_by_version(week: WeekParam = None) -> dict[str, Any]:
+        """Feature adoption on each app version in one week."""
+        request = api.GetFeatureAdoptionByVersionRequest()
+        if (parsed := week_of(week)) is not None:
+            request.week.CopyFrom(parsed)
+        return await call(analytics.stub.GetFeatureAdoptionByVersion, request)
 
     @router.get("/anomalies")
     async def anomalies(weeks: Weeks = None, until: Until = None) -> dict[str, Any]:

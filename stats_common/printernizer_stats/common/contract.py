@@ -74,6 +74,7 @@ ALLOWED_STRING_FIELDS: dict[str, str] = {
     f"{PACKAGE}.RefusedEvent.reason": "local only: the agent's answer to its host, why an event was refused",
     f"{PACKAGE}.GroupValue.label": "admin analytics output: a display label made by the server",
     f"{PACKAGE}.Anomaly.description": "admin analytics output: the rule in words, made by the server",
+    f"{PACKAGE}.ReleaseRegression.description": "admin analytics output: the rule in words, by the server",
 }
 
 # What leaves an installation: the report, and the ingest requests around it.

@@ -9,7 +9,11 @@ events are planted so that the dashboard has something to show:
 - an upgrade wave: a new minor version is released part-way through and most
   installations move to it over the following weeks;
 - an error spike: the new version's first patch loses printer connections in
-  one week (the next patch fixes it).
+  one week (the next patch fixes it);
+- a release regression: that patch also crashes (unclean shutdowns) and fails
+  jobs (lost connections) far more often than the release before it, in
+  every week it is in use, so release health flags it; the release and the
+  fixed patch stay as healthy as the old version.
 
 Reports are signed with each installation's own Ed25519 key and sent through
 the agent's real uplink (TLS, the ingest service), one submission per
@@ -67,6 +71,20 @@ EVERYDAY_ERRORS = [  # (type, component, weight)
     (P.ERROR_TYPE_DATABASE, P.COMPONENT_DATABASE, 1),
 ]
 BUGGY_PATCH_ERROR = (P.ERROR_TYPE_CONNECTION_LOST, P.COMPONENT_PRINTER_SERVICE)
+FAILURE_REASONS = [
+    (P.JOB_FAILURE_REASON_CANCELLED, 40), (P.JOB_FAILURE_REASON_PRINTER_ERROR, 18),
+    (P.JOB_FAILURE_REASON_FILAMENT_RUNOUT, 14), (P.JOB_FAILURE_REASON_CONNECTION_LOST, 10),
+    (P.JOB_FAILURE_REASON_TIMEOUT, 6), (P.JOB_FAILURE_REASON_OTHER, 6), (P.JOB_FAILURE_REASON_UNKNOWN, 6),
+]  # fmt: skip
+DURATIONS = [
+    (P.JOB_DURATION_BUCKET_UNDER_15_MINUTES, 8), (P.JOB_DURATION_BUCKET_UNDER_1_HOUR, 22),
+    (P.JOB_DURATION_BUCKET_UNDER_4_HOURS, 38), (P.JOB_DURATION_BUCKET_UNDER_12_HOURS, 20),
+    (P.JOB_DURATION_BUCKET_UNDER_24_HOURS, 6), (P.JOB_DURATION_BUCKET_AT_LEAST_24_HOURS, 2),
+    (P.JOB_DURATION_BUCKET_UNKNOWN, 4),
+]  # fmt: skip
+# Per installation and week: the chance of a failed job, and of a week with an unclean shutdown.
+JOB_FAILURE_RATE, BUGGY_JOB_FAILURE_RATE = 0.08, 0.3
+CRASH_RATE, BUGGY_CRASH_RATE = 0.05, 0.45
 T = TypeVar("T")
 PYTHONS = [((3, 11, 9), 35), ((3, 12, 7), 45), ((3, 13, 1), 20)]
 
@@ -214,27 +232,43 @@ def weekly_report(
     for printer_type, count in sorted(installation.printers.items()):
         report.printer_fleet.printers.add(printer_type=printer_type, count=count)
     printers = sum(installation.printers.values())
+    buggy = (major, minor, patch) == (2, plan.new_minor, 1)
     created = max(0, round(rng.gauss(installation.activity * printers, 2)))
-    failed = sum(rng.random() < 0.08 for _ in range(created))
+    failure_rate = BUGGY_JOB_FAILURE_RATE if buggy else JOB_FAILURE_RATE
+    reasons: dict[common_pb2.JobFailureReason.ValueType, int] = {}
+    for _ in range(created):
+        if rng.random() < failure_rate:
+            lost = buggy and rng.random() < 0.7  # the patch's own failures: lost connections
+            reason = P.JOB_FAILURE_REASON_CONNECTION_LOST if lost else _pick(rng, FAILURE_REASONS)
+            reasons[reason] = reasons.get(reason, 0) + 1
+    failed = sum(reasons.values())
     usage = report.usage
     usage.jobs_created, usage.jobs_completed, usage.jobs_failed = created, created - failed, failed
-    if failed:
-        usage.job_failures.add(reason=common_pb2.JOB_FAILURE_REASON_CANCELLED, count=failed)
-    if created - failed:
-        usage.completed_job_durations.add(
-            duration=common_pb2.JOB_DURATION_BUCKET_UNDER_4_HOURS, count=created - failed
-        )
+    for reason, count in sorted(reasons.items()):
+        usage.job_failures.add(reason=reason, count=count)
+    durations: dict[common_pb2.JobDurationBucket.ValueType, int] = {}
+    for _ in range(created - failed):
+        duration = _pick(rng, DURATIONS)
+        durations[duration] = durations.get(duration, 0) + 1
+    for duration, count in sorted(durations.items()):
+        usage.completed_job_durations.add(duration=duration, count=count)
     usage.files_downloaded = created + rng.randrange(0, 5)
+    usage.files_uploaded = rng.randrange(0, 3) + (created // 3)
     usage.uptime_hours = rng.choice([168, 168, 168, 120, 60])
     usage.app_starts = rng.choice([1, 1, 2, 3, 7])
+    if rng.random() < (BUGGY_CRASH_RATE if buggy else CRASH_RATE):
+        usage.unclean_shutdowns = 1 + (usage.app_starts > 2)
+        usage.app_starts = max(usage.app_starts, usage.unclean_shutdowns)
+        usage.uptime_hours = min(usage.uptime_hours, 120)
     usage.printer_connections = printers * usage.app_starts
+    usage.printer_disconnections = printers * (usage.app_starts - 1) + rng.randrange(0, printers + 1)
     for feature in sorted(installation.features):
         report.features.add(feature=feature, enabled=True)
     errors: dict[tuple[int, int], int] = {}
     for _ in range(round(rng.expovariate(1.0) * installation.error_proneness * 2)):
         kind, where, _ = rng.choices(EVERYDAY_ERRORS, [w for *_, w in EVERYDAY_ERRORS])[0]
         errors[(kind, where)] = errors.get((kind, where), 0) + 1
-    if (major, minor, patch) == (2, plan.new_minor, 1) and index == plan.spike_index:
+    if buggy and index == plan.spike_index:
         errors[BUGGY_PATCH_ERROR] = errors.get(BUGGY_PATCH_ERROR, 0) + printers * rng.randrange(4, 10)
         usage.printer_disconnections = printers * 10
     for (error_type, component), count in sorted(errors.items()):

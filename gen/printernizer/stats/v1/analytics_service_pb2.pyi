@@ -114,6 +114,11 @@ class _AnomalyKindEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_AnomalyKi
     """As ERROR_SPIKE, for one app version."""
     ANOMALY_KIND_SUBMISSION_VOLUME: _AnomalyKind.ValueType  # 5
     """Reports received in a week differ sharply from the baseline."""
+    ANOMALY_KIND_RELEASE_REGRESSION: _AnomalyKind.ValueType  # 6
+    """An app version is clearly less healthy than the release before it over
+    the weeks up to this one (see ReleaseRegression); `baseline` is the
+    previous release's figure.
+    """
 
 class AnomalyKind(_AnomalyKind, metaclass=_AnomalyKindEnumTypeWrapper):
     """What an anomaly rule watches."""
@@ -129,6 +134,11 @@ ANOMALY_KIND_VERSION_ERROR_SPIKE: AnomalyKind.ValueType  # 4
 """As ERROR_SPIKE, for one app version."""
 ANOMALY_KIND_SUBMISSION_VOLUME: AnomalyKind.ValueType  # 5
 """Reports received in a week differ sharply from the baseline."""
+ANOMALY_KIND_RELEASE_REGRESSION: AnomalyKind.ValueType  # 6
+"""An app version is clearly less healthy than the release before it over
+the weeks up to this one (see ReleaseRegression); `baseline` is the
+previous release's figure.
+"""
 Global___AnomalyKind: _TypeAlias = AnomalyKind  # noqa: Y015
 
 class _Severity:
@@ -149,6 +159,32 @@ SEVERITY_INFO: Severity.ValueType  # 1
 SEVERITY_WARNING: Severity.ValueType  # 2
 SEVERITY_CRITICAL: Severity.ValueType  # 3
 Global___Severity: _TypeAlias = Severity  # noqa: Y015
+
+class _ReleaseMetric:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ReleaseMetricEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ReleaseMetric.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    RELEASE_METRIC_UNSPECIFIED: _ReleaseMetric.ValueType  # 0
+    RELEASE_METRIC_CRASH_FREE_RATE: _ReleaseMetric.ValueType  # 1
+    """The share of installation-weeks without an unclean shutdown."""
+    RELEASE_METRIC_JOB_SUCCESS_RATE: _ReleaseMetric.ValueType  # 2
+    """The completed share of finished jobs."""
+    RELEASE_METRIC_ERRORS_PER_INSTALLATION: _ReleaseMetric.ValueType  # 3
+    """Errors per installation-week."""
+
+class ReleaseMetric(_ReleaseMetric, metaclass=_ReleaseMetricEnumTypeWrapper):
+    """A figure of a release's health, as compared between releases."""
+
+RELEASE_METRIC_UNSPECIFIED: ReleaseMetric.ValueType  # 0
+RELEASE_METRIC_CRASH_FREE_RATE: ReleaseMetric.ValueType  # 1
+"""The share of installation-weeks without an unclean shutdown."""
+RELEASE_METRIC_JOB_SUCCESS_RATE: ReleaseMetric.ValueType  # 2
+"""The completed share of finished jobs."""
+RELEASE_METRIC_ERRORS_PER_INSTALLATION: ReleaseMetric.ValueType  # 3
+"""Errors per installation-week."""
+Global___ReleaseMetric: _TypeAlias = ReleaseMetric  # noqa: Y015
 
 @_typing.final
 class WeekWindow(_message.Message):
@@ -195,6 +231,8 @@ class GroupValue(_message.Message):
     FEATURE_FIELD_NUMBER: _builtins.int
     ERROR_TYPE_FIELD_NUMBER: _builtins.int
     COMPONENT_FIELD_NUMBER: _builtins.int
+    JOB_FAILURE_REASON_FIELD_NUMBER: _builtins.int
+    JOB_DURATION_FIELD_NUMBER: _builtins.int
     LABEL_FIELD_NUMBER: _builtins.int
     deployment_mode: _common_pb2.DeploymentMode.ValueType
     country: _country_pb2.Country.ValueType
@@ -205,6 +243,8 @@ class GroupValue(_message.Message):
     feature: _common_pb2.Feature.ValueType
     error_type: _common_pb2.ErrorType.ValueType
     component: _common_pb2.Component.ValueType
+    job_failure_reason: _common_pb2.JobFailureReason.ValueType
+    job_duration: _common_pb2.JobDurationBucket.ValueType
     label: _builtins.str
     """A display label ("Germany", "2.7.0", "Home Assistant add-on")."""
     @_builtins.property
@@ -225,13 +265,15 @@ class GroupValue(_message.Message):
         feature: _common_pb2.Feature.ValueType = ...,
         error_type: _common_pb2.ErrorType.ValueType = ...,
         component: _common_pb2.Component.ValueType = ...,
+        job_failure_reason: _common_pb2.JobFailureReason.ValueType = ...,
+        job_duration: _common_pb2.JobDurationBucket.ValueType = ...,
         label: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["app_version", b"app_version", "architecture", b"architecture", "component", b"component", "country", b"country", "deployment_mode", b"deployment_mode", "error_type", b"error_type", "feature", b"feature", "fleet_size", b"fleet_size", "platform", b"platform", "printer_type", b"printer_type", "python_version", b"python_version", "value", b"value"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["app_version", b"app_version", "architecture", b"architecture", "component", b"component", "country", b"country", "deployment_mode", b"deployment_mode", "error_type", b"error_type", "feature", b"feature", "fleet_size", b"fleet_size", "job_duration", b"job_duration", "job_failure_reason", b"job_failure_reason", "platform", b"platform", "printer_type", b"printer_type", "python_version", b"python_version", "value", b"value"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_version", b"app_version", "architecture", b"architecture", "component", b"component", "country", b"country", "deployment_mode", b"deployment_mode", "error_type", b"error_type", "feature", b"feature", "fleet_size", b"fleet_size", "label", b"label", "platform", b"platform", "printer_type", b"printer_type", "python_version", b"python_version", "value", b"value"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_version", b"app_version", "architecture", b"architecture", "component", b"component", "country", b"country", "deployment_mode", b"deployment_mode", "error_type", b"error_type", "feature", b"feature", "fleet_size", b"fleet_size", "job_duration", b"job_duration", "job_failure_reason", b"job_failure_reason", "label", b"label", "platform", b"platform", "printer_type", b"printer_type", "python_version", b"python_version", "value", b"value"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["deployment_mode", "app_version", "country", "platform", "python_version", "architecture", "printer_type", "fleet_size", "feature", "error_type", "component"]  # noqa: Y015
+    _WhichOneofReturnType_value: _TypeAlias = _typing.Literal["deployment_mode", "app_version", "country", "platform", "python_version", "architecture", "printer_type", "fleet_size", "feature", "error_type", "component", "job_failure_reason", "job_duration"]  # noqa: Y015
     _WhichOneofArgType_value: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_value) -> _WhichOneofReturnType_value | None: ...
 
@@ -813,16 +855,22 @@ class GetErrorRatesRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WINDOW_FIELD_NUMBER: _builtins.int
+    BY_DEPLOYMENT_MODE_FIELD_NUMBER: _builtins.int
+    by_deployment_mode: _builtins.bool
+    """Per deployment mode and app version (each installation has one of each
+    pair; small pairs are folded into `other`) instead of per app version.
+    """
     @_builtins.property
     def window(self) -> Global___WeekWindow: ...
     def __init__(
         self,
         *,
         window: Global___WeekWindow | None = ...,
+        by_deployment_mode: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_deployment_mode", b"by_deployment_mode", "window", b"window"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -835,13 +883,16 @@ class GetErrorRatesResponse(_message.Message):
     WEEKS_FIELD_NUMBER: _builtins.int
     SERIES_FIELD_NUMBER: _builtins.int
     MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    BY_DEPLOYMENT_MODE_FIELD_NUMBER: _builtins.int
     min_group_size: _builtins.int
+    by_deployment_mode: _builtins.bool
     @_builtins.property
     def weeks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.IsoWeek]: ...
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
-        """One series per app version: `rate` is errors per active installation,
-        `share` the failed share of finished jobs.
+        """One series per app version (or per deployment mode and app version:
+        `values` holds both): `rate` is errors per active installation, `share`
+        the failed share of finished jobs.
         """
 
     def __init__(
@@ -850,10 +901,11 @@ class GetErrorRatesResponse(_message.Message):
         weeks: _abc.Iterable[_common_pb2.IsoWeek] | None = ...,
         series: _abc.Iterable[Global___Series] | None = ...,
         min_group_size: _builtins.int = ...,
+        by_deployment_mode: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_group_size", b"min_group_size", "series", b"series", "weeks", b"weeks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["by_deployment_mode", b"by_deployment_mode", "min_group_size", b"min_group_size", "series", b"series", "weeks", b"weeks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1054,6 +1106,10 @@ class ExportAggregatesResponse(_message.Message):
     FEATURE_TREND_FIELD_NUMBER: _builtins.int
     ERROR_TREND_FIELD_NUMBER: _builtins.int
     ERROR_RATES_FIELD_NUMBER: _builtins.int
+    RELEASE_HEALTH_FIELD_NUMBER: _builtins.int
+    USAGE_FIELD_NUMBER: _builtins.int
+    ERROR_RATES_BY_DEPLOYMENT_MODE_FIELD_NUMBER: _builtins.int
+    FEATURE_ADOPTION_BY_VERSION_FIELD_NUMBER: _builtins.int
     @_builtins.property
     def overview(self) -> Global___GetOverviewResponse: ...
     @_builtins.property
@@ -1068,6 +1124,16 @@ class ExportAggregatesResponse(_message.Message):
     def error_trend(self) -> Global___GetErrorTrendResponse: ...
     @_builtins.property
     def error_rates(self) -> Global___GetErrorRatesResponse: ...
+    @_builtins.property
+    def release_health(self) -> Global___GetReleaseHealthResponse:
+        """The window's last RELEASE_HEALTH_WEEKS weeks."""
+
+    @_builtins.property
+    def usage(self) -> Global___GetUsageResponse: ...
+    @_builtins.property
+    def error_rates_by_deployment_mode(self) -> Global___GetErrorRatesResponse: ...
+    @_builtins.property
+    def feature_adoption_by_version(self) -> Global___GetFeatureAdoptionByVersionResponse: ...
     def __init__(
         self,
         *,
@@ -1077,11 +1143,470 @@ class ExportAggregatesResponse(_message.Message):
         feature_trend: Global___GetFeatureTrendResponse | None = ...,
         error_trend: Global___GetErrorTrendResponse | None = ...,
         error_rates: Global___GetErrorRatesResponse | None = ...,
+        release_health: Global___GetReleaseHealthResponse | None = ...,
+        usage: Global___GetUsageResponse | None = ...,
+        error_rates_by_deployment_mode: Global___GetErrorRatesResponse | None = ...,
+        feature_adoption_by_version: Global___GetFeatureAdoptionByVersionResponse | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["error_rates", b"error_rates", "error_trend", b"error_trend", "feature_trend", b"feature_trend", "overview", b"overview", "version_migration", b"version_migration"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["error_rates", b"error_rates", "error_rates_by_deployment_mode", b"error_rates_by_deployment_mode", "error_trend", b"error_trend", "feature_adoption_by_version", b"feature_adoption_by_version", "feature_trend", b"feature_trend", "overview", b"overview", "release_health", b"release_health", "usage", b"usage", "version_migration", b"version_migration"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["distributions", b"distributions", "error_rates", b"error_rates", "error_trend", b"error_trend", "feature_trend", b"feature_trend", "overview", b"overview", "version_migration", b"version_migration"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["distributions", b"distributions", "error_rates", b"error_rates", "error_rates_by_deployment_mode", b"error_rates_by_deployment_mode", "error_trend", b"error_trend", "feature_adoption_by_version", b"feature_adoption_by_version", "feature_trend", b"feature_trend", "overview", b"overview", "release_health", b"release_health", "usage", b"usage", "version_migration", b"version_migration"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___ExportAggregatesResponse: _TypeAlias = ExportAggregatesResponse  # noqa: Y015
+
+@_typing.final
+class GetReleaseHealthRequest(_message.Message):
+    """--- release health ------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def window(self) -> Global___WeekWindow:
+        """The weeks the figures are summed over (default: the 4 weeks ending with
+        the last complete week).
+        """
+
+    def __init__(
+        self,
+        *,
+        window: Global___WeekWindow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReleaseHealthRequest: _TypeAlias = GetReleaseHealthRequest  # noqa: Y015
+
+@_typing.final
+class ReleaseRegression(_message.Message):
+    """A release clearly worse than the one before it on one metric: the
+    difference passes the stated threshold and is significant (a z-test at the
+    stated level over the installation-weeks or jobs behind both figures), with
+    enough of them on both sides.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    METRIC_FIELD_NUMBER: _builtins.int
+    SEVERITY_FIELD_NUMBER: _builtins.int
+    OBSERVED_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    THRESHOLD_FIELD_NUMBER: _builtins.int
+    DESCRIPTION_FIELD_NUMBER: _builtins.int
+    metric: Global___ReleaseMetric.ValueType
+    severity: Global___Severity.ValueType
+    observed: _builtins.float
+    """This release's figure and the previous release's."""
+    previous: _builtins.float
+    threshold: _builtins.float
+    """The value `observed` crossed, in the same unit."""
+    description: _builtins.str
+    """The rule in words, with its thresholds."""
+    def __init__(
+        self,
+        *,
+        metric: Global___ReleaseMetric.ValueType = ...,
+        severity: Global___Severity.ValueType = ...,
+        observed: _builtins.float = ...,
+        previous: _builtins.float = ...,
+        threshold: _builtins.float = ...,
+        description: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["description", b"description", "metric", b"metric", "observed", b"observed", "previous", b"previous", "severity", b"severity", "threshold", b"threshold"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseRegression: _TypeAlias = ReleaseRegression  # noqa: Y015
+
+@_typing.final
+class JobCount(_message.Message):
+    """Failed jobs for one reason, or completed jobs of one duration."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VALUE_FIELD_NUMBER: _builtins.int
+    INSTALLATIONS_FIELD_NUMBER: _builtins.int
+    JOBS_FIELD_NUMBER: _builtins.int
+    SHARE_FIELD_NUMBER: _builtins.int
+    installations: _builtins.int
+    """Installations reporting such jobs (at least k, rounded), and the jobs."""
+    jobs: _builtins.int
+    share: _builtins.float
+    """jobs / all the failed (or completed) jobs of the same installations."""
+    @_builtins.property
+    def value(self) -> Global___GroupValue: ...
+    def __init__(
+        self,
+        *,
+        value: Global___GroupValue | None = ...,
+        installations: _builtins.int = ...,
+        jobs: _builtins.int = ...,
+        share: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["value", b"value"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["installations", b"installations", "jobs", b"jobs", "share", b"share", "value", b"value"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___JobCount: _TypeAlias = JobCount  # noqa: Y015
+
+@_typing.final
+class ReleaseHealth(_message.Message):
+    """One app version over the window. An installation-week is one installation
+    active on the version in one week; weeks in which the version had fewer
+    than k installations do not count. Counts are rounded to a multiple of k
+    per week and then summed; rates are computed from those sums.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    INSTALLATIONS_FIELD_NUMBER: _builtins.int
+    INSTALLATION_WEEKS_FIELD_NUMBER: _builtins.int
+    INSTALLATION_WEEKS_WITH_UNCLEAN_SHUTDOWN_FIELD_NUMBER: _builtins.int
+    CRASH_FREE_RATE_FIELD_NUMBER: _builtins.int
+    CRASH_FREE_SUPPRESSED_FIELD_NUMBER: _builtins.int
+    JOBS_COMPLETED_FIELD_NUMBER: _builtins.int
+    JOBS_FAILED_FIELD_NUMBER: _builtins.int
+    JOB_SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    FAILURE_REASONS_FIELD_NUMBER: _builtins.int
+    ERRORS_FIELD_NUMBER: _builtins.int
+    ERRORS_PER_INSTALLATION_FIELD_NUMBER: _builtins.int
+    UPTIME_HOURS_FIELD_NUMBER: _builtins.int
+    UPTIME_HOURS_PER_INSTALLATION_FIELD_NUMBER: _builtins.int
+    PREVIOUS_FIELD_NUMBER: _builtins.int
+    REGRESSIONS_FIELD_NUMBER: _builtins.int
+    installations: _builtins.int
+    """Active installations on it in the last week of the window."""
+    installation_weeks: _builtins.int
+    installation_weeks_with_unclean_shutdown: _builtins.int
+    """Installation-weeks with at least one unclean shutdown, and the share
+    without any. Published only where, in every week counted, those with
+    and those without each number 0 or at least k; otherwise
+    `crash_free_suppressed` is set and both are 0.
+    """
+    crash_free_rate: _builtins.float
+    crash_free_suppressed: _builtins.bool
+    jobs_completed: _builtins.int
+    jobs_failed: _builtins.int
+    job_success_rate: _builtins.float
+    """jobs_completed / (jobs_completed + jobs_failed); 0 without jobs."""
+    errors: _builtins.int
+    errors_per_installation: _builtins.float
+    uptime_hours: _builtins.int
+    uptime_hours_per_installation: _builtins.float
+    @_builtins.property
+    def version(self) -> Global___GroupValue: ...
+    @_builtins.property
+    def failure_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___JobCount]:
+        """Failed jobs by reason, most first (reasons reported by fewer than k
+        installations in a week are left out of that week).
+        """
+
+    @_builtins.property
+    def previous(self) -> Global___GroupValue:
+        """The release it is compared with: the newest older version listed.
+        Unset for the oldest.
+        """
+
+    @_builtins.property
+    def regressions(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseRegression]: ...
+    def __init__(
+        self,
+        *,
+        version: Global___GroupValue | None = ...,
+        installations: _builtins.int = ...,
+        installation_weeks: _builtins.int = ...,
+        installation_weeks_with_unclean_shutdown: _builtins.int = ...,
+        crash_free_rate: _builtins.float = ...,
+        crash_free_suppressed: _builtins.bool = ...,
+        jobs_completed: _builtins.int = ...,
+        jobs_failed: _builtins.int = ...,
+        job_success_rate: _builtins.float = ...,
+        failure_reasons: _abc.Iterable[Global___JobCount] | None = ...,
+        errors: _builtins.int = ...,
+        errors_per_installation: _builtins.float = ...,
+        uptime_hours: _builtins.int = ...,
+        uptime_hours_per_installation: _builtins.float = ...,
+        previous: Global___GroupValue | None = ...,
+        regressions: _abc.Iterable[Global___ReleaseRegression] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous", "version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crash_free_rate", b"crash_free_rate", "crash_free_suppressed", b"crash_free_suppressed", "errors", b"errors", "errors_per_installation", b"errors_per_installation", "failure_reasons", b"failure_reasons", "installation_weeks", b"installation_weeks", "installation_weeks_with_unclean_shutdown", b"installation_weeks_with_unclean_shutdown", "installations", b"installations", "job_success_rate", b"job_success_rate", "jobs_completed", b"jobs_completed", "jobs_failed", b"jobs_failed", "previous", b"previous", "regressions", b"regressions", "uptime_hours", b"uptime_hours", "uptime_hours_per_installation", b"uptime_hours_per_installation", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ReleaseHealth: _TypeAlias = ReleaseHealth  # noqa: Y015
+
+@_typing.final
+class GetReleaseHealthResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEKS_FIELD_NUMBER: _builtins.int
+    RELEASES_FIELD_NUMBER: _builtins.int
+    MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    min_group_size: _builtins.int
+    @_builtins.property
+    def weeks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.IsoWeek]: ...
+    @_builtins.property
+    def releases(self) -> _containers.RepeatedCompositeFieldContainer[Global___ReleaseHealth]:
+        """Newest version first. Versions with fewer than k installations in every
+        week of the window are not listed.
+        """
+
+    def __init__(
+        self,
+        *,
+        weeks: _abc.Iterable[_common_pb2.IsoWeek] | None = ...,
+        releases: _abc.Iterable[Global___ReleaseHealth] | None = ...,
+        min_group_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_group_size", b"min_group_size", "releases", b"releases", "weeks", b"weeks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetReleaseHealthResponse: _TypeAlias = GetReleaseHealthResponse  # noqa: Y015
+
+@_typing.final
+class GetUsageRequest(_message.Message):
+    """--- usage -----------------------------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WINDOW_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def window(self) -> Global___WeekWindow: ...
+    def __init__(
+        self,
+        *,
+        window: Global___WeekWindow | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["window", b"window"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageRequest: _TypeAlias = GetUsageRequest  # noqa: Y015
+
+@_typing.final
+class UsageWeek(_message.Message):
+    """The fleet's activity in one week. Counts are rounded to a multiple of k;
+    rates come from the rounded counts.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEK_FIELD_NUMBER: _builtins.int
+    ACTIVE_FIELD_NUMBER: _builtins.int
+    JOBS_CREATED_FIELD_NUMBER: _builtins.int
+    JOBS_COMPLETED_FIELD_NUMBER: _builtins.int
+    JOBS_FAILED_FIELD_NUMBER: _builtins.int
+    JOB_SUCCESS_RATE_FIELD_NUMBER: _builtins.int
+    JOBS_PER_INSTALLATION_FIELD_NUMBER: _builtins.int
+    FILES_UPLOADED_FIELD_NUMBER: _builtins.int
+    FILES_DOWNLOADED_FIELD_NUMBER: _builtins.int
+    PRINTER_CONNECTIONS_FIELD_NUMBER: _builtins.int
+    PRINTER_DISCONNECTIONS_FIELD_NUMBER: _builtins.int
+    DISCONNECTIONS_PER_CONNECTION_FIELD_NUMBER: _builtins.int
+    UPTIME_HOURS_FIELD_NUMBER: _builtins.int
+    UPTIME_HOURS_PER_INSTALLATION_FIELD_NUMBER: _builtins.int
+    APP_STARTS_FIELD_NUMBER: _builtins.int
+    INSTALLATIONS_WITH_UNCLEAN_SHUTDOWN_FIELD_NUMBER: _builtins.int
+    CRASH_FREE_RATE_FIELD_NUMBER: _builtins.int
+    CRASH_FREE_SUPPRESSED_FIELD_NUMBER: _builtins.int
+    active: _builtins.int
+    jobs_created: _builtins.int
+    jobs_completed: _builtins.int
+    jobs_failed: _builtins.int
+    job_success_rate: _builtins.float
+    """jobs_completed / (jobs_completed + jobs_failed)."""
+    jobs_per_installation: _builtins.float
+    """(jobs_completed + jobs_failed) / active."""
+    files_uploaded: _builtins.int
+    files_downloaded: _builtins.int
+    printer_connections: _builtins.int
+    printer_disconnections: _builtins.int
+    disconnections_per_connection: _builtins.float
+    """printer_disconnections / printer_connections: how often a connection
+    is lost or closed again (0 without connections).
+    """
+    uptime_hours: _builtins.int
+    uptime_hours_per_installation: _builtins.float
+    """uptime_hours / active."""
+    app_starts: _builtins.int
+    installations_with_unclean_shutdown: _builtins.int
+    """Installations with at least one unclean shutdown, and the share without
+    any; as in ReleaseHealth, suppressed where either side is below k.
+    """
+    crash_free_rate: _builtins.float
+    crash_free_suppressed: _builtins.bool
+    @_builtins.property
+    def week(self) -> _common_pb2.IsoWeek: ...
+    def __init__(
+        self,
+        *,
+        week: _common_pb2.IsoWeek | None = ...,
+        active: _builtins.int = ...,
+        jobs_created: _builtins.int = ...,
+        jobs_completed: _builtins.int = ...,
+        jobs_failed: _builtins.int = ...,
+        job_success_rate: _builtins.float = ...,
+        jobs_per_installation: _builtins.float = ...,
+        files_uploaded: _builtins.int = ...,
+        files_downloaded: _builtins.int = ...,
+        printer_connections: _builtins.int = ...,
+        printer_disconnections: _builtins.int = ...,
+        disconnections_per_connection: _builtins.float = ...,
+        uptime_hours: _builtins.int = ...,
+        uptime_hours_per_installation: _builtins.float = ...,
+        app_starts: _builtins.int = ...,
+        installations_with_unclean_shutdown: _builtins.int = ...,
+        crash_free_rate: _builtins.float = ...,
+        crash_free_suppressed: _builtins.bool = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "app_starts", b"app_starts", "crash_free_rate", b"crash_free_rate", "crash_free_suppressed", b"crash_free_suppressed", "disconnections_per_connection", b"disconnections_per_connection", "files_downloaded", b"files_downloaded", "files_uploaded", b"files_uploaded", "installations_with_unclean_shutdown", b"installations_with_unclean_shutdown", "job_success_rate", b"job_success_rate", "jobs_completed", b"jobs_completed", "jobs_created", b"jobs_created", "jobs_failed", b"jobs_failed", "jobs_per_installation", b"jobs_per_installation", "printer_connections", b"printer_connections", "printer_disconnections", b"printer_disconnections", "uptime_hours", b"uptime_hours", "uptime_hours_per_installation", b"uptime_hours_per_installation", "week", b"week"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___UsageWeek: _TypeAlias = UsageWeek  # noqa: Y015
+
+@_typing.final
+class GetUsageResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEKS_FIELD_NUMBER: _builtins.int
+    JOB_DURATIONS_FIELD_NUMBER: _builtins.int
+    FAILURE_REASONS_FIELD_NUMBER: _builtins.int
+    MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    min_group_size: _builtins.int
+    @_builtins.property
+    def weeks(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageWeek]:
+        """Oldest first."""
+
+    @_builtins.property
+    def job_durations(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
+        """Completed jobs by duration: one series per bucket, `count` the jobs,
+        `installations` those reporting them, `share` the bucket's share of the
+        week's completed jobs (small groups left out).
+        """
+
+    @_builtins.property
+    def failure_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
+        """Failed jobs by reason, as job_durations."""
+
+    def __init__(
+        self,
+        *,
+        weeks: _abc.Iterable[Global___UsageWeek] | None = ...,
+        job_durations: _abc.Iterable[Global___Series] | None = ...,
+        failure_reasons: _abc.Iterable[Global___Series] | None = ...,
+        min_group_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reasons", b"failure_reasons", "job_durations", b"job_durations", "min_group_size", b"min_group_size", "weeks", b"weeks"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetUsageResponse: _TypeAlias = GetUsageResponse  # noqa: Y015
+
+@_typing.final
+class GetFeatureAdoptionByVersionRequest(_message.Message):
+    """--- feature adoption by version -----------------------------------------------------"""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEK_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def week(self) -> _common_pb2.IsoWeek:
+        """The week (default: the last complete week)."""
+
+    def __init__(
+        self,
+        *,
+        week: _common_pb2.IsoWeek | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFeatureAdoptionByVersionRequest: _TypeAlias = GetFeatureAdoptionByVersionRequest  # noqa: Y015
+
+@_typing.final
+class VersionFeatureAdoption(_message.Message):
+    """One app version's feature adoption (features published as in
+    FeatureAdoption, within the version's installations).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    VERSION_FIELD_NUMBER: _builtins.int
+    INSTALLATIONS_FIELD_NUMBER: _builtins.int
+    FEATURES_FIELD_NUMBER: _builtins.int
+    installations: _builtins.int
+    """Active installations on the version."""
+    @_builtins.property
+    def version(self) -> Global___GroupValue: ...
+    @_builtins.property
+    def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureAdoption]:
+        """`enabled_share` is over the version's active installations."""
+
+    def __init__(
+        self,
+        *,
+        version: Global___GroupValue | None = ...,
+        installations: _builtins.int = ...,
+        features: _abc.Iterable[Global___FeatureAdoption] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "installations", b"installations", "version", b"version"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___VersionFeatureAdoption: _TypeAlias = VersionFeatureAdoption  # noqa: Y015
+
+@_typing.final
+class GetFeatureAdoptionByVersionResponse(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    WEEK_FIELD_NUMBER: _builtins.int
+    VERSIONS_FIELD_NUMBER: _builtins.int
+    MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    min_group_size: _builtins.int
+    @_builtins.property
+    def week(self) -> _common_pb2.IsoWeek: ...
+    @_builtins.property
+    def versions(self) -> _containers.RepeatedCompositeFieldContainer[Global___VersionFeatureAdoption]:
+        """Newest version first; versions smaller than k are not listed."""
+
+    def __init__(
+        self,
+        *,
+        week: _common_pb2.IsoWeek | None = ...,
+        versions: _abc.Iterable[Global___VersionFeatureAdoption] | None = ...,
+        min_group_size: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["min_group_size", b"min_group_size", "versions", b"versions", "week", b"week"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___GetFeatureAdoptionByVersionResponse: _TypeAlias = GetFeatureAdoptionByVersionResponse  # noqa: Y015

@@ -113,6 +113,21 @@ class AnalyticsServiceStub:
                 request_serializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.ExportAggregatesRequest.SerializeToString,
                 response_deserializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.ExportAggregatesResponse.FromString,
                 _registered_method=True)
+        self.GetReleaseHealth = channel.unary_unary(
+                '/printernizer.stats.v1.AnalyticsService/GetReleaseHealth',
+                request_serializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetReleaseHealthRequest.SerializeToString,
+                response_deserializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetReleaseHealthResponse.FromString,
+                _registered_method=True)
+        self.GetUsage = channel.unary_unary(
+                '/printernizer.stats.v1.AnalyticsService/GetUsage',
+                request_serializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetUsageRequest.SerializeToString,
+                response_deserializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetUsageResponse.FromString,
+                _registered_method=True)
+        self.GetFeatureAdoptionByVersion = channel.unary_unary(
+                '/printernizer.stats.v1.AnalyticsService/GetFeatureAdoptionByVersion',
+                request_serializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetFeatureAdoptionByVersionRequest.SerializeToString,
+                response_deserializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetFeatureAdoptionByVersionResponse.FromString,
+                _registered_method=True)
 
 
 class AnalyticsServiceServicer:
@@ -217,6 +232,30 @@ class AnalyticsServiceServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def GetReleaseHealth(self, request, context):
+        """The health of each app version over a window (crash-free rate, job
+        success, failure reasons, errors, uptime), each against the release
+        before it, with regressions flagged.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetUsage(self, request, context):
+        """How the app is used, per week: jobs, their durations and failure
+        reasons, files, printer connections, uptime and crashes.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def GetFeatureAdoptionByVersion(self, request, context):
+        """Feature adoption on each app version, in one week.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_AnalyticsServiceServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -269,6 +308,21 @@ def add_AnalyticsServiceServicer_to_server(servicer, server):
                     servicer.ExportAggregates,
                     request_deserializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.ExportAggregatesRequest.FromString,
                     response_serializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.ExportAggregatesResponse.SerializeToString,
+            ),
+            'GetReleaseHealth': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetReleaseHealth,
+                    request_deserializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetReleaseHealthRequest.FromString,
+                    response_serializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetReleaseHealthResponse.SerializeToString,
+            ),
+            'GetUsage': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetUsage,
+                    request_deserializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetUsageRequest.FromString,
+                    response_serializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetUsageResponse.SerializeToString,
+            ),
+            'GetFeatureAdoptionByVersion': grpc.unary_unary_rpc_method_handler(
+                    servicer.GetFeatureAdoptionByVersion,
+                    request_deserializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetFeatureAdoptionByVersionRequest.FromString,
+                    response_serializer=printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetFeatureAdoptionByVersionResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -570,6 +624,87 @@ class AnalyticsService:
             '/printernizer.stats.v1.AnalyticsService/ExportAggregates',
             printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.ExportAggregatesRequest.SerializeToString,
             printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.ExportAggregatesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetReleaseHealth(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/printernizer.stats.v1.AnalyticsService/GetReleaseHealth',
+            printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetReleaseHealthRequest.SerializeToString,
+            printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetReleaseHealthResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetUsage(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/printernizer.stats.v1.AnalyticsService/GetUsage',
+            printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetUsageRequest.SerializeToString,
+            printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetUsageResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def GetFeatureAdoptionByVersion(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/printernizer.stats.v1.AnalyticsService/GetFeatureAdoptionByVersion',
+            printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetFeatureAdoptionByVersionRequest.SerializeToString,
+            printernizer_dot_stats_dot_v1_dot_analytics__service__pb2.GetFeatureAdoptionByVersionResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -82,6 +82,17 @@ class AnalyticsServiceStub:
     """Alerts from the anomaly rules, evaluated on complete weeks only."""
     ExportAggregates: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.ExportAggregatesRequest, _analytics_service_pb2.ExportAggregatesResponse]
     """All aggregated figures at once, for a JSON download."""
+    GetReleaseHealth: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.GetReleaseHealthRequest, _analytics_service_pb2.GetReleaseHealthResponse]
+    """The health of each app version over a window (crash-free rate, job
+    success, failure reasons, errors, uptime), each against the release
+    before it, with regressions flagged.
+    """
+    GetUsage: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.GetUsageRequest, _analytics_service_pb2.GetUsageResponse]
+    """How the app is used, per week: jobs, their durations and failure
+    reasons, files, printer connections, uptime and crashes.
+    """
+    GetFeatureAdoptionByVersion: _grpc.UnaryUnaryMultiCallable[_analytics_service_pb2.GetFeatureAdoptionByVersionRequest, _analytics_service_pb2.GetFeatureAdoptionByVersionResponse]
+    """Feature adoption on each app version, in one week."""
 
 @_typing.type_check_only
 class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
@@ -137,6 +148,17 @@ class AnalyticsServiceAsyncStub(AnalyticsServiceStub):
     """Alerts from the anomaly rules, evaluated on complete weeks only."""
     ExportAggregates: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.ExportAggregatesRequest, _analytics_service_pb2.ExportAggregatesResponse]  # type: ignore[assignment]
     """All aggregated figures at once, for a JSON download."""
+    GetReleaseHealth: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.GetReleaseHealthRequest, _analytics_service_pb2.GetReleaseHealthResponse]  # type: ignore[assignment]
+    """The health of each app version over a window (crash-free rate, job
+    success, failure reasons, errors, uptime), each against the release
+    before it, with regressions flagged.
+    """
+    GetUsage: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.GetUsageRequest, _analytics_service_pb2.GetUsageResponse]  # type: ignore[assignment]
+    """How the app is used, per week: jobs, their durations and failure
+    reasons, files, printer connections, uptime and crashes.
+    """
+    GetFeatureAdoptionByVersion: _aio.UnaryUnaryMultiCallable[_analytics_service_pb2.GetFeatureAdoptionByVersionRequest, _analytics_service_pb2.GetFeatureAdoptionByVersionResponse]  # type: ignore[assignment]
+    """Feature adoption on each app version, in one week."""
 
 class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
     """The maintainers' questions about the stored weekly reports, answered by the
@@ -249,5 +271,34 @@ class AnalyticsServiceServicer(metaclass=_abc_1.ABCMeta):
         context: _ServicerContext,
     ) -> _typing.Union[_analytics_service_pb2.ExportAggregatesResponse, _abc.Awaitable[_analytics_service_pb2.ExportAggregatesResponse]]:
         """All aggregated figures at once, for a JSON download."""
+
+    @_abc_1.abstractmethod
+    def GetReleaseHealth(
+        self,
+        request: _analytics_service_pb2.GetReleaseHealthRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_service_pb2.GetReleaseHealthResponse, _abc.Awaitable[_analytics_service_pb2.GetReleaseHealthResponse]]:
+        """The health of each app version over a window (crash-free rate, job
+        success, failure reasons, errors, uptime), each against the release
+        before it, with regressions flagged.
+        """
+
+    @_abc_1.abstractmethod
+    def GetUsage(
+        self,
+        request: _analytics_service_pb2.GetUsageRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_service_pb2.GetUsageResponse, _abc.Awaitable[_analytics_service_pb2.GetUsageResponse]]:
+        """How the app is used, per week: jobs, their durations and failure
+        reasons, files, printer connections, uptime and crashes.
+        """
+
+    @_abc_1.abstractmethod
+    def GetFeatureAdoptionByVersion(
+        self,
+        request: _analytics_service_pb2.GetFeatureAdoptionByVersionRequest,
+        context: _ServicerContext,
+    ) -> _typing.Union[_analytics_service_pb2.GetFeatureAdoptionByVersionResponse, _abc.Awaitable[_analytics_service_pb2.GetFeatureAdoptionByVersionResponse]]:
+        """Feature adoption on each app version, in one week."""
 
 def add_AnalyticsServiceServicer_to_server(servicer: AnalyticsServiceServicer, server: _typing.Union[_grpc.Server, _aio.Server]) -> None: ...

@@ -132,6 +132,91 @@
       "worked out by combining figures.");
   }
 
+  const fixed = (value, digits = 2) => Number(value || 0).toFixed(digits);
+
+  function releaseHealth(answer) {
+    const body = document.querySelector("#release-health tbody");
+    body.replaceChildren();
+    const weeksCovered = answer.weeks || [];
+    setText("release-note", weeksCovered.length
+      ? `Summed over ${weekLabel(weeksCovered[0])} to ${weekLabel(weeksCovered[weeksCovered.length - 1])}; ` +
+        "rates are per installation-week. A regression is flagged where a version is clearly worse than the " +
+        "release before it (the rule and its thresholds are in the flag's title)."
+      : "");
+    for (const release of answer.releases || []) {
+      const row = element("tr");
+      row.dataset.version = release.version.label;
+      const flagged = new Set((release.regressions || []).map((r) => r.metric));
+      const cell = (text, metric) => {
+        const td = element("td", text);
+        const regression = (release.regressions || []).find((r) => r.metric === metric);
+        if (regression) {
+          td.classList.add("regressed", SEVERITY[regression.severity] || "warning");
+          td.title = regression.description;
+        }
+        return td;
+      };
+      const reasons = (release.failureReasons || []).slice(0, 3)
+        .map((r) => `${r.value.label} ${percent(r.share)}`).join(", ");
+      row.append(
+        element("td", release.version.label),
+        element("td", number(release.installations)),
+        cell(release.crashFreeSuppressed ? "too few to show" : percent(release.crashFreeRate),
+          "RELEASE_METRIC_CRASH_FREE_RATE"),
+        cell(percent(release.jobSuccessRate), "RELEASE_METRIC_JOB_SUCCESS_RATE"),
+        cell(fixed(release.errorsPerInstallation), "RELEASE_METRIC_ERRORS_PER_INSTALLATION"),
+        element("td", fixed(release.uptimeHoursPerInstallation, 0)),
+        element("td", reasons || "–"),
+        element("td", release.previous ? release.previous.label : "–"),
+      );
+      if (flagged.size) row.classList.add("regression");
+      body.append(row);
+    }
+  }
+
+  async function drawUsage(usage, deploymentErrors, featuresByVersion) {
+    const weeksOf = usage.weeks || [];
+    const x = weeksOf.map((w) => weekLabel(w.week));
+    await plot("chart-jobs", [
+      { type: "bar", name: "completed", x, y: weeksOf.map((w) => Number(w.jobsCompleted)), marker: { color: "#1d7a46" } },
+      { type: "bar", name: "failed", x, y: weeksOf.map((w) => Number(w.jobsFailed)), marker: { color: "#c0392b" } },
+      { type: "scatter", mode: "lines+markers", name: "success rate", yaxis: "y2", x,
+        y: weeksOf.map((w) => w.jobSuccessRate * 100) },
+    ], { barmode: "stack", yaxis: { title: { text: "jobs" } },
+      yaxis2: { overlaying: "y", side: "right", range: [0, 100], title: { text: "% completed" } } });
+    const jobShare = { type: "bar", hovertemplate: "%{y:.1f} % of the jobs<extra></extra>" };
+    await plot("chart-durations", seriesTraces({ weeks: weeksOf.map((w) => w.week), series: usage.jobDurations || [] },
+      (p) => p.share * 100, jobShare), { barmode: "stack", yaxis: { range: [0, 100], title: { text: "% of completed jobs" } } });
+    await plot("chart-failures", seriesTraces({ weeks: weeksOf.map((w) => w.week), series: usage.failureReasons || [] },
+      (p) => p.share * 100, jobShare), { barmode: "stack", yaxis: { range: [0, 100], title: { text: "% of failed jobs" } } });
+    await plot("chart-stability", [
+      { type: "scatter", mode: "lines+markers", name: "disconnections per connection", x,
+        y: weeksOf.map((w) => w.disconnectionsPerConnection) },
+      { type: "scatter", mode: "lines+markers", name: "crash-free installations", yaxis: "y2", x,
+        y: weeksOf.map((w) => (w.crashFreeSuppressed ? null : w.crashFreeRate * 100)) },
+    ], { yaxis: { title: { text: "per connection" } },
+      yaxis2: { overlaying: "y", side: "right", range: [0, 100], title: { text: "% crash-free" } } });
+    await plot("chart-files", [
+      { type: "scatter", mode: "lines+markers", name: "downloaded", x, y: weeksOf.map((w) => Number(w.filesDownloaded)) },
+      { type: "scatter", mode: "lines+markers", name: "uploaded", x, y: weeksOf.map((w) => Number(w.filesUploaded)) },
+    ], { yaxis: { title: { text: "files" } } });
+    const last = (series) => series.points[series.points.length - 1];
+    const shown = (deploymentErrors.series || []).filter((s) => s.points.length && !last(s).suppressed);
+    await plot("chart-deployment-errors", [{
+      type: "bar", orientation: "h",
+      y: shown.map((s) => (s.other ? "Other" : s.values.map((v) => v.label).join(" · "))).reverse(),
+      x: shown.map((s) => last(s).rate).reverse(),
+      hovertemplate: "%{x:.2f} errors per installation<extra></extra>", marker: { color: "#c0392b" },
+    }], { margin: { l: 220 }, xaxis: { title: { text: "errors per active installation" } } });
+    const versions = featuresByVersion.versions || [];
+    await plot("chart-features-by-version", versions.map((v) => ({
+      type: "bar", name: v.version.label,
+      x: (v.features || []).map((f) => f.feature.label),
+      y: (v.features || []).map((f) => f.enabledShare * 100),
+      hovertemplate: "%{y:.1f} % of its installations<extra></extra>",
+    })), { barmode: "group", yaxis: { range: [0, 100], title: { text: "% of the version's installations" } } });
+  }
+
   async function load() {
     if (!token()) return showSignIn();
     const error = document.getElementById("load-error");
@@ -140,6 +225,10 @@
       api(`/api/v1/stats/overview?${span}`),
       api(`/api/v1/stats/version-migration?${span}`),
       api(`/api/v1/stats/errors?${span}&group_by=error-type`),
+      api("/api/v1/stats/release-health"),
+      api(`/api/v1/stats/usage?${span}`),
+      api(`/api/v1/stats/error-rates?${span}&by=deployment-mode`),
+      api("/api/v1/stats/features-by-version"),
     ]);
     if (answers.some((a) => a.status === 401)) {
       sessionStorage.removeItem(TOKEN_KEY);
@@ -154,7 +243,10 @@
       return;
     }
     error.hidden = true;
-    await draw(...answers.map((a) => a.body));
+    const [overview, migration, errors, health, usage, deploymentErrors, featuresByVersion] = answers.map((a) => a.body);
+    await draw(overview, migration, errors);
+    releaseHealth(health);
+    await drawUsage(usage, deploymentErrors, featuresByVersion);
     document.body.dataset.loaded = "true";
   }
 
