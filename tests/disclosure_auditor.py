@@ -17,6 +17,10 @@ answer the analytics gave about it, the auditor checks, mechanically:
    series against distributions, shares times totals. Any derived count
    between 1 and k-1 is a finding.
 
+The gateway's public community figures (its JSON documents, `Published.community`)
+get the same checks: every count a multiple of k, every group against the truth
+(found by its label), and the same week's figure equal to the analytics' own.
+
 `collect` asks every question of the analytics (in-process or over gRPC);
 `audit` returns the findings, empty when nothing leaks.
 """
@@ -26,6 +30,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
@@ -37,8 +42,12 @@ from printernizer.stats.v1 import (
     ingest_service_pb2,
 )
 from printernizer_stats.agent.consent import Identity
+from printernizer_stats.analytics.queries import group_value
 from printernizer_stats.common.identity import report_id
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.common.weeks import Week, parse_week
+from printernizer_stats.gateway.community import CHARTS as COMMUNITY_CHARTS
+from printernizer_stats.gateway.community import COMBINED
+from printernizer_stats.store.rollup_store import Tally
 
 api = analytics_service_pb2
 Dimension = api.Dimension
@@ -255,11 +264,24 @@ class Published:
     error_rates: dict[tuple[Week, int], api.GetErrorRatesResponse] = field(default_factory=dict)
     anomalies: dict[tuple[Week, int], api.ListAnomaliesResponse] = field(default_factory=dict)
     exports: dict[tuple[Week, int], api.ExportAggregatesResponse] = field(default_factory=dict)
+    release_health: dict[tuple[Week, int], api.GetReleaseHealthResponse] = field(default_factory=dict)
+    usage: dict[tuple[Week, int], api.GetUsageResponse] = field(default_factory=dict)
+    deployment_error_rates: dict[tuple[Week, int], api.GetErrorRatesResponse] = field(default_factory=dict)
+    features_by_version: dict[Week, api.GetFeatureAdoptionByVersionResponse] = field(default_factory=dict)
+    # The gateway's community figures, by path: the document of every chart, and each chart's own.
+    community: dict[str, Any] = field(default_factory=dict)
+
+    def community_charts(self) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Every community chart document, wherever it was published."""
+        for path, document in self.community.items():
+            for chart in document.get("charts", [document]):
+                yield f"community {path} {chart.get('chart')}", chart
 
     def messages(self) -> Iterator[tuple[str, Message]]:
         for name in (
             "distributions", "features", "trends", "overviews", "migrations", "feature_trends",
-            "error_trends", "error_rates", "anomalies", "exports",
+            "error_trends", "error_rates", "anomalies", "exports", "release_health", "usage",
+            "deployment_error_rates", "features_by_version",
         ):  # fmt: skip
             for asked, message in getattr(self, name).items():
                 yield f"{name}{asked}", message
@@ -280,6 +302,9 @@ async def collect(
         published.features[week] = await ask(  # type: ignore[assignment]
             "GetFeatureAdoption", api.GetFeatureAdoptionRequest(week=week.to_proto())
         )
+        published.features_by_version[week] = await ask(  # type: ignore[assignment]
+            "GetFeatureAdoptionByVersion", api.GetFeatureAdoptionByVersionRequest(week=week.to_proto())
+        )
         for length in windows:
             window = api.WeekWindow(weeks=length, until=week.to_proto())
             at = (week, length)
@@ -299,6 +324,13 @@ async def collect(
                 )
             published.error_rates[at] = await ask("GetErrorRates", api.GetErrorRatesRequest(window=window))  # type: ignore[assignment]
             published.anomalies[at] = await ask("ListAnomalies", api.ListAnomaliesRequest(window=window))  # type: ignore[assignment]
+            published.release_health[at] = await ask(  # type: ignore[assignment]
+                "GetReleaseHealth", api.GetReleaseHealthRequest(window=window)
+            )
+            published.usage[at] = await ask("GetUsage", api.GetUsageRequest(window=window))  # type: ignore[assignment]
+            published.deployment_error_rates[at] = await ask(  # type: ignore[assignment]
+                "GetErrorRates", api.GetErrorRatesRequest(window=window, by_deployment_mode=True)
+            )
         published.exports[(week, windows[-1])] = await ask(  # type: ignore[assignment]
             "ExportAggregates",
             api.ExportAggregatesRequest(window=api.WeekWindow(weeks=windows[-1], until=week.to_proto())),
@@ -351,6 +383,9 @@ def counts_in(message: Message, path: str = "") -> Iterator[tuple[str, int]]:
 JSON_COUNTS = {
     "installations", "totalInstallations", "printers", "known", "active", "newInstallations", "totalKnown",
     "activeLastWeek", "activeLast4Weeks", "enabledInstallations", "reportingInstallations", "count",
+    "installationWeeks", "installationWeeksWithUncleanShutdown", "jobsCreated", "jobsCompleted", "jobsFailed",
+    "jobs", "errors", "uptimeHours", "filesUploaded", "filesDownloaded", "printerConnections",
+    "printerDisconnections", "appStarts", "installationsWithUncleanShutdown",
 }  # fmt: skip
 
 
@@ -405,9 +440,25 @@ class Auditor:
             for path, value in anomaly_counts(message):
                 if value % self.k:
                     self.fail(where, f"{path} is not a multiple of k", value)
+        for where, chart in self.published.community_charts():
+            for path, value in json_counts(chart):
+                if value % self.k:
+                    self.fail(where, f"{path} is not a multiple of k", value)
+            for index, row in enumerate(chart.get("rows", [])):
+                for column, value in row.items():
+                    # A number this audit would not see as a count: a chart's new column must be named
+                    # as a count (JSON_COUNTS) or be a share (a float).
+                    if isinstance(value, int) and column not in JSON_COUNTS:
+                        self.fail(
+                            where, f"rows[{index}].{column} is an integer the audit does not know", value
+                        )
 
     # 2. against the truth
     def groups_are_large_enough(self) -> None:
+        for (week, length), health in self.published.release_health.items():
+            window = api.WeekWindow(weeks=length, until=week.to_proto())
+            labels = [r.version.label for r in health.releases]
+            self._release_versions(f"release health {week}/{length}", window, labels)
         for (week, dimensions), answer in self.published.distributions.items():
             where = f"distribution {week} {list(dimensions)}"
             truth_total = len(self.truth.active(week))
@@ -438,6 +489,8 @@ class Auditor:
                 self._series_points(
                     f"feature trend {until}/{length}", series, trend.weeks, self._feature_check
                 )
+        for where, chart in self.published.community_charts():
+            self._community_chart_against_truth(where, chart)
 
         def on_version(week: Week, key: tuple[int, ...]) -> int:
             return self.truth.count(week, [Dimension.DIMENSION_APP_VERSION], [key])
@@ -459,6 +512,88 @@ class Auditor:
                 if grouping == api.ERROR_GROUPING_APP_VERSION
                 else None,
             )
+
+    @staticmethod
+    def _community_question(chart: dict[str, Any]) -> tuple[Week, Message] | None:
+        """The question a community chart's figures answer (the gateway's own), and its last week."""
+        definition = next((c for c in COMMUNITY_CHARTS if c.name == chart.get("chart")), None)
+        if definition is None:
+            return None
+        last = parse_week(chart["weeks"][-1])
+        return last, definition.question(api.WeekWindow(weeks=definition.weeks, until=last.to_proto()))
+
+    def _community_chart_against_truth(self, where: str, chart: dict[str, Any]) -> None:
+        """A community chart's groups, found in the truth by their labels: each at least k, the
+        combined row (only where an installation has one value) at least k distinct installations."""
+        asked = self._community_question(chart)
+        if asked is None:
+            self.fail(where, "a community chart the audit does not know", 1)
+            return
+        last, question = asked
+        rows: list[dict[str, Any]] = chart["rows"]
+        if isinstance(question, api.GetDistributionRequest):
+            column = chart["columns"][0]
+            self._community_groups(where, last, question.dimensions[0], [(r[column], r) for r in rows])
+        elif isinstance(question, api.GetVersionMigrationRequest):
+            for week in sorted({r["week"] for r in rows}):
+                of_week = [(r["appVersion"], r) for r in rows if r["week"] == week]
+                self._community_groups(
+                    f"{where} {week}", parse_week(week), api.DIMENSION_APP_VERSION, of_week
+                )
+        elif isinstance(question, api.GetFeatureAdoptionRequest):
+            features = {self._label(Tally.FEATURES, (f, 0, 0)): f for f in P.Feature.values()}
+            for row in rows:
+                if row["feature"] not in features:
+                    self.fail(where, f"feature {row['feature']!r} is no feature (or an 'other')", 1)
+                    continue
+                self._feature_is_publishable(where, last, features[row["feature"]])
+        elif isinstance(question, api.GetReleaseHealthRequest):
+            self._release_versions(where, question.window, [r["appVersion"] for r in rows])
+        elif not isinstance(question, api.GetInstallationTrendRequest):  # totals: their counts are checked
+            self.fail(where, f"a community chart asking {type(question).__name__}: no check for it here", 1)
+
+    def _release_versions(self, where: str, window: api.WeekWindow, labels: Iterable[str]) -> None:
+        """Each version release health lists had at least k installations in some week it covers."""
+        last = Week.from_proto(window.until)
+        weeks = [last]
+        while len(weeks) < window.weeks:
+            weeks.append(weeks[-1].previous())
+        for label in labels:
+            sizes = [
+                self.truth.count(w, [Dimension.DIMENSION_APP_VERSION], [key])
+                for w in weeks
+                if (key := self._labelled_keys(w, Dimension.DIMENSION_APP_VERSION).get(label)) is not None
+            ]
+            if max(sizes, default=0) < self.k:
+                self.fail(where, f"release {label!r} listed with at most", max(sizes, default=0))
+
+    @staticmethod
+    def _label(dimension: int, key: tuple[int, ...]) -> str:
+        return str(group_value(dimension, key).label)
+
+    def _labelled_keys(self, week: Week, dimension: int) -> dict[str, tuple[int, ...]]:
+        """The truth's groups of one dimension in a week, by the label the analytics give them."""
+        keys = {v for s in self.truth.active(week) for v in values_of(s, dimension)}
+        return {self._label(dimension, key): key for key in keys}
+
+    def _community_groups(
+        self, where: str, week: Week, dimension: int, rows: list[tuple[str, dict[str, Any]]]
+    ) -> None:
+        by_label = self._labelled_keys(week, dimension)
+        named = 0
+        for label, _ in rows:
+            if label == COMBINED:
+                continue
+            key = by_label.get(label)
+            true = 0 if key is None else self.truth.count(week, [dimension], [key])
+            named += true
+            if true < self.k:
+                self.fail(where, f"group {label!r} in {week} has only", true)
+        if any(label == COMBINED for label, _ in rows):
+            if dimension not in SINGLE_VALUED:
+                self.fail(where, "a combined row where an installation can have several values", 1)
+            elif (hidden := len(self.truth.active(week)) - named) < self.k:
+                self.fail(where, f"the combined row in {week} has only", hidden)
 
     def _feature_is_publishable(self, where: str, week: Week, feature: int) -> None:
         enabled, reporting = self.truth.feature(week, feature)
@@ -706,6 +841,31 @@ class Auditor:
         for (week, _), answer in self.published.distributions.items():
             if len(answer.dimensions) == 1:
                 self._same_distribution(same, f"distribution {week}", answer)
+        for where, chart in self.published.community_charts():
+            self._same_community_figures(same, where, chart)
+
+    def _same_community_figures(
+        self, same: Callable[[tuple[object, ...], str, float], None], where: str, chart: dict[str, Any]
+    ) -> None:
+        """A community chart's figures are the analytics' own for the same week and group."""
+        asked = self._community_question(chart)
+        if asked is None:
+            return  # found by the check against the truth
+        last, question = asked
+        if isinstance(question, api.GetInstallationTrendRequest):
+            for row in chart["rows"]:
+                week = parse_week(row["week"])
+                same(("known", week), where, row["known"])
+                same(("active", week), where, row["active"])
+                same(("new_installations", week), where, row["newInstallations"])
+        elif isinstance(question, api.GetDistributionRequest):
+            dimensions = tuple(question.dimensions)
+            by_label = self._labelled_keys(last, dimensions[0])
+            column = chart["columns"][0]
+            for row in chart["rows"]:
+                label = row[column]
+                key: object = "other" if label == COMBINED else (by_label.get(label),)
+                same(("group", last, dimensions, key), where, row["installations"])
 
     @staticmethod
     def _same_distribution(

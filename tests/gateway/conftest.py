@@ -1,8 +1,8 @@
 """The gateway folder's harness, and the gateway's test harness for the other folders: the gateway on a
-real port in this process (`running_gateway`; the `gateway` fixture puts it in front of the analytics
-and aggregation servers), and Chromium driven by Playwright (the `browser` fixture, with `screenshot`
-and the script that reports Content-Security-Policy violations). Other folders import what they use
-from here (see tests/conftest.py)."""
+real port in this process (`running_gateway`; `stats_gateway` and the `gateway` fixture put it in front
+of the analytics and aggregation servers), and Chromium driven by Playwright (the `browser` fixture,
+with `screenshot` and the script that reports Content-Security-Policy violations). Other folders
+import what they use from here (see tests/conftest.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import asyncio
 import os
 import uuid
 from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import httpx
@@ -18,6 +19,7 @@ import uvicorn
 from playwright.async_api import Browser, Page, async_playwright
 from printernizer_stats.demo.services import free_port
 from printernizer_stats.gateway.app import create_app
+from printernizer_stats.gateway.community import RETRY_SECONDS, CommunityFigures
 from printernizer_stats.gateway.stats_api import AnalyticsClient
 from printernizer_stats.sdk.local import AsyncLocalAgent
 
@@ -53,13 +55,15 @@ async def running_gateway(
     return http, task, f"http://127.0.0.1:{port}"
 
 
-@pytest.fixture
-async def gateway(server: RunningServer, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
-    for _ in range(3):  # three installations, last week, in Germany (k = 2 below)
+@asynccontextmanager
+async def stats_gateway(server: RunningServer, tls_dir: Path) -> AsyncIterator[httpx.AsyncClient]:
+    """Three installations' reports (last week, Germany) through `server`, the analytics server over
+    its database (k = 2) and the gateway in front of it: a client of the gateway."""
+    for _ in range(3):
         agent = Installation(uuid.uuid4().bytes)
         await server.stub.SubmitReports(agent.submission(report_of(agent, last_week())), timeout=TIMEOUT)
     await refresh_rollups(server.database_url)
-    async with running_analytics(server.database_url, tmp_path / "tls", min_group_size=2) as (port, ca):
+    async with running_analytics(server.database_url, tls_dir, min_group_size=2) as (port, ca):
         http, task, url = await running_gateway(AnalyticsClient(f"localhost:{port}", ca, ADMIN_TOKEN))
         try:
             async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
@@ -67,6 +71,12 @@ async def gateway(server: RunningServer, tmp_path: Path) -> AsyncIterator[httpx.
         finally:
             http.should_exit = True
             await asyncio.wait_for(task, 30)
+
+
+@pytest.fixture
+async def gateway(server: RunningServer, tmp_path: Path) -> AsyncIterator[httpx.AsyncClient]:
+    async with stats_gateway(server, tmp_path / "tls") as client:
+        yield client
 
 
 # --- Chromium, through Playwright -------------------------------------------------------------------------
@@ -107,3 +117,22 @@ async def browser() -> AsyncIterator[Browser]:
 async def screenshot(page: Page, name: str) -> None:
     SCREENSHOTS.mkdir(parents=True, exist_ok=True)
     await page.screenshot(path=SCREENSHOTS / name, full_page=True)
+
+
+# --- the gateway with its public community page on --------------------------------------------------------
+
+
+async def running_community_gateway(
+    analytics: AnalyticsClient, retry_seconds: float = RETRY_SECONDS
+) -> tuple[uvicorn.Server, asyncio.Task[None], str, CommunityFigures]:
+    """The gateway with `--community-page` on a real port, in this process, returned once its first
+    refresh of the community figures has been tried (successful or not). It refreshes hourly after a
+    success, `retry_seconds` after a failure; a test may call `figures.refresh()` itself."""
+    figures = CommunityFigures(analytics, retry_seconds=retry_seconds)
+    port = free_port()
+    app = create_app(analytics, community=figures)
+    http = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
+    task = asyncio.create_task(http.serve())
+    while not http.started or not figures.attempts:
+        await asyncio.sleep(0.02)
+    return http, task, f"http://127.0.0.1:{port}", figures

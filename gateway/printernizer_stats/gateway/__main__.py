@@ -1,9 +1,11 @@
 """`python -m printernizer_stats.gateway`: the REST gateway.
 
 Serves the admin statistics API (/api/v1/stats/*, the admin token required)
-over the analytics server, with its dashboard at /dashboard; and, beside a
-local agent, that installation's privacy API (/api/v1/usage-stats/*, the SDK's)
-with its page (/api/v1/usage-stats/page; /privacy leads there).
+over the analytics server, with its dashboard at /dashboard; beside a local
+agent, that installation's privacy API (/api/v1/usage-stats/*, the SDK's) with
+its page (/api/v1/usage-stats/page; /privacy leads there); and, when turned on,
+the public community page (/community) with its figures (/api/v1/community),
+fetched from the analytics server hourly and served to anyone from that copy.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ from printernizer_stats.common.cli import EnvArgumentParser, host_port, user_dat
 from printernizer_stats.common.telemetry import add_telemetry_options, configure
 
 from .app import create_app
+from .community import CommunityFigures
 from .stats_api import AnalyticsClient
 from .usage_api import local_agent
 
@@ -61,6 +64,12 @@ def build_parser() -> EnvArgumentParser:
         default=str(user_data_dir() / "admin-token"),
         metavar="PATH",
     )
+    parser.add_env_switch(
+        "--community-page",
+        help="serve the public community page (/community) and its figures (/api/v1/community/*) to "
+        "anyone, without credentials: the analytics' protected figures, fetched hourly (needs "
+        "--admin-token-file)",
+    )
     add_telemetry_options(parser)
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
     return parser
@@ -78,12 +87,19 @@ def main(argv: list[str] | None = None) -> int:
     except (OSError, AdminTokenError) as exc:
         print(f"gateway: {exc}", file=sys.stderr)
         return 1
+    if args.community_page and analytics is None:
+        print(
+            "gateway: --community-page needs --admin-token-file (the analytics server's figures)",
+            file=sys.stderr,
+        )
+        return 1
+    community = CommunityFigures(analytics) if args.community_page and analytics is not None else None
     agent = local_agent(args.agent_socket) if args.agent_socket else None
     if analytics is None and agent is None:
         print("gateway: nothing to serve: set --admin-token-file, --agent-socket or both", file=sys.stderr)
         return 1
     host, _, port = args.listen.rpartition(":")
-    app = create_app(analytics, agent)
+    app = create_app(analytics, agent, community)
     # uvicorn logs through the configured handler (structured), and writes no
     # access log: each of its lines would hold the client's address.
     uvicorn.run(

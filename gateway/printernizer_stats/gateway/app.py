@@ -1,8 +1,11 @@
 """The gateway's FastAPI application: the admin statistics API and its
-dashboard, and the local privacy API and its page (the SDK's router)."""
+dashboard, the local privacy API and its page (the SDK's router), and the
+public community page with its figures (when turned on)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from typing import Any
@@ -15,6 +18,13 @@ from printernizer_stats.common.telemetry import metrics_enabled, tracing_enabled
 from printernizer_stats.sdk.local import AsyncLocalAgent
 
 from .bodies import MAX_BODY_BYTES, BodyLimit
+from .community import (
+    COMMUNITY_API,
+    COMMUNITY_MAX_AGE_SECONDS,
+    COMMUNITY_PAGE,
+    CommunityFigures,
+    community_router,
+)
 from .errors import ERROR_SCHEMA, install_error_handlers
 from .health import Plain, health_router
 from .pages import PRIVACY_PAGE, STATIC_PREFIX, install_pages
@@ -38,6 +48,13 @@ USAGE_ERRORS = {
     401: "the agent refused the call",
     403: "not addressed to this machine (a loopback name), or a change sent by another site",
 }
+# The community figures need no credentials and never ask a backend on a request.
+COMMUNITY_ERRORS = {
+    400: "a query parameter was given: the community figures take none",
+    404: "there is no such chart",
+    503: "the figures are not available yet (none fetched since the gateway started): try again after "
+    "Retry-After seconds",
+}
 BODY_ERRORS = {413: f"the body is larger than {MAX_BODY_BYTES} bytes", 415: "the body is a form, not JSON"}
 
 # Pages load nothing from elsewhere: scripts, styles and data come from this origin only.
@@ -47,15 +64,25 @@ CONTENT_SECURITY_POLICY = (
 )
 
 
-def create_app(analytics: AnalyticsClient | None, agent: AsyncLocalAgent | None = None) -> FastAPI:
-    """The statistics API and the dashboard over `analytics`, and the local
-    privacy API and its page (the SDK's) over `agent` (usage_api.local_agent):
-    either may be left out."""
+def create_app(
+    analytics: AnalyticsClient | None,
+    agent: AsyncLocalAgent | None = None,
+    community: CommunityFigures | None = None,
+) -> FastAPI:
+    """The statistics API and the dashboard over `analytics`, the local privacy
+    API and its page (the SDK's) over `agent` (usage_api.local_agent), and the
+    public community page over `community`, refreshed on its schedule while the
+    app runs: any of them may be left out."""
     agent_health = Plain(agent.target) if agent is not None else None
 
     @asynccontextmanager
     async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        refreshing = asyncio.create_task(community.run()) if community is not None else None
         yield
+        if refreshing is not None:
+            refreshing.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await refreshing
         if analytics is not None:
             await analytics.close()
         if agent is not None:
@@ -77,9 +104,13 @@ def create_app(analytics: AnalyticsClient | None, agent: AsyncLocalAgent | None 
         app.include_router(stats_router(analytics))
     if agent is not None:
         install_usage_api(app, agent)
+    if community is not None:
+        app.include_router(community_router(community))
     app.include_router(health_router(analytics, agent_health))
     install_error_handlers(app)
-    install_pages(app, dashboard=analytics is not None, privacy_page=agent is not None)
+    install_pages(
+        app, dashboard=analytics is not None, privacy_page=agent is not None, community=community is not None
+    )
 
     def openapi() -> dict[str, Any]:
         """FastAPI's schema, corrected to what the gateway answers: a bad
@@ -93,9 +124,10 @@ def create_app(analytics: AnalyticsClient | None, agent: AsyncLocalAgent | None 
             for path, operations in schema.get("paths", {}).items():
                 if not path.startswith("/api/"):
                     continue  # /health: no parameters, no credentials
+                public = is_community_path(path)
                 own = STATS_ERRORS if path.startswith("/api/v1/stats") else USAGE_ERRORS
                 for method, operation in operations.items():
-                    errors = {**API_ERRORS, **own}
+                    errors = dict(COMMUNITY_ERRORS) if public else {**API_ERRORS, **own}
                     if method in ("post", "delete"):
                         errors.update(BODY_ERRORS)
                     responses = operation.setdefault("responses", {})
@@ -126,10 +158,20 @@ def create_app(analytics: AnalyticsClient | None, agent: AsyncLocalAgent | None 
         response.headers["Content-Security-Policy"] = CONTENT_SECURITY_POLICY
         response.headers["X-Content-Type-Options"] = "nosniff"
         response.headers["Referrer-Policy"] = "no-referrer"
-        # Figures are never cached; the pages' assets (fixed by the installed
-        # version) may be, for a day.
-        static = request.url.path.startswith(f"{STATIC_PREFIX}/") and response.status_code == 200
-        response.headers["Cache-Control"] = "public, max-age=86400" if static else "no-store"
+        # Admin and personal figures are never cached; the pages' assets (fixed by
+        # the installed version) may be, for a day; the community page and its
+        # public figures (the same for everyone, refreshed hourly) for minutes.
+        path, ok = request.url.path, response.status_code == 200
+        if ok and path.startswith(f"{STATIC_PREFIX}/"):
+            response.headers["Cache-Control"] = "public, max-age=86400"
+        elif ok and community is not None and is_community_path(path):
+            response.headers["Cache-Control"] = f"public, max-age={COMMUNITY_MAX_AGE_SECONDS}"
+        else:
+            response.headers["Cache-Control"] = "no-store"
         return response
 
     return app
+
+
+def is_community_path(path: str) -> bool:
+    return path in (COMMUNITY_PAGE, COMMUNITY_API) or path.startswith(f"{COMMUNITY_API}/")

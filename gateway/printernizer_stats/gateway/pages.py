@@ -1,9 +1,10 @@
-"""The two pages: the admin statistics dashboard (/dashboard) and one
-installation's privacy page (/privacy, only beside the local privacy API: it
-leads to the SDK's page, served with that API at /api/v1/usage-stats/page).
+"""The pages: the admin statistics dashboard (/dashboard), one installation's
+privacy page (/privacy, only beside the local privacy API: it leads to the SDK's
+page, served with that API at /api/v1/usage-stats/page), and the public community
+page (/community, when turned on: see community.py).
 
-The dashboard is static files (web/, assets in web/static) that call the REST APIs from the
-browser. Their charts are drawn by plotly.js, served from the installed plotly
+The dashboard and the community page are static files (web/, assets in web/static) that call the
+REST APIs from the browser. Their charts are drawn by plotly.js, served from the installed plotly
 package: nothing is loaded from anywhere else, so the pages work offline and
 under the gateway's strict Content-Security-Policy. plotly.js's own style rules
 come from web/static/plotly.css (made by tools/generate_plotly_css.py) instead
@@ -23,6 +24,7 @@ from fastapi import APIRouter, FastAPI, Header, Request, Response
 from fastapi.responses import FileResponse, RedirectResponse
 from fastapi.staticfiles import StaticFiles
 
+from .community import COMMUNITY_PAGE
 from .usage_api import USAGE_PAGE
 
 WEB = Path(str(files("printernizer_stats.gateway") / "web"))
@@ -37,9 +39,10 @@ def plotly_gzipped() -> bytes:
     return gzip.compress(PLOTLY_JS.read_bytes(), compresslevel=9, mtime=0)
 
 
-def install_pages(app: FastAPI, dashboard: bool, privacy_page: bool) -> None:
-    """The dashboard when `dashboard`, the privacy page when `privacy_page`,
-    and their assets; `/` leads to the first of them."""
+def install_pages(app: FastAPI, dashboard: bool, privacy_page: bool, community: bool = False) -> None:
+    """The dashboard when `dashboard`, the privacy page when `privacy_page`, the
+    community page when `community`, and their assets; `/` leads to the
+    dashboard, or else to the privacy page."""
     router = APIRouter(include_in_schema=False)
 
     @router.get("/")
@@ -51,6 +54,12 @@ def install_pages(app: FastAPI, dashboard: bool, privacy_page: bool) -> None:
         @router.get("/dashboard")
         async def dashboard_page() -> FileResponse:
             return FileResponse(WEB / "dashboard.html")
+
+    if community:
+
+        @router.get(COMMUNITY_PAGE)
+        async def community_page() -> FileResponse:
+            return FileResponse(WEB / "community.html")
 
     if privacy_page:
         # Loopback only, like its API (usage_api.LoopbackOnly). The page's own
