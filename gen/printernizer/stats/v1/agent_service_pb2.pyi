@@ -196,6 +196,7 @@ class Consent(_message.Message):
     CONSENTED_SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     CURRENT_SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
     CHANGED_AT_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
     chosen: Global___ConsentState.ValueType
     """What the user chose."""
     effective: Global___ConsentState.ValueType
@@ -208,6 +209,8 @@ class Consent(_message.Message):
     """The newest schema version this agent knows; when it is above the
     consented one, newer fields are not sent until the user agrees again.
     """
+    level: _aggregated_stats_pb2.ConsentLevel.ValueType
+    """How much of the report the user agreed to share (0 if never opted in)."""
     @_builtins.property
     def changed_at(self) -> _timestamp_pb2.Timestamp:
         """When the choice was made."""
@@ -221,10 +224,11 @@ class Consent(_message.Message):
         consented_schema_version: _aggregated_stats_pb2.ReportSchemaVersion.ValueType = ...,
         current_schema_version: _aggregated_stats_pb2.ReportSchemaVersion.ValueType = ...,
         changed_at: _timestamp_pb2.Timestamp | None = ...,
+        level: _aggregated_stats_pb2.ConsentLevel.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "chosen", b"chosen", "consented_schema_version", b"consented_schema_version", "current_schema_version", b"current_schema_version", "effective", b"effective", "reason", b"reason"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["changed_at", b"changed_at", "chosen", b"chosen", "consented_schema_version", b"consented_schema_version", "current_schema_version", b"current_schema_version", "effective", b"effective", "level", b"level", "reason", b"reason"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -378,21 +382,27 @@ class SetConsentRequest(_message.Message):
 
     STATE_FIELD_NUMBER: _builtins.int
     SCHEMA_VERSION_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
     state: Global___ConsentState.ValueType
     """The new choice; UNSPECIFIED is rejected."""
     schema_version: _aggregated_stats_pb2.ReportSchemaVersion.ValueType
     """The schema version whose disclosure the user was shown; required for
     SHARING, and must not be above the agent's current version.
     """
+    level: _aggregated_stats_pb2.ConsentLevel.ValueType
+    """For SHARING: how much of the report to share. Unset: everything
+    (CONSENT_LEVEL_ERRORS), as before levels existed.
+    """
     def __init__(
         self,
         *,
         state: Global___ConsentState.ValueType = ...,
         schema_version: _aggregated_stats_pb2.ReportSchemaVersion.ValueType = ...,
+        level: _aggregated_stats_pb2.ConsentLevel.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["schema_version", b"schema_version", "state", b"state"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "schema_version", b"schema_version", "state", b"state"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -553,6 +563,11 @@ class PreviewReportRequest(_message.Message):
     DESCRIPTOR: _descriptor.Descriptor
 
     WEEK_FIELD_NUMBER: _builtins.int
+    LEVEL_FIELD_NUMBER: _builtins.int
+    level: _aggregated_stats_pb2.ConsentLevel.ValueType
+    """The report as this level would send it (default: the level in effect,
+    or everything when not sharing).
+    """
     @_builtins.property
     def week(self) -> _common_pb2.IsoWeek:
         """The week to preview; by default the next report to be sent (or, when not
@@ -563,10 +578,11 @@ class PreviewReportRequest(_message.Message):
         self,
         *,
         week: _common_pb2.IsoWeek | None = ...,
+        level: _aggregated_stats_pb2.ConsentLevel.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["level", b"level", "week", b"week"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

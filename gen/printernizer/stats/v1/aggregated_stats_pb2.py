@@ -28,7 +28,7 @@ from printernizer.stats.v1 import options_pb2 as printernizer_dot_stats_dot_v1_d
 from printernizer.stats.v1 import usage_event_pb2 as printernizer_dot_stats_dot_v1_dot_usage__event__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,printernizer/stats/v1/aggregated_stats.proto\x12\x15printernizer.stats.v1\x1a\"printernizer/stats/v1/common.proto\x1a#printernizer/stats/v1/country.proto\x1a#printernizer/stats/v1/options.proto\x1a\'printernizer/stats/v1/usage_event.proto\"\xe0\x03\n\x0f\x41ggregatedStats\x12H\n\x0eschema_version\x18\x01 \x01(\x0e\x32*.printernizer.stats.v1.ReportSchemaVersionB\x04\x88\xb5\x18\x01\x12\x17\n\treport_id\x18\x02 \x01(\x0c\x42\x04\x88\xb5\x18\x01\x12\x43\n\x0cinstallation\x18\x03 \x01(\x0b\x32\'.printernizer.stats.v1.InstallationInfoB\x04\x88\xb5\x18\x01\x12\x34\n\x06period\x18\x04 \x01(\x0b\x32\x1e.printernizer.stats.v1.IsoWeekB\x04\x88\xb5\x18\x01\x12@\n\rprinter_fleet\x18\x05 \x01(\x0b\x32#.printernizer.stats.v1.PrinterFleetB\x04\x88\xb5\x18\x01\x12\x37\n\x05usage\x18\x06 \x01(\x0b\x32\".printernizer.stats.v1.UsageCountsB\x04\x88\xb5\x18\x01\x12;\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0b\x32#.printernizer.stats.v1.FeatureStateB\x04\x88\xb5\x18\x01\x12\x37\n\x06\x65rrors\x18\x08 \x03(\x0b\x32!.printernizer.stats.v1.ErrorCountB\x04\x88\xb5\x18\x01\"\xa4\x03\n\x10InstallationInfo\x12\x1d\n\x0finstallation_id\x18\x01 \x01(\x0c\x42\x04\x88\xb5\x18\x01\x12\x39\n\x0b\x61pp_version\x18\x02 \x01(\x0b\x32\x1e.printernizer.stats.v1.VersionB\x04\x88\xb5\x18\x01\x12<\n\x0epython_version\x18\x03 \x01(\x0b\x32\x1e.printernizer.stats.v1.VersionB\x04\x88\xb5\x18\x01\x12\x37\n\x08platform\x18\x04 \x01(\x0e\x32\x1f.printernizer.stats.v1.PlatformB\x04\x88\xb5\x18\x01\x12\x42\n\x0c\x61rchitecture\x18\x05 \x01(\x0e\x32&.printernizer.stats.v1.CpuArchitectureB\x04\x88\xb5\x18\x01\x12\x44\n\x0f\x64\x65ployment_mode\x18\x06 \x01(\x0e\x32%.printernizer.stats.v1.DeploymentModeB\x04\x88\xb5\x18\x01\x12\x35\n\x07\x63ountry\x18\x07 \x01(\x0e\x32\x1e.printernizer.stats.v1.CountryB\x04\x88\xb5\x18\x01\"O\n\x0cPrinterFleet\x12?\n\x08printers\x18\x01 \x03(\x0b\x32\'.printernizer.stats.v1.PrinterTypeCountB\x04\x88\xb5\x18\x01\"\xd4\x03\n\x0bUsageCounts\x12\x1a\n\x0cjobs_created\x18\x01 \x01(\rB\x04\x88\xb5\x18\x01\x12\x1c\n\x0ejobs_completed\x18\x02 \x01(\rB\x04\x88\xb5\x18\x01\x12\x19\n\x0bjobs_failed\x18\x03 \x01(\rB\x04\x88\xb5\x18\x01\x12\x42\n\x0cjob_failures\x18\x04 \x03(\x0b\x32&.printernizer.stats.v1.JobFailureCountB\x04\x88\xb5\x18\x01\x12N\n\x17\x63ompleted_job_durations\x18\x05 \x03(\x0b\x32\'.printernizer.stats.v1.JobDurationCountB\x04\x88\xb5\x18\x01\x12\x1e\n\x10\x66iles_downloaded\x18\x06 \x01(\rB\x04\x88\xb5\x18\x01\x12\x1c\n\x0e\x66iles_uploaded\x18\x07 \x01(\rB\x04\x88\xb5\x18\x01\x12\x1a\n\x0cuptime_hours\x18\x08 \x01(\rB\x04\x88\xb5\x18\x01\x12\x18\n\napp_starts\x18\t \x01(\rB\x04\x88\xb5\x18\x01\x12\x1f\n\x11unclean_shutdowns\x18\n \x01(\rB\x04\x88\xb5\x18\x01\x12!\n\x13printer_connections\x18\x0b \x01(\rB\x04\x88\xb5\x18\x01\x12$\n\x16printer_disconnections\x18\x0c \x01(\rB\x04\x88\xb5\x18\x01\"e\n\x0fJobFailureCount\x12=\n\x06reason\x18\x01 \x01(\x0e\x32\'.printernizer.stats.v1.JobFailureReasonB\x04\x88\xb5\x18\x01\x12\x13\n\x05\x63ount\x18\x02 \x01(\rB\x04\x88\xb5\x18\x01\"i\n\x10JobDurationCount\x12@\n\x08\x64uration\x18\x01 \x01(\x0e\x32(.printernizer.stats.v1.JobDurationBucketB\x04\x88\xb5\x18\x01\x12\x13\n\x05\x63ount\x18\x02 \x01(\rB\x04\x88\xb5\x18\x01\"\\\n\x0c\x46\x65\x61tureState\x12\x35\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0e\x32\x1e.printernizer.stats.v1.FeatureB\x04\x88\xb5\x18\x01\x12\x15\n\x07\x65nabled\x18\x02 \x01(\x08\x42\x04\x88\xb5\x18\x01\"\x98\x01\n\nErrorCount\x12:\n\nerror_type\x18\x01 \x01(\x0e\x32 .printernizer.stats.v1.ErrorTypeB\x04\x88\xb5\x18\x01\x12\x39\n\tcomponent\x18\x02 \x01(\x0e\x32 .printernizer.stats.v1.ComponentB\x04\x88\xb5\x18\x01\x12\x13\n\x05\x63ount\x18\x03 \x01(\rB\x04\x88\xb5\x18\x01*v\n\x13ReportSchemaVersion\x12%\n!REPORT_SCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x1b\n\x17REPORT_SCHEMA_VERSION_1\x10\x01\x12\x1b\n\x17REPORT_SCHEMA_VERSION_2\x10\x02\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n,printernizer/stats/v1/aggregated_stats.proto\x12\x15printernizer.stats.v1\x1a\"printernizer/stats/v1/common.proto\x1a#printernizer/stats/v1/country.proto\x1a#printernizer/stats/v1/options.proto\x1a\'printernizer/stats/v1/usage_event.proto\"\xa2\x04\n\x0f\x41ggregatedStats\x12H\n\x0eschema_version\x18\x01 \x01(\x0e\x32*.printernizer.stats.v1.ReportSchemaVersionB\x04\x88\xb5\x18\x01\x12\x17\n\treport_id\x18\x02 \x01(\x0c\x42\x04\x88\xb5\x18\x01\x12\x43\n\x0cinstallation\x18\x03 \x01(\x0b\x32\'.printernizer.stats.v1.InstallationInfoB\x04\x88\xb5\x18\x01\x12\x34\n\x06period\x18\x04 \x01(\x0b\x32\x1e.printernizer.stats.v1.IsoWeekB\x04\x88\xb5\x18\x01\x12@\n\rprinter_fleet\x18\x05 \x01(\x0b\x32#.printernizer.stats.v1.PrinterFleetB\x04\x88\xb5\x18\x01\x12\x37\n\x05usage\x18\x06 \x01(\x0b\x32\".printernizer.stats.v1.UsageCountsB\x04\x88\xb5\x18\x01\x12;\n\x08\x66\x65\x61tures\x18\x07 \x03(\x0b\x32#.printernizer.stats.v1.FeatureStateB\x04\x88\xb5\x18\x01\x12\x37\n\x06\x65rrors\x18\x08 \x03(\x0b\x32!.printernizer.stats.v1.ErrorCountB\x04\x88\xb5\x18\x01\x12@\n\rconsent_level\x18\t \x01(\x0e\x32#.printernizer.stats.v1.ConsentLevelB\x04\x88\xb5\x18\x03\"\xa4\x03\n\x10InstallationInfo\x12\x1d\n\x0finstallation_id\x18\x01 \x01(\x0c\x42\x04\x88\xb5\x18\x01\x12\x39\n\x0b\x61pp_version\x18\x02 \x01(\x0b\x32\x1e.printernizer.stats.v1.VersionB\x04\x88\xb5\x18\x01\x12<\n\x0epython_version\x18\x03 \x01(\x0b\x32\x1e.printernizer.stats.v1.VersionB\x04\x88\xb5\x18\x01\x12\x37\n\x08platform\x18\x04 \x01(\x0e\x32\x1f.printernizer.stats.v1.PlatformB\x04\x88\xb5\x18\x01\x12\x42\n\x0c\x61rchitecture\x18\x05 \x01(\x0e\x32&.printernizer.stats.v1.CpuArchitectureB\x04\x88\xb5\x18\x01\x12\x44\n\x0f\x64\x65ployment_mode\x18\x06 \x01(\x0e\x32%.printernizer.stats.v1.DeploymentModeB\x04\x88\xb5\x18\x01\x12\x35\n\x07\x63ountry\x18\x07 \x01(\x0e\x32\x1e.printernizer.stats.v1.CountryB\x04\x88\xb5\x18\x01\"O\n\x0cPrinterFleet\x12?\n\x08printers\x18\x01 \x03(\x0b\x32\'.printernizer.stats.v1.PrinterTypeCountB\x04\x88\xb5\x18\x01\"\xd4\x03\n\x0bUsageCounts\x12\x1a\n\x0cjobs_created\x18\x01 \x01(\rB\x04\x88\xb5\x18\x01\x12\x1c\n\x0ejobs_completed\x18\x02 \x01(\rB\x04\x88\xb5\x18\x01\x12\x19\n\x0bjobs_failed\x18\x03 \x01(\rB\x04\x88\xb5\x18\x01\x12\x42\n\x0cjob_failures\x18\x04 \x03(\x0b\x32&.printernizer.stats.v1.JobFailureCountB\x04\x88\xb5\x18\x01\x12N\n\x17\x63ompleted_job_durations\x18\x05 \x03(\x0b\x32\'.printernizer.stats.v1.JobDurationCountB\x04\x88\xb5\x18\x01\x12\x1e\n\x10\x66iles_downloaded\x18\x06 \x01(\rB\x04\x88\xb5\x18\x01\x12\x1c\n\x0e\x66iles_uploaded\x18\x07 \x01(\rB\x04\x88\xb5\x18\x01\x12\x1a\n\x0cuptime_hours\x18\x08 \x01(\rB\x04\x88\xb5\x18\x01\x12\x18\n\napp_starts\x18\t \x01(\rB\x04\x88\xb5\x18\x01\x12\x1f\n\x11unclean_shutdowns\x18\n \x01(\rB\x04\x88\xb5\x18\x01\x12!\n\x13printer_connections\x18\x0b \x01(\rB\x04\x88\xb5\x18\x01\x12$\n\x16printer_disconnections\x18\x0c \x01(\rB\x04\x88\xb5\x18\x01\"e\n\x0fJobFailureCount\x12=\n\x06reason\x18\x01 \x01(\x0e\x32\'.printernizer.stats.v1.JobFailureReasonB\x04\x88\xb5\x18\x01\x12\x13\n\x05\x63ount\x18\x02 \x01(\rB\x04\x88\xb5\x18\x01\"i\n\x10JobDurationCount\x12@\n\x08\x64uration\x18\x01 \x01(\x0e\x32(.printernizer.stats.v1.JobDurationBucketB\x04\x88\xb5\x18\x01\x12\x13\n\x05\x63ount\x18\x02 \x01(\rB\x04\x88\xb5\x18\x01\"\\\n\x0c\x46\x65\x61tureState\x12\x35\n\x07\x66\x65\x61ture\x18\x01 \x01(\x0e\x32\x1e.printernizer.stats.v1.FeatureB\x04\x88\xb5\x18\x01\x12\x15\n\x07\x65nabled\x18\x02 \x01(\x08\x42\x04\x88\xb5\x18\x01\"\x98\x01\n\nErrorCount\x12:\n\nerror_type\x18\x01 \x01(\x0e\x32 .printernizer.stats.v1.ErrorTypeB\x04\x88\xb5\x18\x01\x12\x39\n\tcomponent\x18\x02 \x01(\x0e\x32 .printernizer.stats.v1.ComponentB\x04\x88\xb5\x18\x01\x12\x13\n\x05\x63ount\x18\x03 \x01(\rB\x04\x88\xb5\x18\x01*\x93\x01\n\x13ReportSchemaVersion\x12%\n!REPORT_SCHEMA_VERSION_UNSPECIFIED\x10\x00\x12\x1b\n\x17REPORT_SCHEMA_VERSION_1\x10\x01\x12\x1b\n\x17REPORT_SCHEMA_VERSION_2\x10\x02\x12\x1b\n\x17REPORT_SCHEMA_VERSION_3\x10\x03*\xa3\x01\n\x0c\x43onsentLevel\x12\x1d\n\x19\x43ONSENT_LEVEL_UNSPECIFIED\x10\x00\x12\x18\n\x14\x43ONSENT_LEVEL_BASICS\x10\x01\x12\'\n#CONSENT_LEVEL_PRINTERS_AND_FEATURES\x10\x02\x12\x17\n\x13\x43ONSENT_LEVEL_USAGE\x10\x03\x12\x18\n\x14\x43ONSENT_LEVEL_ERRORS\x10\x04\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -51,6 +51,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AGGREGATEDSTATS'].fields_by_name['features']._serialized_options = b'\210\265\030\001'
   _globals['_AGGREGATEDSTATS'].fields_by_name['errors']._loaded_options = None
   _globals['_AGGREGATEDSTATS'].fields_by_name['errors']._serialized_options = b'\210\265\030\001'
+  _globals['_AGGREGATEDSTATS'].fields_by_name['consent_level']._loaded_options = None
+  _globals['_AGGREGATEDSTATS'].fields_by_name['consent_level']._serialized_options = b'\210\265\030\003'
   _globals['_INSTALLATIONINFO'].fields_by_name['installation_id']._loaded_options = None
   _globals['_INSTALLATIONINFO'].fields_by_name['installation_id']._serialized_options = b'\210\265\030\001'
   _globals['_INSTALLATIONINFO'].fields_by_name['app_version']._loaded_options = None
@@ -109,22 +111,24 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_ERRORCOUNT'].fields_by_name['component']._serialized_options = b'\210\265\030\001'
   _globals['_ERRORCOUNT'].fields_by_name['count']._loaded_options = None
   _globals['_ERRORCOUNT'].fields_by_name['count']._serialized_options = b'\210\265\030\001'
-  _globals['_REPORTSCHEMAVERSION']._serialized_start=2139
-  _globals['_REPORTSCHEMAVERSION']._serialized_end=2257
+  _globals['_REPORTSCHEMAVERSION']._serialized_start=2206
+  _globals['_REPORTSCHEMAVERSION']._serialized_end=2353
+  _globals['_CONSENTLEVEL']._serialized_start=2356
+  _globals['_CONSENTLEVEL']._serialized_end=2519
   _globals['_AGGREGATEDSTATS']._serialized_start=223
-  _globals['_AGGREGATEDSTATS']._serialized_end=703
-  _globals['_INSTALLATIONINFO']._serialized_start=706
-  _globals['_INSTALLATIONINFO']._serialized_end=1126
-  _globals['_PRINTERFLEET']._serialized_start=1128
-  _globals['_PRINTERFLEET']._serialized_end=1207
-  _globals['_USAGECOUNTS']._serialized_start=1210
-  _globals['_USAGECOUNTS']._serialized_end=1678
-  _globals['_JOBFAILURECOUNT']._serialized_start=1680
-  _globals['_JOBFAILURECOUNT']._serialized_end=1781
-  _globals['_JOBDURATIONCOUNT']._serialized_start=1783
-  _globals['_JOBDURATIONCOUNT']._serialized_end=1888
-  _globals['_FEATURESTATE']._serialized_start=1890
-  _globals['_FEATURESTATE']._serialized_end=1982
-  _globals['_ERRORCOUNT']._serialized_start=1985
-  _globals['_ERRORCOUNT']._serialized_end=2137
+  _globals['_AGGREGATEDSTATS']._serialized_end=769
+  _globals['_INSTALLATIONINFO']._serialized_start=772
+  _globals['_INSTALLATIONINFO']._serialized_end=1192
+  _globals['_PRINTERFLEET']._serialized_start=1194
+  _globals['_PRINTERFLEET']._serialized_end=1273
+  _globals['_USAGECOUNTS']._serialized_start=1276
+  _globals['_USAGECOUNTS']._serialized_end=1744
+  _globals['_JOBFAILURECOUNT']._serialized_start=1746
+  _globals['_JOBFAILURECOUNT']._serialized_end=1847
+  _globals['_JOBDURATIONCOUNT']._serialized_start=1849
+  _globals['_JOBDURATIONCOUNT']._serialized_end=1954
+  _globals['_FEATURESTATE']._serialized_start=1956
+  _globals['_FEATURESTATE']._serialized_end=2048
+  _globals['_ERRORCOUNT']._serialized_start=2051
+  _globals['_ERRORCOUNT']._serialized_end=2203
 # @@protoc_insertion_point(module_scope)

@@ -39,6 +39,10 @@ class _ReportSchemaVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_R
     reason that are not known, and more kinds of error and parts of the app.
     No new field: the new values are listed in the disclosure.
     """
+    REPORT_SCHEMA_VERSION_3: _ReportSchemaVersion.ValueType  # 3
+    """Adds the consent level: the user chooses which parts of the report to
+    share (ConsentLevel), and the report says which it holds.
+    """
 
 class ReportSchemaVersion(_ReportSchemaVersion, metaclass=_ReportSchemaVersionEnumTypeWrapper):
     """The versions of the weekly report's schema. A new field in AggregatedStats
@@ -57,7 +61,56 @@ German business compliance, a printer family, job duration and failure
 reason that are not known, and more kinds of error and parts of the app.
 No new field: the new values are listed in the disclosure.
 """
+REPORT_SCHEMA_VERSION_3: ReportSchemaVersion.ValueType  # 3
+"""Adds the consent level: the user chooses which parts of the report to
+share (ConsentLevel), and the report says which it holds.
+"""
 Global___ReportSchemaVersion: _TypeAlias = ReportSchemaVersion  # noqa: Y015
+
+class _ConsentLevel:
+    ValueType = _typing.NewType("ValueType", _builtins.int)
+    V: _TypeAlias = ValueType  # noqa: Y015
+
+class _ConsentLevelEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ConsentLevel.ValueType], _builtins.type):
+    DESCRIPTOR: _descriptor.EnumDescriptor
+    CONSENT_LEVEL_UNSPECIFIED: _ConsentLevel.ValueType  # 0
+    CONSENT_LEVEL_BASICS: _ConsentLevel.ValueType  # 1
+    """The installation: app and Python versions, platform, CPU architecture,
+    deployment mode, country (with the report's identity and week).
+    """
+    CONSENT_LEVEL_PRINTERS_AND_FEATURES: _ConsentLevel.ValueType  # 2
+    """Plus the printer fleet (families and counts) and the features switched on."""
+    CONSENT_LEVEL_USAGE: _ConsentLevel.ValueType  # 3
+    """Plus the usage counts: jobs, their durations and failure reasons, files,
+    uptime, app starts and unclean shutdowns, printer connections.
+    """
+    CONSENT_LEVEL_ERRORS: _ConsentLevel.ValueType  # 4
+    """Plus the errors: their kinds and where they happened. Everything a report
+    can hold.
+    """
+
+class ConsentLevel(_ConsentLevel, metaclass=_ConsentLevelEnumTypeWrapper):
+    """How much of the report the user chose to share. Each level adds parts to
+    the one before; a part above the chosen level is left out of the report.
+    Consent is recorded as a level and a schema version.
+    """
+
+CONSENT_LEVEL_UNSPECIFIED: ConsentLevel.ValueType  # 0
+CONSENT_LEVEL_BASICS: ConsentLevel.ValueType  # 1
+"""The installation: app and Python versions, platform, CPU architecture,
+deployment mode, country (with the report's identity and week).
+"""
+CONSENT_LEVEL_PRINTERS_AND_FEATURES: ConsentLevel.ValueType  # 2
+"""Plus the printer fleet (families and counts) and the features switched on."""
+CONSENT_LEVEL_USAGE: ConsentLevel.ValueType  # 3
+"""Plus the usage counts: jobs, their durations and failure reasons, files,
+uptime, app starts and unclean shutdowns, printer connections.
+"""
+CONSENT_LEVEL_ERRORS: ConsentLevel.ValueType  # 4
+"""Plus the errors: their kinds and where they happened. Everything a report
+can hold.
+"""
+Global___ConsentLevel: _TypeAlias = ConsentLevel  # noqa: Y015
 
 @_typing.final
 class AggregatedStats(_message.Message):
@@ -78,6 +131,7 @@ class AggregatedStats(_message.Message):
     USAGE_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     ERRORS_FIELD_NUMBER: _builtins.int
+    CONSENT_LEVEL_FIELD_NUMBER: _builtins.int
     schema_version: Global___ReportSchemaVersion.ValueType
     """Why: tells the server which fields to expect, and records which version of
     "what we collect" the user agreed to.
@@ -86,6 +140,12 @@ class AggregatedStats(_message.Message):
     """Why: makes a re-sent report idempotent. 16 bytes derived from the
     installation ID and the week, so a retry after a lost answer is recognised
     instead of being counted twice.
+    """
+    consent_level: Global___ConsentLevel.ValueType
+    """Why: which parts the user chose to share, so that a part left out is not
+    read as zero (a report without errors is not an installation without
+    errors): each part is counted over the installations that shared it.
+    Unset in a report of an earlier schema version, which holds every part.
     """
     @_builtins.property
     def installation(self) -> Global___InstallationInfo:
@@ -99,22 +159,27 @@ class AggregatedStats(_message.Message):
 
     @_builtins.property
     def printer_fleet(self) -> Global___PrinterFleet:
-        """Why: which printer families to support and test first."""
+        """Why: which printer families to support and test first. Shared from
+        CONSENT_LEVEL_PRINTERS_AND_FEATURES.
+        """
 
     @_builtins.property
     def usage(self) -> Global___UsageCounts:
-        """Why: how much the app is used, to weigh features and errors."""
+        """Why: how much the app is used, to weigh features and errors. Shared from
+        CONSENT_LEVEL_USAGE.
+        """
 
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureState]:
         """Why: which features people actually switch on, to decide what to improve
         and what to retire. One entry per feature the installation reported.
+        Shared from CONSENT_LEVEL_PRINTERS_AND_FEATURES.
         """
 
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorCount]:
         """Why: which errors hurt most, to prioritise fixes. One entry per
-        (error type, component) seen in the week.
+        (error type, component) seen in the week. Shared at CONSENT_LEVEL_ERRORS.
         """
 
     def __init__(
@@ -128,10 +193,11 @@ class AggregatedStats(_message.Message):
         usage: Global___UsageCounts | None = ...,
         features: _abc.Iterable[Global___FeatureState] | None = ...,
         errors: _abc.Iterable[Global___ErrorCount] | None = ...,
+        consent_level: Global___ConsentLevel.ValueType = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["installation", b"installation", "period", b"period", "printer_fleet", b"printer_fleet", "usage", b"usage"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["errors", b"errors", "features", b"features", "installation", b"installation", "period", b"period", "printer_fleet", b"printer_fleet", "report_id", b"report_id", "schema_version", b"schema_version", "usage", b"usage"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["consent_level", b"consent_level", "errors", b"errors", "features", b"features", "installation", b"installation", "period", b"period", "printer_fleet", b"printer_fleet", "report_id", b"report_id", "schema_version", b"schema_version", "usage", b"usage"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
