@@ -30,6 +30,7 @@ from printernizer.stats.v1 import (
     options_pb2,
 )
 from printernizer_stats.aggregation.validation import MAX_WEEKLY_COUNT, check_report, normalise_unknown_values
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.admin import bearer_metadata
 from printernizer_stats.common.identity import report_id
 from printernizer_stats.common.limits import MAX_PRINTERS_PER_TYPE
@@ -135,6 +136,8 @@ def newer_reports(draw: st.DrawFn) -> Report:
         usage.completed_job_durations.add(duration=duration, count=count)  # type: ignore[arg-type]
     usage.jobs_failed = sum(f.count for f in usage.job_failures)
     usage.jobs_completed = sum(d.count for d in usage.completed_job_durations)
+    if report.schema_version >= consent_levels.SINCE_SCHEMA_VERSION:
+        report.consent_level = consent_levels.EVERYTHING  # it holds every part
     return report
 
 

@@ -7,6 +7,7 @@ import uuid
 import pytest
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, country_pb2
 from printernizer_stats.aggregation.validation import check_report, normalise_unknown_values
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.identity import signature_is_valid
 from printernizer_stats.common.weeks import Week
 
@@ -168,3 +169,45 @@ def test_signatures() -> None:
     assert not signature_is_valid(other, signature, data)
     assert not signature_is_valid(public[:31], signature, data)
     assert not signature_is_valid(public, signature[:63], data)
+
+
+# --- consent levels ------------------------------------------------------------------------------------
+
+
+def at_level(level: int) -> aggregated_stats_pb2.AggregatedStats:
+    """The valid report as an agent at `level` sends it (schema version 3)."""
+    report = valid_report()
+    report.schema_version = consent_levels.SINCE_SCHEMA_VERSION  # type: ignore[assignment]
+    report.consent_level = level  # type: ignore[assignment]
+    consent_levels.keep_only(report, level)
+    return report
+
+
+@pytest.mark.parametrize("level", consent_levels.LEVELS)
+def test_a_report_holding_exactly_its_level_passes(level: int) -> None:
+    assert fields(at_level(level)) == []
+
+
+@pytest.mark.parametrize("level", consent_levels.LEVELS[:-1])
+def test_a_report_holding_more_than_its_level_is_refused_naming_each_part(level: int) -> None:
+    report = valid_report()  # every part
+    report.schema_version = consent_levels.SINCE_SCHEMA_VERSION  # type: ignore[assignment]
+    report.consent_level = level  # type: ignore[assignment]
+    beyond = [name for name, lowest in consent_levels.LEVEL_OF_FIELD.items() if lowest > level]
+    assert sorted(fields(report)) == sorted(beyond)
+
+
+def test_a_level_is_required_from_its_schema_version_and_refused_before() -> None:
+    unset = at_level(consent_levels.EVERYTHING)
+    unset.ClearField("consent_level")
+    assert fields(unset) == ["consent_level"]
+    unknown = at_level(consent_levels.EVERYTHING)
+    unknown.consent_level = 9  # type: ignore[assignment]
+    assert fields(unknown) == ["consent_level"]
+    early = valid_report()
+    early.schema_version = aggregated_stats_pb2.REPORT_SCHEMA_VERSION_2
+    early.consent_level = consent_levels.BASICS  # type: ignore[assignment]
+    assert fields(early) == ["consent_level"]
+    # Before levels, a report holds every part, and says nothing of a level.
+    assert fields(valid_report()) == []
+    assert consent_levels.level_of(valid_report()) == consent_levels.EVERYTHING

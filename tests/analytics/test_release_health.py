@@ -292,6 +292,8 @@ def release(
     return release_health.Release(
         version,
         installation_weeks=weeks,
+        usage_weeks=weeks,
+        error_weeks=weeks,
         unclean_weeks=unclean,
         jobs_completed=completed,
         jobs_failed=failed,

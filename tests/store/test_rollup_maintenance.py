@@ -18,6 +18,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, country_pb2
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.identity import report_id
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.store import rollup_store, schema
@@ -143,6 +144,10 @@ def stores(draw: st.DrawFn) -> Store:
     usage.unclean_shutdowns = draw(st.integers(0, usage.app_starts))
     usage.uptime_hours = draw(st.integers(0, 168))
     usage.files_uploaded, usage.printer_disconnections = draw(st.integers(0, 2)), draw(st.integers(0, 2))
+    # Most reports share everything; the others leave out what their level does not share.
+    level = draw(st.sampled_from([*consent_levels.LEVELS, consent_levels.EVERYTHING]))
+    report.schema_version, report.consent_level = consent_levels.SINCE_SCHEMA_VERSION, level  # type: ignore[assignment]
+    consent_levels.keep_only(report, level)
     return Store(installation, week, report)
 
 

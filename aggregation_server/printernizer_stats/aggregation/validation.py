@@ -24,6 +24,7 @@ from typing import Any
 from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION, fallback_value, value_in_schema
 from printernizer_stats.common.errors import PERIOD_NOT_ENDED
 from printernizer_stats.common.identity import ID_BYTES, installation_id_problem, report_id
@@ -104,7 +105,24 @@ def check_report(
     _check_version(report.installation.python_version, "installation.python_version", problem)
     _check_counts(report, problem)
     _check_unique(report, problem)
+    _check_level(report, problem)
     return problems
+
+
+def _check_level(report: Report, problem: _Problem) -> None:
+    """The level a report says it was made at, and that it holds nothing beyond it."""
+    level = report.consent_level
+    if not 1 <= report.schema_version <= CURRENT_SCHEMA_VERSION:
+        return  # refused for its version already
+    if report.schema_version < consent_levels.SINCE_SCHEMA_VERSION:
+        if level:
+            problem("consent_level", f"needs report schema version {consent_levels.SINCE_SCHEMA_VERSION}")
+        return
+    if level not in consent_levels.LEVELS:
+        problem("consent_level", f"{level} is not a consent level this server knows")
+        return
+    for name in consent_levels.fields_beyond(report, level):
+        problem(name, f"is not shared at {consent_levels.ConsentLevel.Name(level)}")
 
 
 def _week(report: Report, problem: _Problem) -> Week | None:

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.countries import country_name
 from printernizer_stats.common.refusals import FieldError
 from printernizer_stats.common.weeks import Week, last_complete_week
@@ -41,6 +42,13 @@ from .usage import job_series, usage_week
 
 Dimension = analytics_service_pb2.Dimension
 _V = Dimension.DIMENSION_APP_VERSION
+FEATURES_PART = consent_levels.PRINTERS_AND_FEATURES
+USAGE_PART, ERRORS_PART = consent_levels.USAGE, consent_levels.ERRORS
+# The consent level from which each dimension is shared (the others: every report).
+_PART_OF = {
+    Dimension.DIMENSION_PRINTER_TYPE: consent_levels.PRINTERS_AND_FEATURES,
+    Dimension.DIMENSION_FLEET_SIZE: consent_levels.PRINTERS_AND_FEATURES,
+}
 MAX_WEEKS = 104
 DEFAULT_WEEKS = 12
 
@@ -313,6 +321,12 @@ class Analytics:
             groups, total = await self._groups(week, dimensions[0])
         else:
             groups, total = await self._combinations(week, dimensions[0], dimensions[1])
+        part = max(_PART_OF.get(d, consent_levels.BASICS) for d in dimensions)
+        sharing = (
+            (await self._sharing([week], part)).get(week.key, 0) if part > consent_levels.BASICS else total
+        )
+        # An installation that did not share a dimension's part is in none of its groups.
+        groups = [g for g in groups if not _unshared(g.key, dimensions)]
         if Dimension.DIMENSION_PRINTER_TYPE in dimensions:
             folded = self.disclosure.drop_small(groups)  # an installation can have several types
         else:
@@ -321,14 +335,15 @@ class Analytics:
             folded = Folded(
                 sorted(folded.groups, key=lambda g: _version_order(g.key)), folded.other, folded.hidden
             )
-        published_total = self.disclosure.count(total)
+        published_sharing = self.disclosure.count(sharing)
         response = analytics_service_pb2.GetDistributionResponse(
             dimensions=dimensions,
             week=week.to_proto(),
-            total_installations=published_total,
+            total_installations=self.disclosure.count(total),
             min_group_size=self.min_group_size,
+            sharing_installations=published_sharing,
         )
-        _add_entries(response, folded, dimensions, published_total)
+        _add_entries(response, folded, dimensions, published_sharing)
         return response
 
     async def _combinations(self, week: Week, first: int, second: int) -> tuple[list[Group], int]:
@@ -344,16 +359,19 @@ class Analytics:
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
         groups, total = await self._groups(week, Tally.FEATURES)
         published = self.disclosure.features(groups)
-        total = self.disclosure.count(total)
+        sharing = self.disclosure.count((await self._sharing([week], FEATURES_PART)).get(week.key, 0))
         response = analytics_service_pb2.GetFeatureAdoptionResponse(
-            week=week.to_proto(), total_installations=total, min_group_size=self.min_group_size
+            week=week.to_proto(),
+            total_installations=self.disclosure.count(total),
+            min_group_size=self.min_group_size,
+            sharing_installations=sharing,
         )
         for group in published.groups:
             response.features.add(
                 feature=group_value(Tally.FEATURES, group.key),
                 enabled_installations=group.installations,
                 reporting_installations=group.amount,
-                enabled_share=ratio(group.installations, total),
+                enabled_share=ratio(group.installations, sharing),
             )
         return response
 
@@ -374,11 +392,12 @@ class Analytics:
         self, request: analytics_service_pb2.GetFeatureTrendRequest
     ) -> analytics_service_pb2.GetFeatureTrendResponse:
         weeks = window(request.window, self.clock())
-        per_week, active = await self._groups_over(weeks, Tally.FEATURES)
+        per_week, _ = await self._groups_over(weeks, Tally.FEATURES)
+        sharing = await self._sharing(weeks, FEATURES_PART)
         return analytics_service_pb2.GetFeatureTrendResponse(
             weeks=[w.to_proto() for w in weeks],
             series=self._series(
-                weeks, per_week, active, Tally.FEATURES, self.disclosure.features, lambda key: key
+                weeks, per_week, sharing, Tally.FEATURES, self.disclosure.features, lambda key: key
             ),
             min_group_size=self.min_group_size,
         )
@@ -417,6 +436,10 @@ class Analytics:
                 Tally.FAILED_JOBS_BY_DEPLOYMENT_AND_VERSION,
                 Tally.COMPLETED_JOBS_BY_DEPLOYMENT_AND_VERSION,
             )
+            per_week, _ = await self._groups_over(weeks, Tally.ERRORS_SHARED_BY_DEPLOYMENT_AND_VERSION)
+            sharing = {
+                (w, (g.key[3], 0, 0, *g.key[:3])): g.installations for w, gs in per_week.items() for g in gs
+            }
 
             def key_of(tally_key: tuple[int, ...]) -> tuple[int, ...]:
                 return (tally_key[3], 0, 0, *tally_key[:3])  # (version, mode) as the pair's key
@@ -430,6 +453,7 @@ class Analytics:
             groups, _ = await self._groups_over(weeks, _V)
             codes = (Tally.ERRORS_BY_VERSION, Tally.FAILED_JOBS_BY_VERSION, Tally.COMPLETED_JOBS_BY_VERSION)
             key_of, order = _version, _version_order  # type: ignore[assignment]
+            sharing = await self._sharing_by_version(weeks, ERRORS_PART)
 
             def values(key: tuple[int, ...]) -> list[analytics_service_pb2.GroupValue]:
                 return group_values(_V, key)
@@ -445,14 +469,16 @@ class Analytics:
         def point(
             week: Week, keys: Iterable[tuple[int, ...]], installations: int
         ) -> analytics_service_pb2.SeriesPoint:
+            keys = list(keys)
             errors, failed, completed = (
                 count(sum(sums[code].get((week.key, key), 0) for key in keys)) for code in codes
             )
+            sharing_errors = count(sum(sharing.get((week.key, key), 0) for key in keys))
             return analytics_service_pb2.SeriesPoint(
                 week=week.to_proto(),
                 installations=installations,
                 count=errors,
-                rate=ratio(errors, installations),
+                rate=ratio(errors, sharing_errors),
                 share=ratio(failed, failed + completed),
             )
 
@@ -505,7 +531,9 @@ class Analytics:
                 errors=release.errors,
                 errors_per_installation=release.errors_per_installation,
                 uptime_hours=release.uptime_hours,
-                uptime_hours_per_installation=ratio(release.uptime_hours, release.installation_weeks),
+                uptime_hours_per_installation=release.uptime_hours_per_installation,
+                installation_weeks_sharing_usage=release.usage_weeks,
+                installation_weeks_sharing_errors=release.error_weeks,
             )
             if release.crash_free_suppressed:
                 health.installation_weeks_with_unclean_shutdown = 0
@@ -535,7 +563,8 @@ class Analytics:
         activity, _ = await self._groups_over(weeks, Tally.ACTIVITY_BY_VERSION)
         errors, _ = await self._groups_over(weeks, Tally.ERRORS_BY_VERSION)
         failures, _ = await self._groups_over(weeks, Tally.JOB_FAILURES_BY_VERSION)
-        return week_figures(versions, activity, errors, failures, [w.key for w in weeks])
+        shared, _ = await self._groups_over(weeks, Tally.SHARED_BY_VERSION)
+        return week_figures(versions, activity, errors, failures, shared, [w.key for w in weeks])
 
     async def usage(
         self, request: analytics_service_pb2.GetUsageRequest
@@ -544,13 +573,17 @@ class Analytics:
         activity, active = await self._groups_over(weeks, Tally.ACTIVITY)
         durations, _ = await self._groups_over(weeks, Tally.JOB_DURATIONS)
         failures, _ = await self._groups_over(weeks, Tally.JOB_FAILURES)
+        sharing = await self._sharing(weeks, USAGE_PART)
 
         def total_of(kind: Activity) -> dict[int, int]:
             return {w: sum(g.amount for g in groups if g.key[0] == kind) for w, groups in activity.items()}
 
         return analytics_service_pb2.GetUsageResponse(
             weeks=[
-                usage_week(w, active.get(w.key, 0), activity.get(w.key, []), self.disclosure) for w in weeks
+                usage_week(
+                    w, active.get(w.key, 0), sharing.get(w.key, 0), activity.get(w.key, []), self.disclosure
+                )
+                for w in weeks
             ],
             job_durations=job_series(
                 weeks,
@@ -575,13 +608,17 @@ class Analytics:
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
         versions, _ = await self._groups(week, _V)
         features, _ = await self._groups(week, Tally.FEATURES_BY_VERSION)
+        sharing = await self._sharing_by_version([week], FEATURES_PART)
         response = analytics_service_pb2.GetFeatureAdoptionByVersionResponse(
             week=week.to_proto(), min_group_size=self.min_group_size
         )
         folded = self.disclosure.fold(versions)
         for version in sorted(folded.groups, key=lambda g: _version_order(g.key)):
+            shared = self.disclosure.count(sharing.get((week.key, version.key), 0))
             adoption = response.versions.add(
-                version=group_value(_V, version.key), installations=version.installations
+                version=group_value(_V, version.key),
+                installations=version.installations,
+                sharing_installations=shared,
             )
             own = [Group(g.key[3:], g.installations, g.amount) for g in features if g.key[:3] == version.key]
             for group in self.disclosure.features(own).groups:
@@ -589,7 +626,7 @@ class Analytics:
                     feature=group_value(Tally.FEATURES, group.key),
                     enabled_installations=group.installations,
                     reporting_installations=group.amount,
-                    enabled_share=ratio(group.installations, version.installations),
+                    enabled_share=ratio(group.installations, shared),
                 )
         return response
 
@@ -613,19 +650,23 @@ class Analytics:
         active = {w: count(n) for w, n in active.items()}
         received = {w: count(n) for w, n in received.items()}
         errors = {w: count(sum(g.amount for g in groups)) for w, groups in pairs.items()}
-        rate = {w.key: ratio(errors.get(w.key, 0), active.get(w.key, 0)) for w in span}
+        # Errors per installation: over those that shared their errors.
+        sharing = {w: count(n) for w, n in (await self._sharing(span, ERRORS_PART)).items()}
+        rate = {w.key: ratio(errors.get(w.key, 0), sharing.get(w.key, 0)) for w in span}
+        version_sharing = await self._sharing_by_version(span, ERRORS_PART)
         by_version: dict[tuple[int, ...], dict[int, tuple[int, int]]] = {}
         for week_key, groups in versions.items():
             errors_of = {_version(g.key): g.amount for g in version_errors.get(week_key, [])}
             for g in self.disclosure.fold(groups).groups:
-                by_version.setdefault(g.key, {})[week_key] = (g.installations, count(errors_of.get(g.key, 0)))
+                shared = count(version_sharing.get((week_key, g.key), 0))
+                by_version.setdefault(g.key, {})[week_key] = (shared, count(errors_of.get(g.key, 0)))
         alerts: list[Alert] = []
         for index, week in enumerate(span[BASELINE_WEEKS:], start=BASELINE_WEEKS):
             before = [w.key for w in span[index - BASELINE_WEEKS : index]]
             key = week.key
             alerts += anomalies.active_alerts(key, active.get(key, 0), [active.get(w, 0) for w in before], k)
             fleet_history = [rate[w] for w in before]
-            alerts += anomalies.error_alerts(key, errors.get(key, 0), active.get(key, 0), fleet_history)
+            alerts += anomalies.error_alerts(key, errors.get(key, 0), sharing.get(key, 0), fleet_history)
             alerts += anomalies.volume_alerts(
                 key, received.get(key, 0), [received.get(w, 0) for w in before], k
             )
@@ -692,6 +733,26 @@ class Analytics:
                     )
         return alerts
 
+    async def _sharing(self, weeks: list[Week], level: int) -> dict[int, int]:
+        """Each week's active installations whose reports share the part of `level`."""
+        per_week, _ = await self._groups_over(weeks, Tally.SHARED)
+        return {
+            w: sum(g.installations for g in groups if g.key[0] >= level) for w, groups in per_week.items()
+        }
+
+    async def _sharing_by_version(
+        self, weeks: list[Week], level: int
+    ) -> dict[tuple[int, tuple[int, ...]], int]:
+        """The same per (week, app version)."""
+        per_week, _ = await self._groups_over(weeks, Tally.SHARED_BY_VERSION)
+        sharing: dict[tuple[int, tuple[int, ...]], int] = {}
+        for week, groups in per_week.items():
+            for g in groups:
+                if g.key[3] >= level:
+                    at = (week, g.key[:3])
+                    sharing[at] = sharing.get(at, 0) + g.installations
+        return sharing
+
     async def _pairs_over(self, weeks: list[Week], first: int, second: int) -> dict[int, list[Group]]:
         """Each week's groups of a pair of dimensions."""
         async with self.store.snapshot() as snapshot:
@@ -753,6 +814,15 @@ def _version(key: tuple[int, ...]) -> tuple[int, ...]:
     """The app version of a tally's key by version (its first three values), as the
     version groups' keys have it."""
     return key[:3]
+
+
+def _unshared(key: tuple[int, ...], dimensions: Sequence[int]) -> bool:
+    """Whether a group's key holds a fleet size that was not shared (UNSPECIFIED)."""
+    return any(
+        d == Dimension.DIMENSION_FLEET_SIZE
+        and key[3 * i] == analytics_service_pb2.FLEET_SIZE_BUCKET_UNSPECIFIED
+        for i, d in enumerate(dimensions)
+    )
 
 
 def _label(version: tuple[int, ...]) -> str:

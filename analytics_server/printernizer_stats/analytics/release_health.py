@@ -5,7 +5,10 @@ The figures are sums over the weeks in which a version was published (at
 least k installations on it that week), of each week's rounded figures:
 installation-weeks, installation-weeks with an unclean shutdown, jobs
 completed and failed, failed jobs by reason, errors, uptime. Rates come from
-those sums, so they use only what is published.
+those sums, so they use only what is published. Each rate is over the
+installation-weeks that shared its part of the report (consent levels): the
+crash-free rate and uptime over those that shared their usage counts, errors
+per installation over those that shared their errors.
 
 A regression is a release clearly worse than the one before it (the newest
 older version listed) on one metric: the difference passes a stated
@@ -22,6 +25,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from printernizer.stats.v1 import analytics_service_pb2
+from printernizer_stats.common import consent_levels
 from printernizer_stats.store.rollup_store import Activity
 
 from .privacy import Disclosure, Group, ratio
@@ -53,12 +57,18 @@ class WeekFigures:
     `versions`: installations active per app version; `activity`: per
     (version..., Activity) installations with any of it and its sum;
     `errors`: per (version..., 0), installations reporting errors and errors;
-    `failures`: per (version..., reason), installations and failed jobs."""
+    `failures`: per (version..., reason), installations and failed jobs;
+    `shared`: per (version..., consent level), installations at the level."""
 
     versions: Sequence[Group]
     activity: Sequence[Group]
     errors: Sequence[Group]
     failures: Sequence[Group]
+    shared: Sequence[Group]
+
+    def sharing(self, version: VersionKey, level: int) -> int:
+        """Installations on `version` whose reports share the part of `level`."""
+        return sum(g.installations for g in self.shared if g.key[:3] == version and g.key[3] >= level)
 
 
 @dataclass
@@ -68,6 +78,8 @@ class Release:
     version: VersionKey
     installations: int = 0  # in the last week
     installation_weeks: int = 0
+    usage_weeks: int = 0  # those that shared their usage counts
+    error_weeks: int = 0  # those that shared their errors
     unclean_weeks: int = 0
     crash_free_suppressed: bool = False
     jobs_completed: int = 0
@@ -80,7 +92,7 @@ class Release:
     def crash_free_rate(self) -> float:
         if self.crash_free_suppressed:
             return 0.0
-        return ratio(self.installation_weeks - self.unclean_weeks, self.installation_weeks)
+        return ratio(self.usage_weeks - self.unclean_weeks, self.usage_weeks)
 
     @property
     def job_success_rate(self) -> float:
@@ -88,7 +100,11 @@ class Release:
 
     @property
     def errors_per_installation(self) -> float:
-        return ratio(self.errors, self.installation_weeks)
+        return ratio(self.errors, self.error_weeks)
+
+    @property
+    def uptime_hours_per_installation(self) -> float:
+        return ratio(self.uptime_hours, self.usage_weeks)
 
 
 def by_key(groups: Sequence[Group]) -> dict[tuple[int, ...], Group]:
@@ -108,20 +124,22 @@ def releases(weeks: Sequence[WeekFigures], disclosure: Disclosure) -> list[Relea
     count, k = disclosure.count, disclosure.k
     for index, week in enumerate(weeks):
         activity, errors = by_key(week.activity), by_key(week.errors)
-        exact = {g.key[:3]: g.installations for g in week.versions}
         for group in disclosure.fold(week.versions).groups:
             version: VersionKey = (group.key[0], group.key[1], group.key[2])
             release = found.setdefault(version, Release(version))
             if index == len(weeks) - 1:
                 release.installations = group.installations
             release.installation_weeks += group.installations
+            sharing_usage = week.sharing(version, consent_levels.USAGE)
+            release.usage_weeks += count(sharing_usage)
+            release.error_weeks += count(week.sharing(version, consent_levels.ERRORS))
             done = {kind: activity.get((*version, int(kind)), _NONE) for kind in Activity}
 
             def of(kind: Activity, done: dict[Activity, Group] = done) -> Group:
                 return done[kind]
 
             unclean = of(Activity.UNCLEAN_SHUTDOWNS).installations
-            if subgroup_publishable(unclean, exact.get(version, 0), k):
+            if subgroup_publishable(unclean, sharing_usage, k):
                 release.unclean_weeks += count(unclean)
             else:
                 release.crash_free_suppressed = True
@@ -172,14 +190,11 @@ def _z_rates(events: tuple[int, int], exposure: tuple[int, int]) -> float:
 def regressions(release: Release, previous: Release) -> list[Regression]:
     """Where `release` is clearly worse than `previous` (see the module's rules)."""
     found = []
-    enough = min(release.installation_weeks, previous.installation_weeks) >= MIN_INSTALLATION_WEEKS
+    enough = min(release.usage_weeks, previous.usage_weeks) >= MIN_INSTALLATION_WEEKS
     suppressed = release.crash_free_suppressed or previous.crash_free_suppressed
     if enough and not suppressed:
-        clean = (
-            release.installation_weeks - release.unclean_weeks,
-            previous.installation_weeks - previous.unclean_weeks,
-        )
-        trials = (release.installation_weeks, previous.installation_weeks)
+        clean = (release.usage_weeks - release.unclean_weeks, previous.usage_weeks - previous.unclean_weeks)
+        trials = (release.usage_weeks, previous.usage_weeks)
         found += _rate_drop(
             Metric.RELEASE_METRIC_CRASH_FREE_RATE,
             "crash-free rate (installation-weeks without an unclean shutdown)",
@@ -202,9 +217,10 @@ def regressions(release: Release, previous: Release) -> list[Regression]:
             f"at least {MIN_FINISHED_JOBS} finished jobs on each",
         )
     errors = (release.errors, previous.errors)
+    enough = min(release.error_weeks, previous.error_weeks) >= MIN_INSTALLATION_WEEKS
     if enough and release.errors >= MIN_ERRORS and previous.errors > 0:
         observed, before = release.errors_per_installation, previous.errors_per_installation
-        z = _z_rates(errors, (release.installation_weeks, previous.installation_weeks))
+        z = _z_rates(errors, (release.error_weeks, previous.error_weeks))
         if observed >= before * ERROR_RATIO_WARNING and z >= Z_SIGNIFICANT:
             critical = observed >= before * ERROR_RATIO_CRITICAL
             found.append(
@@ -266,10 +282,17 @@ def week_figures(
     activity: Mapping[int, Sequence[Group]],
     errors: Mapping[int, Sequence[Group]],
     failures: Mapping[int, Sequence[Group]],
+    shared: Mapping[int, Sequence[Group]],
     weeks: Sequence[int],
 ) -> list[WeekFigures]:
     """Per-week rollups (by week key) arranged for `releases`, for `weeks` in order."""
     return [
-        WeekFigures(versions.get(w, []), activity.get(w, []), errors.get(w, []), failures.get(w, []))
+        WeekFigures(
+            versions.get(w, []),
+            activity.get(w, []),
+            errors.get(w, []),
+            failures.get(w, []),
+            shared.get(w, []),
+        )
         for w in weeks
     ]

@@ -18,10 +18,12 @@ GroupValues = Callable[[tuple[int, ...]], list[analytics_service_pb2.GroupValue]
 
 
 def usage_week(
-    week: Week, active: int, activity: Sequence[Group], disclosure: Disclosure
+    week: Week, active: int, sharing: int, activity: Sequence[Group], disclosure: Disclosure
 ) -> analytics_service_pb2.UsageWeek:
-    """One week's figures. `active`: the week's active installations;
-    `activity`: the ACTIVITY tally's groups (key: the Activity)."""
+    """One week's figures. `active`: the week's active installations; `sharing`:
+    those that shared their usage counts, which the figures per installation
+    and the crash-free rate are over; `activity`: the ACTIVITY tally's groups
+    (key: the Activity)."""
     count = disclosure.count
     by_kind = {g.key[0]: g for g in activity}
 
@@ -29,7 +31,7 @@ def usage_week(
         group = by_kind.get(int(kind))
         return count(group.amount) if group else 0
 
-    published_active = count(active)
+    published_active, published_sharing = count(active), count(sharing)
     completed, failed = total(Activity.JOBS_COMPLETED), total(Activity.JOBS_FAILED)
     connections = total(Activity.PRINTER_CONNECTIONS)
     disconnections = total(Activity.PRINTER_DISCONNECTIONS)
@@ -43,19 +45,20 @@ def usage_week(
         jobs_completed=completed,
         jobs_failed=failed,
         job_success_rate=ratio(completed, completed + failed),
-        jobs_per_installation=ratio(completed + failed, published_active),
+        jobs_per_installation=ratio(completed + failed, published_sharing),
         files_uploaded=total(Activity.FILES_UPLOADED),
         files_downloaded=total(Activity.FILES_DOWNLOADED),
         printer_connections=connections,
         printer_disconnections=disconnections,
         disconnections_per_connection=ratio(disconnections, connections),
         uptime_hours=uptime,
-        uptime_hours_per_installation=ratio(uptime, published_active),
+        uptime_hours_per_installation=ratio(uptime, published_sharing),
         app_starts=total(Activity.APP_STARTS),
+        sharing_usage=published_sharing,
     )
-    if subgroup_publishable(crashed, active, disclosure.k):
+    if subgroup_publishable(crashed, sharing, disclosure.k):
         figures.installations_with_unclean_shutdown = count(crashed)
-        figures.crash_free_rate = ratio(published_active - count(crashed), published_active)
+        figures.crash_free_rate = ratio(published_sharing - count(crashed), published_sharing)
     else:
         figures.crash_free_suppressed = True
     return figures

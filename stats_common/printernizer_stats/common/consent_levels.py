@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 
-from printernizer.stats.v1 import aggregated_stats_pb2
+from printernizer.stats.v1 import aggregated_stats_pb2, options_pb2
 
 ConsentLevel = aggregated_stats_pb2.ConsentLevel
 BASICS = aggregated_stats_pb2.CONSENT_LEVEL_BASICS
@@ -17,6 +17,13 @@ ERRORS = aggregated_stats_pb2.CONSENT_LEVEL_ERRORS
 # Every level, lowest first; the highest shares everything a report can hold.
 LEVELS = (BASICS, PRINTERS_AND_FEATURES, USAGE, ERRORS)
 EVERYTHING = ERRORS
+# The report schema version from which a report says its level (before it, a
+# report holds every part).
+SINCE_SCHEMA_VERSION: int = (
+    aggregated_stats_pb2.AggregatedStats.DESCRIPTOR.fields_by_name["consent_level"]
+    .GetOptions()
+    .Extensions[options_pb2.since_schema_version]
+)
 
 # The lowest level that shares each of AggregatedStats' fields; a field not
 # named here (the schema version, the report ID, the installation, the week,

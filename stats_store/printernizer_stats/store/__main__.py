@@ -13,6 +13,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+import threading
 
 from printernizer_stats.common.weeks import Week, parse_week
 from sqlalchemy.exc import SQLAlchemyError
@@ -51,6 +52,20 @@ async def _rebuild(url: str, weeks: list[Week] | None, later: bool) -> str:
         return f"rebuilt the rollups of {len(rebuilt)} week(s)"
     finally:
         await engine.dispose()
+        await _sqlite_threads_ended()
+
+
+async def _sqlite_threads_ended() -> None:
+    """Wait for aiosqlite's connection threads to end while the loop still runs:
+    after a failed connect, one answers its close later, and would meet a
+    closed loop (a traceback on stderr) if the command returned first."""
+
+    def join() -> None:
+        for thread in threading.enumerate():
+            if "_connection_worker_thread" in thread.name:
+                thread.join(timeout=5)
+
+    await asyncio.to_thread(join)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -28,6 +28,7 @@ from enum import StrEnum
 from typing import Any
 
 from printernizer.stats.v1 import aggregated_stats_pb2
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.weeks import Week
 from sqlalchemy import bindparam, cast, delete, func, insert, literal, null, select, union_all, update
 from sqlalchemy.dialects import postgresql
@@ -390,6 +391,7 @@ class IngestStore:
             "unclean_shutdowns": usage.unclean_shutdowns,
             "printer_connections": usage.printer_connections,
             "printer_disconnections": usage.printer_disconnections,
+            "consent_level": consent_levels.level_of(report),
         }
         children: dict[str, list[tuple[Any, ...]]] = {
             schema.report_printers.name: [(p.printer_type, p.count) for p in report.printer_fleet.printers],

@@ -51,6 +51,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from printernizer.stats.v1 import analytics_service_pb2
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.weeks import Week
 from sqlalchemy import (
     BigInteger,
@@ -128,6 +129,12 @@ class Tally(enum.IntEnum):
     COMPLETED_JOBS_BY_DEPLOYMENT_AND_VERSION = 114
     # Keyed (app version, feature): installations with it on; installations reporting it.
     FEATURES_BY_VERSION = 115
+    # Keyed (consent level) and (app version, consent level): active installations
+    # whose report was made at the level (a part is shared by those at its level or above).
+    SHARED = 116
+    SHARED_BY_VERSION = 117
+    # Keyed (app version, deployment mode): active installations that shared their errors.
+    ERRORS_SHARED_BY_DEPLOYMENT_AND_VERSION = 118
 
 
 class Activity(enum.IntEnum):
@@ -154,8 +161,12 @@ class Activity(enum.IntEnum):
 _reports, _installations = schema.reports, schema.installations
 _ZERO = literal(0)
 
-# Fleet sizes as the API's buckets.
+# Fleet sizes as the API's buckets (UNSPECIFIED: the printers were not shared).
 FLEET_SIZE = case(
+    (
+        _reports.c.consent_level < consent_levels.PRINTERS_AND_FEATURES,
+        analytics_service_pb2.FLEET_SIZE_BUCKET_UNSPECIFIED,
+    ),
     (_reports.c.printer_count == 0, analytics_service_pb2.FLEET_SIZE_BUCKET_NONE),
     (_reports.c.printer_count == 1, analytics_service_pb2.FLEET_SIZE_BUCKET_ONE),
     (_reports.c.printer_count <= 3, analytics_service_pb2.FLEET_SIZE_BUCKET_TWO_TO_THREE),
@@ -276,11 +287,11 @@ _ERROR_ROWS = _temporary(
 _FEATURE_ROWS = _temporary(
     "rollup_feature_rows", *_integers("week", *_VERSION, "feature"), *_big_integers("enabled", "reports")
 )
-# The reports by app version and deployment mode: how many, each activity's
-# sum, and how many had any of it.
+# The reports by app version, deployment mode and consent level: how many,
+# each activity's sum, and how many had any of it.
 _ACTIVITY_PARTS = _temporary(
     "rollup_activity_parts",
-    *_integers("week", *_VERSION, "deployment_mode"),
+    *_integers("week", *_VERSION, "deployment_mode", "consent_level"),
     *_big_integers("reports", *(a.column for a in Activity), *(f"{a.column}_reports" for a in Activity)),
 )
 # The reports' failed jobs by reason (outcome 1) and completed jobs by
@@ -401,7 +412,7 @@ def _error_rows(scope: _Scope) -> _Rows:
 
 
 def _activity_parts(scope: _Scope) -> _Rows:
-    keys = [_reports.c.week, *_VERSION_COLUMNS, _reports.c.deployment_mode]
+    keys = [_reports.c.week, *_VERSION_COLUMNS, _reports.c.deployment_mode, _reports.c.consent_level]
     columns = [_reports.c[a.column] for a in Activity]
     return (
         select(
@@ -605,6 +616,17 @@ def _contributions(sources: _Sources, sign: int) -> list[tuple[Table, _Rows]]:
             keys += [literal(int(kind))] + [_ZERO] * (3 - len(version))
             # Only where an installation did any of it: a row of zeros is no row.
             rollup(schema.weekly_tallies, activity, None, keys, amounts, having=with_it != 0)
+    shared = [func.sum(activity.c.reports), _ZERO]
+    tally(Tally.SHARED, activity, ["consent_level"], shared)
+    tally(Tally.SHARED_BY_VERSION, activity, [*_VERSION, "consent_level"], shared)
+    sharing_errors = activity.c.consent_level >= consent_levels.ERRORS
+    tally(
+        Tally.ERRORS_SHARED_BY_DEPLOYMENT_AND_VERSION,
+        activity,
+        [*_VERSION, "deployment_mode"],
+        shared,
+        sharing_errors,
+    )
     jobs = sources.job_rows
     job_amounts = [func.sum(jobs.c.reports), func.sum(jobs.c.jobs)]
     failed, completed = jobs.c.outcome == _FAILED, jobs.c.outcome == _COMPLETED

@@ -114,6 +114,9 @@ reports = Table(
     Column("unclean_shutdowns", Integer, nullable=False, default=0),
     Column("printer_connections", Integer, nullable=False, default=0),
     Column("printer_disconnections", Integer, nullable=False, default=0),
+    # The consent level it was made at (ConsentLevel): the parts above it were
+    # not shared, and each part is counted over the reports that shared it.
+    Column("consent_level", SmallInteger, nullable=False, server_default="4"),
     # One report per installation and week, whatever its report ID: a retry or
     # a second server process can never store a week twice.
     UniqueConstraint("installation_id", "week"),

@@ -360,10 +360,18 @@ class GetDistributionResponse(_message.Message):
     TOTAL_INSTALLATIONS_FIELD_NUMBER: _builtins.int
     ENTRIES_FIELD_NUMBER: _builtins.int
     MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    SHARING_INSTALLATIONS_FIELD_NUMBER: _builtins.int
     total_installations: _builtins.int
     """Active installations in the week (rounded to a multiple of min_group_size)."""
     min_group_size: _builtins.int
     """The smallest group size that is published (k)."""
+    sharing_installations: _builtins.int
+    """For a part of the report not every installation shares (printer types
+    and fleet sizes are shared from CONSENT_LEVEL_PRINTERS_AND_FEATURES): the
+    active installations that shared it, which the shares are over; an
+    installation that did not share it is in no group. Otherwise equal to
+    total_installations.
+    """
     @_builtins.property
     def dimensions(self) -> _containers.RepeatedScalarFieldContainer[Global___Dimension.ValueType]: ...
     @_builtins.property
@@ -382,10 +390,11 @@ class GetDistributionResponse(_message.Message):
         total_installations: _builtins.int = ...,
         entries: _abc.Iterable[Global___DistributionEntry] | None = ...,
         min_group_size: _builtins.int = ...,
+        sharing_installations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "entries", b"entries", "min_group_size", b"min_group_size", "total_installations", b"total_installations", "week", b"week"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["dimensions", b"dimensions", "entries", b"entries", "min_group_size", b"min_group_size", "sharing_installations", b"sharing_installations", "total_installations", b"total_installations", "week", b"week"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -538,7 +547,9 @@ class FeatureAdoption(_message.Message):
     reporting_installations: _builtins.int
     """Active installations that reported the feature's state at all."""
     enabled_share: _builtins.float
-    """enabled_installations / active installations in the week."""
+    """enabled_installations / the active installations that shared their
+    features in the week (sharing_installations of the answer).
+    """
     @_builtins.property
     def feature(self) -> Global___GroupValue:
         """The feature."""
@@ -590,8 +601,13 @@ class GetFeatureAdoptionResponse(_message.Message):
     TOTAL_INSTALLATIONS_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
     MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    SHARING_INSTALLATIONS_FIELD_NUMBER: _builtins.int
     total_installations: _builtins.int
     min_group_size: _builtins.int
+    sharing_installations: _builtins.int
+    """Active installations that shared their features (from
+    CONSENT_LEVEL_PRINTERS_AND_FEATURES): the shares are over these.
+    """
     @_builtins.property
     def week(self) -> _common_pb2.IsoWeek: ...
     @_builtins.property
@@ -603,10 +619,11 @@ class GetFeatureAdoptionResponse(_message.Message):
         total_installations: _builtins.int = ...,
         features: _abc.Iterable[Global___FeatureAdoption] | None = ...,
         min_group_size: _builtins.int = ...,
+        sharing_installations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "min_group_size", b"min_group_size", "total_installations", b"total_installations", "week", b"week"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "min_group_size", b"min_group_size", "sharing_installations", b"sharing_installations", "total_installations", b"total_installations", "week", b"week"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -777,7 +794,9 @@ class GetFeatureTrendResponse(_message.Message):
     def weeks(self) -> _containers.RepeatedCompositeFieldContainer[_common_pb2.IsoWeek]: ...
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
-        """One series per feature; `share` is the enabled share."""
+        """One series per feature; `share` is the enabled share (over the week's
+        active installations that shared their features).
+        """
 
     def __init__(
         self,
@@ -891,8 +910,9 @@ class GetErrorRatesResponse(_message.Message):
     @_builtins.property
     def series(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
         """One series per app version (or per deployment mode and app version:
-        `values` holds both): `rate` is errors per active installation, `share`
-        the failed share of finished jobs.
+        `values` holds both): `rate` is errors per active installation of the
+        group that shared its errors (CONSENT_LEVEL_ERRORS), `share` the failed
+        share of finished jobs.
         """
 
     def __init__(
@@ -1284,6 +1304,8 @@ class ReleaseHealth(_message.Message):
     UPTIME_HOURS_PER_INSTALLATION_FIELD_NUMBER: _builtins.int
     PREVIOUS_FIELD_NUMBER: _builtins.int
     REGRESSIONS_FIELD_NUMBER: _builtins.int
+    INSTALLATION_WEEKS_SHARING_USAGE_FIELD_NUMBER: _builtins.int
+    INSTALLATION_WEEKS_SHARING_ERRORS_FIELD_NUMBER: _builtins.int
     installations: _builtins.int
     """Active installations on it in the last week of the window."""
     installation_weeks: _builtins.int
@@ -1303,6 +1325,12 @@ class ReleaseHealth(_message.Message):
     errors_per_installation: _builtins.float
     uptime_hours: _builtins.int
     uptime_hours_per_installation: _builtins.float
+    installation_weeks_sharing_usage: _builtins.int
+    """The installation-weeks that shared their usage counts (the crash-free
+    rate and uptime are over these) and their errors (errors per
+    installation is over these): installations choose what they share.
+    """
+    installation_weeks_sharing_errors: _builtins.int
     @_builtins.property
     def version(self) -> Global___GroupValue: ...
     @_builtins.property
@@ -1338,10 +1366,12 @@ class ReleaseHealth(_message.Message):
         uptime_hours_per_installation: _builtins.float = ...,
         previous: Global___GroupValue | None = ...,
         regressions: _abc.Iterable[Global___ReleaseRegression] | None = ...,
+        installation_weeks_sharing_usage: _builtins.int = ...,
+        installation_weeks_sharing_errors: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["previous", b"previous", "version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["crash_free_rate", b"crash_free_rate", "crash_free_suppressed", b"crash_free_suppressed", "errors", b"errors", "errors_per_installation", b"errors_per_installation", "failure_reasons", b"failure_reasons", "installation_weeks", b"installation_weeks", "installation_weeks_with_unclean_shutdown", b"installation_weeks_with_unclean_shutdown", "installations", b"installations", "job_success_rate", b"job_success_rate", "jobs_completed", b"jobs_completed", "jobs_failed", b"jobs_failed", "previous", b"previous", "regressions", b"regressions", "uptime_hours", b"uptime_hours", "uptime_hours_per_installation", b"uptime_hours_per_installation", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["crash_free_rate", b"crash_free_rate", "crash_free_suppressed", b"crash_free_suppressed", "errors", b"errors", "errors_per_installation", b"errors_per_installation", "failure_reasons", b"failure_reasons", "installation_weeks", b"installation_weeks", "installation_weeks_sharing_errors", b"installation_weeks_sharing_errors", "installation_weeks_sharing_usage", b"installation_weeks_sharing_usage", "installation_weeks_with_unclean_shutdown", b"installation_weeks_with_unclean_shutdown", "installations", b"installations", "job_success_rate", b"job_success_rate", "jobs_completed", b"jobs_completed", "jobs_failed", b"jobs_failed", "previous", b"previous", "regressions", b"regressions", "uptime_hours", b"uptime_hours", "uptime_hours_per_installation", b"uptime_hours_per_installation", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1426,6 +1456,7 @@ class UsageWeek(_message.Message):
     INSTALLATIONS_WITH_UNCLEAN_SHUTDOWN_FIELD_NUMBER: _builtins.int
     CRASH_FREE_RATE_FIELD_NUMBER: _builtins.int
     CRASH_FREE_SUPPRESSED_FIELD_NUMBER: _builtins.int
+    SHARING_USAGE_FIELD_NUMBER: _builtins.int
     active: _builtins.int
     jobs_created: _builtins.int
     jobs_completed: _builtins.int
@@ -1452,6 +1483,10 @@ class UsageWeek(_message.Message):
     """
     crash_free_rate: _builtins.float
     crash_free_suppressed: _builtins.bool
+    sharing_usage: _builtins.int
+    """Active installations that shared their usage counts: the figures per
+    installation and the crash-free rate are over these.
+    """
     @_builtins.property
     def week(self) -> _common_pb2.IsoWeek: ...
     def __init__(
@@ -1475,10 +1510,11 @@ class UsageWeek(_message.Message):
         installations_with_unclean_shutdown: _builtins.int = ...,
         crash_free_rate: _builtins.float = ...,
         crash_free_suppressed: _builtins.bool = ...,
+        sharing_usage: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["week", b"week"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "app_starts", b"app_starts", "crash_free_rate", b"crash_free_rate", "crash_free_suppressed", b"crash_free_suppressed", "disconnections_per_connection", b"disconnections_per_connection", "files_downloaded", b"files_downloaded", "files_uploaded", b"files_uploaded", "installations_with_unclean_shutdown", b"installations_with_unclean_shutdown", "job_success_rate", b"job_success_rate", "jobs_completed", b"jobs_completed", "jobs_created", b"jobs_created", "jobs_failed", b"jobs_failed", "jobs_per_installation", b"jobs_per_installation", "printer_connections", b"printer_connections", "printer_disconnections", b"printer_disconnections", "uptime_hours", b"uptime_hours", "uptime_hours_per_installation", b"uptime_hours_per_installation", "week", b"week"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["active", b"active", "app_starts", b"app_starts", "crash_free_rate", b"crash_free_rate", "crash_free_suppressed", b"crash_free_suppressed", "disconnections_per_connection", b"disconnections_per_connection", "files_downloaded", b"files_downloaded", "files_uploaded", b"files_uploaded", "installations_with_unclean_shutdown", b"installations_with_unclean_shutdown", "job_success_rate", b"job_success_rate", "jobs_completed", b"jobs_completed", "jobs_created", b"jobs_created", "jobs_failed", b"jobs_failed", "jobs_per_installation", b"jobs_per_installation", "printer_connections", b"printer_connections", "printer_disconnections", b"printer_disconnections", "sharing_usage", b"sharing_usage", "uptime_hours", b"uptime_hours", "uptime_hours_per_installation", b"uptime_hours_per_installation", "week", b"week"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -1559,13 +1595,17 @@ class VersionFeatureAdoption(_message.Message):
     VERSION_FIELD_NUMBER: _builtins.int
     INSTALLATIONS_FIELD_NUMBER: _builtins.int
     FEATURES_FIELD_NUMBER: _builtins.int
+    SHARING_INSTALLATIONS_FIELD_NUMBER: _builtins.int
     installations: _builtins.int
     """Active installations on the version."""
+    sharing_installations: _builtins.int
     @_builtins.property
     def version(self) -> Global___GroupValue: ...
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureAdoption]:
-        """`enabled_share` is over the version's active installations."""
+        """`enabled_share` is over the version's active installations that shared
+        their features.
+        """
 
     def __init__(
         self,
@@ -1573,10 +1613,11 @@ class VersionFeatureAdoption(_message.Message):
         version: Global___GroupValue | None = ...,
         installations: _builtins.int = ...,
         features: _abc.Iterable[Global___FeatureAdoption] | None = ...,
+        sharing_installations: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["version", b"version"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "installations", b"installations", "version", b"version"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["features", b"features", "installations", b"installations", "sharing_installations", b"sharing_installations", "version", b"version"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
