@@ -15,6 +15,10 @@ events are planted so that the dashboard has something to show:
   every week it is in use, so release health flags it; the release and the
   fixed patch stay as healthy as the old version.
 
+Users choose how much they share (consent levels): most everything, some only
+the basics, their printers and features, or their usage too; the analytics
+count each part over those who shared it.
+
 Reports are signed with each installation's own Ed25519 key and sent through
 the agent's real uplink (TLS, the ingest service), one submission per
 installation holding all its weeks, as an agent that catches up would.
@@ -35,6 +39,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2, country_pb2, ingest_service_pb2
 from printernizer_stats.agent.delivery import RETRYABLE, Uplink
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.errors import retry_delay
 from printernizer_stats.common.identity import report_id
 from printernizer_stats.common.weeks import Week
@@ -85,6 +90,11 @@ DURATIONS = [
 # Per installation and week: the chance of a failed job, and of a week with an unclean shutdown.
 JOB_FAILURE_RATE, BUGGY_JOB_FAILURE_RATE = 0.08, 0.3
 CRASH_RATE, BUGGY_CRASH_RATE = 0.05, 0.45
+# Most users share everything; the others stop at a level (consent_levels).
+CONSENT_LEVELS = [
+    (consent_levels.BASICS, 8), (consent_levels.PRINTERS_AND_FEATURES, 12), (consent_levels.USAGE, 20),
+    (consent_levels.ERRORS, 60),
+]  # fmt: skip
 T = TypeVar("T")
 PYTHONS = [((3, 11, 9), 35), ((3, 12, 7), 45), ((3, 13, 1), 20)]
 
@@ -142,6 +152,13 @@ class SimulatedInstallation:
     upgrade_index: int | None  # the week it moves to the new version, if it does
     activity: float  # jobs per printer per week
     error_proneness: float
+
+    @property
+    def consent_level(self) -> int:
+        """How much of its reports its user chose to share (drawn apart from the
+        rest of the fleet, so that levels change nothing else about it)."""
+        rng = random.Random(f"level:{self.installation_id.hex()}")  # noqa: S311
+        return _pick(rng, CONSENT_LEVELS)
 
     @property
     def public_key(self) -> bytes:
@@ -214,7 +231,8 @@ def weekly_report(
     rng = random.Random(f"{plan.seed}:{installation.installation_id.hex()}:{index}")  # noqa: S311
     major, minor, patch = _version(installation, plan, index)
     report = aggregated_stats_pb2.AggregatedStats(
-        schema_version=aggregated_stats_pb2.REPORT_SCHEMA_VERSION_1,
+        schema_version=aggregated_stats_pb2.REPORT_SCHEMA_VERSION_3,
+        consent_level=installation.consent_level,  # type: ignore[arg-type]
         report_id=report_id(installation.installation_id, week),
         installation=aggregated_stats_pb2.InstallationInfo(
             installation_id=installation.installation_id,
@@ -273,6 +291,7 @@ def weekly_report(
         usage.printer_disconnections = printers * 10
     for (error_type, component), count in sorted(errors.items()):
         report.errors.add(error_type=error_type, component=component, count=count)
+    consent_levels.keep_only(report, installation.consent_level)
     return report
 
 
