@@ -181,6 +181,16 @@ QUERIES: list[tuple[str, Callable[[Analytics], Awaitable[object]]]] = [
     ("error trend by type, 12 weeks", lambda a: a.error_trend(api.GetErrorTrendRequest())),
     ("error rates per version, 12 weeks", lambda a: a.error_rates(api.GetErrorRatesRequest())),
     ("anomalies, 12 weeks", lambda a: a.anomalies(api.ListAnomaliesRequest())),
+    ("release health, 4 weeks", lambda a: a.release_health(api.GetReleaseHealthRequest())),
+    ("usage, 12 weeks", lambda a: a.usage(api.GetUsageRequest())),
+    (
+        "error rates by deployment mode and version, 12 weeks",
+        lambda a: a.error_rates(api.GetErrorRatesRequest(by_deployment_mode=True)),
+    ),
+    (
+        "feature adoption by version",
+        lambda a: a.feature_adoption_by_version(api.GetFeatureAdoptionByVersionRequest()),
+    ),
 ]
 
 

@@ -67,6 +67,7 @@ def _skewed(count: int, salt: int, power: int) -> str:
 _DEPLOYMENT = [(3, 450), (2, 750), (4, 900), (5, 980), (1, 1000)]
 _PLATFORM = [(2, 850), (3, 930), (4, 990), (5, 1000)]
 _ARCHITECTURE = [(2, 640), (3, 930), (4, 1000)]
+_LEVELS = [(1, 80), (2, 200), (3, 400), (4, 1000)]  # consent levels: most share everything
 _STATE_COLUMNS = (
     "app_major, app_minor, app_patch, app_prerelease, python_major, python_minor, python_patch, "
     "platform, architecture, deployment_mode, country, printer_count"
@@ -74,7 +75,7 @@ _STATE_COLUMNS = (
 REPORT_COLUMNS = (
     "id, report_id, installation_id, week, schema_version, receipt_id, stored_at, "
     f"{_STATE_COLUMNS}, jobs_created, jobs_completed, jobs_failed, files_downloaded, files_uploaded, "
-    "uptime_hours, app_starts, unclean_shutdowns, printer_connections, printer_disconnections"
+    "uptime_hours, app_starts, unclean_shutdowns, printer_connections, printer_disconnections, consent_level"
 )
 
 
@@ -124,6 +125,8 @@ def _write_week(
 ) -> int:
     """The reports (and their lists) of the week of `index` from the `reporting`
     rows of `fleet`, as report rows `first_id` + i; returns how many."""
+    jobs, failed = _random(f"{100 + index}"), _random(f"{200 + index}")
+    drawn = f"(SELECT *, {jobs} % 30 AS jobs, {failed} % 4 AS failed FROM {reporting}) AS reporting"  # noqa: S608
     written = connection.execute(
         f"""
         INSERT INTO reports ({REPORT_COLUMNS})
@@ -131,11 +134,24 @@ def _write_week(
                int8send(-{week.key}) || int8send(i), {arrived},
                2, {_MINOR.format(index=index)}, app_patch, false, 3, python_minor, 0, platform,
                architecture, deployment_mode, country, printer_count,
-               jobs + failed, jobs, failed, 3, 1, 100, 2, 0, 3, 1
-        FROM (SELECT *, {_random(f"{100 + index}")} % 30 AS jobs,
-                     {_random(f"{200 + index}")} % 4 AS failed FROM {reporting}) AS reporting
+               jobs + failed, jobs, failed, 3, 1, 100 + {_random("13")} % 68, 2,
+               ({_random(f"{600 + index}")} % 20 = 0)::int, 3, 1, {_pick(_LEVELS, 14)}
+        FROM {drawn}
         """  # noqa: S608 - fixed fragments and integers
     ).rowcount
+    # Failed jobs under one reason, completed ones under one duration (as drawn above).
+    connection.execute(
+        f"""
+        INSERT INTO report_job_failures (report, reason, count)
+        SELECT {first_id} + i, 1 + {_random("15")} % 7, failed FROM {drawn} WHERE failed > 0
+        """  # noqa: S608 - fixed fragments and integers
+    )
+    connection.execute(
+        f"""
+        INSERT INTO report_job_durations (report, duration, count)
+        SELECT {first_id} + i, 1 + {_random(f"{700 + index}")} % 7, jobs FROM {drawn} WHERE jobs > 0
+        """  # noqa: S608 - fixed fragments and integers
+    )
     connection.execute(
         f"""
         INSERT INTO report_printers (report, printer_type, count)

@@ -458,10 +458,10 @@ class Analytics:
             def values(key: tuple[int, ...]) -> list[analytics_service_pb2.GroupValue]:
                 return group_values(_V, key)
 
-        sums = {}
-        for code in codes:
-            per_week, _ = await self._groups_over(weeks, code)
-            sums[code] = {(w, key_of(g.key)): g.amount for w, tallied in per_week.items() for g in tallied}
+        sums = {
+            code: {(w, key_of(g.key)): g.amount for w, tallied in per_week.items() for g in tallied}
+            for code, per_week in zip(codes, await self._tallies(weeks, *codes), strict=True)
+        }
         folded = {w.key: self.disclosure.fold(groups.get(w.key, [])) for w in weeks}
         published = sorted({g.key for f in folded.values() for g in f.groups}, key=order)
         count = self.disclosure.count
@@ -559,11 +559,14 @@ class Analytics:
 
     async def _release_weeks(self, weeks: list[Week]) -> list[WeekFigures]:
         """The rollups release health reads, week by week."""
-        versions, _ = await self._groups_over(weeks, _V)
-        activity, _ = await self._groups_over(weeks, Tally.ACTIVITY_BY_VERSION)
-        errors, _ = await self._groups_over(weeks, Tally.ERRORS_BY_VERSION)
-        failures, _ = await self._groups_over(weeks, Tally.JOB_FAILURES_BY_VERSION)
-        shared, _ = await self._groups_over(weeks, Tally.SHARED_BY_VERSION)
+        versions, activity, errors, failures, shared = await self._tallies(
+            weeks,
+            _V,
+            Tally.ACTIVITY_BY_VERSION,
+            Tally.ERRORS_BY_VERSION,
+            Tally.JOB_FAILURES_BY_VERSION,
+            Tally.SHARED_BY_VERSION,
+        )
         return week_figures(versions, activity, errors, failures, shared, [w.key for w in weeks])
 
     async def usage(
@@ -571,9 +574,10 @@ class Analytics:
     ) -> analytics_service_pb2.GetUsageResponse:
         weeks = window(request.window, self.clock())
         activity, active = await self._groups_over(weeks, Tally.ACTIVITY)
-        durations, _ = await self._groups_over(weeks, Tally.JOB_DURATIONS)
-        failures, _ = await self._groups_over(weeks, Tally.JOB_FAILURES)
-        sharing = await self._sharing(weeks, USAGE_PART)
+        durations, failures, shared = await self._tallies(
+            weeks, Tally.JOB_DURATIONS, Tally.JOB_FAILURES, Tally.SHARED
+        )
+        sharing = _at_least(shared, USAGE_PART)
 
         def total_of(kind: Activity) -> dict[int, int]:
             return {w: sum(g.amount for g in groups if g.key[0] == kind) for w, groups in activity.items()}
@@ -640,26 +644,39 @@ class Analytics:
         """Every rule of `anomalies` on every week of the window (all complete)."""
         span = weeks_ending(weeks[-1], len(weeks) + BASELINE_WEEKS)
         k = self.min_group_size
-        versions, active = await self._groups_over(span, Dimension.DIMENSION_APP_VERSION)
-        version_errors, _ = await self._groups_over(span, Tally.ERRORS_BY_VERSION)
-        pairs, _ = await self._groups_over(span, Tally.ERRORS_BY_TYPE_AND_COMPONENT)
-        async with self.store.snapshot() as snapshot:
+        async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
+            versions, version_errors, pairs, shared, activity, failures, by_version_shared = [
+                await snapshot.groups(span[0], span[-1], rollup)
+                for rollup in (
+                    _V,
+                    Tally.ERRORS_BY_VERSION,
+                    Tally.ERRORS_BY_TYPE_AND_COMPONENT,
+                    Tally.SHARED,
+                    Tally.ACTIVITY_BY_VERSION,
+                    Tally.JOB_FAILURES_BY_VERSION,
+                    Tally.SHARED_BY_VERSION,
+                )
+            ]
+            active = await snapshot.active(span[0], span[-1])
             received = await snapshot.arrivals(span[0], span[-1])
+        release_figures = week_figures(
+            versions, activity, version_errors, failures, by_version_shared, [w.key for w in span]
+        )
         # The rules see only what is published: rounded figures, groups of at least k.
         count = self.disclosure.count
         active = {w: count(n) for w, n in active.items()}
         received = {w: count(n) for w, n in received.items()}
         errors = {w: count(sum(g.amount for g in groups)) for w, groups in pairs.items()}
         # Errors per installation: over those that shared their errors.
-        sharing = {w: count(n) for w, n in (await self._sharing(span, ERRORS_PART)).items()}
+        sharing = {w: count(n) for w, n in _at_least(shared, ERRORS_PART).items()}
         rate = {w.key: ratio(errors.get(w.key, 0), sharing.get(w.key, 0)) for w in span}
-        version_sharing = await self._sharing_by_version(span, ERRORS_PART)
+        version_sharing = _by_version_at_least(by_version_shared, ERRORS_PART)
         by_version: dict[tuple[int, ...], dict[int, tuple[int, int]]] = {}
         for week_key, groups in versions.items():
             errors_of = {_version(g.key): g.amount for g in version_errors.get(week_key, [])}
             for g in self.disclosure.fold(groups).groups:
-                shared = count(version_sharing.get((week_key, g.key), 0))
-                by_version.setdefault(g.key, {})[week_key] = (shared, count(errors_of.get(g.key, 0)))
+                sharing_errors = count(version_sharing.get((week_key, g.key), 0))
+                by_version.setdefault(g.key, {})[week_key] = (sharing_errors, count(errors_of.get(g.key, 0)))
         alerts: list[Alert] = []
         for index, week in enumerate(span[BASELINE_WEEKS:], start=BASELINE_WEEKS):
             before = [w.key for w in span[index - BASELINE_WEEKS : index]]
@@ -685,7 +702,8 @@ class Analytics:
                     kind=anomalies.Kind.ANOMALY_KIND_VERSION_ERROR_SPIKE,
                     scope=version,
                 )
-        alerts += await self._release_alerts(weeks)
+        first = len(span) - len(weeks) - RELEASE_HEALTH_WEEKS + 1  # the weeks up to the window's first
+        alerts += self._release_alerts(weeks, release_figures[first:])
         alerts.sort(key=lambda a: (-a.week, -a.severity, a.kind, a.scope))
         result = []
         for alert in alerts:
@@ -703,12 +721,11 @@ class Analytics:
             result.append(anomaly)
         return result
 
-    async def _release_alerts(self, weeks: list[Week]) -> list[Alert]:
+    def _release_alerts(self, weeks: list[Week], figures: list[WeekFigures]) -> list[Alert]:
         """Release regressions: for each week of the window, release health over
-        the RELEASE_HEALTH_WEEKS weeks up to it, for the versions published in
-        that week."""
-        span = weeks_ending(weeks[-1], len(weeks) + RELEASE_HEALTH_WEEKS - 1)
-        figures = await self._release_weeks(span)
+        the RELEASE_HEALTH_WEEKS weeks up to it (`figures`: from the first of
+        those of the window's first week), for the versions published in that
+        week."""
         alerts = []
         for index, week in enumerate(weeks):
             health = releases(figures[index : index + RELEASE_HEALTH_WEEKS], self.disclosure)
@@ -735,28 +752,25 @@ class Analytics:
 
     async def _sharing(self, weeks: list[Week], level: int) -> dict[int, int]:
         """Each week's active installations whose reports share the part of `level`."""
-        per_week, _ = await self._groups_over(weeks, Tally.SHARED)
-        return {
-            w: sum(g.installations for g in groups if g.key[0] >= level) for w, groups in per_week.items()
-        }
+        (shared,) = await self._tallies(weeks, Tally.SHARED)
+        return _at_least(shared, level)
 
     async def _sharing_by_version(
         self, weeks: list[Week], level: int
     ) -> dict[tuple[int, tuple[int, ...]], int]:
         """The same per (week, app version)."""
-        per_week, _ = await self._groups_over(weeks, Tally.SHARED_BY_VERSION)
-        sharing: dict[tuple[int, tuple[int, ...]], int] = {}
-        for week, groups in per_week.items():
-            for g in groups:
-                if g.key[3] >= level:
-                    at = (week, g.key[:3])
-                    sharing[at] = sharing.get(at, 0) + g.installations
-        return sharing
+        (shared,) = await self._tallies(weeks, Tally.SHARED_BY_VERSION)
+        return _by_version_at_least(shared, level)
 
     async def _pairs_over(self, weeks: list[Week], first: int, second: int) -> dict[int, list[Group]]:
         """Each week's groups of a pair of dimensions."""
         async with self.store.snapshot() as snapshot:
             return {week.key: await snapshot.pairs(week, first, second) for week in weeks}
+
+    async def _tallies(self, weeks: list[Week], *rollups: int) -> list[dict[int, list[Group]]]:
+        """Each week's groups of several rollups, read in one snapshot (one round trip each)."""
+        async with self.store.snapshot() as snapshot:
+            return [await snapshot.groups(weeks[0], weeks[-1], rollup) for rollup in rollups]
 
     async def _groups_over(
         self, weeks: list[Week], dimension: int
@@ -814,6 +828,24 @@ def _version(key: tuple[int, ...]) -> tuple[int, ...]:
     """The app version of a tally's key by version (its first three values), as the
     version groups' keys have it."""
     return key[:3]
+
+
+def _at_least(shared: dict[int, list[Group]], level: int) -> dict[int, int]:
+    """Per week, the installations of the SHARED tally at `level` or above."""
+    return {w: sum(g.installations for g in groups if g.key[0] >= level) for w, groups in shared.items()}
+
+
+def _by_version_at_least(
+    shared: dict[int, list[Group]], level: int
+) -> dict[tuple[int, tuple[int, ...]], int]:
+    """Per (week, app version), the installations of SHARED_BY_VERSION at `level` or above."""
+    sharing: dict[tuple[int, tuple[int, ...]], int] = {}
+    for week, groups in shared.items():
+        for g in groups:
+            if g.key[3] >= level:
+                at = (week, g.key[:3])
+                sharing[at] = sharing.get(at, 0) + g.installations
+    return sharing
 
 
 def _unshared(key: tuple[int, ...], dimensions: Sequence[int]) -> bool:
