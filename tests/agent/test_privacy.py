@@ -71,7 +71,8 @@ async def test_fresh_agent_is_local_only_by_default(agent: RunningAgent) -> None
     assert consent.effective == LOCAL_ONLY
     assert consent.reason == agent_service_pb2.CONSENT_REASON_DEFAULT
     assert consent.consented_schema_version == 0
-    assert consent.current_schema_version == aggregated_stats_pb2.REPORT_SCHEMA_VERSION_2
+    assert consent.current_schema_version == aggregated_stats_pb2.REPORT_SCHEMA_VERSION_3
+    assert consent.level == aggregated_stats_pb2.CONSENT_LEVEL_UNSPECIFIED
     assert not consent.HasField("changed_at")
     status = await agent.status()
     assert status.consent == consent

@@ -84,7 +84,7 @@ async def test_schema_1_consent_sends_schema_1_values_until_the_user_agrees_to_s
     domain: tuple[StatsAgent, FakeClock],
 ) -> None:
     agent, clock = domain
-    assert contract.CURRENT_SCHEMA_VERSION == V2
+    assert contract.CURRENT_SCHEMA_VERSION >= V2
     await agent.set_consent(SHARING, V1)
     identity = await agent.identity()
     clock.now += dt.timedelta(hours=1)

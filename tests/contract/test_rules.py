@@ -180,7 +180,7 @@ def test_every_report_field_declares_the_schema_version_that_added_it() -> None:
 
 
 def test_current_schema_version_is_the_newest_enum_value() -> None:
-    assert contract.CURRENT_SCHEMA_VERSION == aggregated_stats_pb2.REPORT_SCHEMA_VERSION_2
+    assert contract.CURRENT_SCHEMA_VERSION == aggregated_stats_pb2.REPORT_SCHEMA_VERSION_3
 
 
 def released_contract() -> descriptor_pb2.FileDescriptorSet:

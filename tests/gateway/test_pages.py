@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 from playwright.async_api import Browser, Page, Request, Route, expect
-from printernizer.stats.v1 import agent_service_pb2
+from printernizer.stats.v1 import agent_service_pb2, aggregated_stats_pb2
 from printernizer_stats.analytics.privacy import rounded
 from printernizer_stats.demo.fleet import build_fleet
 
@@ -165,18 +165,47 @@ async def test_the_privacy_page_shares_shows_exports_and_deletes(
     await expect(page.locator("#disclosure tbody tr").first).to_contain_text("schema_version")
     await expect(page.locator("#never-collected")).to_contain_text("IP addresses")
     await expect(page.locator("#ledger-empty")).to_be_visible()
+    # Four levels, each saying what it sends; none chosen until the user chooses.
+    levels = page.locator("input[name=level]")
+    await expect(levels).to_have_count(4)
+    for level in await levels.all():
+        await expect(level).not_to_be_checked()
+    await expect(page.locator("#levels")).to_contain_text("which kinds of error happened")
+    errors_row = page.locator("#disclosure tbody tr", has_text="errors.component").first
+    await expect(errors_row.locator("td").last).to_have_text("Everything")  # the level it is shared from
+    country_row = page.locator("#disclosure tbody tr", has_text="installation.country")
+    await expect(country_row.locator("td").last).to_have_text("Basics")
     await screenshot(page, "privacy-before.png")
 
-    await page.check("#sharing")
+    await page.check("#sharing")  # no level chosen: everything, as before there were levels
     await expect(page.locator("body")).to_have_attribute("data-consent", "sharing")
     consent = (await system.agent.status()).consent
     assert consent.effective == agent_service_pb2.CONSENT_STATE_SHARING
+    assert consent.level == aggregated_stats_pb2.CONSENT_LEVEL_ERRORS
+    await expect(page.locator("input[name=level][value=errors]")).to_be_checked()
     await expect(page.locator("#preview-json")).to_contain_text('"schemaVersion"')
 
-    # A week later the agent sends that week's report; the page lists it with its receipt.
+    # Choosing a level shares at it; the preview shows what it sends.
+    await page.check("input[name=level][value=usage]")
+    await expect(page.locator("body")).to_have_attribute("data-level", "usage")
+    await expect(page.locator("#consent-message")).to_have_text("Sharing is now at the level “Usage”.")
+    chosen = await system.agent.stub.GetConsent(agent_service_pb2.GetConsentRequest(), timeout=RPC_TIMEOUT)
+    assert chosen.consent.level == aggregated_stats_pb2.CONSENT_LEVEL_USAGE
+    assert chosen.consent.consented_schema_version == aggregated_stats_pb2.REPORT_SCHEMA_VERSION_3
+    await expect(page.locator("#preview-json")).to_contain_text('"consentLevel": "CONSENT_LEVEL_USAGE"')
+    await expect(page.locator("#preview-json")).not_to_contain_text('"errors"')
+    await expect(page.locator("#preview-intro")).to_contain_text("at the level “Usage”")
+    await screenshot(page, "privacy-levels.png")
+
+    # A week later the agent sends that week's report at the level chosen; the page lists it, receipt and all.
     system.clock.offset += dt.timedelta(days=8)
     sent = await system.agent.stub.SubmitNow(agent_service_pb2.SubmitNowRequest(), timeout=RPC_TIMEOUT)
     assert len(sent.receipts) == 1, sent
+    ledger = await system.agent.stub.ListSentReports(
+        agent_service_pb2.ListSentReportsRequest(), timeout=RPC_TIMEOUT
+    )
+    (report,) = [aggregated_stats_pb2.AggregatedStats.FromString(r.report) for r in ledger.reports]
+    assert report.consent_level == aggregated_stats_pb2.CONSENT_LEVEL_USAGE
     await page.reload()
     await page.wait_for_selector("body[data-loaded=true]")
     await expect(page.locator("#ledger tbody tr")).to_have_count(1)

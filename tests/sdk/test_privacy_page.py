@@ -73,6 +73,13 @@ async def test_the_page_in_a_browser_in_german(browser: Browser, agent_dir: Path
             await page.locator("#sharing").check()
             await expect(page.locator("body[data-consent=sharing]")).to_be_attached()
             await expect(page.locator("#consent-message")).to_have_text("Danke: Das Teilen ist an.")
+            await expect(page.locator("input[name=level][value=errors]")).to_be_checked()
+            await expect(page.locator("#levels legend")).to_have_text("Wie viel geteilt wird")
+            await page.locator("input[name=level][value=basics]").check()
+            await expect(page.locator("#consent-message")).to_have_text(
+                "Das Teilen ist jetzt auf der Stufe „Grunddaten“."
+            )
+            await expect(page.locator("body[data-level=basics]")).to_be_attached()
 
             await page.locator("#sharing").click()  # stays on until confirmed
             await page.locator("#confirm-opt-out-button").click()

@@ -16,7 +16,15 @@ frontend (frontend/js/usage-statistics.js) works unchanged:
 | `GET /export` | everything the agent keeps, as the file `usage-statistics-export.json` |
 | `DELETE` on the prefix itself | `{success, deleted_events, message}` |
 
-and adds `GET /preview` (the next report), `GET /ledger` (the reports sent),
+An opt-in's answer also says the `level` shared (null unless sharing; `GET
+/details` has it in the consent too). An opt-in's body may name the
+disclosure's version shown and how much to share: `{"schema_version": 3,
+"level": "usage"}`, the level one of LEVELS (`basics`, `printers_and_features`,
+`usage`, `errors`: everything, also without a level); the same while sharing
+changes the level.
+
+It adds `GET /preview` (the next report; with `?level=`, as that level would
+send it), `GET /ledger` (the reports sent),
 `GET /disclosure` (what a report contains and why), `GET /details` (the agent's
 full local figures and status) and the privacy page at `GET /page`, in English
 and German (`?lang=`, else Accept-Language).
@@ -44,6 +52,7 @@ from fastapi.responses import StreamingResponse
 from google.protobuf import json_format, timestamp_pb2
 from google.protobuf.message import Message
 from printernizer.stats.v1 import agent_service_pb2 as agent_api
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.common.http_status import http_status_of
 from printernizer_stats.common.weeks import Week
@@ -51,7 +60,7 @@ from printernizer_stats.common.weeks import Week
 from .i18n import choose_language, disclosure_document, gettext_for
 from .local import PRINTERNIZER_SCHEMA_VERSION, AgentError, AsyncLocalAgent, unwrap
 
-__all__ = ["MAX_BODY_BYTES", "usage_stats_router"]
+__all__ = ["LEVELS", "MAX_BODY_BYTES", "usage_stats_router"]
 
 MAX_BODY_BYTES = 4096
 MAX_WEEKS, MAX_LIMIT = 104, 520
@@ -67,6 +76,12 @@ _WEB = files("printernizer_stats.sdk") / "web"
 _TEMPLATE_PART = re.compile(r'\{\{\s*(?:_\("((?:[^"\\]|\\.)*)"\)|(lang|messages))\s*\}\}')
 _SCRIPT_MESSAGE = re.compile(r'\b_\(\s*"((?:[^"\\]|\\.)*)"')
 NO_STORE = {"Cache-Control": "no-store"}
+# The consent levels by the names the API uses ("printers_and_features"), lowest first.
+LEVELS: dict[str, int] = {
+    consent_levels.ConsentLevel.Name(level).removeprefix("CONSENT_LEVEL_").lower(): level
+    for level in consent_levels.LEVELS
+}
+_LEVEL_NAMES = {number: name for name, number in LEVELS.items()}
 
 LangParam = Annotated[str | None, Query(description="the language: en or de (else Accept-Language)")]
 AcceptLanguage = Annotated[str | None, Header()]
@@ -145,12 +160,27 @@ async def _small_body(request: Request, _: Any) -> bytes:
     return body
 
 
-async def _schema_version(request: Request, default: int | None, _: Any) -> int | None:
-    """The disclosure version the user saw: `{"schema_version": N}` when a JSON
-    body says so, else `default` (Printernizer's own page sends no body)."""
+def _level(value: object, _: Any) -> int:
+    """A level as the API names it (LEVELS), as a ConsentLevel."""
+    if not isinstance(value, str) or value not in LEVELS:
+        raise HTTPException(400, _("level must be one of: {names}").format(names=", ".join(LEVELS)))
+    return LEVELS[value]
+
+
+def _level_name(consent: agent_api.Consent) -> str | None:
+    """The level shared, as the API names it; None unless sharing."""
+    if consent.effective != agent_api.CONSENT_STATE_SHARING:
+        return None
+    return _LEVEL_NAMES.get(consent.level)
+
+
+async def _choice(request: Request, _: Any) -> tuple[int | None, int | None]:
+    """The disclosure version the user saw and the level chosen, each when a
+    JSON body says so (`{"schema_version": N, "level": "usage"}`), else None
+    (Printernizer's own page sends no body)."""
     body = await _small_body(request, _)
     if not body.strip():
-        return default
+        return None, None
     content_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     if content_type != "application/json":
         raise HTTPException(415, _("The body must be JSON, or empty."))
@@ -160,8 +190,10 @@ async def _schema_version(request: Request, default: int | None, _: Any) -> int 
         raise HTTPException(400, _("The body is not valid JSON.")) from exc
     if not isinstance(document, dict):
         raise HTTPException(400, _("The body must be a JSON object."))
+    # Other keys are ignored, as Printernizer ignored any body.
+    level = _level(document["level"], _) if "level" in document else None
     if "schema_version" not in document:
-        return default  # other keys are ignored, as Printernizer ignored any body
+        return None, level
     version = document["schema_version"]
     if (
         isinstance(version, bool)
@@ -172,7 +204,7 @@ async def _schema_version(request: Request, default: int | None, _: Any) -> int 
             400,
             _("schema_version must be a whole number from 1 to {most}").format(most=CURRENT_SCHEMA_VERSION),
         )
-    return version
+    return version, level
 
 
 # --- the page ----------------------------------------------------------------------------
@@ -328,16 +360,20 @@ def usage_stats_router(
 
     @router.post("/opt-in", dependencies=changes)
     async def opt_in(request: Request, language: Language) -> dict[str, Any]:
-        """Start sharing. No body is needed; `{"schema_version": N}` names the
-        disclosure's version the user saw."""
+        """Start sharing, or share at another level. No body is needed (then
+        everything is shared); `{"schema_version": N, "level": "usage"}` names
+        the disclosure's version the user saw and how much to share."""
         _ = gettext_for(language)
-        version = await _schema_version(request, None, _)
+        version, level = await _choice(request, _)
         try:
             consent = unwrap(await client.consent())
+            sharing = consent.chosen == agent_api.CONSENT_STATE_SHARING
             # Printernizer's page sends no version: for a user who shares already
-            # that changes nothing (it never lowers a version agreed on the SDK's page).
-            if version is not None or consent.chosen != agent_api.CONSENT_STATE_SHARING:
-                consent = unwrap(await client.opt_in(version or bodiless_opt_in_schema_version))
+            # that changes nothing (it never lowers a version agreed on the SDK's page),
+            # and a new level alone keeps the version agreed.
+            if version is not None or level is not None or not sharing:
+                agreed = consent.consented_schema_version if sharing else bodiless_opt_in_schema_version
+                consent = unwrap(await client.opt_in(version or agreed, level or 0))
             if consent.effective != agent_api.CONSENT_STATE_SHARING:
                 return {"success": False, "installation_id": None, "message": _overridden(consent, _)}
             stats = unwrap(await client.local_stats(weeks=1))
@@ -346,6 +382,7 @@ def usage_stats_router(
         return {
             "success": True,
             "installation_id": _installation_id(stats.installation.installation_id),
+            "level": _level_name(consent),
             "message": _("Usage statistics enabled. Thank you for helping improve Printernizer!"),
         }
 
@@ -383,7 +420,7 @@ def usage_stats_router(
         if before.chosen == agent_api.CONSENT_STATE_SHARING:
             version = before.consented_schema_version or bodiless_opt_in_schema_version
             try:
-                await client.opt_in(version)
+                await client.opt_in(version, before.level)
             except AgentError:
                 message += " " + _("Sharing has stopped: switch it on again to go on sharing.")
         return {"success": True, "deleted_events": deleted.events_deleted, "message": message}
@@ -406,10 +443,16 @@ def usage_stats_router(
         )
 
     @router.get("/preview", dependencies=no_store)
-    async def preview(language: Language, week: Annotated[str | None, Query()] = None) -> dict[str, Any]:
+    async def preview(
+        language: Language,
+        week: Annotated[str | None, Query()] = None,
+        level: Annotated[str | None, Query()] = None,
+    ) -> dict[str, Any]:
         """The next report: its exact bytes (base64) and the same read as JSON
-        (`week`, as 2026-W46: another week's)."""
+        (`week`, as 2026-W46: another week's; `level`, one of LEVELS: as that
+        level would send it, else the level in effect)."""
         _ = gettext_for(language)
+        chosen_level = _level(level, _) if level is not None else 0
         chosen = None
         if week is not None:
             match = _WEEK.fullmatch(week)
@@ -420,7 +463,7 @@ def usage_stats_router(
             if chosen is None:
                 raise HTTPException(400, _("week must be an ISO week such as 2026-W46"))
         try:
-            return _json_of(unwrap(await client.preview(chosen)))
+            return _json_of(unwrap(await client.preview(chosen, chosen_level)))
         except AgentError as exc:
             raise _refusal(exc, _) from None
 

@@ -15,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any
 
+from printernizer_stats.common.consent_levels import ConsentLevel
 from printernizer_stats.common.contract import (
     CURRENT_SCHEMA_VERSION,
     NEVER_COLLECTED,
@@ -75,14 +76,20 @@ def choose_language(lang: str | None, accept_language: str | None) -> str:
 
 
 def disclosure_document(language: str = SOURCE_LANGUAGE) -> dict[str, Any]:
-    """What a report contains and why, and what it can never contain, generated
-    from the contract, in `language` (camelCase keys, like the agent's JSON)."""
+    """What a report contains and why, from which consent level each field is
+    shared, and what it can never contain, generated from the contract, in
+    `language` (camelCase keys and enum names, like the agent's JSON)."""
     _ = gettext_for(language)
     return {
         "schemaVersion": CURRENT_SCHEMA_VERSION,
         "language": language,
         "fields": [
-            {"field": item.path, "why": _(item.why) if item.why else "", "since": item.since_schema_version}
+            {
+                "field": item.path,
+                "why": _(item.why) if item.why else "",
+                "since": item.since_schema_version,
+                "level": ConsentLevel.Name(item.level),  # type: ignore[arg-type]
+            }
             for item in disclosure()
         ],
         "neverCollected": [_(line) for line in NEVER_COLLECTED],

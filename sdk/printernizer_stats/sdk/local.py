@@ -152,15 +152,16 @@ def _field_of(exc: grpc.RpcError) -> str | None:
     return violations[0][0] if violations else None
 
 
-def _consent_request(state: int, schema_version: int) -> agent_api.SetConsentRequest:
+def _consent_request(state: int, schema_version: int, level: int) -> agent_api.SetConsentRequest:
     return agent_api.SetConsentRequest(
         state=state,  # type: ignore[arg-type]
         schema_version=schema_version,  # type: ignore[arg-type]
+        level=level,  # type: ignore[arg-type]
     )
 
 
-def _preview_request(week: common_pb2.IsoWeek | None) -> agent_api.PreviewReportRequest:
-    request = agent_api.PreviewReportRequest()
+def _preview_request(week: common_pb2.IsoWeek | None, level: int) -> agent_api.PreviewReportRequest:
+    request = agent_api.PreviewReportRequest(level=level)  # type: ignore[arg-type]
     if week is not None:
         request.week.CopyFrom(week)
     return request
@@ -237,14 +238,16 @@ class LocalAgent(_Base):
         answer = self._unary("GetConsent", agent_api.GetConsentRequest())
         return answer if isinstance(answer, Unavailable) else answer.consent
 
-    def set_consent(self, state: int, schema_version: int = 0) -> Result[agent_api.Consent]:
+    def set_consent(self, state: int, schema_version: int = 0, level: int = 0) -> Result[agent_api.Consent]:
         """Record the user's choice; `schema_version` (the disclosure's version the
-        user was shown) is required for SHARING."""
-        answer = self._unary("SetConsent", _consent_request(state, schema_version))
+        user was shown) is required for SHARING, and `level` (a ConsentLevel:
+        how much to share) goes with SHARING only; 0 shares everything."""
+        answer = self._unary("SetConsent", _consent_request(state, schema_version, level))
         return answer if isinstance(answer, Unavailable) else answer.consent
 
-    def opt_in(self, schema_version: int) -> Result[agent_api.Consent]:
-        return self.set_consent(SHARING, schema_version)
+    def opt_in(self, schema_version: int, level: int = 0) -> Result[agent_api.Consent]:
+        """Share at `level` (0: everything); below everything needs schema version 3 or later."""
+        return self.set_consent(SHARING, schema_version, level)
 
     def opt_out(self) -> Result[agent_api.Consent]:
         """Stop sharing: the agent asks the server to delete what was sent; local figures stay."""
@@ -260,8 +263,13 @@ class LocalAgent(_Base):
         )
         return result
 
-    def preview(self, week: common_pb2.IsoWeek | None = None) -> Result[agent_api.PreviewReportResponse]:
-        result: Result[agent_api.PreviewReportResponse] = self._unary("PreviewReport", _preview_request(week))
+    def preview(
+        self, week: common_pb2.IsoWeek | None = None, level: int = 0
+    ) -> Result[agent_api.PreviewReportResponse]:
+        """The next report (or `week`'s), as `level` would send it (0: the level in effect)."""
+        result: Result[agent_api.PreviewReportResponse] = self._unary(
+            "PreviewReport", _preview_request(week, level)
+        )
         return result
 
     def sent_reports(self, limit: int = 0) -> Result[agent_api.ListSentReportsResponse]:
@@ -358,12 +366,14 @@ class AsyncLocalAgent(_Base):
         answer = await self._unary("GetConsent", agent_api.GetConsentRequest())
         return answer if isinstance(answer, Unavailable) else answer.consent
 
-    async def set_consent(self, state: int, schema_version: int = 0) -> Result[agent_api.Consent]:
-        answer = await self._unary("SetConsent", _consent_request(state, schema_version))
+    async def set_consent(
+        self, state: int, schema_version: int = 0, level: int = 0
+    ) -> Result[agent_api.Consent]:
+        answer = await self._unary("SetConsent", _consent_request(state, schema_version, level))
         return answer if isinstance(answer, Unavailable) else answer.consent
 
-    async def opt_in(self, schema_version: int) -> Result[agent_api.Consent]:
-        return await self.set_consent(SHARING, schema_version)
+    async def opt_in(self, schema_version: int, level: int = 0) -> Result[agent_api.Consent]:
+        return await self.set_consent(SHARING, schema_version, level)
 
     async def opt_out(self) -> Result[agent_api.Consent]:
         return await self.set_consent(LOCAL_ONLY)
@@ -381,10 +391,10 @@ class AsyncLocalAgent(_Base):
         return result
 
     async def preview(
-        self, week: common_pb2.IsoWeek | None = None
+        self, week: common_pb2.IsoWeek | None = None, level: int = 0
     ) -> Result[agent_api.PreviewReportResponse]:
         result: Result[agent_api.PreviewReportResponse] = await self._unary(
-            "PreviewReport", _preview_request(week)
+            "PreviewReport", _preview_request(week, level)
         )
         return result
 

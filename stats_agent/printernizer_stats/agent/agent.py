@@ -9,11 +9,12 @@ its status. Tests can drive this class directly.
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import re
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from google.protobuf import json_format
 from printernizer.stats.v1 import (
@@ -23,6 +24,7 @@ from printernizer.stats.v1 import (
     ingest_service_pb2,
     usage_event_pb2,
 )
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.clock import Clock, SystemClock, as_clock
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.common.countries import country_for_timezone
@@ -42,6 +44,7 @@ from .report import (
     FLEET_OBSERVED,
     ReportScope,
     build_report,
+    narrowed,
     weekly_activity,
 )
 from .storage import AgentStore, BatchIdentity, DeletionRequestRow, OutboxRow, StorageError, disk_full
@@ -106,9 +109,18 @@ def package_version() -> common_pb2.Version:
 
 
 def report_json(report: bytes) -> str:
-    """A report's bytes, decoded and rendered as JSON for people to read."""
+    """A report's bytes, decoded and rendered as JSON for people to read. A
+    part its level does not share is left out, not shown empty: an empty
+    list would read as "none", where nothing is said at all."""
     message = aggregated_stats_pb2.AggregatedStats.FromString(report)
-    return json_format.MessageToJson(message, indent=2, always_print_fields_with_no_presence=True)
+    document = json_format.MessageToDict(message, always_print_fields_with_no_presence=True)
+    level = consent_levels.level_of(message)
+    hidden = [name for name in consent_levels.LEVEL_OF_FIELD if not consent_levels.shares(level, name)]
+    if message.schema_version < consent_levels.SINCE_SCHEMA_VERSION:
+        hidden.append("consent_level")  # such a report cannot say it
+    for name in hidden:
+        document.pop(message.DESCRIPTOR.fields_by_name[name].json_name, None)
+    return json.dumps(document, indent=2)
 
 
 def _batch_identity(client_id: bytes, sequence: int) -> BatchIdentity | None:
@@ -165,23 +177,27 @@ class StatsAgent:
             self._consent = ConsentRecord.from_settings(await self.store.settings(), self.config.override)
         return self._consent
 
-    async def set_consent(self, state: int, schema_version: int) -> ConsentRecord:
-        consent_mod.check_choice(state, schema_version)
+    async def set_consent(self, state: int, schema_version: int, level: int = 0) -> ConsentRecord:
+        """Record the user's choice: `level` (a ConsentLevel; 0 for everything)
+        only with SHARING, and below everything only with a schema version that
+        has levels (consent.check_choice)."""
+        consent_mod.check_choice(state, schema_version, level)
         before = await self.consent()
         now = self.now()
         stops_sharing = before.chosen == consent_mod.SHARING and state != consent_mod.SHARING
         if stops_sharing:
             await self._opt_out(state, now)
         elif state == consent_mod.SHARING and before.chosen == consent_mod.SHARING and before.since_time:
-            # Agreeing to a newer disclosure keeps the identity and where counting started.
+            # Agreeing to a newer disclosure, or choosing another level, keeps
+            # the identity and where counting started.
             await self.store.put_settings(
                 consent_mod.choice_settings(
-                    state, schema_version, now, before.since_sequence, before.since_time
+                    state, schema_version, level, now, before.since_sequence, before.since_time
                 )
             )
         else:
             settings = consent_mod.choice_settings(
-                state, schema_version, now, await self.store.last_sequence(), now
+                state, schema_version, level, now, await self.store.last_sequence(), now
             )
             if state == consent_mod.SHARING:
                 settings.update(Identity.create().settings())
@@ -189,7 +205,10 @@ class StatsAgent:
         self._consent = None
         if stops_sharing:
             self._sharing_has_stopped()
-        return await self.consent()
+        after = await self.consent()
+        if before.chosen == after.chosen == consent_mod.SHARING and after.level < before.level:
+            await self.queued_reports()  # reports built before leave out what is no longer shared
+        return after
 
     async def _opt_out(self, state: int, now: dt.datetime) -> None:
         """Stop sharing: forget the identity, and keep a signed request that asks
@@ -211,7 +230,7 @@ class StatsAgent:
                 receipt=None,
                 confirmed_at=None,
             )
-        settings = consent_mod.choice_settings(state, 0, now, await self.store.last_sequence(), now)
+        settings = consent_mod.choice_settings(state, 0, 0, now, await self.store.last_sequence(), now)
         settings[consent_mod.INSTALLATION_ID] = None
         settings[consent_mod.PRIVATE_KEY] = None
         await self.store.opt_out(settings, deletion)
@@ -302,19 +321,28 @@ class StatsAgent:
 
     # --- reports -------------------------------------------------------------------
 
-    async def report_scope(self, week: Week) -> ReportScope:
+    async def report_scope(self, week: Week, level: int = 0) -> ReportScope:
         """Whose report and which events count: the real identity and consent
-        when sharing; otherwise what opting in now would produce."""
+        when sharing; otherwise what opting in now would produce. At `level`
+        when one is given (a preview of another choice), else at the level in
+        effect (everything when not sharing)."""
         consent = await self.consent()
         identity = await self.identity()
         if consent.sharing and identity is not None and consent.since_time is not None:
+            chosen = level or consent.level
+            version = consent.schema_version
+            if chosen != consent_levels.EVERYTHING:
+                # Only a preview can ask this of a consent from before levels:
+                # choosing that level means agreeing to a version that has them.
+                version = max(version, consent_levels.SINCE_SCHEMA_VERSION)
             return ReportScope(
                 installation_id=identity.installation_id,
                 report_id=report_id(identity.installation_id, week),
-                consented_schema_version=consent.schema_version,
+                consented_schema_version=version,
                 consent_since=consent.since_time,
                 since_sequence=consent.since_sequence,
                 country=self.country,
+                level=chosen,
             )
         return ReportScope(
             installation_id=PLACEHOLDER_ID,
@@ -323,7 +351,14 @@ class StatsAgent:
             consent_since=self.now(),
             since_sequence=await self.store.last_sequence(),
             country=self.country,
+            level=level or consent_levels.EVERYTHING,
         )
+
+    async def level_in_effect(self) -> int:
+        """The parts a report is built with now: the chosen level while sharing,
+        else everything (what a preview before opting in shows)."""
+        consent = await self.consent()
+        return consent.level if consent.sharing else consent_levels.EVERYTHING
 
     async def next_report_week(self) -> Week:
         """The week the next report covers: the oldest finished week since
@@ -387,6 +422,25 @@ class StatsAgent:
                 rebuilt = self._queue_row(identity, week, now, await self.report_bytes(week))
                 await self.store.replace_queued_report(rebuilt)
 
+    async def queued_reports(self) -> list[OutboxRow]:
+        """The outbox as it may be sent: a report built at a higher level than
+        the one chosen now (the user lowered it since) is narrowed to it and
+        signed again, in the outbox too. Raising the level widens nothing: a
+        week is built once, at the level of its time."""
+        rows = await self.store.outbox()
+        identity = await self.identity()
+        consent = await self.consent()
+        if consent.chosen != consent_mod.SHARING or identity is None:
+            return rows
+        sendable = []
+        for row in rows:
+            report = narrowed(row.report, consent.level)
+            if report != row.report:
+                row = replace(row, report=report, signature=identity.sign(report))
+                await self.store.replace_queued_report(row)
+            sendable.append(row)
+        return sendable
+
     @staticmethod
     def _queue_row(identity: Identity, week: Week, now: dt.datetime, report: bytes) -> OutboxRow:
         """A report as queued: its exact bytes, signed."""
@@ -394,9 +448,10 @@ class StatsAgent:
             week.key, report_id(identity.installation_id, week), report, identity.sign(report), to_millis(now)
         )
 
-    async def report_bytes(self, week: Week) -> bytes:
-        """The exact bytes a submission would carry for `week` now."""
-        report = await build_report(self.store, week, await self.report_scope(week), self.now())
+    async def report_bytes(self, week: Week, level: int = 0) -> bytes:
+        """The exact bytes a submission would carry for `week` now (at `level`,
+        else at the level in effect)."""
+        report = await build_report(self.store, week, await self.report_scope(week, level), self.now())
         return report.SerializeToString(deterministic=True)
 
     def requested_week(self, year: int, week: int) -> Week:
@@ -412,23 +467,30 @@ class StatsAgent:
             raise FieldError("week", f"{chosen} is before {FIRST_WEEK}, the week of the earliest event")
         return chosen
 
-    async def preview_requested(self, requested: common_pb2.IsoWeek | None) -> tuple[Week, bytes]:
+    async def preview_requested(
+        self, requested: common_pb2.IsoWeek | None, level: int = 0
+    ) -> tuple[Week, bytes]:
         """PreviewReport: the report of the week a request names (if a report
-        could cover it: requested_week), else of the next report's week."""
+        could cover it: requested_week), else of the next report's week; at
+        `level` when one is given (a ConsentLevel)."""
+        consent_mod.check_level(level)
         week = None if requested is None else self.requested_week(requested.year, requested.week)
-        return await self.preview(week)
+        return await self.preview(week, level)
 
-    async def preview(self, week: Week | None) -> tuple[Week, bytes]:
-        """The exact bytes of a report: a queued week's frozen bytes, else the
-        report as it would be built now. `week` comes from requested_week."""
+    async def preview(self, week: Week | None, level: int = 0) -> tuple[Week, bytes]:
+        """The exact bytes of a report as `level` (else the level in effect)
+        would send it: a queued week's frozen bytes, narrowed to the level
+        when it is lower than theirs, else the report as it would be built
+        now. `week` comes from requested_week."""
+        level = level or await self.level_in_effect()
         queued = {row.week: row.report for row in await self.store.outbox()}
         if week is None and queued:
             oldest = min(queued)
-            return Week.from_key(oldest), queued[oldest]
+            return Week.from_key(oldest), narrowed(queued[oldest], level)
         chosen = week or await self.next_report_week()
         if chosen.key in queued:
-            return chosen, queued[chosen.key]
-        return chosen, await self.report_bytes(chosen)
+            return chosen, narrowed(queued[chosen.key], level)
+        return chosen, await self.report_bytes(chosen, level)
 
     # --- the user's own view ---------------------------------------------------------
 

@@ -7,6 +7,11 @@ own switch force "disabled" (nothing recorded) whatever was chosen.
 The identity (a random UUID and an Ed25519 signing key) exists only while the
 user shares: it is created at opt-in, never derived from hardware, and thrown
 away at opt-out, so a later opt-in is a new, unlinkable installation.
+
+Sharing is at a level (common.consent_levels), recorded with the schema version
+whose disclosure the user was shown. A level below everything needs a schema
+version that has levels: an older report cannot say its level, and the server
+reads it as holding every part.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from printernizer.stats.v1 import agent_service_pb2, aggregated_stats_pb2
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION
 from printernizer_stats.common.events import from_millis
 from printernizer_stats.common.refusals import FieldError
@@ -33,12 +39,14 @@ UNSPECIFIED = agent_service_pb2.CONSENT_STATE_UNSPECIFIED
 # Setting keys in the agent's database.
 CHOSEN = "consent.chosen"
 SCHEMA_VERSION = "consent.schema_version"
+# How much is shared; absent in a database from before levels, which shared everything.
+LEVEL = "consent.level"
 CHANGED_AT = "consent.changed_at"
 SINCE_SEQUENCE = "consent.since_sequence"  # events stored after this count...
 SINCE_TIME = "consent.since_time"  # ...if they happened after this (milliseconds)
 INSTALLATION_ID = "identity.installation_id"
 PRIVATE_KEY = "identity.private_key"
-CONSENT_KEYS = (CHOSEN, SCHEMA_VERSION, CHANGED_AT, SINCE_SEQUENCE, SINCE_TIME)
+CONSENT_KEYS = (CHOSEN, SCHEMA_VERSION, LEVEL, CHANGED_AT, SINCE_SEQUENCE, SINCE_TIME)
 
 
 @dataclass(frozen=True)
@@ -83,6 +91,7 @@ class ConsentRecord:
 
     chosen: ConsentState
     schema_version: int
+    level: int  # a ConsentLevel while the user chose SHARING, else 0
     changed_at: dt.datetime | None
     since_sequence: int
     since_time: dt.datetime | None
@@ -94,9 +103,11 @@ class ConsentRecord:
             return int(settings[key].decode()) if key in settings else 0
 
         changed, since = number(CHANGED_AT), number(SINCE_TIME)
+        chosen = number(CHOSEN)
         return cls(
-            chosen=number(CHOSEN),
+            chosen=chosen,
             schema_version=number(SCHEMA_VERSION),
+            level=(number(LEVEL) or consent_levels.EVERYTHING) if chosen == SHARING else 0,
             changed_at=from_millis(changed) if changed else None,
             since_sequence=number(SINCE_SEQUENCE),
             since_time=from_millis(since) if since else None,
@@ -134,13 +145,20 @@ class ConsentRecord:
             reason=self.reason,  # type: ignore[arg-type]
             consented_schema_version=self.schema_version if self.chosen == SHARING else 0,  # type: ignore[arg-type]
             current_schema_version=CURRENT_SCHEMA_VERSION,  # type: ignore[arg-type]
+            level=self.level,  # type: ignore[arg-type]
         )
         if self.changed_at is not None:
             message.changed_at.FromDatetime(self.changed_at)
         return message
 
 
-def check_choice(state: int, schema_version: int) -> None:
+def check_level(level: int) -> None:
+    """Refuse a level the contract does not define (0, unset, is allowed)."""
+    if level != 0 and level not in consent_levels.LEVELS:
+        raise FieldError("level", f"{level} is not a ConsentLevel")
+
+
+def check_choice(state: int, schema_version: int, level: int = 0) -> None:
     """Refuse a consent change the agent cannot honour, naming the field."""
     if state not in (LOCAL_ONLY, SHARING, DISABLED):
         raise FieldError("state", "must be LOCAL_ONLY, SHARING or DISABLED")
@@ -153,13 +171,30 @@ def check_choice(state: int, schema_version: int) -> None:
         raise FieldError("schema_version", f"{schema_version} is not a ReportSchemaVersion")
     if state == SHARING and schema_version == 0:
         raise FieldError("schema_version", "required to opt in: the version of the disclosure shown")
+    check_level(level)
+    if state != SHARING and level != 0:
+        raise FieldError("level", "is chosen only with SHARING (nothing is sent otherwise)")
+    below_everything = level not in (0, consent_levels.EVERYTHING)
+    if state == SHARING and below_everything and schema_version < consent_levels.SINCE_SCHEMA_VERSION:
+        # A report of that version cannot say its level: the server would read it as everything.
+        raise FieldError(
+            "level",
+            f"the disclosure of schema version {schema_version} has no levels: sharing less than "
+            f"everything needs version {consent_levels.SINCE_SCHEMA_VERSION} or later",
+        )
 
 
 def choice_settings(
-    state: int, schema_version: int, now: dt.datetime, since_sequence: int, since_time: dt.datetime
+    state: int,
+    schema_version: int,
+    level: int,
+    now: dt.datetime,
+    since_sequence: int,
+    since_time: dt.datetime,
 ) -> dict[str, bytes | None]:
     """The settings that record a choice made at `now`; reports count events
-    stored after `since_sequence` that happened after `since_time`.
+    stored after `since_sequence` that happened after `since_time`. Sharing
+    with no level (0) shares everything, as before levels existed.
 
     The sequence number is the exact boundary; the time only keeps out events
     that happened before consent but arrived later. Event times have whole
@@ -168,6 +203,7 @@ def choice_settings(
     return {
         CHOSEN: str(state).encode(),
         SCHEMA_VERSION: str(schema_version if state == SHARING else 0).encode(),
+        LEVEL: str((level or consent_levels.EVERYTHING) if state == SHARING else 0).encode(),
         CHANGED_AT: str(int(now.timestamp() * 1000)).encode(),
         SINCE_SEQUENCE: str(since_sequence).encode(),
         SINCE_TIME: str(int(since_time.timestamp() * 1000)).encode(),

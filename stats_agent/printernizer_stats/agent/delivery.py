@@ -129,7 +129,7 @@ async def deliver(agent: StatsAgent, uplink: Uplink) -> Delivery:
     await _send_deletions(agent, uplink, now)
     consent = await agent.consent()
     identity = await agent.identity()
-    queued = await agent.store.outbox()
+    queued = await agent.queued_reports()  # narrowed to the level chosen now
     if not consent.sharing or identity is None or not queued:
         return Delivery(agent_service_pb2.DELIVERY_OUTCOME_NONE, [])
     one_at_a_time = any(row.server_errors >= ONE_AT_A_TIME_AFTER for row in queued)

@@ -14,6 +14,9 @@ A report carries only what the user consented to: fields and enum values
 newer than the consented schema version are left out. A newer value of an
 open enum is counted as its OTHER value (a job duration as UNSPECIFIED,
 which has no OTHER), so totals still add up; a newer feature is left out.
+Nor does it carry a part above the consent level (common.consent_levels): a
+report of a schema version with levels says its level, one before them holds
+every part. A report already built is narrowed to a lower level, never widened.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from printernizer.stats.v1 import (
     country_pb2,
     usage_event_pb2,
 )
+from printernizer_stats.common import consent_levels
 from printernizer_stats.common.contract import (
     CURRENT_SCHEMA_VERSION,
     strip_fields_newer_than,
@@ -221,6 +225,7 @@ class ReportScope:
     consent_since: dt.datetime  # counts start no earlier than this
     since_sequence: int  # and only events stored after this sequence number
     country: int
+    level: int = consent_levels.EVERYTHING  # the parts shared (a ConsentLevel)
 
 
 async def _counts(
@@ -251,9 +256,26 @@ async def build_report(
         usage=usage,
         features=await feature_states(store, state_time, version),
         errors=errors,
+        consent_level=aggregated_stats_pb2.ConsentLevel.ValueType(scope.level),
     )
-    strip_fields_newer_than(report, scope.consented_schema_version)
+    consent_levels.keep_only(report, scope.level)
+    strip_fields_newer_than(report, scope.consented_schema_version)  # the level too, before levels
     return report
+
+
+def narrowed(report: bytes, level: int) -> bytes:
+    """A report as it may be sent at `level`: unchanged when it holds no part
+    above it, else without those parts and saying `level` (in a schema version
+    with levels: a user sharing less than everything agreed to one)."""
+    message = aggregated_stats_pb2.AggregatedStats.FromString(report)
+    if consent_levels.level_of(message) <= level:
+        return report
+    consent_levels.keep_only(message, level)
+    message.schema_version = aggregated_stats_pb2.ReportSchemaVersion.ValueType(
+        max(message.schema_version, consent_levels.SINCE_SCHEMA_VERSION)
+    )
+    message.consent_level = aggregated_stats_pb2.ConsentLevel.ValueType(level)
+    return message.SerializeToString(deterministic=True)
 
 
 async def weekly_activity(

@@ -53,7 +53,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
         consent = await self.boundary.answer(
             context,
             "setting the consent",
-            lambda: self.agent.set_consent(request.state, request.schema_version),
+            lambda: self.agent.set_consent(request.state, request.schema_version, request.level),
         )
         return agent_service_pb2.SetConsentResponse(consent=consent.to_proto())
 
@@ -69,7 +69,7 @@ class AgentServicer(agent_service_pb2_grpc.AgentServiceServicer):
     ) -> agent_service_pb2.PreviewReportResponse:
         requested = request.week if request.HasField("week") else None
         week, report = await self.boundary.answer(
-            context, "preview", lambda: self.agent.preview_requested(requested)
+            context, "preview", lambda: self.agent.preview_requested(requested, request.level)
         )
         return agent_service_pb2.PreviewReportResponse(
             week=week.to_proto(), report=report, report_json=report_json(report)

@@ -35,6 +35,8 @@ from printernizer.stats.v1 import (
     usage_event_pb2,
 )
 
+from . import consent_levels
+
 PACKAGE = "printernizer.stats.v1"
 
 CONTRACT_MODULES: tuple[ModuleType, ...] = (
@@ -379,11 +381,13 @@ def why_for(full_name: str) -> str:
 class DisclosureItem:
     """One line of "what we collect": a field of the report and why, or a value
     added to one of its enums after the first schema version ("features.feature
-    = FEATURE_GERMAN_COMPLIANCE"), so the user sees what a new version adds."""
+    = FEATURE_GERMAN_COMPLIANCE"), so the user sees what a new version adds;
+    `level` is the lowest consent level that shares it (a ConsentLevel)."""
 
     path: str
     why: str
     since_schema_version: int
+    level: int
 
 
 # "What we never collect", shown beside the disclosure. Each line is a kind of
@@ -403,17 +407,22 @@ NEVER_COLLECTED = (
 def disclosure() -> list[DisclosureItem]:
     """What a report contains and why, in the contract's order, generated from
     the contract itself so the disclosure cannot drift from what is sent. A
-    field is followed by the values its enum gained after the first version."""
+    field is followed by the values its enum gained after the first version.
+    Each item says from which consent level it is shared: that of the report's
+    part it belongs to (common.consent_levels)."""
     items: list[DisclosureItem] = []
 
     def walk(message: Descriptor, prefix: str, seen: tuple[str, ...]) -> None:
         for field in message.fields:
             path = f"{prefix}{field.name}"
-            items.append(DisclosureItem(path, why_collected(field), since_schema_version(field)))
+            part = path.split(".")[0]
+            level = consent_levels.LEVEL_OF_FIELD.get(part, consent_levels.BASICS)
+            items.append(DisclosureItem(path, why_collected(field), since_schema_version(field), level))
             for value in field.enum_type.values if field.enum_type is not None else ():
                 if declared_value_version(value):
                     why = why_for(value_name(value))
-                    items.append(DisclosureItem(f"{path} = {value.name}", why, declared_value_version(value)))
+                    since = declared_value_version(value)
+                    items.append(DisclosureItem(f"{path} = {value.name}", why, since, level))
             if field.message_type is not None and field.message_type.full_name not in seen:
                 walk(field.message_type, f"{path}.", (*seen, field.message_type.full_name))
 

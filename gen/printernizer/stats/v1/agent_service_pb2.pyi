@@ -210,7 +210,9 @@ class Consent(_message.Message):
     consented one, newer fields are not sent until the user agrees again.
     """
     level: _aggregated_stats_pb2.ConsentLevel.ValueType
-    """How much of the report the user agreed to share (0 if never opted in)."""
+    """How much of the report the user agreed to share (0 unless the user chose
+    SHARING; CONSENT_LEVEL_ERRORS for an opt-in from before levels).
+    """
     @_builtins.property
     def changed_at(self) -> _timestamp_pb2.Timestamp:
         """When the choice was made."""
@@ -391,7 +393,10 @@ class SetConsentRequest(_message.Message):
     """
     level: _aggregated_stats_pb2.ConsentLevel.ValueType
     """For SHARING: how much of the report to share. Unset: everything
-    (CONSENT_LEVEL_ERRORS), as before levels existed.
+    (CONSENT_LEVEL_ERRORS), as before levels existed. Refused
+    (INVALID_ARGUMENT naming `level`) when it is not a ConsentLevel, when it
+    is set with another state, and below everything with a schema_version
+    before REPORT_SCHEMA_VERSION_3, whose disclosure has no levels.
     """
     def __init__(
         self,
@@ -566,7 +571,8 @@ class PreviewReportRequest(_message.Message):
     LEVEL_FIELD_NUMBER: _builtins.int
     level: _aggregated_stats_pb2.ConsentLevel.ValueType
     """The report as this level would send it (default: the level in effect,
-    or everything when not sharing).
+    or everything when not sharing). A queued report is shown narrowed to a
+    lower level, never widened to a higher one.
     """
     @_builtins.property
     def week(self) -> _common_pb2.IsoWeek:

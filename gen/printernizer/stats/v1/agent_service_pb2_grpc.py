@@ -122,7 +122,8 @@ class AgentServiceServicer:
     def SetConsent(self, request, context):
         """Records the user's choice. Opting out stops sending at once, drops queued
         reports, asks the server to delete this installation's data and replaces
-        the installation identity.
+        the installation identity. Choosing another level while sharing keeps the
+        identity; a lower level also narrows the reports still queued to it.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')

@@ -53,7 +53,8 @@ class AgentServiceStub:
     SetConsent: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.SetConsentRequest, _agent_service_pb2.SetConsentResponse]
     """Records the user's choice. Opting out stops sending at once, drops queued
     reports, asks the server to delete this installation's data and replaces
-    the installation identity.
+    the installation identity. Choosing another level while sharing keeps the
+    identity; a lower level also narrows the reports still queued to it.
     """
     GetLocalStats: _grpc.UnaryUnaryMultiCallable[_agent_service_pb2.GetLocalStatsRequest, _agent_service_pb2.GetLocalStatsResponse]
     """What the user's own statistics look like: the local privacy page."""
@@ -99,7 +100,8 @@ class AgentServiceAsyncStub(AgentServiceStub):
     SetConsent: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.SetConsentRequest, _agent_service_pb2.SetConsentResponse]  # type: ignore[assignment]
     """Records the user's choice. Opting out stops sending at once, drops queued
     reports, asks the server to delete this installation's data and replaces
-    the installation identity.
+    the installation identity. Choosing another level while sharing keeps the
+    identity; a lower level also narrows the reports still queued to it.
     """
     GetLocalStats: _aio.UnaryUnaryMultiCallable[_agent_service_pb2.GetLocalStatsRequest, _agent_service_pb2.GetLocalStatsResponse]  # type: ignore[assignment]
     """What the user's own statistics look like: the local privacy page."""
@@ -160,7 +162,8 @@ class AgentServiceServicer(metaclass=_abc_1.ABCMeta):
     ) -> _typing.Union[_agent_service_pb2.SetConsentResponse, _abc.Awaitable[_agent_service_pb2.SetConsentResponse]]:
         """Records the user's choice. Opting out stops sending at once, drops queued
         reports, asks the server to delete this installation's data and replaces
-        the installation identity.
+        the installation identity. Choosing another level while sharing keeps the
+        identity; a lower level also narrows the reports still queued to it.
         """
 
     @_abc_1.abstractmethod

@@ -159,27 +159,29 @@ class AggregatedStats(_message.Message):
 
     @_builtins.property
     def printer_fleet(self) -> Global___PrinterFleet:
-        """Why: which printer families to support and test first. Shared from
-        CONSENT_LEVEL_PRINTERS_AND_FEATURES.
+        """Shared from CONSENT_LEVEL_PRINTERS_AND_FEATURES (the disclosure says so
+        beside the reason, from common.consent_levels).
+        Why: which printer families to support and test first.
         """
 
     @_builtins.property
     def usage(self) -> Global___UsageCounts:
-        """Why: how much the app is used, to weigh features and errors. Shared from
-        CONSENT_LEVEL_USAGE.
+        """Shared from CONSENT_LEVEL_USAGE.
+        Why: how much the app is used, to weigh features and errors.
         """
 
     @_builtins.property
     def features(self) -> _containers.RepeatedCompositeFieldContainer[Global___FeatureState]:
-        """Why: which features people actually switch on, to decide what to improve
+        """Shared from CONSENT_LEVEL_PRINTERS_AND_FEATURES.
+        Why: which features people actually switch on, to decide what to improve
         and what to retire. One entry per feature the installation reported.
-        Shared from CONSENT_LEVEL_PRINTERS_AND_FEATURES.
         """
 
     @_builtins.property
     def errors(self) -> _containers.RepeatedCompositeFieldContainer[Global___ErrorCount]:
-        """Why: which errors hurt most, to prioritise fixes. One entry per
-        (error type, component) seen in the week. Shared at CONSENT_LEVEL_ERRORS.
+        """Shared at CONSENT_LEVEL_ERRORS.
+        Why: which errors hurt most, to prioritise fixes. One entry per
+        (error type, component) seen in the week.
         """
 
     def __init__(

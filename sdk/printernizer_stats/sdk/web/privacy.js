@@ -49,6 +49,14 @@
     RECEIPT_STATUS_ACCEPTED: _("accepted"),
     RECEIPT_STATUS_DUPLICATE: _("already received"),
   };
+  // The consent levels, lowest first: each shares what the one before it does, and more.
+  const LEVELS = {
+    CONSENT_LEVEL_BASICS: _("Basics"),
+    CONSENT_LEVEL_PRINTERS_AND_FEATURES: _("Printers and features"),
+    CONSENT_LEVEL_USAGE: _("Usage"),
+    CONSENT_LEVEL_ERRORS: _("Everything"),
+  };
+  const LEVEL_PREFIX = "CONSENT_LEVEL_";
   const regions = new Intl.DisplayNames([LANG], { type: "region" });
 
   function label(name) {
@@ -58,6 +66,19 @@
       try { return regions.of(code) || code; } catch (_error) { return code; }
     }
     return LABELS[name] || (name.endsWith("_OTHER") ? _("other") : name);
+  }
+
+  /** A level's name in the router's API ("printers_and_features") from its enum name, and back. */
+  function apiLevel(level) {
+    return level.slice(LEVEL_PREFIX.length).toLowerCase();
+  }
+
+  function levelLabel(level) {
+    return LEVELS[level] || LEVELS.CONSENT_LEVEL_ERRORS;
+  }
+
+  function levelRadios() {
+    return Array.from(document.querySelectorAll("input[name=level]"));
   }
 
   function version(v) {
@@ -126,11 +147,19 @@
     const toggle = document.getElementById("sharing");
     toggle.checked = sharing;
     toggle.disabled = overridden;
+    // Nothing is checked unless sharing: no level is chosen for the user.
+    const level = sharing ? consent.level || "CONSENT_LEVEL_ERRORS" : "";
+    for (const radio of levelRadios()) {
+      radio.checked = sharing && radio.value === apiLevel(level);
+      radio.disabled = overridden;
+    }
     setText("consent-state", sharing
-      ? _("Sharing is on: once a week, this installation sends the report shown below.")
+      ? _("Sharing is on, at the level “{level}”: once a week, this installation sends the report shown below.",
+        { level: levelLabel(level) })
       : _("Sharing is off: figures stay on this computer and nothing is sent."));
     setText("consent-reason", REASONS[consent.reason] || "");
     document.body.dataset.consent = sharing ? "sharing" : "local-only";
+    document.body.dataset.level = sharing ? apiLevel(level) : "";
     document.getElementById("disclosure-details").open = !sharing;
   }
 
@@ -146,7 +175,7 @@
       const row = element("tr");
       const name = element("td");
       name.append(element("code", item.field));
-      row.append(name, element("td", item.why));
+      row.append(name, element("td", item.why), element("td", levelLabel(item.level)));
       body.append(row);
     }
     const never = document.getElementById("never-collected");
@@ -207,9 +236,11 @@
   }
 
   function showPreview(preview) {
+    // A report from before levels says none: it holds everything.
+    const level = JSON.parse(preview.reportJson).consentLevel || "CONSENT_LEVEL_ERRORS";
     setText("preview-intro",
-      _("The report for {week}, as it stands now. It is sent only while sharing is on, after the week has ended; these are the exact bytes and the same read as JSON.",
-        { week: weekLabel(preview.week) }));
+      _("The report for {week} at the level “{level}”, as it stands now. It is sent only while sharing is on, after the week has ended; these are the exact bytes and the same read as JSON.",
+        { week: weekLabel(preview.week), level: levelLabel(level) }));
     setText("preview-json", preview.reportJson);
     setText("preview-bytes", preview.report);
   }
@@ -266,9 +297,20 @@
     return answer.body;
   }
 
+  /** Choosing a level shares at that level: from off, or instead of the level shared so far. */
+  async function chooseLevel(event) {
+    const radio = event.target;
+    const label = levelLabel(LEVEL_PREFIX + radio.value.toUpperCase());
+    const message = document.body.dataset.consent === "sharing"
+      ? _("Sharing is now at the level “{level}”.", { level: label })
+      : _("Thank you: sharing is on, at the level “{level}”.", { level: label });
+    await change("/opt-in", "POST", { schema_version: schemaVersion, level: radio.value }, message);
+  }
+
   async function toggleSharing(event) {
     const toggle = event.target;
     if (toggle.checked) {
+      // Without a level chosen, everything is shared (as before there were levels); the page then shows it.
       await change("/opt-in", "POST", { schema_version: schemaVersion }, _("Thank you: sharing is on."));
       return;
     }
@@ -296,6 +338,7 @@
 
   // A deferred script: the document is parsed by now.
   document.getElementById("sharing").addEventListener("change", toggleSharing);
+  for (const radio of levelRadios()) radio.addEventListener("change", chooseLevel);
   document.getElementById("delete").addEventListener("click", deleteEverything);
   load();
 })();
