@@ -16,11 +16,17 @@ from pathlib import Path
 
 import uvicorn
 from printernizer_stats.common.admin import AdminTokenError, read_token_file
-from printernizer_stats.common.cli import EnvArgumentParser, host_port, user_data_dir, user_runtime_dir
+from printernizer_stats.common.cli import (
+    EnvArgumentParser,
+    host_port,
+    positive_int,
+    user_data_dir,
+    user_runtime_dir,
+)
 from printernizer_stats.common.telemetry import add_telemetry_options, configure
 
 from .app import create_app
-from .community import CommunityFigures
+from .community import REFRESH_SECONDS, CommunityFigures
 from .stats_api import AnalyticsClient
 from .usage_api import local_agent
 
@@ -67,8 +73,15 @@ def build_parser() -> EnvArgumentParser:
     parser.add_env_switch(
         "--community-page",
         help="serve the public community page (/community) and its figures (/api/v1/community/*) to "
-        "anyone, without credentials: the analytics' protected figures, fetched hourly (needs "
-        "--admin-token-file)",
+        "anyone, without credentials: the analytics' protected figures, fetched at start and every "
+        "--community-refresh-seconds (needs --admin-token-file)",
+    )
+    parser.add_env_option(
+        "--community-refresh-seconds",
+        help="how often the community page's figures are fetched again (they change when a week completes)",
+        default=int(REFRESH_SECONDS),
+        type=positive_int,
+        metavar="SECONDS",
     )
     add_telemetry_options(parser)
     parser.add_env_option("--log-level", help="logging level", default="INFO", metavar="LEVEL")
@@ -93,7 +106,11 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 1
-    community = CommunityFigures(analytics) if args.community_page and analytics is not None else None
+    community = (
+        CommunityFigures(analytics, refresh_seconds=args.community_refresh_seconds)
+        if args.community_page and analytics is not None
+        else None
+    )
     agent = local_agent(args.agent_socket) if args.agent_socket else None
     if analytics is None and agent is None:
         print("gateway: nothing to serve: set --admin-token-file, --agent-socket or both", file=sys.stderr)

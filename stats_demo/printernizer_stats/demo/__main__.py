@@ -5,7 +5,7 @@ directory) it starts, each as the command an operator would run:
 - the aggregation server (TLS) and the analytics server (TLS);
 - a local stats agent, and an example host app (a Printernizer stand-in) that
   records its simulated printers' work through the SDK into that agent;
-- the gateway, with the admin dashboard and the agent's privacy page.
+- the gateway, with the admin dashboard, the agent's privacy page and the public community page.
 
 Then a simulated fleet of installations reports months of weeks through the
 real ingest path (signed, over TLS), with an upgrade wave and an error spike
@@ -259,6 +259,10 @@ def run(args: argparse.Namespace, installations: int, weeks: int) -> int:
                     str(token_file),
                     "--agent-socket",
                     str(socket_path),
+                    "--community-page",
+                    # Refreshed often here: the fleet reports after the gateway starts.
+                    "--community-refresh-seconds",
+                    "15",
                     "--log-level",
                     "WARNING",
                 ],
@@ -293,6 +297,7 @@ def run(args: argparse.Namespace, installations: int, weeks: int) -> int:
         print(f"\nAdmin dashboard:  {gateway}/dashboard")
         print(f"  admin token:    {token}  (from {token_file})")
         print(f"Privacy page:     {gateway}/privacy  (this installation's agent; sharing is off)")
+        print(f"Community page:   {gateway}/community  (public; its figures refresh every 15 s here)")
 
         plan = FleetPlan(installations, weeks, last_complete_week(dt.datetime.now(dt.UTC)))
         print(f"\nA simulated fleet of {installations} installations reports {weeks} weeks:")
