@@ -46,7 +46,7 @@ from printernizer_stats.common.limits import MAX_PRINTERS_PER_TYPE, MAX_VERSION_
 from printernizer_stats.common.weeks import Week
 
 from . import unknown_fields
-from .conftest import ROOT
+from .conftest import ROOT, TEMP_ROOT
 
 RPC_TIMEOUT = 10
 START_TIMEOUT = 20.0
@@ -58,9 +58,9 @@ UTC = dt.UTC
 # --- directories ----------------------------------------------------------------------
 
 
-def short_private_dir() -> Path:
-    """A new directory under /tmp with mode 0700: short enough for socket paths."""
-    path = Path(tempfile.mkdtemp(prefix="pzs-", dir="/tmp"))
+def short_private_dir(root: str = "/tmp") -> Path:
+    """A new directory under `root` with mode 0700: short enough for socket paths."""
+    path = Path(tempfile.mkdtemp(prefix="pzs-", dir=root))
     path.chmod(0o700)
     return path
 
@@ -68,7 +68,7 @@ def short_private_dir() -> Path:
 @pytest.fixture
 def agent_dir() -> Iterator[Path]:
     """A private base directory (0700) for one test's sockets and databases."""
-    path = short_private_dir()
+    path = short_private_dir(TEMP_ROOT)  # removed below: it may be in RAM
     try:
         yield path
     finally:

@@ -71,6 +71,7 @@ from ..agent_harness import (
     running_agent,
 )
 from ..agent_harness import agent_dir as agent_dir  # the fixture
+from ..conftest import TEMP_ROOT
 
 UTC = dt.UTC
 MINUTE_MS = 60_000
@@ -486,7 +487,7 @@ def check_bookkeeping(path: Path) -> None:
 
 
 async def run(history: History) -> list[Pass]:
-    base = Path(tempfile.mkdtemp(prefix="pzs-housekeeping-"))
+    base = Path(tempfile.mkdtemp(prefix="pzs-housekeeping-", dir=TEMP_ROOT))
     try:
         return await run_history(history, base / "agent.db")
     finally:
@@ -659,7 +660,7 @@ def five_weeks_of_jobs(**caps: int) -> History:
 async def queued_sizes() -> list[int]:
     """The sizes of the five weeks' reports, oldest first (an installation's
     identifiers have fixed sizes, so any installation's are these)."""
-    base = Path(tempfile.mkdtemp(prefix="pzs-housekeeping-"))
+    base = Path(tempfile.mkdtemp(prefix="pzs-housekeeping-", dir=TEMP_ROOT))
     try:
         history = five_weeks_of_jobs()
         clock = FakeClock(START)

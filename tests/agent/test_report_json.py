@@ -24,6 +24,7 @@ from printernizer_stats.agent.storage import AgentStore
 from printernizer_stats.common.weeks import Week
 
 from ..agent_harness import FakeClock, usage_events
+from ..conftest import TEMP_ROOT
 
 START = Week(2026, 20).start + dt.timedelta(days=3, hours=9)
 
@@ -63,7 +64,7 @@ def same_message(report: bytes) -> None:
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(history=histories())
 async def test_the_preview_json_is_the_preview_bytes(history: list[Step]) -> None:
-    base = Path(tempfile.mkdtemp(prefix="pzs-json-"))
+    base = Path(tempfile.mkdtemp(prefix="pzs-json-", dir=TEMP_ROOT))
     clock = FakeClock(START)
     store = await AgentStore.open(base / "agent.db")
     try:

@@ -167,7 +167,10 @@ async def running_server(
     **config: Any,
 ) -> AsyncIterator[RunningServer]:
     """The real server in this process, over TLS with a self-made CA; `config`
-    overrides ServerConfig fields, `clock` the server's time."""
+    overrides ServerConfig fields, `clock` the server's time. A new SQLite database starts as a copy
+    at the latest schema, so the server's migration step finds nothing to do (the servers started as
+    processes, and every PostgreSQL run, still migrate empty databases)."""
+    databases.copy_migrated_template(database_url)
     tls = ensure_self_made(tmp_path / "tls")
     settings = ServerConfig("127.0.0.1:0", database_url, tls, retention_days=730, admin_token=ADMIN_TOKEN)
     settings = dataclasses.replace(settings, **config)

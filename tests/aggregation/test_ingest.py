@@ -13,7 +13,6 @@ from printernizer_stats.aggregation.ingest import MAX_REPORTS_PER_SUBMISSION, In
 from printernizer_stats.common.refusals import FieldError, Unauthenticated
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.store import schema
-from printernizer_stats.store.database import upgrade
 from printernizer_stats.store.ingest_store import IngestStore
 from printernizer_stats.store.refusals import Forbidden, TooManySubmissions
 from sqlalchemy import select
@@ -33,7 +32,7 @@ def clock() -> FakeClock:
 
 @pytest.fixture
 async def ingest(database_url: str, clock: FakeClock) -> AsyncIterator[Ingest]:
-    upgrade(database_url)
+    databases.upgrade(database_url)
     store = IngestStore.open(database_url)
     yield Ingest(store, clock=clock)
     await store.close()

@@ -1,17 +1,22 @@
 """The gateway's statistics API end to end: a real HTTP server (uvicorn) in front
 of the real analytics server over TLS, beside the real aggregation server, on
 SQLite and PostgreSQL. Auth, every endpoint, parameter bounds, error mapping,
-and the security headers."""
+and the security headers.
+
+The tests only read: they share one stack (and one gateway in front of the
+stand-in below), started once for the module on the module's event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import datetime as dt
 import re
+from collections.abc import AsyncIterator
 
 import grpc
 import httpx
 import pytest
+import pytest_asyncio
 from printernizer.stats.v1 import analytics_service_pb2, analytics_service_pb2_grpc
 from printernizer_stats.common import errors
 from printernizer_stats.demo.services import free_port
@@ -20,10 +25,21 @@ from printernizer_stats.gateway.pages import PLOTLY_JS
 from printernizer_stats.gateway.stats_api import AnalyticsClient
 
 from .. import databases
-from ..aggregation.conftest import ADMIN_TOKEN, TIMEOUT
-from .conftest import ADMIN, running_gateway
+from ..aggregation.conftest import ADMIN_TOKEN, TIMEOUT, running_server
+from .conftest import ADMIN, running_gateway, stats_gateway
 
-database_url = databases.database_url
+database_url = databases.module_database_url
+pytestmark = pytest.mark.asyncio(loop_scope="module")
+
+
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def gateway(
+    database_url: str, tmp_path_factory: pytest.TempPathFactory
+) -> AsyncIterator[httpx.AsyncClient]:
+    """The conftest's `gateway`, once for the module."""
+    base = tmp_path_factory.mktemp("stack")
+    async with running_server(database_url, base) as server, stats_gateway(server, base / "tls") as client:
+        yield client
 
 
 ENDPOINTS = [
@@ -180,15 +196,10 @@ class RefusingAnalytics(analytics_service_pb2_grpc.AnalyticsServiceServicer):
         await context.abort(self.code, f"refused with {self.code.name}")
 
 
-@pytest.mark.parametrize(
-    ("code", "status"),
-    [(code, status) for code, status in HTTP_STATUS.items() if code != grpc.StatusCode.CANCELLED]
-    + [(grpc.StatusCode.INTERNAL, 502), (grpc.StatusCode.DATA_LOSS, 502), (grpc.StatusCode.UNKNOWN, 502)],
-    ids=lambda value: value.name if isinstance(value, grpc.StatusCode) else str(value),
-)
-async def test_every_grpc_status_maps_to_its_http_status(code: grpc.StatusCode, status: int) -> None:
+@pytest_asyncio.fixture(scope="module", loop_scope="module")
+async def refusing_gateway() -> AsyncIterator[tuple[RefusingAnalytics, httpx.AsyncClient]]:
+    """The stand-in, and a client of the gateway in front of it: each test sets the code it answers."""
     refusing = RefusingAnalytics()
-    refusing.code = code
     server = grpc.aio.server()
     analytics_service_pb2_grpc.add_AnalyticsServiceServicer_to_server(refusing, server)
     port = server.add_insecure_port("127.0.0.1:0")
@@ -197,11 +208,25 @@ async def test_every_grpc_status_maps_to_its_http_status(code: grpc.StatusCode, 
     http, task, url = await running_gateway(analytics)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
-            answer = await client.get("/api/v1/stats/overview", headers=ADMIN)
+            yield refusing, client
     finally:
         http.should_exit = True
         await asyncio.wait_for(task, 30)
         await server.stop(None)
+
+
+@pytest.mark.parametrize(
+    ("code", "status"),
+    [(code, status) for code, status in HTTP_STATUS.items() if code != grpc.StatusCode.CANCELLED]
+    + [(grpc.StatusCode.INTERNAL, 502), (grpc.StatusCode.DATA_LOSS, 502), (grpc.StatusCode.UNKNOWN, 502)],
+    ids=lambda value: value.name if isinstance(value, grpc.StatusCode) else str(value),
+)
+async def test_every_grpc_status_maps_to_its_http_status(
+    refusing_gateway: tuple[RefusingAnalytics, httpx.AsyncClient], code: grpc.StatusCode, status: int
+) -> None:
+    refusing, client = refusing_gateway
+    refusing.code = code
+    answer = await client.get("/api/v1/stats/overview", headers=ADMIN)
     assert answer.status_code == status
     assert answer.json()["code"] == code.name
     assert answer.json()["error"]

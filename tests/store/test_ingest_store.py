@@ -11,7 +11,6 @@ from collections.abc import AsyncIterator
 import pytest
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.store import schema
-from printernizer_stats.store.database import upgrade
 from printernizer_stats.store.ingest_store import SUBMISSION_INTERVAL, CheckedReport, IngestStore, Report
 from printernizer_stats.store.refusals import Forbidden, TooManySubmissions, WrongKey
 from sqlalchemy import func, select
@@ -26,7 +25,7 @@ W44, W45, W46 = Week(2026, 44), Week(2026, 45), Week(2026, 46)
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[IngestStore]:
-    upgrade(database_url)
+    databases.upgrade(database_url)
     opened = IngestStore.open(database_url)
     yield opened
     await opened.close()
@@ -168,7 +167,7 @@ async def test_deletion_removes_everything_and_refuses_later_reports(store: Inge
 
 
 async def test_two_processes_storing_the_same_report_at_once_store_it_once(database_url: str) -> None:
-    upgrade(database_url)
+    databases.upgrade(database_url)
     first, second = IngestStore.open(database_url), IngestStore.open(database_url)
     try:
         report = valid_report(W46)
