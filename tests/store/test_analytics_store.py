@@ -131,6 +131,15 @@ async def test_tallies_by_week_keep_all_four_values(store: AnalyticsStore) -> No
     assert none == {}
 
 
+async def test_a_tally_can_be_read_for_some_fourth_values_only(store: AnalyticsStore) -> None:
+    async with store.snapshot() as snapshot:
+        every = await snapshot.groups(W45, W46, Tally.JOB_FAILURES_BY_VERSION)
+        cancelled = await snapshot.groups(W45, W46, Tally.JOB_FAILURES_BY_VERSION, fourth=[CANCELLED])
+        other = await snapshot.groups(W45, W46, Tally.JOB_FAILURES_BY_VERSION, fourth=[CANCELLED + 1])
+    assert cancelled == every
+    assert other == {}
+
+
 async def test_pairs_come_in_the_order_asked(store: AnalyticsStore) -> None:
     mode, version = Dimension.DIMENSION_DEPLOYMENT_MODE, Dimension.DIMENSION_APP_VERSION
     async with store.snapshot() as snapshot:

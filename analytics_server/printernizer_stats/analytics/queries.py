@@ -31,6 +31,7 @@ from . import anomalies
 from .anomalies import BASELINE_WEEKS, Alert
 from .privacy import DEFAULT_MIN_GROUP_SIZE, Disclosure, Folded, ratio
 from .release_health import (
+    RELEASE_ACTIVITIES,
     RELEASE_HEALTH_WEEKS,
     WeekFigures,
     compared,
@@ -559,14 +560,13 @@ class Analytics:
 
     async def _release_weeks(self, weeks: list[Week]) -> list[WeekFigures]:
         """The rollups release health reads, week by week."""
-        versions, activity, errors, failures, shared = await self._tallies(
-            weeks,
-            _V,
-            Tally.ACTIVITY_BY_VERSION,
-            Tally.ERRORS_BY_VERSION,
-            Tally.JOB_FAILURES_BY_VERSION,
-            Tally.SHARED_BY_VERSION,
+        versions, errors, failures, shared = await self._tallies(
+            weeks, _V, Tally.ERRORS_BY_VERSION, Tally.JOB_FAILURES_BY_VERSION, Tally.SHARED_BY_VERSION
         )
+        async with self.store.snapshot() as snapshot:
+            activity = await snapshot.groups(
+                weeks[0], weeks[-1], Tally.ACTIVITY_BY_VERSION, fourth=RELEASE_ACTIVITIES
+            )
         return week_figures(versions, activity, errors, failures, shared, [w.key for w in weeks])
 
     async def usage(
@@ -645,18 +645,19 @@ class Analytics:
         span = weeks_ending(weeks[-1], len(weeks) + BASELINE_WEEKS)
         k = self.min_group_size
         async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
-            versions, version_errors, pairs, shared, activity, failures, by_version_shared = [
+            versions, version_errors, shared, failures, by_version_shared = [
                 await snapshot.groups(span[0], span[-1], rollup)
                 for rollup in (
                     _V,
                     Tally.ERRORS_BY_VERSION,
-                    Tally.ERRORS_BY_TYPE_AND_COMPONENT,
                     Tally.SHARED,
-                    Tally.ACTIVITY_BY_VERSION,
                     Tally.JOB_FAILURES_BY_VERSION,
                     Tally.SHARED_BY_VERSION,
                 )
             ]
+            activity = await snapshot.groups(
+                span[0], span[-1], Tally.ACTIVITY_BY_VERSION, fourth=RELEASE_ACTIVITIES
+            )
             active = await snapshot.active(span[0], span[-1])
             received = await snapshot.arrivals(span[0], span[-1])
         release_figures = week_figures(
@@ -666,7 +667,8 @@ class Analytics:
         count = self.disclosure.count
         active = {w: count(n) for w, n in active.items()}
         received = {w: count(n) for w, n in received.items()}
-        errors = {w: count(sum(g.amount for g in groups)) for w, groups in pairs.items()}
+        # Every error row has one version: the fleet's errors are the versions' together.
+        errors = {w: count(sum(g.amount for g in groups)) for w, groups in version_errors.items()}
         # Errors per installation: over those that shared their errors.
         sharing = {w: count(n) for w, n in _at_least(shared, ERRORS_PART).items()}
         rate = {w.key: ratio(errors.get(w.key, 0), sharing.get(w.key, 0)) for w in span}

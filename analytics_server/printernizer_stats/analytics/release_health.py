@@ -20,6 +20,7 @@ alone would flag a tiny but certain difference across a large fleet.
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -47,6 +48,13 @@ MIN_FINISHED_JOBS = 100
 MIN_ERRORS = 10
 
 VersionKey = tuple[int, int, int]
+# The activities release health reads.
+RELEASE_ACTIVITIES = (
+    Activity.JOBS_COMPLETED,
+    Activity.JOBS_FAILED,
+    Activity.UPTIME_HOURS,
+    Activity.UNCLEAN_SHUTDOWNS,
+)
 _NONE = Group((), 0, 0)  # no rollup row: nothing of it
 
 
@@ -65,10 +73,41 @@ class WeekFigures:
     errors: Sequence[Group]
     failures: Sequence[Group]
     shared: Sequence[Group]
+    _releases: dict[int, dict[VersionKey, Release]] = field(default_factory=dict, compare=False, repr=False)
+
+    def releases(self, disclosure: Disclosure) -> dict[VersionKey, Release]:
+        """The week's figures per version (made once per k: a week is in several windows)."""
+        if disclosure.k not in self._releases:
+            self._releases[disclosure.k] = week_releases(self, disclosure)
+        return self._releases[disclosure.k]
 
     def sharing(self, version: VersionKey, level: int) -> int:
         """Installations on `version` whose reports share the part of `level`."""
-        return sum(g.installations for g in self.shared if g.key[:3] == version and g.key[3] >= level)
+        return sum(n for at, n in self._levels.get(version, []) if at >= level)
+
+    # Indexes of the rows by version, made once per week (a week is in several windows).
+    @functools.cached_property
+    def _levels(self) -> dict[tuple[int, ...], list[tuple[int, int]]]:
+        levels: dict[tuple[int, ...], list[tuple[int, int]]] = {}
+        for g in self.shared:
+            levels.setdefault(g.key[:3], []).append((g.key[3], g.installations))
+        return levels
+
+    @functools.cached_property
+    def activity_of(self) -> dict[tuple[int, ...], Group]:
+        return by_key(self.activity)
+
+    @functools.cached_property
+    def errors_of(self) -> dict[tuple[int, ...], Group]:
+        return by_key(self.errors)
+
+    @functools.cached_property
+    def reasons_of(self) -> dict[tuple[int, ...], list[Group]]:
+        """Per version, its failed jobs by reason (keyed by the reason)."""
+        reasons: dict[tuple[int, ...], list[Group]] = {}
+        for g in self.failures:
+            reasons.setdefault(g.key[:3], []).append(Group(g.key[3:4], g.installations, g.amount))
+        return reasons
 
 
 @dataclass
@@ -106,6 +145,22 @@ class Release:
     def uptime_hours_per_installation(self) -> float:
         return ratio(self.uptime_hours, self.usage_weeks)
 
+    def add(self, week: Release) -> None:
+        """Add one week's figures of the same version (not its installations)."""
+        self.installation_weeks += week.installation_weeks
+        self.usage_weeks += week.usage_weeks
+        self.error_weeks += week.error_weeks
+        self.unclean_weeks += week.unclean_weeks
+        self.crash_free_suppressed |= week.crash_free_suppressed
+        self.jobs_completed += week.jobs_completed
+        self.jobs_failed += week.jobs_failed
+        self.errors += week.errors
+        self.uptime_hours += week.uptime_hours
+        for reason, (installations, jobs) in week.failures.items():
+            figures = self.failures.setdefault(reason, [0, 0])
+            figures[0] += installations
+            figures[1] += jobs
+
 
 def by_key(groups: Sequence[Group]) -> dict[tuple[int, ...], Group]:
     return {g.key: g for g in groups}
@@ -121,40 +176,42 @@ def subgroup_publishable(within: int, total: int, k: int) -> bool:
 def releases(weeks: Sequence[WeekFigures], disclosure: Disclosure) -> list[Release]:
     """Each version published in at least one of `weeks` (oldest first), newest first."""
     found: dict[VersionKey, Release] = {}
-    count, k = disclosure.count, disclosure.k
     for index, week in enumerate(weeks):
-        activity, errors = by_key(week.activity), by_key(week.errors)
-        for group in disclosure.fold(week.versions).groups:
-            version: VersionKey = (group.key[0], group.key[1], group.key[2])
+        for version, part in week.releases(disclosure).items():
             release = found.setdefault(version, Release(version))
+            release.add(part)
             if index == len(weeks) - 1:
-                release.installations = group.installations
-            release.installation_weeks += group.installations
-            sharing_usage = week.sharing(version, consent_levels.USAGE)
-            release.usage_weeks += count(sharing_usage)
-            release.error_weeks += count(week.sharing(version, consent_levels.ERRORS))
-            done = {kind: activity.get((*version, int(kind)), _NONE) for kind in Activity}
-
-            def of(kind: Activity, done: dict[Activity, Group] = done) -> Group:
-                return done[kind]
-
-            unclean = of(Activity.UNCLEAN_SHUTDOWNS).installations
-            if subgroup_publishable(unclean, sharing_usage, k):
-                release.unclean_weeks += count(unclean)
-            else:
-                release.crash_free_suppressed = True
-            release.jobs_completed += count(of(Activity.JOBS_COMPLETED).amount)
-            release.jobs_failed += count(of(Activity.JOBS_FAILED).amount)
-            release.uptime_hours += count(of(Activity.UPTIME_HOURS).amount)
-            release.errors += count(errors.get((*version, 0), Group((), 0, 0)).amount)
-            reasons = [
-                Group(g.key[3:4], g.installations, g.amount) for g in week.failures if g.key[:3] == version
-            ]
-            for reason in disclosure.drop_small(reasons).groups:
-                figures = release.failures.setdefault(reason.key[0], [0, 0])
-                figures[0] += reason.installations
-                figures[1] += reason.amount
+                release.installations = part.installations
     return sorted(found.values(), key=lambda r: tuple(-p for p in r.version))
+
+
+def week_releases(week: WeekFigures, disclosure: Disclosure) -> dict[VersionKey, Release]:
+    """Each version's figures in one week, published (rounded) as release health sums them."""
+    found: dict[VersionKey, Release] = {}
+    count, k = disclosure.count, disclosure.k
+    activity, errors = week.activity_of, week.errors_of
+    for group in disclosure.fold(week.versions).groups:
+        version: VersionKey = (group.key[0], group.key[1], group.key[2])
+        release = found[version] = Release(version, group.installations, group.installations)
+        sharing_usage = week.sharing(version, consent_levels.USAGE)
+        release.usage_weeks = count(sharing_usage)
+        release.error_weeks = count(week.sharing(version, consent_levels.ERRORS))
+
+        def of(kind: Activity, version: VersionKey = version) -> Group:
+            return activity.get((*version, int(kind)), _NONE)
+
+        unclean = of(Activity.UNCLEAN_SHUTDOWNS).installations
+        if subgroup_publishable(unclean, sharing_usage, k):
+            release.unclean_weeks = count(unclean)
+        else:
+            release.crash_free_suppressed = True
+        release.jobs_completed = count(of(Activity.JOBS_COMPLETED).amount)
+        release.jobs_failed = count(of(Activity.JOBS_FAILED).amount)
+        release.uptime_hours = count(of(Activity.UPTIME_HOURS).amount)
+        release.errors = count(errors.get((*version, 0), _NONE).amount)
+        for reason in disclosure.drop_small(week.reasons_of.get(version, [])).groups:
+            release.failures[reason.key[0]] = [reason.installations, reason.amount]
+    return found
 
 
 @dataclass(frozen=True)

@@ -14,7 +14,7 @@ figure) is one more method there and inherits the consistency of the rest.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any
 
@@ -90,21 +90,25 @@ class Snapshot:
             )
         return int(await self.connection.scalar(statement) or 0)
 
-    async def groups(self, first: Week, last: Week, rollup: int) -> dict[int, list[Group]]:
+    async def groups(
+        self, first: Week, last: Week, rollup: int, fourth: Collection[int] | None = None
+    ) -> dict[int, list[Group]]:
         """Each week's groups of one rollup, from `first` to `last` (a week with
         no groups is left out): a dimension's number (weekly_groups; a key is
         its three values, unused ones 0), or a `Tally` (weekly_tallies; a key is
         its four values: a tally by app version and something else has the
-        version first, and every other tally leaves the fourth value 0)."""
+        version first, and every other tally leaves the fourth value 0).
+        `fourth`: only a tally's rows with one of these fourth values."""
         if isinstance(rollup, Tally):
             table, kind, values = _tallies, _tallies.c.tally, _TALLY_VALUES
         else:
             table, kind, values = _groups, _groups.c.dimension, _GROUP_VALUES
-        rows = await self.connection.execute(
-            select(table.c.week, table.c.installations, table.c.amount, *(table.c[v] for v in values)).where(
-                table.c.week.between(first.key, last.key), kind == rollup
-            )
-        )
+        statement = select(
+            table.c.week, table.c.installations, table.c.amount, *(table.c[v] for v in values)
+        ).where(table.c.week.between(first.key, last.key), kind == rollup)
+        if fourth is not None:
+            statement = statement.where(_tallies.c.value_d.in_([int(v) for v in fourth]))
+        rows = await self.connection.execute(statement)
         per_week: dict[int, list[Group]] = {}
         for week, installations, amount, *key in rows:
             per_week.setdefault(int(week), []).append(
