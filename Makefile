@@ -33,7 +33,7 @@ test: check
 
 ## The quick loop while working: the tests that need nothing but this Python
 ## process (no real processes, PostgreSQL, Chromium or podman) and are not
-## slow (the long generated runs); no checks. About 50 s on two cores.
+## slow (the long generated runs); no checks. Under a minute on two cores.
 test-fast: setup
 	$(BIN)/python -m pytest -n 2 -m "not processes and not postgres and not browser and not containers and not slow"
 
