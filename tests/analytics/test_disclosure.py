@@ -192,7 +192,13 @@ async def published_over_tls(
             await task
     at = (weeks[-1], 4 if len(weeks) >= 4 else 1)
     published = everything.published
-    answers = Answers(published.overviews[at], published.release_health[at], published.usage[at])
+    answers = Answers(
+        published.overviews[at],
+        published.release_health[at],
+        published.usage[at],
+        published.deployment_error_rates[at],
+        published.features_by_version[weeks[-1]],
+    )
     everything.email = content(answers, "weekly")
     return everything
 
@@ -218,6 +224,15 @@ def counts_outside_answers(everything: Everything) -> list[str]:
         for row in section["rows"]
     ]
     figures += [(f"release {row['version']}", row["installations"]) for row in everything.email["releases"]]
+    figures += [
+        (f"deployment errors {row['label']} {name}", row[name])
+        for row in everything.email["deployment_errors"]
+        for name in ("installations", "errors")
+    ]
+    figures += [
+        (f"features of {row['version']}", row["installations"])
+        for row in everything.email["features_by_version"]
+    ]
     figures += [
         (f"usage {row['week']} {name}", row[name])
         for row in everything.email["usage"]

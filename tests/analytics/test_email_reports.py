@@ -75,6 +75,26 @@ async def test_the_weekly_summary_arrives_with_the_dashboards_figures(
             assert line in text
             assert f'<td>{label}</td><td align="right">{entry.installations}</td>' in html
     assert "Raspberry Pi" not in text  # folded into "other" (k = 3) on the dashboard, so here too
+    # The views by deployment mode and version, as the dashboard has them for the week.
+    window = analytics_service_pb2.WeekWindow(until=W46.to_proto())
+    rates = await stored.analytics.error_rates(
+        analytics_service_pb2.GetErrorRatesRequest(window=window, by_deployment_mode=True)
+    )
+    shown = [s for s in rates.series if not s.points[-1].suppressed]
+    assert shown
+    for series in shown:
+        label = "other" if series.other else " / ".join(v.label for v in series.values)
+        point = series.points[-1]
+        assert (
+            f"  {label}: {point.installations} installations, {point.rate:.2f} errors per installation"
+            in text
+        )
+    adoption = await stored.analytics.feature_adoption_by_version(
+        analytics_service_pb2.GetFeatureAdoptionByVersionRequest(week=W46.to_proto())
+    )
+    assert adoption.versions
+    for version in adoption.versions:
+        assert f"  {version.version.label} ({version.installations} installations): " in text
 
 
 async def test_html_is_escaped(stored: Stored, smtp: tuple[Inbox, int]) -> None:

@@ -86,6 +86,8 @@ class Answers:
     overview: analytics_service_pb2.GetOverviewResponse
     release_health: analytics_service_pb2.GetReleaseHealthResponse
     usage: analytics_service_pb2.GetUsageResponse
+    deployment_errors: analytics_service_pb2.GetErrorRatesResponse
+    features_by_version: analytics_service_pb2.GetFeatureAdoptionByVersionResponse
 
 
 async def answers(analytics: Analytics, window: analytics_service_pb2.WeekWindow) -> Answers:
@@ -95,6 +97,12 @@ async def answers(analytics: Analytics, window: analytics_service_pb2.WeekWindow
         await analytics.overview(analytics_service_pb2.GetOverviewRequest(window=window)),
         await analytics.release_health(analytics_service_pb2.GetReleaseHealthRequest(window=health_window)),
         await analytics.usage(analytics_service_pb2.GetUsageRequest(window=window)),
+        await analytics.error_rates(
+            analytics_service_pb2.GetErrorRatesRequest(window=window, by_deployment_mode=True)
+        ),
+        await analytics.feature_adoption_by_version(
+            analytics_service_pb2.GetFeatureAdoptionByVersionRequest(week=window.until)
+        ),
     )
 
 
@@ -133,6 +141,38 @@ def _usage_rows(usage: analytics_service_pb2.GetUsageResponse) -> list[dict[str,
             "crash_free": "too few to show" if w.crash_free_suppressed else _percent(w.crash_free_rate),
         }
         for w in usage.weeks
+    ]
+
+
+def _deployment_error_rows(rates: analytics_service_pb2.GetErrorRatesResponse) -> list[dict[str, Any]]:
+    """The last week's error rates per deployment mode and version (those published that week)."""
+    rows = []
+    for series in rates.series:
+        point = series.points[-1] if series.points else None
+        if point is None or point.suppressed:
+            continue
+        rows.append(
+            {
+                "label": "other" if series.other else " / ".join(v.label for v in series.values),
+                "installations": point.installations,
+                "errors": point.count,
+                "rate": f"{point.rate:.2f}",
+                "failed": _percent(point.share),
+            }
+        )
+    return rows
+
+
+def _feature_version_rows(
+    adoption: analytics_service_pb2.GetFeatureAdoptionByVersionResponse,
+) -> list[dict[str, Any]]:
+    return [
+        {
+            "version": version.version.label,
+            "installations": version.installations,
+            "features": ", ".join(f"{f.feature.label} {_percent(f.enabled_share)}" for f in version.features),
+        }
+        for version in adoption.versions
     ]
 
 
@@ -200,6 +240,8 @@ def content(given: Answers, title: str) -> dict[str, Any]:
         "releases": _release_rows(given.release_health),
         "release_weeks": len(given.release_health.weeks),
         "usage": _usage_rows(given.usage),
+        "deployment_errors": _deployment_error_rows(given.deployment_errors),
+        "features_by_version": _feature_version_rows(given.features_by_version),
         "min_group_size": overview.min_group_size,
     }
 
