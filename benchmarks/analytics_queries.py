@@ -26,8 +26,8 @@ from typing import Any
 
 from printernizer.stats.v1 import analytics_service_pb2 as api
 from printernizer.stats.v1 import country_pb2
-from printernizer_stats.analytics.queries import Analytics, weeks_ending
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.analytics.queries import Analytics
+from printernizer_stats.common.weeks import Week, weeks_ending
 from printernizer_stats.store import schema
 from printernizer_stats.store.analytics_store import AnalyticsStore
 from printernizer_stats.store.database import async_url, create_sync_engine, upgrade

@@ -30,7 +30,7 @@ from typing import Any
 import psycopg
 from printernizer.stats.v1 import country_pb2
 from printernizer_stats.analytics.queries import Analytics
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.common.weeks import Week, weeks_ending
 from printernizer_stats.store.analytics_store import AnalyticsStore
 from printernizer_stats.store.database import create_server_engine, upgrade
 from printernizer_stats.store.ingest_store import IngestStore
@@ -81,13 +81,6 @@ REPORT_COLUMNS = (
 
 def _installation_id(number: str) -> str:
     return f"('\\x0000000000000000'::bytea || int8send({number}))"
-
-
-def weeks_until(last: Week, count: int) -> list[Week]:
-    weeks = [last]
-    while len(weeks) < count:
-        weeks.append(weeks[-1].previous())
-    return weeks[::-1]
 
 
 def _reporting(index: int) -> str:
@@ -188,7 +181,7 @@ def fill_fleet(url: str, installations: int, week_count: int) -> int:
     each installation reports ~90 % of weeks, with 1-2 printer types, 3
     features, and an error in a quarter of its reports."""
     upgrade(url)
-    weeks = weeks_until(LAST, week_count)
+    weeks = weeks_ending(LAST, week_count)
     with psycopg.connect(_plain(url)) as connection:
         # Loading rows that are consistent by construction: no foreign-key
         # trigger per row (session_replication_role), and the secondary

@@ -44,7 +44,7 @@ from printernizer.stats.v1 import (
 from printernizer_stats.agent.consent import Identity
 from printernizer_stats.analytics.queries import group_value
 from printernizer_stats.common.identity import report_id
-from printernizer_stats.common.weeks import Week, parse_week
+from printernizer_stats.common.weeks import Week, parse_week, weeks_ending
 from printernizer_stats.gateway.community import CHARTS as COMMUNITY_CHARTS
 from printernizer_stats.gateway.community import COMBINED
 from printernizer_stats.store.rollup_store import Tally
@@ -554,10 +554,7 @@ class Auditor:
 
     def _release_versions(self, where: str, window: api.WeekWindow, labels: Iterable[str]) -> None:
         """Each version release health lists had at least k installations in some week it covers."""
-        last = Week.from_proto(window.until)
-        weeks = [last]
-        while len(weeks) < window.weeks:
-            weeks.append(weeks[-1].previous())
+        weeks = weeks_ending(Week.from_proto(window.until), window.weeks)
         for label in labels:
             sizes = [
                 self.truth.count(w, [Dimension.DIMENSION_APP_VERSION], [key])

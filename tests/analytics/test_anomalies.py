@@ -10,8 +10,8 @@ from collections.abc import Callable
 from printernizer.stats.v1 import aggregated_stats_pb2, analytics_service_pb2
 from printernizer_stats.aggregation.ingest import Ingest
 from printernizer_stats.analytics import anomalies
-from printernizer_stats.analytics.queries import Analytics, weeks_ending
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.analytics.queries import Analytics
+from printernizer_stats.common.weeks import Week, weeks_ending
 from printernizer_stats.store.analytics_store import AnalyticsStore
 from printernizer_stats.store.ingest_store import IngestStore
 from printernizer_stats.store.rollup_store import Rollups

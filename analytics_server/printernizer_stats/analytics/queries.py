@@ -23,7 +23,7 @@ from printernizer.stats.v1 import analytics_service_pb2, common_pb2
 from printernizer_stats.common import consent_levels
 from printernizer_stats.common.countries import country_name
 from printernizer_stats.common.refusals import FieldError
-from printernizer_stats.common.weeks import Week, last_complete_week
+from printernizer_stats.common.weeks import Week, last_complete_week, weeks_ending
 from printernizer_stats.store.analytics_store import AnalyticsStore, Group
 from printernizer_stats.store.rollup_store import Activity, Tally
 
@@ -52,14 +52,6 @@ _PART_OF = {
 }
 MAX_WEEKS = 104
 DEFAULT_WEEKS = 12
-
-
-def weeks_ending(until: Week, count: int) -> list[Week]:
-    """`count` weeks ending with `until`, oldest first."""
-    weeks = [until]
-    while len(weeks) < count:
-        weeks.append(weeks[-1].previous())
-    return weeks[::-1]
 
 
 def _week(field: str, given: common_pb2.IsoWeek | None, now: dt.datetime) -> Week:

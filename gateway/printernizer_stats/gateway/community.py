@@ -40,7 +40,7 @@ from fastapi import APIRouter, Depends, Path, Response
 from google.protobuf.message import Message
 from printernizer.stats.v1 import analytics_service_pb2 as api
 from printernizer.stats.v1 import common_pb2
-from printernizer_stats.common.weeks import Week
+from printernizer_stats.common.weeks import Week, weeks_ending
 from printernizer_stats.sdk.i18n import disclosure_document
 
 from .errors import HttpRefusal
@@ -293,14 +293,6 @@ CHARTS: tuple[Chart, ...] = (
 
 # (Module level: FastAPI reads the routes' annotations in this module's namespace.)
 ChartName = Annotated[str, Path(description=f"the chart: {', '.join(c.name for c in CHARTS)}")]
-
-
-def weeks_ending(until: Week, count: int) -> list[Week]:
-    """`count` weeks ending with `until`, oldest first."""
-    weeks = [until]
-    while len(weeks) < count:
-        weeks.append(weeks[-1].previous())
-    return weeks[::-1]
 
 
 def _json_bytes(document: Any) -> bytes:

@@ -94,6 +94,14 @@ def weeks_between(first: Week, last: Week) -> list[Week]:
     return weeks
 
 
+def weeks_ending(until: Week, count: int) -> list[Week]:
+    """`count` weeks ending with `until`, oldest first."""
+    weeks = [until]
+    while len(weeks) < count:
+        weeks.append(weeks[-1].previous())
+    return weeks[::-1]
+
+
 def last_complete_week(now: dt.datetime) -> Week:
     """The newest week whose end has passed: what the analytics publish by
     default, and the newest week an agent reports."""
