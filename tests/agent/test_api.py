@@ -486,10 +486,12 @@ async def store(tmp_path: Path) -> AsyncIterator[AgentStore]:
         await opened.close()
 
 
-async def sharing_agent(store: AgentStore, clock: FakeClock, timezone: str = "Europe/Berlin") -> StatsAgent:
+async def sharing_agent(
+    store: AgentStore, clock: FakeClock, timezone: str = "Europe/Berlin", schema_version: int = 1
+) -> StatsAgent:
     """An agent that opted in (at the clock's time) before the events below."""
     agent = StatsAgent(store, AgentConfig(timezone, 400, Override()), clock=clock)
-    await agent.set_consent(agent_service_pb2.CONSENT_STATE_SHARING, 1)
+    await agent.set_consent(agent_service_pb2.CONSENT_STATE_SHARING, schema_version)
     return agent
 
 
@@ -509,7 +511,7 @@ async def record_at(agent: StatsAgent, clock: FakeClock, now: dt.datetime, *even
 
 
 async def test_report_counts_jobs_errors_and_failure_reasons(store: AgentStore, clock: FakeClock) -> None:
-    agent = await sharing_agent(store, clock)
+    agent = await sharing_agent(store, clock, schema_version=CURRENT_SCHEMA_VERSION)
     previous_week = [
         *(job_created(at(-3, h)) for h in range(5)),
         job_failed(at(-1, 23, 59), reason=C.JOB_FAILURE_REASON_TIMEOUT),
@@ -524,7 +526,7 @@ async def test_report_counts_jobs_errors_and_failure_reasons(store: AgentStore, 
         job_completed(at(3, 10), C.PRINTER_TYPE_KLIPPER, C.JOB_DURATION_BUCKET_UNDER_12_HOURS),
         job_failed(at(2, 11), reason=C.JOB_FAILURE_REASON_FILAMENT_RUNOUT),
         job_failed(at(4, 11), reason=C.JOB_FAILURE_REASON_CANCELLED),
-        job_failed(at(5, 11), reason=C.JOB_FAILURE_REASON_CANCELLED),
+        job_failed(at(5, 11), reason=C.JOB_FAILURE_REASON_CANCELLED, printer=C.PRINTER_TYPE_BAMBU_LAB),
         error_occurred(at(1, 1), C.ERROR_TYPE_TIMEOUT, C.COMPONENT_PRINTER_SERVICE),
         error_occurred(at(1, 2), C.ERROR_TYPE_TIMEOUT, C.COMPONENT_PRINTER_SERVICE),
         error_occurred(at(1, 3), C.ERROR_TYPE_TIMEOUT, C.COMPONENT_JOB_SERVICE),
@@ -556,6 +558,12 @@ async def test_report_counts_jobs_errors_and_failure_reasons(store: AgentStore, 
     assert [(f.reason, f.count) for f in usage.job_failures] == [
         (C.JOB_FAILURE_REASON_CANCELLED, 2),
         (C.JOB_FAILURE_REASON_FILAMENT_RUNOUT, 1),
+    ]
+    # Each job on the family that ran it: (completed, failed) per family, in the contract's order.
+    assert [(j.printer_type, j.completed, j.failed) for j in usage.jobs_by_printer_type] == [
+        (C.PRINTER_TYPE_BAMBU_LAB, 0, 1),
+        (C.PRINTER_TYPE_PRUSA, 2, 2),
+        (C.PRINTER_TYPE_KLIPPER, 1, 0),
     ]
     assert [(e.error_type, e.component, e.count) for e in got.errors] == [
         (C.ERROR_TYPE_DISK_FULL, C.COMPONENT_FILE_SERVICE, 1),

@@ -24,6 +24,7 @@ from ..agent_harness import FakeClock, error_occurred, feature, fleet, job_compl
 SHARING = agent_service_pb2.CONSENT_STATE_SHARING
 V1 = aggregated_stats_pb2.REPORT_SCHEMA_VERSION_1
 V2 = aggregated_stats_pb2.REPORT_SCHEMA_VERSION_2
+V3 = aggregated_stats_pb2.REPORT_SCHEMA_VERSION_3
 WEEK = Week(2026, 10)
 Report = aggregated_stats_pb2.AggregatedStats
 UNKNOWN_DURATION = common_pb2.JOB_DURATION_BUCKET_UNKNOWN
@@ -69,6 +70,7 @@ def lists(report: Report) -> dict[str, list[tuple[int, ...]]]:
         "durations": [(d.duration, d.count) for d in usage.completed_job_durations],
         "failures": [(f.reason, f.count) for f in usage.job_failures],
         "errors": [(e.error_type, e.component, e.count) for e in report.errors],
+        "jobs_by_printer": [(j.printer_type, j.completed, j.failed) for j in usage.jobs_by_printer_type],
     }
 
 
@@ -108,6 +110,8 @@ async def test_schema_1_consent_sends_schema_1_values_until_the_user_agrees_to_s
             (common_pb2.ERROR_TYPE_OTHER, common_pb2.COMPONENT_OTHER, 2),
             (common_pb2.ERROR_TYPE_TIMEOUT, common_pb2.COMPONENT_API, 1),
         ],
+        # A schema-3 field: not sent before the user agrees to schema 3.
+        "jobs_by_printer": [],
     }
     assert (old.usage.jobs_created, old.usage.jobs_completed, old.usage.jobs_failed) == (2, 2, 2)
     accepted_as_sent(old)
@@ -139,8 +143,23 @@ async def test_schema_1_consent_sends_schema_1_values_until_the_user_agrees_to_s
             (common_pb2.ERROR_TYPE_TIMEOUT, common_pb2.COMPONENT_API, 1),
             (common_pb2.ERROR_TYPE_NOT_FOUND, common_pb2.COMPONENT_SLICER, 1),
         ],
+        "jobs_by_printer": [],
     }
     accepted_as_sent(new)
+
+    # Schema 3 adds the jobs per printer family (the failed jobs ran on the harness's Prusa).
+    await agent.set_consent(SHARING, V3)
+    newest = Report.FromString(await agent.report_bytes(WEEK))
+    assert newest.schema_version == V3
+    assert lists(newest)["jobs_by_printer"] == [
+        (common_pb2.PRINTER_TYPE_BAMBU_LAB, 1, 0),
+        (common_pb2.PRINTER_TYPE_PRUSA, 0, 2),
+        (common_pb2.PRINTER_TYPE_UNKNOWN, 1, 0),
+    ]
+    assert {k: v for k, v in lists(newest).items() if k != "jobs_by_printer"} == {
+        k: v for k, v in lists(new).items() if k != "jobs_by_printer"
+    }
+    accepted_as_sent(newest)
 
 
 async def test_the_preview_before_opting_in_shows_the_newest_schema(

@@ -79,6 +79,17 @@ def valid_report(week: Week = LAST_WEEK) -> aggregated_stats_pb2.AggregatedStats
     return report
 
 
+def current_report(week: Week = LAST_WEEK) -> aggregated_stats_pb2.AggregatedStats:
+    """The valid report at the current schema version (3): every part shared,
+    its jobs counted per printer family too."""
+    report = valid_report(week)
+    report.schema_version = aggregated_stats_pb2.REPORT_SCHEMA_VERSION_3
+    report.consent_level = aggregated_stats_pb2.CONSENT_LEVEL_ERRORS
+    report.usage.jobs_by_printer_type.add(printer_type=common_pb2.PRINTER_TYPE_PRUSA, completed=2, failed=2)
+    report.usage.jobs_by_printer_type.add(printer_type=common_pb2.PRINTER_TYPE_BAMBU_LAB, completed=1)
+    return report
+
+
 class Installation:
     """The signing side of one installation, as its agent would sign."""
 
@@ -126,8 +137,11 @@ def varint(value: int) -> bytes:
             return bytes(encoded)
 
 
-def report_of(installation: Installation, week: Week) -> aggregated_stats_pb2.AggregatedStats:
-    report = valid_report(week)
+def report_of(
+    installation: Installation, week: Week, current: bool = False
+) -> aggregated_stats_pb2.AggregatedStats:
+    """The valid report (`current`: at the current schema version) as `installation` sends it."""
+    report = current_report(week) if current else valid_report(week)
     report.installation.installation_id = installation.installation_id
     report.report_id = report_id(installation.installation_id, week)
     return report

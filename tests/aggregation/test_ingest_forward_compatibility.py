@@ -138,6 +138,17 @@ def newer_reports(draw: st.DrawFn) -> Report:
     usage.jobs_completed = sum(d.count for d in usage.completed_job_durations)
     if report.schema_version >= consent_levels.SINCE_SCHEMA_VERSION:
         report.consent_level = consent_levels.EVERYTHING  # it holds every part
+        # The jobs spread over families (unique as sent), adding up to the jobs.
+        families = draw(st.lists(values(ENUMS["printer_type"]), min_size=1, max_size=5, unique=True))
+        jobs = {family: [0, 0] for family in families}
+        for outcome, total in enumerate((usage.jobs_completed, usage.jobs_failed)):
+            for family in families[:-1]:
+                jobs[family][outcome] = draw(st.integers(0, total))
+                total -= jobs[family][outcome]
+            jobs[families[-1]][outcome] = total
+        for family, (completed, failed) in jobs.items():
+            if completed or failed:
+                usage.jobs_by_printer_type.add(printer_type=family, completed=completed, failed=failed)  # type: ignore[arg-type]
     return report
 
 
@@ -152,6 +163,7 @@ def unknown_values_in(report: Report) -> int:
         *(pair for e in report.errors for pair in (("error_type", e.error_type), ("component", e.component))),
         *(("reason", f.reason) for f in report.usage.job_failures),
         *(("duration", d.duration) for d in report.usage.completed_job_durations),
+        *(("printer_type", j.printer_type) for j in report.usage.jobs_by_printer_type),
     ]
     version = report.schema_version
     return sum(not known(ENUMS[name], value, version) for name, value in scalars + entries)
@@ -172,6 +184,13 @@ def expected_lists(report: Report) -> dict[str, Counter[tuple[int, ...]]]:
         return Counter({(*key, min(total, most) if most else total): 1 for key, total in totals.items()})
 
     usage = report.usage
+    # Jobs per family carry two counts, each summed where families merge (never clamped).
+    by_family: dict[int, tuple[int, int]] = {}
+    for j in usage.jobs_by_printer_type:
+        family = normal("printer_type", j.printer_type)
+        completed, failed = by_family.get(family, (0, 0))
+        by_family[family] = (completed + j.completed, failed + j.failed)
+    jobs_by_printer_merged = Counter({(family, *jobs): 1 for family, jobs in by_family.items()})
     return {
         "printers": merged(
             (((normal("printer_type", p.printer_type),), p.count) for p in report.printer_fleet.printers),
@@ -193,6 +212,7 @@ def expected_lists(report: Report) -> dict[str, Counter[tuple[int, ...]]]:
         "job_durations": merged(
             (((normal("duration", d.duration),), d.count) for d in usage.completed_job_durations), None
         ),
+        "jobs_by_printer": jobs_by_printer_merged,
     }
 
 
@@ -204,6 +224,9 @@ def lists_of(report: Report) -> dict[str, Counter[tuple[int, ...]]]:
         "errors": Counter((e.error_type, e.component, e.count) for e in report.errors),
         "job_failures": Counter((f.reason, f.count) for f in usage.job_failures),
         "job_durations": Counter((d.duration, d.count) for d in usage.completed_job_durations),
+        "jobs_by_printer": Counter(
+            (j.printer_type, j.completed, j.failed) for j in usage.jobs_by_printer_type
+        ),
     }
 
 
@@ -233,6 +256,7 @@ def stored_lists(database_url: str, report: bytes) -> dict[str, Counter[tuple[in
         "errors": (schema.report_errors, ("error_type", "component", "count")),
         "job_failures": (schema.report_job_failures, ("reason", "count")),
         "job_durations": (schema.report_job_durations, ("duration", "count")),
+        "jobs_by_printer": (schema.report_printer_jobs, ("printer_type", "completed", "failed")),
     }
     engine = create_sync_engine(database_url)
     try:

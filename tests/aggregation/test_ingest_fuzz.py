@@ -191,7 +191,8 @@ def wrong_reports(draw: st.DrawFn, signer: Installation, coherent: bool) -> Mess
     type can carry (a coherent one is left valid half of the time)."""
     owner = signer if coherent else draw(st.sampled_from([signer, *KNOWN, GONE]))
     week = draw(st.sampled_from([LAST_WEEK, LAST_WEEK.previous()])) if coherent else draw(weeks)
-    report = report_of(owner, week if isinstance(week, Week) else LAST_WEEK)
+    # An earlier schema's report or the current one's (with its jobs per printer family).
+    report = report_of(owner, week if isinstance(week, Week) else LAST_WEEK, current=draw(st.booleans()))
     if not isinstance(week, Week):
         report.period.year, report.period.week = week
     overwritten = (
@@ -364,6 +365,7 @@ def kept_rows(engine: Engine) -> dict[str, list[tuple[object, ...]]]:
             schema.report_errors,
             schema.report_job_failures,
             schema.report_job_durations,
+            schema.report_printer_jobs,
         ):
             rows[table.name] = list(connection.execute(select(table).where(table.c.report.in_(keys))))
         return {name: sorted((tuple(r) for r in found), key=repr) for name, found in rows.items()}

@@ -88,6 +88,7 @@ def stored_content(database_url: str, installation_id: bytes) -> list[tuple[obje
                     schema.report_errors,
                     schema.report_job_failures,
                     schema.report_job_durations,
+                    schema.report_printer_jobs,
                 ):
                     rows = connection.execute(select(table).where(table.c.report == report.id)).all()
                     content += sorted((table.name, *row[1:]) for row in rows)
@@ -118,9 +119,10 @@ async def server(database_url: str, tmp_path: Path) -> AsyncIterator[RunningServ
 
 def test_every_message_of_the_report_is_tried() -> None:
     # The report, its installation, two versions, the period, the fleet and its
-    # printers, usage with failures and durations, features and errors.
-    assert len(PATHS) == 12
+    # printers, usage with failures, durations and jobs per family, features and errors.
+    assert len(PATHS) == 13
     assert (("usage", None), ("job_failures", 0)) in PATHS
+    assert (("usage", None), ("jobs_by_printer_type", 0)) in PATHS
 
 
 async def test_unknown_fields_at_every_depth_are_discarded_counted_and_never_kept(
@@ -132,14 +134,14 @@ async def test_unknown_fields_at_every_depth_are_discarded_counted_and_never_kep
         marker = SECRET + uuid.uuid4().hex.encode()
         markers.append(marker)
         agent, twin = Installation(uuid.uuid4().bytes), Installation(uuid.uuid4().bytes)
-        data = spliced_at_path(report_of(agent, WEEK), path, marked_unknown_fields(marker))
+        data = spliced_at_path(report_of(agent, WEEK, current=True), path, marked_unknown_fields(marker))
         assert carries_unknown_fields(aggregated_stats_pb2.AggregatedStats.FromString(data)), path
         receipt = await server.stub.SubmitReports(agent.submission(data), timeout=TIMEOUT)
         assert receipt.receipts[0].status == ingest_service_pb2.RECEIPT_STATUS_ACCEPTED, path
         await server.stub.SubmitReports(
             agent.submission(data), timeout=TIMEOUT
         )  # a replay: not counted again
-        await server.stub.SubmitReports(twin.submission(report_of(twin, WEEK)), timeout=TIMEOUT)
+        await server.stub.SubmitReports(twin.submission(report_of(twin, WEEK, current=True)), timeout=TIMEOUT)
         stored = stored_content(server.database_url, agent.installation_id)
         assert stored, path
         assert stored == stored_content(server.database_url, twin.installation_id), path

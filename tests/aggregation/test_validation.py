@@ -11,7 +11,7 @@ from printernizer_stats.common import consent_levels
 from printernizer_stats.common.identity import signature_is_valid
 from printernizer_stats.common.weeks import Week
 
-from .conftest import FIRST_KEPT, INSTALLATION, NOW, valid_report
+from .conftest import FIRST_KEPT, INSTALLATION, NOW, current_report, valid_report
 
 
 def fields(report: aggregated_stats_pb2.AggregatedStats, installation: bytes = INSTALLATION) -> list[str]:
@@ -176,8 +176,7 @@ def test_signatures() -> None:
 
 def at_level(level: int) -> aggregated_stats_pb2.AggregatedStats:
     """The valid report as an agent at `level` sends it (schema version 3)."""
-    report = valid_report()
-    report.schema_version = consent_levels.SINCE_SCHEMA_VERSION  # type: ignore[assignment]
+    report = current_report()
     report.consent_level = level  # type: ignore[assignment]
     consent_levels.keep_only(report, level)
     return report
@@ -190,8 +189,7 @@ def test_a_report_holding_exactly_its_level_passes(level: int) -> None:
 
 @pytest.mark.parametrize("level", consent_levels.LEVELS[:-1])
 def test_a_report_holding_more_than_its_level_is_refused_naming_each_part(level: int) -> None:
-    report = valid_report()  # every part
-    report.schema_version = consent_levels.SINCE_SCHEMA_VERSION  # type: ignore[assignment]
+    report = current_report()  # every part
     report.consent_level = level  # type: ignore[assignment]
     beyond = [name for name, lowest in consent_levels.LEVEL_OF_FIELD.items() if lowest > level]
     assert sorted(fields(report)) == sorted(beyond)
@@ -211,3 +209,46 @@ def test_a_level_is_required_from_its_schema_version_and_refused_before() -> Non
     # Before levels, a report holds every part, and says nothing of a level.
     assert fields(valid_report()) == []
     assert consent_levels.level_of(valid_report()) == consent_levels.EVERYTHING
+
+
+# --- jobs per printer family (schema version 3) ---------------------------------------------------------
+
+
+def test_jobs_per_printer_family_must_add_up_to_the_jobs() -> None:
+    assert fields(current_report()) == []
+    report = current_report()
+    report.usage.jobs_by_printer_type[1].completed = 2  # 4 completed on the families, 3 in all
+    assert fields(report) == ["usage.jobs_by_printer_type"]
+    report = current_report()
+    report.usage.jobs_by_printer_type[0].failed = 1
+    assert fields(report) == ["usage.jobs_by_printer_type"]
+    report = current_report()
+    del report.usage.jobs_by_printer_type[:]  # jobs on no family at all
+    assert fields(report) == ["usage.jobs_by_printer_type", "usage.jobs_by_printer_type"]
+    report = current_report()
+    report.usage.jobs_by_printer_type.add(printer_type=common_pb2.PRINTER_TYPE_CREALITY)  # no jobs
+    assert fields(report) == ["usage.jobs_by_printer_type[2]"]
+    report = current_report()
+    report.usage.jobs_by_printer_type.add(printer_type=common_pb2.PRINTER_TYPE_PRUSA)  # listed twice
+    assert "usage.jobs_by_printer_type[2]" in fields(report)
+
+
+def test_a_field_newer_than_the_reports_schema_version_is_refused_naming_it() -> None:
+    early = valid_report()
+    early.schema_version = aggregated_stats_pb2.REPORT_SCHEMA_VERSION_2
+    early.usage.jobs_by_printer_type.add(printer_type=common_pb2.PRINTER_TYPE_PRUSA, completed=3, failed=2)
+    assert fields(early) == ["usage.jobs_by_printer_type"]
+    # Without the entries a version-2 report's jobs are fine: it had no way to say.
+    assert fields(valid_report()) == []
+
+
+def test_unknown_printer_families_merge_with_their_jobs_summed() -> None:
+    report = current_report()
+    del report.usage.jobs_by_printer_type[:]
+    report.usage.jobs_by_printer_type.add(printer_type=common_pb2.PRINTER_TYPE_OTHER, completed=1)
+    report.usage.jobs_by_printer_type.add(printer_type=900, completed=1, failed=1)  # type: ignore[arg-type]
+    report.usage.jobs_by_printer_type.add(printer_type=901, completed=1, failed=1)  # type: ignore[arg-type]
+    assert fields(report) == []
+    assert normalise_unknown_values(report) == 2
+    [other] = report.usage.jobs_by_printer_type
+    assert (other.printer_type, other.completed, other.failed) == (common_pb2.PRINTER_TYPE_OTHER, 3, 2)

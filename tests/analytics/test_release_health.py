@@ -37,6 +37,7 @@ DOCKER, HA, STANDALONE = (
 )
 CANCELLED, LOST = P.JOB_FAILURE_REASON_CANCELLED, P.JOB_FAILURE_REASON_CONNECTION_LOST
 UNDER_1_HOUR, UNDER_4_HOURS = P.JOB_DURATION_BUCKET_UNDER_1_HOUR, P.JOB_DURATION_BUCKET_UNDER_4_HOURS
+BAMBU_LAB, KLIPPER, OCTOPRINT = P.PRINTER_TYPE_BAMBU_LAB, P.PRINTER_TYPE_KLIPPER, P.PRINTER_TYPE_OCTOPRINT
 
 
 @dataclass(frozen=True)
@@ -52,17 +53,45 @@ class Profile:
     crashed: bool
     timelapse: bool | None = None
     active: bool = True  # printing, connecting, uploading
+    family: int = P.PRINTER_TYPE_PRUSA  # the printer family its jobs ran on
+    failed_on: int | None = None  # where its failed jobs ran, if not there
 
 
 def fleet() -> list[Profile]:
-    """95 installations: per version, which ones crash each week and how they print."""
+    """95 installations: per version, which ones crash each week and how they print.
+    Their jobs by printer family: the old release's on Prusa, the steady one's on
+    Bambu Lab (25) and Klipper (5); the regressed patch's completed jobs on Bambu
+    Lab and its failed ones too, but for 3 installations whose failed jobs ran on
+    OctoPrint (a group too small to publish)."""
     old = [Profile((2, 7, 3), DOCKER, 9, {CANCELLED: 1}, UNDER_1_HOUR, 1, n < 5, n < 3) for n in range(30)]
     steady = [
-        Profile((2, 8, 0), HA if n < 15 else DOCKER, 9, {CANCELLED: 1}, UNDER_4_HOURS, 1, n < 5, n < 20)
+        Profile(
+            (2, 8, 0),
+            HA if n < 15 else DOCKER,
+            9,
+            {CANCELLED: 1},
+            UNDER_4_HOURS,
+            1,
+            n < 5,
+            n < 20,
+            family=BAMBU_LAB if n < 25 else KLIPPER,
+        )
         for n in range(30)
     ]
     regressed = [
-        Profile((2, 8, 1), HA, 6, {CANCELLED: 1, LOST: 3}, UNDER_4_HOURS, 3, n < 15, True) for n in range(30)
+        Profile(
+            (2, 8, 1),
+            HA,
+            6,
+            {CANCELLED: 1, LOST: 3},
+            UNDER_4_HOURS,
+            3,
+            n < 15,
+            True,
+            family=BAMBU_LAB,
+            failed_on=OCTOPRINT if n < 3 else None,
+        )
+        for n in range(30)
     ]
     ancient = [Profile((2, 6, 0), STANDALONE, 0, {}, UNDER_1_HOUR, 0, False, active=False)] * 5
     return old + steady + regressed + ancient
@@ -72,6 +101,9 @@ def report(
     installation: Installation, profile: Profile, week: object
 ) -> aggregated_stats_pb2.AggregatedStats:
     r = report_of(installation, week)
+    # The current schema (every part shared), which counts jobs per printer family.
+    r.schema_version = aggregated_stats_pb2.REPORT_SCHEMA_VERSION_3
+    r.consent_level = aggregated_stats_pb2.CONSENT_LEVEL_ERRORS
     info = r.installation
     info.app_version.major, info.app_version.minor, info.app_version.patch = profile.version
     info.deployment_mode = profile.mode  # type: ignore[assignment]
@@ -87,6 +119,12 @@ def report(
         usage.job_failures.add(reason=reason, count=count)
     if profile.completed:
         usage.completed_job_durations.add(duration=profile.duration, count=profile.completed)
+    failed_on = profile.family if profile.failed_on is None else profile.failed_on
+    jobs = {profile.family: [profile.completed, 0]}
+    jobs.setdefault(failed_on, [0, 0])[1] += failed
+    for family, (completed, failures) in sorted(jobs.items()):
+        if completed or failures:
+            usage.jobs_by_printer_type.add(printer_type=family, completed=completed, failed=failures)  # type: ignore[arg-type]
     usage.app_starts = 2
     usage.unclean_shutdowns = 1 if profile.crashed else 0
     usage.uptime_hours = 100 if profile.active else 10
@@ -223,6 +261,23 @@ async def test_usage_by_hand(analytics: Analytics) -> None:
     assert {r: (p.installations, p.count, p.share) for r, p in reasons.items()} == {
         "Cancelled": (90, 90, 0.5),
         "Connection Lost": (30, 90, 0.5),
+    }
+    # Jobs by printer family. Completed: Prusa 30 x 9; Bambu Lab 25 x 9 + 30 x 6; Klipper 5 x 9;
+    # of the 720 completed jobs counted per family.
+    completed = {s.values[0].label: s.points[1] for s in answer.completed_jobs_by_printer_type}
+    assert {f: (p.installations, p.count, p.share) for f, p in completed.items()} == {
+        "Prusa": (30, 270, 0.375),
+        "Bambu Lab": (55, 405, 0.5625),
+        "Klipper": (5, 45, 0.0625),
+    }
+    # Failed: Prusa 30 x 1; Bambu Lab 25 x 1 + 27 x 4 = 133 jobs on 52 installations, published rounded
+    # to 135 on 50; Klipper 5 x 1; OctoPrint's 3 installations (12 jobs) left out, but in the 180
+    # failed jobs the shares are of.
+    failed = {s.values[0].label: s.points[1] for s in answer.failed_jobs_by_printer_type}
+    assert {f: (p.installations, p.count, p.share) for f, p in failed.items()} == {
+        "Prusa": (30, 30, pytest.approx(30 / 180)),
+        "Bambu Lab": (50, 135, 0.75),
+        "Klipper": (5, 5, pytest.approx(5 / 180)),
     }
 
 

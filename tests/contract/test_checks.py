@@ -75,7 +75,7 @@ def test_adding_a_field_is_not_breaking(tree_copy: Path) -> None:
         "aggregated_stats.proto",
         "uint32 printer_disconnections = 12 [(since_schema_version) = 1];",
         "uint32 printer_disconnections = 12 [(since_schema_version) = 1];\n"
-        "  // Why: a test.\n  uint32 restarts = 13 [(since_schema_version) = 2];",
+        "  // Why: a test.\n  uint32 restarts = 900 [(since_schema_version) = 3];",
     )
     result = breaking(tree_copy)
     assert result.returncode == 0, result.stdout + result.stderr
@@ -109,7 +109,7 @@ def test_generated_code_drift_is_detected(tree_copy: Path) -> None:
         "aggregated_stats.proto",
         "uint32 printer_disconnections = 12 [(since_schema_version) = 1];",
         "uint32 printer_disconnections = 12 [(since_schema_version) = 1];\n"
-        "  // Why: a test.\n  uint32 restarts = 13 [(since_schema_version) = 2];",
+        "  // Why: a test.\n  uint32 restarts = 900 [(since_schema_version) = 3];",
     )
     result = run(tree_copy, sys.executable, "tools/generate_code.py", "--check")
     assert result.returncode == 1

@@ -37,6 +37,7 @@ CHARTS = [
     "chart-jobs",
     "chart-durations",
     "chart-failures",
+    "chart-printer-jobs",
     "chart-stability",
     "chart-files",
     "chart-deployment-errors",

@@ -140,6 +140,18 @@ def stores(draw: st.DrawFn) -> Store:
             if count:
                 entry = entries.add(count=count)
                 setattr(entry, "duration" if values is DURATIONS else "reason", value)
+    # Jobs split over two families: a family may have completed jobs only, failed only, or both.
+    families: dict[int, list[int]] = {}
+    for outcome, total in enumerate((usage.jobs_completed, usage.jobs_failed)):
+        on_prusa = draw(st.integers(0, total))
+        for family, jobs in (
+            (common_pb2.PRINTER_TYPE_PRUSA, on_prusa),
+            (common_pb2.PRINTER_TYPE_OTHER, total - on_prusa),
+        ):
+            if jobs:
+                families.setdefault(family, [0, 0])[outcome] = jobs
+    for family, (completed, failed) in sorted(families.items()):
+        usage.jobs_by_printer_type.add(printer_type=family, completed=completed, failed=failed)  # type: ignore[arg-type]
     usage.app_starts = draw(st.integers(0, 3))
     usage.unclean_shutdowns = draw(st.integers(0, usage.app_starts))
     usage.uptime_hours = draw(st.integers(0, 168))
@@ -220,6 +232,24 @@ class Model:
             if figures != [0, 0]
         )
 
+    def printer_jobs(self) -> list[tuple[int, ...]]:
+        """The jobs-by-printer-type tallies' rows: per week, outcome and family,
+        installations with such jobs, and the jobs."""
+        rows: dict[tuple[int, int, int], list[int]] = {}
+        for (_, week), (report, _) in self.reports.items():
+            for entry in report.usage.jobs_by_printer_type:
+                for code, jobs in (
+                    (Tally.COMPLETED_JOBS_BY_PRINTER_TYPE, entry.completed),
+                    (Tally.FAILED_JOBS_BY_PRINTER_TYPE, entry.failed),
+                ):
+                    if jobs:
+                        figures = rows.setdefault((WEEKS[week].key, code, entry.printer_type), [0, 0])
+                        figures[0] += 1
+                        figures[1] += jobs
+        return sorted(
+            (week, code, family, 0, 0, 0, *figures) for (week, code, family), figures in rows.items()
+        )
+
     def latest(self) -> list[tuple[int, int]]:
         newest: dict[int, int] = {}
         for installation, week in self.reports:
@@ -295,6 +325,9 @@ async def check(url: str, history: list[Any]) -> None:
         assert incremental["weekly_latest"] == model.latest()
         activity = [row for row in incremental["weekly_tallies"] if row[1] == Tally.ACTIVITY]
         assert activity == model.activity()
+        by_printer = {Tally.COMPLETED_JOBS_BY_PRINTER_TYPE, Tally.FAILED_JOBS_BY_PRINTER_TYPE}
+        printer_jobs = [row for row in incremental["weekly_tallies"] if row[1] in by_printer]
+        assert printer_jobs == model.printer_jobs()
         assert incremental["weekly_arrivals"] == sorted(model.arrivals.items())
     finally:
         await engine.dispose()

@@ -25,7 +25,12 @@ from google.protobuf.descriptor import FieldDescriptor
 from google.protobuf.message import Message
 from printernizer.stats.v1 import aggregated_stats_pb2, common_pb2
 from printernizer_stats.common import consent_levels
-from printernizer_stats.common.contract import CURRENT_SCHEMA_VERSION, fallback_value, value_in_schema
+from printernizer_stats.common.contract import (
+    CURRENT_SCHEMA_VERSION,
+    fallback_value,
+    since_schema_version,
+    value_in_schema,
+)
 from printernizer_stats.common.errors import PERIOD_NOT_ENDED
 from printernizer_stats.common.identity import ID_BYTES, installation_id_problem, report_id
 from printernizer_stats.common.limits import AGENT_CLOCK_SKEW, MAX_PRINTERS_PER_TYPE, MAX_VERSION_PART
@@ -51,7 +56,7 @@ class _KeyedList:
 
     path: str  # from the report, e.g. "usage.job_failures"
     key: tuple[str, ...]  # the fields that make an entry's key, unique within the list
-    counted: bool  # whether entries carry a `count`
+    amounts: tuple[str, ...]  # the fields that count, summed when entries merge
     # The most one entry may count; None where the entries must add up to a
     # total that is bounded instead (failures to jobs_failed, durations to
     # jobs_completed): clamping those would break the sum.
@@ -64,12 +69,17 @@ class _KeyedList:
         return holder
 
 
-_PRINTERS = _KeyedList("printer_fleet.printers", ("printer_type",), True, MAX_PRINTERS_PER_TYPE)
-_FEATURES = _KeyedList("features", ("feature",), False)
-_ERRORS = _KeyedList("errors", ("error_type", "component"), True, MAX_WEEKLY_COUNT)
-_JOB_FAILURES = _KeyedList("usage.job_failures", ("reason",), True)
-_JOB_DURATIONS = _KeyedList("usage.completed_job_durations", ("duration",), True)
-_KEYED_LISTS = (_PRINTERS, _FEATURES, _ERRORS, _JOB_FAILURES, _JOB_DURATIONS)
+_COUNT = ("count",)
+_PRINTERS = _KeyedList("printer_fleet.printers", ("printer_type",), _COUNT, MAX_PRINTERS_PER_TYPE)
+_FEATURES = _KeyedList("features", ("feature",), ())
+_ERRORS = _KeyedList("errors", ("error_type", "component"), _COUNT, MAX_WEEKLY_COUNT)
+_JOB_FAILURES = _KeyedList("usage.job_failures", ("reason",), _COUNT)
+_JOB_DURATIONS = _KeyedList("usage.completed_job_durations", ("duration",), _COUNT)
+_JOBS_BY_PRINTER = _KeyedList("usage.jobs_by_printer_type", ("printer_type",), ("completed", "failed"))
+_KEYED_LISTS = (_PRINTERS, _FEATURES, _ERRORS, _JOB_FAILURES, _JOB_DURATIONS, _JOBS_BY_PRINTER)
+_JOBS_BY_PRINTER_SINCE = since_schema_version(
+    aggregated_stats_pb2.UsageCounts.DESCRIPTOR.fields_by_name["jobs_by_printer_type"]
+)
 
 
 def check_report(
@@ -105,19 +115,34 @@ def check_report(
     _check_version(report.installation.python_version, "installation.python_version", problem)
     _check_counts(report, problem)
     _check_unique(report, problem)
-    _check_level(report, problem)
+    if 1 <= report.schema_version <= CURRENT_SCHEMA_VERSION:
+        _check_fields_in_schema(report, report.schema_version, problem)
+        _check_level(report, problem)
     return problems
+
+
+def _check_fields_in_schema(message: Message, version: int, problem: _Problem, path: str = "") -> None:
+    """No field newer than the report's schema version is set: the user did not
+    consent to it, and an agent never sends it (unlike a newer enum value, which
+    is normalised, a newer field has no older meaning to fall back to)."""
+    for field, value in message.ListFields():
+        name = f"{path}{field.name}"
+        since = since_schema_version(field)
+        if since > version:
+            problem(name, f"needs report schema version {since}")
+        elif field.message_type is not None:
+            items = list(enumerate(value)) if field.is_repeated else [(None, value)]
+            for i, item in items:
+                _check_fields_in_schema(
+                    item, version, problem, f"{name}[{i}]." if i is not None else f"{name}."
+                )
 
 
 def _check_level(report: Report, problem: _Problem) -> None:
     """The level a report says it was made at, and that it holds nothing beyond it."""
     level = report.consent_level
-    if not 1 <= report.schema_version <= CURRENT_SCHEMA_VERSION:
-        return  # refused for its version already
     if report.schema_version < consent_levels.SINCE_SCHEMA_VERSION:
-        if level:
-            problem("consent_level", f"needs report schema version {consent_levels.SINCE_SCHEMA_VERSION}")
-        return
+        return  # a report without levels holds every part (a level set is refused above)
     if level not in consent_levels.LEVELS:
         problem("consent_level", f"{level} is not a consent level this server knows")
         return
@@ -155,11 +180,26 @@ def _check_counts(report: Report, problem: _Problem) -> None:
         problem("usage.job_failures", "must add up to jobs_failed")
     if sum(entry.count for entry in usage.completed_job_durations) != usage.jobs_completed:
         problem("usage.completed_job_durations", "must add up to jobs_completed")
+    if _JOBS_BY_PRINTER_SINCE <= report.schema_version <= CURRENT_SCHEMA_VERSION:
+        _check_jobs_by_printer(usage, problem)
     for keyed in (_ERRORS, _PRINTERS):
         assert keyed.most is not None
         for i, entry in enumerate(keyed.entries(report)):
             if not 1 <= entry.count <= keyed.most:
                 problem(f"{keyed.path}[{i}].count", f"must be between 1 and {keyed.most}")
+
+
+def _check_jobs_by_printer(usage: aggregated_stats_pb2.UsageCounts, problem: _Problem) -> None:
+    """Every job ran on some family: the entries add up to the jobs, and an entry
+    counts at least one."""
+    entries = usage.jobs_by_printer_type
+    if sum(entry.completed for entry in entries) != usage.jobs_completed:
+        problem(_JOBS_BY_PRINTER.path, "completed must add up to jobs_completed")
+    if sum(entry.failed for entry in entries) != usage.jobs_failed:
+        problem(_JOBS_BY_PRINTER.path, "failed must add up to jobs_failed")
+    for i, entry in enumerate(entries):
+        if entry.completed + entry.failed == 0:
+            problem(f"{_JOBS_BY_PRINTER.path}[{i}]", "must count at least one job")
 
 
 def _check_unique(report: Report, problem: _Problem) -> None:
@@ -192,7 +232,7 @@ def normalise_unknown_values(report: Report) -> int:
     unknown = _drop_unknown_features(report, version)
     unknown += _replace_unknown_values(report, version)
     for keyed in _KEYED_LISTS:
-        if keyed.counted:
+        if keyed.amounts:
             _merge_equal_keys(keyed, report)
     return unknown
 
@@ -238,13 +278,18 @@ def _replace_unknown_values(message: Message, version: int) -> int:
 
 def _merge_equal_keys(keyed: _KeyedList, report: Report) -> None:
     entries = keyed.entries(report)
-    totals: dict[tuple[int, ...], int] = {}  # in the order of each key's first entry
+    # Each key's amounts, in the order of the key's first entry.
+    totals: dict[tuple[int, ...], list[int]] = {}
     for entry in entries:
         key = tuple(getattr(entry, name) for name in keyed.key)
-        totals[key] = totals.get(key, 0) + entry.count
+        summed = totals.setdefault(key, [0] * len(keyed.amounts))
+        for i, name in enumerate(keyed.amounts):
+            summed[i] += getattr(entry, name)
     if len(totals) == len(entries):
         return
     del entries[:]
-    for key, total in totals.items():
-        count = total if keyed.most is None else min(total, keyed.most)
-        entries.add(count=count, **dict(zip(keyed.key, key, strict=True)))
+    for key, summed in totals.items():
+        amounts = summed if keyed.most is None else [min(total, keyed.most) for total in summed]
+        entries.add(
+            **dict(zip(keyed.amounts, amounts, strict=True)), **dict(zip(keyed.key, key, strict=True))
+        )

@@ -102,6 +102,8 @@ _ENUMS: dict[int, tuple[str, object, str]] = {
     Tally.ERRORS_BY_COMPONENT: ("component", common_pb2.Component, "COMPONENT_"),
     Tally.JOB_FAILURES: ("job_failure_reason", common_pb2.JobFailureReason, "JOB_FAILURE_REASON_"),
     Tally.JOB_DURATIONS: ("job_duration", common_pb2.JobDurationBucket, "JOB_DURATION_BUCKET_"),
+    Tally.COMPLETED_JOBS_BY_PRINTER_TYPE: ("printer_type", common_pb2.PrinterType, "PRINTER_TYPE_"),
+    Tally.FAILED_JOBS_BY_PRINTER_TYPE: ("printer_type", common_pb2.PrinterType, "PRINTER_TYPE_"),
 }
 # Distributions ordered as versions (newest first), not by size.
 _VERSIONS = {Dimension.DIMENSION_APP_VERSION, Dimension.DIMENSION_PYTHON_VERSION}
@@ -566,13 +568,26 @@ class Analytics:
     ) -> analytics_service_pb2.GetUsageResponse:
         weeks = window(request.window, self.clock())
         activity, active = await self._groups_over(weeks, Tally.ACTIVITY)
-        durations, failures, shared = await self._tallies(
-            weeks, Tally.JOB_DURATIONS, Tally.JOB_FAILURES, Tally.SHARED
+        durations, failures, completed_on, failed_on, shared = await self._tallies(
+            weeks,
+            Tally.JOB_DURATIONS,
+            Tally.JOB_FAILURES,
+            Tally.COMPLETED_JOBS_BY_PRINTER_TYPE,
+            Tally.FAILED_JOBS_BY_PRINTER_TYPE,
+            Tally.SHARED,
         )
         sharing = _at_least(shared, USAGE_PART)
 
         def total_of(kind: Activity) -> dict[int, int]:
             return {w: sum(g.amount for g in groups if g.key[0] == kind) for w, groups in activity.items()}
+
+        def by_printer_type(
+            code: Tally, per_week: dict[int, list[Group]]
+        ) -> list[analytics_service_pb2.Series]:
+            # A share of the jobs whose family was reported: reports before
+            # schema version 3 count jobs but not their families.
+            counted = {w: sum(g.amount for g in groups) for w, groups in per_week.items()}
+            return job_series(weeks, per_week, counted, self.disclosure, lambda key: group_values(code, key))
 
         return analytics_service_pb2.GetUsageResponse(
             weeks=[
@@ -595,6 +610,10 @@ class Analytics:
                 self.disclosure,
                 lambda key: group_values(Tally.JOB_FAILURES, key),
             ),
+            completed_jobs_by_printer_type=by_printer_type(
+                Tally.COMPLETED_JOBS_BY_PRINTER_TYPE, completed_on
+            ),
+            failed_jobs_by_printer_type=by_printer_type(Tally.FAILED_JOBS_BY_PRINTER_TYPE, failed_on),
             min_group_size=self.min_group_size,
         )
 

@@ -77,6 +77,8 @@ _JOB_COMPLETED = KINDS_BY_NAME["job_completed"].kind
 _JOB_FAILED = KINDS_BY_NAME["job_failed"].kind
 _ERROR = KINDS_BY_NAME["error_occurred"].kind
 _DURATION_COLUMN = _column("job_completed", "duration")
+_COMPLETED_PRINTER_COLUMN = _column("job_completed", "printer_type")
+_FAILED_PRINTER_COLUMN = _column("job_failed", "printer_type")
 _REASON_COLUMN = _column("job_failed", "reason")
 _ERROR_TYPE_COLUMN = _column("error_occurred", "error_type")
 _COMPONENT_COLUMN = _column("error_occurred", "component")
@@ -98,6 +100,8 @@ def fold_counts(
     usage = aggregated_stats_pb2.UsageCounts()
     durations: Counter[int] = Counter()
     failures: Counter[int] = Counter()
+    # Per printer family: [completed, failed].
+    by_printer: dict[int, list[int]] = {}
     errors: Counter[tuple[int, int]] = Counter()
     for kind, f1, f2, f3, count in rows:
         columns = (f1, f2, f3)
@@ -106,8 +110,12 @@ def fold_counts(
             setattr(usage, name, getattr(usage, name) + count)
         if kind == _JOB_COMPLETED:
             durations[value_for_schema(_DURATION_ENUM, columns[_DURATION_COLUMN], schema_version)] += count
+            family = value_for_schema(_PRINTER_TYPE_ENUM, columns[_COMPLETED_PRINTER_COLUMN], schema_version)
+            by_printer.setdefault(family, [0, 0])[0] += count
         elif kind == _JOB_FAILED:
             failures[value_for_schema(_REASON_ENUM, columns[_REASON_COLUMN], schema_version)] += count
+            family = value_for_schema(_PRINTER_TYPE_ENUM, columns[_FAILED_PRINTER_COLUMN], schema_version)
+            by_printer.setdefault(family, [0, 0])[1] += count
         elif kind == _ERROR:
             error_type = value_for_schema(_ERROR_TYPE_ENUM, columns[_ERROR_TYPE_COLUMN], schema_version)
             component = value_for_schema(_COMPONENT_ENUM, columns[_COMPONENT_COLUMN], schema_version)
@@ -116,6 +124,10 @@ def fold_counts(
         usage.completed_job_durations.add(duration=bucket, count=count)
     for reason, count in sorted(failures.items()):
         usage.job_failures.add(reason=reason, count=count)
+    for family, (completed, failed) in sorted(by_printer.items()):
+        usage.jobs_by_printer_type.add(
+            printer_type=common_pb2.PrinterType.ValueType(family), completed=completed, failed=failed
+        )
     error_counts = [
         aggregated_stats_pb2.ErrorCount(
             error_type=common_pb2.ErrorType.ValueType(t), component=common_pb2.Component.ValueType(c), count=n

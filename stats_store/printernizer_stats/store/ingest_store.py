@@ -89,6 +89,7 @@ _CHILD_TABLES = (
     schema.report_errors,
     schema.report_job_failures,
     schema.report_job_durations,
+    schema.report_printer_jobs,
 )
 # Each list's columns besides the report it belongs to.
 _CHILD_FIELDS = {table.name: tuple(c.name for c in table.c if c.name != "report") for table in _CHILD_TABLES}
@@ -399,6 +400,9 @@ class IngestStore:
             schema.report_errors.name: [(e.error_type, e.component, e.count) for e in report.errors],
             schema.report_job_failures.name: [(f.reason, f.count) for f in usage.job_failures],
             schema.report_job_durations.name: [(d.duration, d.count) for d in usage.completed_job_durations],
+            schema.report_printer_jobs.name: [
+                (j.printer_type, j.completed, j.failed) for j in usage.jobs_by_printer_type
+            ],
         }
         if connection.dialect.name == "postgresql":
             # One round trip: the report and its lists (each list as arrays).

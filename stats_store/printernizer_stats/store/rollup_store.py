@@ -135,6 +135,11 @@ class Tally(enum.IntEnum):
     SHARED_BY_VERSION = 117
     # Keyed (app version, deployment mode): active installations that shared their errors.
     ERRORS_SHARED_BY_DEPLOYMENT_AND_VERSION = 118
+    # Keyed (printer type): installations reporting completed (failed) jobs on
+    # the family; those jobs. Only reports that count jobs per family (schema
+    # version 3 on) contribute.
+    COMPLETED_JOBS_BY_PRINTER_TYPE = 119
+    FAILED_JOBS_BY_PRINTER_TYPE = 120
 
 
 class Activity(enum.IntEnum):
@@ -299,7 +304,9 @@ _ACTIVITY_PARTS = _temporary(
 _JOB_ROWS = _temporary(
     "rollup_job_rows", *_integers("week", *_VERSION, "outcome", "value"), *_big_integers("reports", "jobs")
 )
-_FAILED, _COMPLETED = 1, 2
+# What a job row counts: failed jobs by reason, completed jobs by duration,
+# and completed and failed jobs by printer family.
+_FAILED, _COMPLETED, _COMPLETED_ON_PRINTER, _FAILED_ON_PRINTER = 1, 2, 3, 4
 _SCRATCH = (_REPORT_PARTS, _PRINTER_PARTS, _ERROR_ROWS, _FEATURE_ROWS, _ACTIVITY_PARTS, _JOB_ROWS)
 
 
@@ -427,19 +434,25 @@ def _activity_parts(scope: _Scope) -> _Rows:
 
 
 def _job_rows(scope: _Scope) -> _AnyRows:
-    """Failed jobs by reason and completed jobs by duration."""
+    """Failed jobs by reason, completed jobs by duration, and jobs by printer family."""
     selects = []
-    for outcome, child, value in (
-        (_FAILED, schema.report_job_failures, schema.report_job_failures.c.reason),
-        (_COMPLETED, schema.report_job_durations, schema.report_job_durations.c.duration),
+    printer_jobs = schema.report_printer_jobs
+    for outcome, child, value, jobs in (
+        (_FAILED, schema.report_job_failures, schema.report_job_failures.c.reason, None),
+        (_COMPLETED, schema.report_job_durations, schema.report_job_durations.c.duration, None),
+        (_COMPLETED_ON_PRINTER, printer_jobs, printer_jobs.c.printer_type, printer_jobs.c.completed),
+        (_FAILED_ON_PRINTER, printer_jobs, printer_jobs.c.printer_type, printer_jobs.c.failed),
     ):
         # A constant the scratch table can take its type from (a parameter has none).
         kind = literal_column(str(outcome), Integer)
         keys = [_reports.c.week, *_VERSION_COLUMNS, kind, value]
-        amounts = [func.count(), func.sum(child.c["count"])]
+        amounts = [func.count(), func.sum(child.c["count"] if jobs is None else jobs)]
+        # A family's row counts both outcomes: it reports only those it had
+        # (as a rebuild after a deletion would find no row for the other).
+        which = true() if jobs is None else jobs > 0
         selects.append(
             select(*(c.label(n) for c, n in zip([*keys, *amounts], _JOB_ROWS.c.keys(), strict=True)))
-            .where(scope.of(child), scope.reports)
+            .where(scope.of(child), scope.reports, which)
             .group_by(_reports.c.week, *_VERSION_COLUMNS, value)
         )
     return union_all(*selects)
@@ -634,6 +647,8 @@ def _contributions(sources: _Sources, sign: int) -> list[tuple[Table, _Rows]]:
         (Tally.JOB_FAILURES, ["value"], failed),
         (Tally.JOB_FAILURES_BY_VERSION, [*_VERSION, "value"], failed),
         (Tally.JOB_DURATIONS, ["value"], completed),
+        (Tally.COMPLETED_JOBS_BY_PRINTER_TYPE, ["value"], jobs.c.outcome == _COMPLETED_ON_PRINTER),
+        (Tally.FAILED_JOBS_BY_PRINTER_TYPE, ["value"], jobs.c.outcome == _FAILED_ON_PRINTER),
     ):
         tally(code, jobs, keyed_by, job_amounts, which)
     # Pairs of dimensions, in Dimension order.

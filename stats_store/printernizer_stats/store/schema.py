@@ -162,6 +162,13 @@ report_job_durations = _report_child(
     Column("duration", SmallInteger, primary_key=True),
     Column("count", Integer, nullable=False),
 )
+# Jobs per printer family (reports from schema version 3 on; earlier ones have none).
+report_printer_jobs = _report_child(
+    "report_printer_jobs",
+    Column("printer_type", SmallInteger, primary_key=True),
+    Column("completed", Integer, nullable=False),
+    Column("failed", Integer, nullable=False),
+)
 
 # Installations that asked to be deleted: later reports for these IDs are refused.
 tombstones = Table(

@@ -41,7 +41,8 @@ class _ReportSchemaVersionEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_R
     """
     REPORT_SCHEMA_VERSION_3: _ReportSchemaVersion.ValueType  # 3
     """Adds the consent level: the user chooses which parts of the report to
-    share (ConsentLevel), and the report says which it holds.
+    share (ConsentLevel), and the report says which it holds; and the jobs
+    counted per printer family (UsageCounts.jobs_by_printer_type).
     """
 
 class ReportSchemaVersion(_ReportSchemaVersion, metaclass=_ReportSchemaVersionEnumTypeWrapper):
@@ -63,7 +64,8 @@ No new field: the new values are listed in the disclosure.
 """
 REPORT_SCHEMA_VERSION_3: ReportSchemaVersion.ValueType  # 3
 """Adds the consent level: the user chooses which parts of the report to
-share (ConsentLevel), and the report says which it holds.
+share (ConsentLevel), and the report says which it holds; and the jobs
+counted per printer family (UsageCounts.jobs_by_printer_type).
 """
 Global___ReportSchemaVersion: _TypeAlias = ReportSchemaVersion  # noqa: Y015
 
@@ -307,6 +309,7 @@ class UsageCounts(_message.Message):
     UNCLEAN_SHUTDOWNS_FIELD_NUMBER: _builtins.int
     PRINTER_CONNECTIONS_FIELD_NUMBER: _builtins.int
     PRINTER_DISCONNECTIONS_FIELD_NUMBER: _builtins.int
+    JOBS_BY_PRINTER_TYPE_FIELD_NUMBER: _builtins.int
     jobs_created: _builtins.int
     """Why: overall activity, the denominator for failure rates."""
     jobs_completed: _builtins.int
@@ -341,6 +344,14 @@ class UsageCounts(_message.Message):
         monitoring. One entry per bucket seen.
         """
 
+    @_builtins.property
+    def jobs_by_printer_type(self) -> _containers.RepeatedCompositeFieldContainer[Global___PrinterJobCount]:
+        """Why: which printer families the jobs run on and fail on, to weigh support
+        per family by how much it is used, not only by how many are configured.
+        One entry per family that ran a job in the week; the entries add up to
+        jobs_completed and jobs_failed.
+        """
+
     def __init__(
         self,
         *,
@@ -356,14 +367,45 @@ class UsageCounts(_message.Message):
         unclean_shutdowns: _builtins.int = ...,
         printer_connections: _builtins.int = ...,
         printer_disconnections: _builtins.int = ...,
+        jobs_by_printer_type: _abc.Iterable[Global___PrinterJobCount] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_starts", b"app_starts", "completed_job_durations", b"completed_job_durations", "files_downloaded", b"files_downloaded", "files_uploaded", b"files_uploaded", "job_failures", b"job_failures", "jobs_completed", b"jobs_completed", "jobs_created", b"jobs_created", "jobs_failed", b"jobs_failed", "printer_connections", b"printer_connections", "printer_disconnections", b"printer_disconnections", "unclean_shutdowns", b"unclean_shutdowns", "uptime_hours", b"uptime_hours"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["app_starts", b"app_starts", "completed_job_durations", b"completed_job_durations", "files_downloaded", b"files_downloaded", "files_uploaded", b"files_uploaded", "job_failures", b"job_failures", "jobs_by_printer_type", b"jobs_by_printer_type", "jobs_completed", b"jobs_completed", "jobs_created", b"jobs_created", "jobs_failed", b"jobs_failed", "printer_connections", b"printer_connections", "printer_disconnections", b"printer_disconnections", "unclean_shutdowns", b"unclean_shutdowns", "uptime_hours", b"uptime_hours"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___UsageCounts: _TypeAlias = UsageCounts  # noqa: Y015
+
+@_typing.final
+class PrinterJobCount(_message.Message):
+    """The jobs that ended on one printer family."""
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    PRINTER_TYPE_FIELD_NUMBER: _builtins.int
+    COMPLETED_FIELD_NUMBER: _builtins.int
+    FAILED_FIELD_NUMBER: _builtins.int
+    printer_type: _common_pb2.PrinterType.ValueType
+    """Why: the family the jobs ran on."""
+    completed: _builtins.int
+    """Why: how many of its jobs completed in the week."""
+    failed: _builtins.int
+    """Why: how many of its jobs failed in the week."""
+    def __init__(
+        self,
+        *,
+        printer_type: _common_pb2.PrinterType.ValueType = ...,
+        completed: _builtins.int = ...,
+        failed: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed", b"completed", "failed", b"failed", "printer_type", b"printer_type"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___PrinterJobCount: _TypeAlias = PrinterJobCount  # noqa: Y015
 
 @_typing.final
 class JobFailureCount(_message.Message):

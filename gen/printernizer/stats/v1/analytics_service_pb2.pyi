@@ -1528,6 +1528,8 @@ class GetUsageResponse(_message.Message):
     JOB_DURATIONS_FIELD_NUMBER: _builtins.int
     FAILURE_REASONS_FIELD_NUMBER: _builtins.int
     MIN_GROUP_SIZE_FIELD_NUMBER: _builtins.int
+    COMPLETED_JOBS_BY_PRINTER_TYPE_FIELD_NUMBER: _builtins.int
+    FAILED_JOBS_BY_PRINTER_TYPE_FIELD_NUMBER: _builtins.int
     min_group_size: _builtins.int
     @_builtins.property
     def weeks(self) -> _containers.RepeatedCompositeFieldContainer[Global___UsageWeek]:
@@ -1544,6 +1546,17 @@ class GetUsageResponse(_message.Message):
     def failure_reasons(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
         """Failed jobs by reason, as job_durations."""
 
+    @_builtins.property
+    def completed_jobs_by_printer_type(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
+        """Completed jobs by the printer family that ran them, as job_durations;
+        `share` is of the week's completed jobs counted per family (reports of
+        schema version 3 on: earlier ones do not say the family).
+        """
+
+    @_builtins.property
+    def failed_jobs_by_printer_type(self) -> _containers.RepeatedCompositeFieldContainer[Global___Series]:
+        """Failed jobs by printer family, as completed_jobs_by_printer_type."""
+
     def __init__(
         self,
         *,
@@ -1551,10 +1564,12 @@ class GetUsageResponse(_message.Message):
         job_durations: _abc.Iterable[Global___Series] | None = ...,
         failure_reasons: _abc.Iterable[Global___Series] | None = ...,
         min_group_size: _builtins.int = ...,
+        completed_jobs_by_printer_type: _abc.Iterable[Global___Series] | None = ...,
+        failed_jobs_by_printer_type: _abc.Iterable[Global___Series] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["failure_reasons", b"failure_reasons", "job_durations", b"job_durations", "min_group_size", b"min_group_size", "weeks", b"weeks"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["completed_jobs_by_printer_type", b"completed_jobs_by_printer_type", "failed_jobs_by_printer_type", b"failed_jobs_by_printer_type", "failure_reasons", b"failure_reasons", "job_durations", b"job_durations", "min_group_size", b"min_group_size", "weeks", b"weeks"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

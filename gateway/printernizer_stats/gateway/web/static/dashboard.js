@@ -94,6 +94,33 @@
     }));
   }
 
+  // Completed jobs per family as stacked bars; beside them each family's share
+  // of failed jobs, where both its counts were published that week.
+  function printerJobTraces(weeks, completed, failed) {
+    const x = weeks.map(weekLabel);
+    const label = (series) => (series.other ? "Other" : series.values.map((v) => v.label).join(" · "));
+    const failedByFamily = new Map(failed.map((series) => [label(series), series]));
+    const traces = completed.map((series) => ({
+      type: "bar", x, name: label(series), legendgroup: label(series),
+      y: series.points.map((p) => (p.suppressed ? null : Number(p.count))),
+    }));
+    for (const series of completed) {
+      const failures = failedByFamily.get(label(series));
+      if (!failures) continue;
+      traces.push({
+        type: "scatter", mode: "lines+markers", yaxis: "y2", x, name: `${label(series)}: % failed`,
+        legendgroup: label(series), line: { dash: "dot" },
+        y: series.points.map((p, i) => {
+          const f = failures.points[i];
+          if (p.suppressed || !f || f.suppressed) return null;
+          const done = Number(p.count), lost = Number(f.count);
+          return done + lost ? (100 * lost) / (done + lost) : null;
+        }),
+      });
+    }
+    return traces;
+  }
+
   async function draw(overview, migration, errors) {
     kpis(overview.active);
     anomalies(overview.anomalies || []);
@@ -189,6 +216,10 @@
       (p) => p.share * 100, jobShare), { barmode: "stack", yaxis: { range: [0, 100], title: { text: "% of completed jobs" } } });
     await plot("chart-failures", seriesTraces({ weeks: weeksOf.map((w) => w.week), series: usage.failureReasons || [] },
       (p) => p.share * 100, jobShare), { barmode: "stack", yaxis: { range: [0, 100], title: { text: "% of failed jobs" } } });
+    await plot("chart-printer-jobs", printerJobTraces(weeksOf.map((w) => w.week),
+      usage.completedJobsByPrinterType || [], usage.failedJobsByPrinterType || []),
+      { barmode: "stack", yaxis: { title: { text: "completed jobs" } },
+        yaxis2: { overlaying: "y", side: "right", rangemode: "tozero", title: { text: "% failed" } } });
     await plot("chart-stability", [
       { type: "scatter", mode: "lines+markers", name: "disconnections per connection", x,
         y: weeksOf.map((w) => w.disconnectionsPerConnection) },
