@@ -141,7 +141,7 @@ async def store_fleet(database_url: str) -> list[Installation]:
             agent = Installation(uuid.uuid4().bytes)
             reports = []
             for week in member.weeks:
-                report = report_of(agent, week)
+                report = report_of(agent, week, current=True)  # jobs per printer family too
                 report.installation.deployment_mode = member.mode  # type: ignore[assignment]
                 version = report.installation.app_version
                 version.major, version.minor, version.patch = member.version

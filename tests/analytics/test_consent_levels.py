@@ -43,6 +43,7 @@ def report(installation: Installation, level: int, week: Week) -> aggregated_sta
     usage.jobs_created = usage.jobs_completed = 10
     usage.jobs_failed = 0
     usage.completed_job_durations.add(duration=P.JOB_DURATION_BUCKET_UNDER_1_HOUR, count=10)
+    usage.jobs_by_printer_type.add(printer_type=P.PRINTER_TYPE_PRUSA, completed=10)
     usage.app_starts, usage.unclean_shutdowns, usage.uptime_hours = 1, 0, 100
     r.errors.add(error_type=P.ERROR_TYPE_TIMEOUT, component=P.COMPONENT_API, count=2)
     consent_levels.keep_only(r, level)
@@ -111,8 +112,14 @@ async def test_printers_and_features_are_over_those_that_shared_them(analytics: 
 
 
 async def test_usage_is_over_those_that_shared_it(analytics: Analytics) -> None:
-    (week,) = (await analytics.usage(api.GetUsageRequest(window=window()))).weeks
+    answer = await analytics.usage(api.GetUsageRequest(window=window()))
+    (week,) = answer.weeks
     assert (week.active, week.sharing_usage) == (40, 20)
+    # The jobs by printer family are those of the 20 that shared usage (their printers too).
+    (prusa,) = answer.completed_jobs_by_printer_type
+    assert [v.label for v in prusa.values] == ["Prusa"]
+    assert [(p.installations, p.count, p.share) for p in prusa.points] == [(20, 200, 1.0)]
+    assert list(answer.failed_jobs_by_printer_type) == []
     assert (week.jobs_completed, week.jobs_per_installation) == (200, 10.0)  # not 5 per installation
     assert (week.uptime_hours, week.uptime_hours_per_installation) == (2000, 100.0)
     assert (week.installations_with_unclean_shutdown, week.crash_free_rate) == (0, 1.0)

@@ -89,6 +89,11 @@ async def test_the_weekly_summary_arrives_with_the_dashboards_figures(
             f"  {label}: {point.installations} installations, {point.rate:.2f} errors per installation"
             in text
         )
+    # Jobs by printer type: each installation completed 2 jobs on a Prusa and 1 on a Bambu Lab and
+    # failed 2 on the Prusa; 11 active in W46, counts rounded to multiples of 3.
+    assert "  Prusa: 21 jobs completed on 12 installations, 21 failed (50.0 % of its jobs)" in text
+    assert "  Bambu Lab: 12 jobs completed on 12 installations, none shown failed" in text
+    assert '<td>Prusa</td><td align="right">12</td><td align="right">21</td><td align="right">21</td>' in html
     adoption = await stored.analytics.feature_adoption_by_version(
         analytics_service_pb2.GetFeatureAdoptionByVersionRequest(week=W46.to_proto())
     )

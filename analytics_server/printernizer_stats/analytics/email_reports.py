@@ -144,6 +144,33 @@ def _usage_rows(usage: analytics_service_pb2.GetUsageResponse) -> list[dict[str,
     ]
 
 
+def _printer_job_rows(usage: analytics_service_pb2.GetUsageResponse) -> list[dict[str, Any]]:
+    """The last week's completed and failed jobs per printer family (families
+    with completed jobs published that week; failed ones where published too:
+    none, or too few to publish, reads "none shown")."""
+    failed = {
+        tuple(v.label for v in s.values): s.points[-1]
+        for s in usage.failed_jobs_by_printer_type
+        if s.points and not s.points[-1].suppressed
+    }
+    rows = []
+    for series in usage.completed_jobs_by_printer_type:
+        point = series.points[-1] if series.points else None
+        if point is None or point.suppressed:
+            continue
+        lost = failed.get(tuple(v.label for v in series.values))
+        rows.append(
+            {
+                "label": " / ".join(v.label for v in series.values),
+                "installations": point.installations,
+                "completed": point.count,
+                "failed": lost.count if lost else "none shown",
+                "failed_share": _percent(lost.count / (lost.count + point.count)) if lost else "",
+            }
+        )
+    return rows
+
+
 def _deployment_error_rows(rates: analytics_service_pb2.GetErrorRatesResponse) -> list[dict[str, Any]]:
     """The last week's error rates per deployment mode and version (those published that week)."""
     rows = []
@@ -240,6 +267,7 @@ def content(given: Answers, title: str) -> dict[str, Any]:
         "releases": _release_rows(given.release_health),
         "release_weeks": len(given.release_health.weeks),
         "usage": _usage_rows(given.usage),
+        "printer_jobs": _printer_job_rows(given.usage),
         "deployment_errors": _deployment_error_rows(given.deployment_errors),
         "features_by_version": _feature_version_rows(given.features_by_version),
         "min_group_size": overview.min_group_size,
