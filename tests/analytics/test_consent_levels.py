@@ -131,6 +131,9 @@ async def test_errors_are_over_those_that_shared_them(analytics: Analytics) -> N
     assert (version.points[0].installations, version.points[0].count, version.points[0].rate) == (40, 20, 2.0)
     by_mode = await analytics.error_rates(api.GetErrorRatesRequest(window=window(), by_deployment_mode=True))
     assert [(s.points[0].count, s.points[0].rate) for s in by_mode.series] == [(20, 2.0)]
+    # The error trend's share: the 10 that shared their errors all report the timeout (not 10 of 40).
+    trend = await analytics.error_trend(api.GetErrorTrendRequest(window=window()))
+    assert [(p.installations, p.count, p.share) for s in trend.series for p in s.points] == [(10, 20, 1.0)]
 
     health = await analytics.release_health(api.GetReleaseHealthRequest(window=window()))
     (release,) = health.releases

@@ -17,10 +17,9 @@ docs/privacy.md on them:
   everywhere, asked in-process, for several k.
 
 Every figure is also checked against the truth (usage, release health, error
-rates, feature adoption and their per-part denominators). The analytics still
-publish consent-level subgroups below k (tests/analytics/test_disclosure_usage.py
-shows it), so these fleets are audited against the figures rounding alone
-gives them (`SUBGROUPS_SUPPRESSED`).
+rates, feature adoption and their per-part denominators), and a consent-level
+subgroup below k (the few installations of a group that shared a part) is
+never published, nor anything summed over them.
 """
 
 from __future__ import annotations
@@ -79,11 +78,6 @@ database_url = databases.database_url
 P, C = common_pb2, country_pb2
 K = 5
 TIMEOUT = 30
-# Whether the analytics leave out consent-level subgroups below k (the few installations of a
-# group that shared a part). They do not yet (test_disclosure_usage.py's strict xfail turns into
-# a failure once they do): until then the audit here takes such a subgroup's figures as rounding
-# alone publishes them.
-SUBGROUPS_SUPPRESSED = False
 # The seed of the hostile fleet's usage and consent levels.
 USAGE_SEED = 2026
 
@@ -270,7 +264,7 @@ async def test_a_hostile_fleet_reveals_no_small_group(open_server: RunningServer
     fleet = hostile_fleet(weeks)
     everything = await published_over_tls(open_server, tmp_path, fleet, weeks)
     published = everything.published
-    findings = audit(published, Truth(fleet), subgroups=SUBGROUPS_SUPPRESSED)
+    findings = audit(published, Truth(fleet))
     assert not findings, "\n".join(map(str, findings[:40]))
     # What the dashboard and the e-mails show: the same figures, counts multiples of k.
     assert not counts_outside_answers(everything)
@@ -459,5 +453,5 @@ async def test_generated_fleets_reveal_no_small_group(
         published = await collect(in_process_asker(analytics), k, GENERATED_WEEKS, windows=(1, 3))
     finally:
         await store.close()
-    findings = audit(published, Truth(fleet), subgroups=SUBGROUPS_SUPPRESSED)
+    findings = audit(published, Truth(fleet))
     assert not findings, "\n".join(map(str, findings[:40]))

@@ -258,22 +258,11 @@ def test_a_small_consent_level_subgroup_published_is_found() -> None:
 def test_the_consent_level_fleets_figures_are_the_truths(
     with_small_subgroups: tuple[list[Member], Published],
 ) -> None:
-    """Apart from consent-level subgroups below k (the next test), every figure is the truth's."""
+    """Every figure is the truth's, with the small consent-level subgroups left out."""
     fleet, published = with_small_subgroups
-    assert [str(f) for f in audit(published, Truth(fleet), subgroups=False)] == []
+    assert [str(f) for f in audit(published, Truth(fleet))] == []
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the analytics publish consent-level subgroups below k: of 2.7.0's 10 installations the 3 that "
-    "shared their usage, errors and features are counted (rounded to 5) in release health's "
-    "installation-weeks sharing usage and errors, with their jobs, uptime and errors, in feature adoption "
-    "by version's sharing_installations, and in the error rates (errors and rate per installation); in "
-    "2026-W45, where they are 3 of the fleet's 9, usage publishes sharing_usage 5 with their jobs and "
-    "uptime, and feature adoption and the printer distributions sharing_installations 5. Once the "
-    "analytics leave such subgroups out, remove this mark and set SUBGROUPS_SUPPRESSED in "
-    "test_disclosure.py",
-)
 def test_the_analytics_publish_no_consent_level_subgroup_below_k(
     with_small_subgroups: tuple[list[Member], Published],
 ) -> None:

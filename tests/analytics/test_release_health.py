@@ -2,15 +2,19 @@
 version, against figures worked out by hand for a fleet built for them: an old
 release, a steady new one, and a patch with a planted regression (far more
 crashes, failed jobs and errors than the release before it). Stored through
-the real ingest path into a real database, on both engines."""
+the real ingest path into a real database, on both engines. And the overview
+on the same fleet: its answers are the separate calls' answers."""
 
 from __future__ import annotations
 
+import dataclasses
 import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from printernizer.stats.v1 import aggregated_stats_pb2, analytics_service_pb2, common_pb2
 from printernizer_stats.aggregation.ingest import Ingest
 from printernizer_stats.analytics import release_health
@@ -382,3 +386,97 @@ def test_a_suppressed_crash_count_is_not_compared() -> None:
     ]
     after.crash_free_suppressed = True
     assert release_health.regressions(after, before) == []
+
+
+# --- the overview: one snapshot, the separate calls' answers ---------------------------------------------
+# The overview reads every figure in one snapshot, each rollup once, and the anomalies read only what
+# release regressions compare: its answers are still the separate calls' answers (this fleet has a
+# planted regression, so release regressions are among the anomalies).
+
+Dimension = api.Dimension
+
+
+async def test_the_overview_holds_the_separate_calls_answers(analytics: Analytics) -> None:
+    overview = await analytics.overview(api.GetOverviewRequest(window=window()))
+    week = W46.to_proto()
+    trend = await analytics.installation_trend(api.GetInstallationTrendRequest(window=window()))
+    assert list(overview.installation_trend) == list(trend.weeks)
+    for shown, dimension in [
+        (overview.deployment_modes, Dimension.DIMENSION_DEPLOYMENT_MODE),
+        (overview.app_versions, Dimension.DIMENSION_APP_VERSION),
+        (overview.countries, Dimension.DIMENSION_COUNTRY),
+        (overview.printer_types, Dimension.DIMENSION_PRINTER_TYPE),
+    ]:
+        assert shown == await analytics.distribution(
+            api.GetDistributionRequest(dimensions=[dimension], week=week)
+        )
+        assert shown.entries  # something to compare
+    assert overview.feature_adoption == await analytics.feature_adoption(
+        api.GetFeatureAdoptionRequest(week=week)
+    )
+    assert overview.feature_adoption.features
+    anomalies = await analytics.anomalies(api.ListAnomaliesRequest(window=window()))
+    assert list(overview.anomalies) == list(anomalies.anomalies)
+    assert overview.active.active_last_week == trend.weeks[-1].active
+    assert overview.active.active_last_4_weeks == 95  # every installation reported in W45 and W46
+
+
+async def test_release_regressions_among_the_anomalies_are_release_healths(analytics: Analytics) -> None:
+    """The anomalies read no failure reasons and no uptime: release health,
+    which reads everything, finds the same regressions for each week."""
+    anomalies = await analytics.anomalies(api.ListAnomaliesRequest(window=window()))
+    raised = [
+        (a.week.week, a.scope[0].label, a.severity, a.observed, a.baseline, a.threshold)
+        for a in anomalies.anomalies
+        if a.kind == api.ANOMALY_KIND_RELEASE_REGRESSION
+    ]
+    expected = []
+    for week in (W45, W46):
+        health = await analytics.release_health(
+            api.GetReleaseHealthRequest(
+                window=api.WeekWindow(weeks=release_health.RELEASE_HEALTH_WEEKS, until=week.to_proto())
+            )
+        )
+        found = [
+            (week.week, r.version.label, g.severity, g.observed, g.previous, g.threshold)
+            for r in health.releases
+            if r.installations
+            for g in r.regressions
+        ]
+        expected += found
+    assert sorted(raised) == sorted(expected)
+    assert len(raised) == 5  # tests/analytics/test_release_health.py
+
+
+@st.composite
+def releases(draw: st.DrawFn) -> release_health.Release:
+    """A release's sums as week_releases makes them: of its installation-weeks,
+    some shared usage (some of those with an unclean shutdown) and some errors."""
+    weeks = draw(st.integers(0, 800))
+    usage_weeks, error_weeks = draw(st.integers(0, weeks)), draw(st.integers(0, weeks))
+    return release_health.Release(
+        (2, 8, 1),
+        installations=draw(st.integers(0, weeks)),
+        installation_weeks=weeks,
+        usage_weeks=usage_weeks,
+        error_weeks=error_weeks,
+        unclean_weeks=draw(st.integers(0, usage_weeks)),
+        crash_free_suppressed=draw(st.booleans()),
+        jobs_completed=draw(st.integers(0, 5000)),
+        jobs_failed=draw(st.integers(0, 5000)),
+        errors=draw(st.integers(0, 5000)),
+        uptime_hours=draw(st.integers(0, 100_000)),
+        failures=draw(
+            st.dictionaries(st.integers(1, 7), st.lists(st.integers(0, 500), min_size=2, max_size=2))
+        ),
+    )
+
+
+@given(releases(), releases())
+def test_regressions_compare_neither_failure_reasons_nor_uptime(
+    release: release_health.Release, previous: release_health.Release
+) -> None:
+    """What lets the anomalies skip reading them (release_health.REGRESSION_ACTIVITIES)."""
+    found = release_health.regressions(release, previous)
+    without = [dataclasses.replace(r, failures={}, uptime_hours=0) for r in (release, previous)]
+    assert release_health.regressions(*without) == found

@@ -15,10 +15,10 @@ import pytest
 from printernizer.stats.v1 import analytics_service_pb2, common_pb2
 from printernizer_stats.common.identity import report_id
 from printernizer_stats.common.weeks import Week
-from printernizer_stats.store.analytics_store import AnalyticsStore, Group
+from printernizer_stats.store.analytics_store import AnalyticsStore, Group, RollupRead, WeeklyCounts
 from printernizer_stats.store.database import upgrade
 from printernizer_stats.store.ingest_store import CheckedReport, IngestStore, Report
-from printernizer_stats.store.rollup_store import Rollups, Tally
+from printernizer_stats.store.rollup_store import Activity, Rollups, Tally
 
 from .. import databases
 from ..agent_harness import FakeClock
@@ -186,3 +186,63 @@ async def test_the_reads_of_a_snapshot_see_one_moment(store: AnalyticsStore, dat
     if store.engine.dialect.name == "postgresql":
         async with store.snapshot() as snapshot:
             assert await snapshot.active(W46, W46) == {W46.key: 4}  # a new snapshot sees the refresh
+
+
+# --- several rollups in one statement --------------------------------------------------------------------
+# `Snapshot.read` (the overview's one round trip) gives each rollup's groups as reading it alone does.
+
+
+async def test_several_rollups_in_one_read_are_each_as_read_alone(store: AnalyticsStore) -> None:
+    reads = [
+        RollupRead(Dimension.DIMENSION_APP_VERSION, W43, W47),
+        RollupRead(Tally.ERRORS_BY_VERSION, W46, W46),
+        RollupRead(Dimension.DIMENSION_DEPLOYMENT_MODE, W45, W45),
+        RollupRead(Tally.JOB_FAILURES_BY_VERSION, W44, W46, (CANCELLED,)),
+        RollupRead(Tally.ACTIVITY_BY_VERSION, W45, W46, (int(Activity.JOBS_FAILED),)),
+        RollupRead(Tally.FEATURES, W42, W43),  # no reports for those weeks: nothing
+        RollupRead(Dimension.DIMENSION_PRINTER_TYPE, W46, W46),
+    ]
+    async with store.snapshot() as snapshot:
+        together = await snapshot.read(*reads)
+        alone = [await snapshot.groups(r.first, r.last, r.code, r.fourth) for r in reads]
+    assert [by_week(found) for found in together] == [by_week(found) for found in alone]
+    # And as worked out by hand (tests/store/test_analytics_store.py): a
+    # dimension's key is its three values, a tally's all four.
+    versions, errors, modes, failures, failed_jobs, features, printers = together
+    assert by_week(versions)[W45.key] == {Group((2, 7, 0), 1), Group((2, 8, 0), 1)}
+    assert by_week(errors) == {W46.key: {Group((2, 7, 0, 0), 1, 4), Group((2, 8, 0, 0), 1, 4)}}
+    assert len(modes[W45.key]) == 2
+    assert by_week(failures)[W46.key] == {
+        Group((2, 7, 0, CANCELLED), 1, 2),
+        Group((2, 8, 0, CANCELLED), 2, 4),
+    }
+    assert {g.key[3] for gs in failed_jobs.values() for g in gs} == {int(Activity.JOBS_FAILED)}
+    assert features == {}
+    assert printers == {W46.key: [Group((PRUSA, 0, 0), 3, 6)]}  # two printers each
+
+
+async def test_the_same_read_for_other_weeks_reads_those_weeks(store: AnalyticsStore) -> None:
+    # The statements are kept and reused: one for other weeks must not answer for the first ones.
+    async with store.snapshot() as snapshot:
+        first = await snapshot.read(RollupRead(Dimension.DIMENSION_APP_VERSION, W44, W44))
+        second = await snapshot.read(RollupRead(Dimension.DIMENSION_APP_VERSION, W46, W46))
+    assert by_week(first[0]) == {W44.key: {Group((2, 7, 0), 1), Group((2, 6, 1), 1)}}
+    assert by_week(second[0]) == {W46.key: {Group((2, 7, 0), 1), Group((2, 8, 0), 2)}}
+
+
+async def test_the_weekly_figures_in_one_read_are_each_as_read_alone(store: AnalyticsStore) -> None:
+    async with store.snapshot() as snapshot:
+        for first, last in [(W43, W47), (W45, W46), (W46, W46), (W42, W43)]:
+            weekly = await snapshot.weekly(first, last)
+            assert weekly.active == await snapshot.active(first, last)
+            assert weekly.new == await snapshot.new_installations(first, last)
+            assert weekly.received == await snapshot.arrivals(first, last)
+            assert weekly.known_before == await snapshot.known_by(first.previous())
+        # By hand (tests/store/test_analytics_store.py): A and D first reported for W44, B for W45 and
+        # C for W46; two reports arrived in W45 and two in W46.
+        assert await snapshot.weekly(W45, W46) == WeeklyCounts(
+            active={W45.key: 2, W46.key: 3},
+            new={W45.key: 1, W46.key: 1},
+            received={W45.key: 2, W46.key: 2},
+            known_before=2,
+        )

@@ -16,6 +16,7 @@ Definitions (also in the contract, analytics_service.proto):
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -24,13 +25,14 @@ from printernizer_stats.common import consent_levels
 from printernizer_stats.common.countries import country_name
 from printernizer_stats.common.refusals import FieldError
 from printernizer_stats.common.weeks import Week, last_complete_week, weeks_ending
-from printernizer_stats.store.analytics_store import AnalyticsStore, Group
+from printernizer_stats.store.analytics_store import AnalyticsStore, Group, RollupRead, Snapshot, WeeklyCounts
 from printernizer_stats.store.rollup_store import Activity, Tally
 
 from . import anomalies
 from .anomalies import BASELINE_WEEKS, Alert
 from .privacy import DEFAULT_MIN_GROUP_SIZE, Disclosure, Folded, ratio
 from .release_health import (
+    REGRESSION_ACTIVITIES,
     RELEASE_ACTIVITIES,
     RELEASE_HEALTH_WEEKS,
     WeekFigures,
@@ -39,6 +41,7 @@ from .release_health import (
     releases,
     week_figures,
 )
+from .release_health import regressions as release_regressions
 from .usage import job_series, usage_week
 
 Dimension = analytics_service_pb2.Dimension
@@ -50,6 +53,9 @@ _PART_OF = {
     Dimension.DIMENSION_PRINTER_TYPE: consent_levels.PRINTERS_AND_FEATURES,
     Dimension.DIMENSION_FLEET_SIZE: consent_levels.PRINTERS_AND_FEATURES,
 }
+# The consent levels that share usage (and errors): the anomalies count per
+# version only the installations sharing one of those parts.
+_USAGE_OR_MORE = tuple(level for level in consent_levels.LEVELS if level >= USAGE_PART)
 MAX_WEEKS = 104
 DEFAULT_WEEKS = 12
 
@@ -181,6 +187,14 @@ class Analytics:
             active = await snapshot.active(before, weeks[-1])
             first_weeks = await snapshot.new_installations(weeks[0], weeks[-1])
             known = await snapshot.known_by(before)
+        return self._trend(weeks, active, first_weeks, known)
+
+    def _trend(
+        self, weeks: list[Week], active: dict[int, int], first_weeks: dict[int, int], known: int
+    ) -> list[analytics_service_pb2.InstallationWeek]:
+        """The trend from each week's active and new installations (`active`
+        from the week before the first on) and those `known` by that week."""
+        before = weeks[0].previous()
         result = []
         count = self.disclosure.count
         previous_active = count(active.get(before.key, 0))
@@ -203,38 +217,61 @@ class Analytics:
     async def overview(
         self, request: analytics_service_pb2.GetOverviewRequest
     ) -> analytics_service_pb2.GetOverviewResponse:
-        """Everything the dashboard's first screen shows, in one call."""
+        """Everything the dashboard's first screen shows, in one call: the same
+        answers as the separate calls, from one snapshot, with each rollup read
+        once (the anomalies' span holds the trend's weeks, the last week's
+        versions and the installations sharing each part)."""
         weeks = window(request.window, self.clock())
         last = weeks[-1]
-        trend = await self._installation_weeks(weeks)
+        span = _anomaly_span(weeks)
+        shown = (
+            Dimension.DIMENSION_DEPLOYMENT_MODE,
+            Dimension.DIMENSION_COUNTRY,
+            Dimension.DIMENSION_PRINTER_TYPE,
+        )
+        async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
+            rollups = await _AnomalyRollups.read(
+                snapshot,
+                span,
+                *(RollupRead(d, last, last) for d in shown),
+                RollupRead(Tally.FEATURES, last, last),
+            )
+            active_4_weeks = await self._active_within(snapshot, last, 4)
+        deployment_modes, countries, printer_types, features = rollups.more
+        weekly = rollups.weekly
+        # Known by the week before the window: those before the span, and the span's new ones up to it.
+        known = weekly.known_before + sum(n for w, n in weekly.new.items() if w < weeks[0].key)
+        trend = self._trend(weeks, weekly.active, weekly.new, known)
         latest = trend[-1]
         active = analytics_service_pb2.ActiveInstallations(
             week=last.to_proto(),
             total_known=latest.known,
             active_last_week=latest.active,
-            active_last_4_weeks=self.disclosure.count(await self._active_within(last, 4)),
+            active_last_4_weeks=self.disclosure.count(active_4_weeks),
             week_over_week_growth=latest.growth,
         )
+        total = weekly.active.get(last.key, 0)
 
-        async def distribution_of(
-            dimension: analytics_service_pb2.Dimension.ValueType,
+        def distribution_of(
+            dimension: Dimension.ValueType, per_week: dict[int, list[Group]]
         ) -> analytics_service_pb2.GetDistributionResponse:
-            request = analytics_service_pb2.GetDistributionRequest(
-                dimensions=[dimension], week=last.to_proto()
-            )
-            return await self.distribution(request)
+            sharing = _sharing_in(rollups.shared, last, [dimension], total)
+            return self._distribution([dimension], last, per_week.get(last.key, []), total, sharing)
 
         return analytics_service_pb2.GetOverviewResponse(
             active=active,
             installation_trend=trend,
-            deployment_modes=await distribution_of(Dimension.DIMENSION_DEPLOYMENT_MODE),
-            app_versions=await distribution_of(Dimension.DIMENSION_APP_VERSION),
-            countries=await distribution_of(Dimension.DIMENSION_COUNTRY),
-            printer_types=await distribution_of(Dimension.DIMENSION_PRINTER_TYPE),
-            feature_adoption=await self.feature_adoption(
-                analytics_service_pb2.GetFeatureAdoptionRequest(week=last.to_proto())
+            deployment_modes=distribution_of(Dimension.DIMENSION_DEPLOYMENT_MODE, deployment_modes),
+            app_versions=distribution_of(_V, rollups.versions),
+            countries=distribution_of(Dimension.DIMENSION_COUNTRY, countries),
+            printer_types=distribution_of(Dimension.DIMENSION_PRINTER_TYPE, printer_types),
+            feature_adoption=self._feature_adoption(
+                last,
+                features.get(last.key, []),
+                total,
+                _at_least(rollups.shared, FEATURES_PART).get(last.key, 0),
             ),
-            anomalies=await self._anomalies(weeks),
+            anomalies=self._anomaly_list(weeks, rollups),
             min_group_size=self.min_group_size,
         )
 
@@ -292,13 +329,12 @@ class Analytics:
             ),
         )
 
-    async def _active_within(self, last: Week, count: int) -> int:
+    async def _active_within(self, snapshot: Snapshot, last: Week, count: int) -> int:
         """Installations active in at least one of `count` weeks ending with `last`."""
         first = weeks_ending(last, count)[0]
         # No report can be for a week after the last complete one.
         no_later_reports = last == last_complete_week(self.clock())
-        async with self.store.snapshot() as snapshot:
-            return await snapshot.active_in_any_week(first, last, no_later_reports=no_later_reports)
+        return await snapshot.active_in_any_week(first, last, no_later_reports=no_later_reports)
 
     async def distribution(
         self, request: analytics_service_pb2.GetDistributionRequest
@@ -316,10 +352,23 @@ class Analytics:
             groups, total = await self._groups(week, dimensions[0])
         else:
             groups, total = await self._combinations(week, dimensions[0], dimensions[1])
-        part = max(_PART_OF.get(d, consent_levels.BASICS) for d in dimensions)
-        sharing = (
-            (await self._sharing([week], part)).get(week.key, 0) if part > consent_levels.BASICS else total
-        )
+        if _part_of(dimensions) > consent_levels.BASICS:
+            (shared,) = await self._tallies([week], Tally.SHARED)
+            sharing = _sharing_in(shared, week, dimensions, total)
+        else:
+            sharing = total
+        return self._distribution(dimensions, week, groups, total, sharing)
+
+    def _distribution(
+        self,
+        dimensions: Sequence[Dimension.ValueType],
+        week: Week,
+        groups: list[Group],
+        total: int,
+        sharing: int,
+    ) -> analytics_service_pb2.GetDistributionResponse:
+        """A distribution from the week's groups, its active installations
+        (`total`) and those of them that share the dimensions' part (`sharing`)."""
         # An installation that did not share a dimension's part is in none of its groups.
         groups = [g for g in groups if not _unshared(g.key, dimensions)]
         if Dimension.DIMENSION_PRINTER_TYPE in dimensions:
@@ -330,7 +379,7 @@ class Analytics:
             folded = Folded(
                 sorted(folded.groups, key=lambda g: _version_order(g.key)), folded.other, folded.hidden
             )
-        published_sharing = self.disclosure.count(sharing)
+        published_sharing = self.disclosure.count(self._enough_shared(sharing, total))
         response = analytics_service_pb2.GetDistributionResponse(
             dimensions=dimensions,
             week=week.to_proto(),
@@ -353,8 +402,17 @@ class Analytics:
     ) -> analytics_service_pb2.GetFeatureAdoptionResponse:
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
         groups, total = await self._groups(week, Tally.FEATURES)
+        return self._feature_adoption(
+            week, groups, total, (await self._sharing([week], FEATURES_PART)).get(week.key, 0)
+        )
+
+    def _feature_adoption(
+        self, week: Week, groups: list[Group], total: int, sharing_features: int
+    ) -> analytics_service_pb2.GetFeatureAdoptionResponse:
+        """Feature adoption from the week's feature groups, its active
+        installations and those sharing their features."""
         published = self.disclosure.features(groups)
-        sharing = self.disclosure.count((await self._sharing([week], FEATURES_PART)).get(week.key, 0))
+        sharing = self.disclosure.count(self._enough_shared(sharing_features, total))
         response = analytics_service_pb2.GetFeatureAdoptionResponse(
             week=week.to_proto(),
             total_installations=self.disclosure.count(total),
@@ -387,8 +445,11 @@ class Analytics:
         self, request: analytics_service_pb2.GetFeatureTrendRequest
     ) -> analytics_service_pb2.GetFeatureTrendResponse:
         weeks = window(request.window, self.clock())
-        per_week, _ = await self._groups_over(weeks, Tally.FEATURES)
-        sharing = await self._sharing(weeks, FEATURES_PART)
+        per_week, active = await self._groups_over(weeks, Tally.FEATURES)
+        sharing = {
+            w: self._enough_shared(n, active.get(w, 0))
+            for w, n in (await self._sharing(weeks, FEATURES_PART)).items()
+        }
         return analytics_service_pb2.GetFeatureTrendResponse(
             weeks=[w.to_proto() for w in weeks],
             series=self._series(
@@ -406,6 +467,12 @@ class Analytics:
             raise FieldError("group_by", "is not a known grouping")
         code = _ERROR_GROUPINGS[grouping]
         per_week, active = await self._groups_over(weeks, code)
+        # Shares are of the installations that shared their errors (a report without
+        # errors is not an installation without errors).
+        sharing = {
+            w: self._enough_shared(n, active.get(w, 0))
+            for w, n in (await self._sharing(weeks, ERRORS_PART)).items()
+        }
         if code == Tally.ERRORS_BY_VERSION:  # each installation reports one version
             fold, order = self.disclosure.fold, _version_order
         else:  # an installation can report several error types and components
@@ -413,7 +480,7 @@ class Analytics:
         return analytics_service_pb2.GetErrorTrendResponse(
             weeks=[w.to_proto() for w in weeks],
             group_by=grouping,
-            series=self._series(weeks, per_week, active, code, fold, order),
+            series=self._series(weeks, per_week, sharing, code, fold, order),
             min_group_size=self.min_group_size,
         )
 
@@ -449,15 +516,24 @@ class Analytics:
             codes = (Tally.ERRORS_BY_VERSION, Tally.FAILED_JOBS_BY_VERSION, Tally.COMPLETED_JOBS_BY_VERSION)
             key_of, order = _version, _version_order  # type: ignore[assignment]
             sharing = await self._sharing_by_version(weeks, ERRORS_PART)
+            sharing_usage = await self._sharing_by_version(weeks, USAGE_PART)
 
             def values(key: tuple[int, ...]) -> list[analytics_service_pb2.GroupValue]:
                 return group_values(_V, key)
 
+        tallies = dict(zip(codes, await self._tallies(weeks, *codes), strict=True))
         sums = {
             code: {(w, key_of(g.key)): g.amount for w, tallied in per_week.items() for g in tallied}
-            for code, per_week in zip(codes, await self._tallies(weeks, *codes), strict=True)
+            for code, per_week in tallies.items()
         }
+        if request.by_deployment_mode:  # the jobs' installations are those that shared their usage
+            sharing_usage = {
+                (w, key_of(g.key)): g.installations
+                for w, tallied in tallies[Tally.FAILED_JOBS_BY_DEPLOYMENT_AND_VERSION].items()
+                for g in tallied
+            }
         folded = {w.key: self.disclosure.fold(groups.get(w.key, [])) for w in weeks}
+        exact = {(w, g.key): g.installations for w, week_groups in groups.items() for g in week_groups}
         published = sorted({g.key for f in folded.values() for g in f.groups}, key=order)
         count = self.disclosure.count
 
@@ -468,7 +544,19 @@ class Analytics:
             errors, failed, completed = (
                 count(sum(sums[code].get((week.key, key), 0) for key in keys)) for code in codes
             )
-            sharing_errors = count(sum(sharing.get((week.key, key), 0) for key in keys))
+            sharing_errors = self._enough_shared(
+                sum(sharing.get((week.key, key), 0) for key in keys),
+                sum(exact.get((week.key, key), 0) for key in keys),
+            )
+            if not sharing_errors:  # none shared their errors, or too few to publish
+                errors = 0
+            shared_usage = self._enough_shared(
+                sum(sharing_usage.get((week.key, key), 0) for key in keys),
+                sum(exact.get((week.key, key), 0) for key in keys),
+            )
+            if not shared_usage:  # likewise their jobs
+                failed = completed = 0
+            sharing_errors = count(sharing_errors)
             return analytics_service_pb2.SeriesPoint(
                 week=week.to_proto(),
                 installations=installations,
@@ -629,7 +717,10 @@ class Analytics:
         )
         folded = self.disclosure.fold(versions)
         for version in sorted(folded.groups, key=lambda g: _version_order(g.key)):
-            shared = self.disclosure.count(sharing.get((week.key, version.key), 0))
+            on_it = next(v.installations for v in versions if v.key == version.key)
+            shared = self.disclosure.count(
+                self._enough_shared(sharing.get((week.key, version.key), 0), on_it)
+            )
             adoption = response.versions.add(
                 version=group_value(_V, version.key),
                 installations=version.installations,
@@ -649,47 +740,49 @@ class Analytics:
         self, request: analytics_service_pb2.ListAnomaliesRequest
     ) -> analytics_service_pb2.ListAnomaliesResponse:
         weeks = window(request.window, self.clock())
-        return analytics_service_pb2.ListAnomaliesResponse(anomalies=await self._anomalies(weeks))
-
-    async def _anomalies(self, weeks: list[Week]) -> list[analytics_service_pb2.Anomaly]:
-        """Every rule of `anomalies` on every week of the window (all complete)."""
-        span = weeks_ending(weeks[-1], len(weeks) + BASELINE_WEEKS)
-        k = self.min_group_size
         async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
-            versions, version_errors, shared, failures, by_version_shared = [
-                await snapshot.groups(span[0], span[-1], rollup)
-                for rollup in (
-                    _V,
-                    Tally.ERRORS_BY_VERSION,
-                    Tally.SHARED,
-                    Tally.JOB_FAILURES_BY_VERSION,
-                    Tally.SHARED_BY_VERSION,
-                )
-            ]
-            activity = await snapshot.groups(
-                span[0], span[-1], Tally.ACTIVITY_BY_VERSION, fourth=RELEASE_ACTIVITIES
-            )
-            active = await snapshot.active(span[0], span[-1])
-            received = await snapshot.arrivals(span[0], span[-1])
+            rollups = await _AnomalyRollups.read(snapshot, _anomaly_span(weeks))
+        return analytics_service_pb2.ListAnomaliesResponse(anomalies=self._anomaly_list(weeks, rollups))
+
+    def _anomaly_list(
+        self, weeks: list[Week], rollups: _AnomalyRollups
+    ) -> list[analytics_service_pb2.Anomaly]:
+        """Every rule of `anomalies` on every week of the window (all complete)."""
+        span = rollups.span
+        k = self.min_group_size
+        versions, version_errors = rollups.versions, rollups.errors
+        # Release regressions compare neither failure reasons nor uptime: neither was read.
+        no_failures: dict[int, list[Group]] = {}
         release_figures = week_figures(
-            versions, activity, version_errors, failures, by_version_shared, [w.key for w in span]
+            versions,
+            rollups.activity,
+            version_errors,
+            no_failures,
+            rollups.shared_by_version,
+            [w.key for w in span],
         )
         # The rules see only what is published: rounded figures, groups of at least k.
         count = self.disclosure.count
-        active = {w: count(n) for w, n in active.items()}
-        received = {w: count(n) for w, n in received.items()}
+        active = {w: count(n) for w, n in rollups.weekly.active.items()}
+        received = {w: count(n) for w, n in rollups.weekly.received.items()}
         # Every error row has one version: the fleet's errors are the versions' together.
         errors = {w: count(sum(g.amount for g in groups)) for w, groups in version_errors.items()}
         # Errors per installation: over those that shared their errors.
-        sharing = {w: count(n) for w, n in _at_least(shared, ERRORS_PART).items()}
+        sharing = {
+            w: count(self._enough_shared(n, active.get(w, 0)))
+            for w, n in _at_least(rollups.shared, ERRORS_PART).items()
+        }
         rate = {w.key: ratio(errors.get(w.key, 0), sharing.get(w.key, 0)) for w in span}
-        version_sharing = _by_version_at_least(by_version_shared, ERRORS_PART)
+        version_sharing = _by_version_at_least(rollups.shared_by_version, ERRORS_PART)
         by_version: dict[tuple[int, ...], dict[int, tuple[int, int]]] = {}
         for week_key, groups in versions.items():
             errors_of = {_version(g.key): g.amount for g in version_errors.get(week_key, [])}
+            exact = {g.key: g.installations for g in groups}
             for g in self.disclosure.fold(groups).groups:
-                sharing_errors = count(version_sharing.get((week_key, g.key), 0))
-                by_version.setdefault(g.key, {})[week_key] = (sharing_errors, count(errors_of.get(g.key, 0)))
+                shared = version_sharing.get((week_key, g.key), 0)
+                sharing_errors = count(self._enough_shared(shared, exact[g.key]))
+                version_errors_now = count(errors_of.get(g.key, 0)) if sharing_errors else 0
+                by_version.setdefault(g.key, {})[week_key] = (sharing_errors, version_errors_now)
         alerts: list[Alert] = []
         for index, week in enumerate(span[BASELINE_WEEKS:], start=BASELINE_WEEKS):
             before = [w.key for w in span[index - BASELINE_WEEKS : index]]
@@ -742,11 +835,10 @@ class Analytics:
         alerts = []
         for index, week in enumerate(weeks):
             health = releases(figures[index : index + RELEASE_HEALTH_WEEKS], self.disclosure)
-            for release, previous, regressions in compared(health):
+            for release, previous in itertools.pairwise(health):  # each against the release before it
                 if release.installations == 0:
                     continue  # not in use this week: raised while it was
-                for regression in regressions:
-                    assert previous is not None  # a regression is against a previous release
+                for regression in release_regressions(release, previous):
                     alerts.append(
                         Alert(
                             anomalies.Kind.ANOMALY_KIND_RELEASE_REGRESSION,
@@ -762,6 +854,11 @@ class Analytics:
                         )
                     )
         return alerts
+
+    def _enough_shared(self, sharing: int, whole: int) -> int:
+        """`sharing` installations of a group of `whole` that shared a part, or 0
+        where they are too few to publish (they then count as not having shared it)."""
+        return sharing if self.disclosure.enough_shared(sharing, whole) else 0
 
     async def _sharing(self, weeks: list[Week], level: int) -> dict[int, int]:
         """Each week's active installations whose reports share the part of `level`."""
@@ -806,7 +903,8 @@ class Analytics:
         """One series per group that is published in at least one week of the
         window (`fold` decides, per week); in a week where it is not, its point
         is marked suppressed. Where `fold` keeps an "other" group, an `other`
-        series follows. Shares are over the week's rounded active installations."""
+        series follows. Shares are over `active`, the week's installations (or
+        those of them that shared the part), rounded."""
         folded = {week.key: fold(per_week.get(week.key, [])) for week in weeks}
         published = {g.key for f in folded.values() for g in f.groups}
         active = {w: self.disclosure.count(n) for w, n in active.items()}
@@ -830,6 +928,42 @@ class Analytics:
         return per_week.get(week.key, []), active.get(week.key, 0)
 
 
+def _anomaly_span(weeks: list[Week]) -> list[Week]:
+    """The weeks the anomaly rules read: the window's and the baseline weeks before it."""
+    return weeks_ending(weeks[-1], len(weeks) + BASELINE_WEEKS)
+
+
+@dataclass(frozen=True)
+class _AnomalyRollups:
+    """What the anomaly rules read over their `span`, in one snapshot (the
+    overview shares it: the trend's weekly figures, the last week's versions
+    and the installations sharing each part are among it)."""
+
+    span: list[Week]
+    versions: dict[int, list[Group]]
+    errors: dict[int, list[Group]]  # by version
+    shared: dict[int, list[Group]]
+    shared_by_version: dict[int, list[Group]]  # those sharing usage or more
+    activity: dict[int, list[Group]]  # by version: what release regressions compare
+    weekly: WeeklyCounts
+    more: list[dict[int, list[Group]]]  # the `more` reads asked for, in order
+
+    @classmethod
+    async def read(cls, snapshot: Snapshot, span: list[Week], *more: RollupRead) -> _AnomalyRollups:
+        """The rollups over `span` (with `more` in the same statement)."""
+        first, last = span[0], span[-1]
+        versions, errors, shared, shared_by_version, activity, *found = await snapshot.read(
+            RollupRead(_V, first, last),
+            RollupRead(Tally.ERRORS_BY_VERSION, first, last),
+            RollupRead(Tally.SHARED, first, last),
+            RollupRead(Tally.SHARED_BY_VERSION, first, last, _USAGE_OR_MORE),
+            RollupRead(Tally.ACTIVITY_BY_VERSION, first, last, REGRESSION_ACTIVITIES),
+            *more,
+        )
+        weekly = await snapshot.weekly(first, last)
+        return cls(span, versions, errors, shared, shared_by_version, activity, weekly, found)
+
+
 def group_values(code: int, key: Sequence[int]) -> list[analytics_service_pb2.GroupValue]:
     """A group's values: one, or two for an (error type, component) pair."""
     if code == Tally.ERRORS_BY_TYPE_AND_COMPONENT:
@@ -841,6 +975,20 @@ def _version(key: tuple[int, ...]) -> tuple[int, ...]:
     """The app version of a tally's key by version (its first three values), as the
     version groups' keys have it."""
     return key[:3]
+
+
+def _part_of(dimensions: Sequence[Dimension.ValueType]) -> int:
+    """The consent level from which a report shares every one of `dimensions`."""
+    return max(_PART_OF.get(d, consent_levels.BASICS) for d in dimensions)
+
+
+def _sharing_in(
+    shared: dict[int, list[Group]], week: Week, dimensions: Sequence[Dimension.ValueType], total: int
+) -> int:
+    """The week's active installations that share `dimensions`' part (from the
+    SHARED tally `shared`): all of them (`total`) for a part every report shares."""
+    part = _part_of(dimensions)
+    return _at_least(shared, part).get(week.key, 0) if part > consent_levels.BASICS else total
 
 
 def _at_least(shared: dict[int, list[Group]], level: int) -> dict[int, int]:

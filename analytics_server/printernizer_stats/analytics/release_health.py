@@ -55,6 +55,9 @@ RELEASE_ACTIVITIES = (
     Activity.UPTIME_HOURS,
     Activity.UNCLEAN_SHUTDOWNS,
 )
+# The activities `regressions` compares (uptime is shown, not compared); it
+# reads no failure reasons either, so the anomalies read neither.
+REGRESSION_ACTIVITIES = (Activity.JOBS_COMPLETED, Activity.JOBS_FAILED, Activity.UNCLEAN_SHUTDOWNS)
 _NONE = Group((), 0, 0)  # no rollup row: nothing of it
 
 
@@ -190,16 +193,23 @@ def week_releases(week: WeekFigures, disclosure: Disclosure) -> dict[VersionKey,
     found: dict[VersionKey, Release] = {}
     count, k = disclosure.count, disclosure.k
     activity, errors = week.activity_of, week.errors_of
+    exact = by_key(week.versions)
     for group in disclosure.fold(week.versions).groups:
         version: VersionKey = (group.key[0], group.key[1], group.key[2])
         release = found[version] = Release(version, group.installations, group.installations)
+        on_it = exact[group.key].installations
+        sharing_errors = week.sharing(version, consent_levels.ERRORS)
+        if disclosure.enough_shared(sharing_errors, on_it):  # else as if none had shared them
+            release.error_weeks = count(sharing_errors)
+            release.errors = count(errors.get((*version, 0), _NONE).amount)
         sharing_usage = week.sharing(version, consent_levels.USAGE)
-        release.usage_weeks = count(sharing_usage)
-        release.error_weeks = count(week.sharing(version, consent_levels.ERRORS))
+        if not disclosure.enough_shared(sharing_usage, on_it):
+            continue  # as if none had shared their usage: its figures stay 0
 
         def of(kind: Activity, version: VersionKey = version) -> Group:
             return activity.get((*version, int(kind)), _NONE)
 
+        release.usage_weeks = count(sharing_usage)
         unclean = of(Activity.UNCLEAN_SHUTDOWNS).installations
         if subgroup_publishable(unclean, sharing_usage, k):
             release.unclean_weeks = count(unclean)
@@ -208,8 +218,8 @@ def week_releases(week: WeekFigures, disclosure: Disclosure) -> dict[VersionKey,
         release.jobs_completed = count(of(Activity.JOBS_COMPLETED).amount)
         release.jobs_failed = count(of(Activity.JOBS_FAILED).amount)
         release.uptime_hours = count(of(Activity.UPTIME_HOURS).amount)
-        release.errors = count(errors.get((*version, 0), _NONE).amount)
-        for reason in disclosure.drop_small(week.reasons_of.get(version, [])).groups:
+        reasons = week.reasons_of.get(version)  # none where the failures were not read
+        for reason in disclosure.drop_small(reasons).groups if reasons else ():
             release.failures[reason.key[0]] = [reason.installations, reason.amount]
     return found
 

@@ -25,6 +25,8 @@ def usage_week(
     and the crash-free rate are over; `activity`: the ACTIVITY tally's groups
     (key: the Activity)."""
     count = disclosure.count
+    if not disclosure.enough_shared(sharing, active):
+        sharing, activity = 0, []  # as if none had shared their usage
     by_kind = {g.key[0]: g for g in activity}
 
     def total(kind: Activity) -> int:

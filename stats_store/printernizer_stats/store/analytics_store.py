@@ -14,12 +14,23 @@ figure) is one more method there and inherits the consistency of the rest.
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
 from typing import Any
 
-from printernizer_stats.common.weeks import Week
-from sqlalchemy import Select, func, select
+from printernizer_stats.common.weeks import Week, weeks_between
+from sqlalchemy import (
+    ColumnElement,
+    Executable,
+    Integer,
+    Select,
+    bindparam,
+    func,
+    literal_column,
+    select,
+    union_all,
+)
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from . import schema
@@ -29,8 +40,6 @@ from .rollup_store import Tally
 _totals, _new, _latest = schema.weekly_totals, schema.weekly_new, schema.weekly_latest
 _groups, _tallies, _pairs = schema.weekly_groups, schema.weekly_tallies, schema.weekly_pairs
 _arrivals, _reports = schema.weekly_arrivals, schema.reports
-_GROUP_VALUES: tuple[str, ...] = ("value_a", "value_b", "value_c")
-_TALLY_VALUES: tuple[str, ...] = (*_GROUP_VALUES, "value_d")
 
 
 @dataclass(frozen=True)
@@ -41,6 +50,80 @@ class Group:
     key: tuple[int, ...]
     installations: int
     amount: int = 0  # printers, errors...: summed along with the group
+
+
+@dataclass(frozen=True)
+class WeeklyCounts:
+    """The fleet's figures of each week from one to another (a week with none
+    is left out of each): as `Snapshot.active`, `new_installations` and
+    `arrivals` read them, and `known_by` the week before the first."""
+
+    active: dict[int, int]
+    new: dict[int, int]
+    received: dict[int, int]
+    known_before: int
+
+
+@dataclass(frozen=True)
+class RollupRead:
+    """One rollup's groups to read (`Snapshot.read`): those of `code` (a
+    dimension's number or a `Tally`) in the weeks from `first` to `last`;
+    `fourth`: only a tally's rows with one of these fourth values."""
+
+    code: int
+    first: Week
+    last: Week
+    fourth: tuple[int, ...] | None = None
+
+
+def _rollup_select(part: int, read: RollupRead) -> Select[Any, Any]:
+    """The statement of one `RollupRead`, its rows tagged with `part`: the same
+    columns for both tables (a dimension's rows with a fourth value of 0)."""
+    # The weeks named one by one rather than as a range: the key starts with
+    # the week, so each week's rows of one rollup lie together, but a range
+    # walks every rollup's rows of its weeks (the overview's reads at 200,000
+    # installations: 8 ms as ranges, each walking 18,000 rows; 1.6 ms named).
+    weeks = [week.key for week in weeks_between(read.first, read.last)]
+    fourth: ColumnElement[Any]
+    if isinstance(read.code, Tally):
+        table, kind, fourth = _tallies, _tallies.c.tally, _tallies.c.value_d
+    else:
+        table, kind, fourth = _groups, _groups.c.dimension, literal_column("0")
+    statement = select(
+        literal_column(str(part)), table.c.week, table.c.installations, table.c.amount,
+        table.c.value_a, table.c.value_b, table.c.value_c, fourth,
+    ).where(table.c.week.in_(weeks), kind == int(read.code))  # fmt: skip
+    if read.fourth is not None:
+        statement = statement.where(_tallies.c.value_d.in_([int(v) for v in read.fourth]))
+    return statement
+
+
+def _weekly_statement() -> Executable:
+    """`Snapshot.weekly`'s statement: each part's rows tagged with its number."""
+    first, last = bindparam("first", type_=Integer), bindparam("last", type_=Integer)
+
+    def tagged(part: int, week: ColumnElement[Any], value: ColumnElement[Any]) -> Select[Any, Any]:
+        return select(literal_column(str(part)), week, value)
+
+    return union_all(
+        tagged(0, _totals.c.week, _totals.c.active).where(_totals.c.week.between(first, last)),
+        tagged(1, _new.c.week, _new.c.installations).where(_new.c.week.between(first, last)),
+        tagged(2, _arrivals.c.week, _arrivals.c.reports).where(_arrivals.c.week.between(first, last)),
+        tagged(3, literal_column("0"), func.coalesce(func.sum(_new.c.installations), 0)).where(
+            _new.c.week < first
+        ),
+    )
+
+
+_WEEKLY = _weekly_statement()
+
+
+@functools.lru_cache(maxsize=256)
+def _read_statement(reads: tuple[RollupRead, ...]) -> Executable:
+    """The statement of `Snapshot.read` (kept: the dashboard asks the same reads
+    again and again, and building them costs more than running them)."""
+    statements = [_rollup_select(part, read) for part, read in enumerate(reads)]
+    return statements[0] if len(statements) == 1 else union_all(*statements)
 
 
 async def _by_week(connection: AsyncConnection, statement: Select[Any, Any]) -> dict[int, int]:
@@ -90,6 +173,15 @@ class Snapshot:
             )
         return int(await self.connection.scalar(statement) or 0)
 
+    async def weekly(self, first: Week, last: Week) -> WeeklyCounts:
+        """The fleet's weekly figures from `first` to `last` in one statement."""
+        rows = await self.connection.execute(_WEEKLY, {"first": first.key, "last": last.key})
+        found: list[dict[int, int]] = [{}, {}, {}, {}]
+        for part, week, value in rows:
+            found[part][int(week)] = int(value)
+        active, new, received, known_before = found
+        return WeeklyCounts(active, new, received, known_before[0])
+
     async def groups(
         self, first: Week, last: Week, rollup: int, fourth: Collection[int] | None = None
     ) -> dict[int, list[Group]]:
@@ -99,22 +191,22 @@ class Snapshot:
         its four values: a tally by app version and something else has the
         version first, and every other tally leaves the fourth value 0).
         `fourth`: only a tally's rows with one of these fourth values."""
-        if isinstance(rollup, Tally):
-            table, kind, values = _tallies, _tallies.c.tally, _TALLY_VALUES
-        else:
-            table, kind, values = _groups, _groups.c.dimension, _GROUP_VALUES
-        statement = select(
-            table.c.week, table.c.installations, table.c.amount, *(table.c[v] for v in values)
-        ).where(table.c.week.between(first.key, last.key), kind == rollup)
-        if fourth is not None:
-            statement = statement.where(_tallies.c.value_d.in_([int(v) for v in fourth]))
-        rows = await self.connection.execute(statement)
-        per_week: dict[int, list[Group]] = {}
-        for week, installations, amount, *key in rows:
-            per_week.setdefault(int(week), []).append(
-                Group(tuple(int(v) for v in key), int(installations), int(amount))
-            )
+        (per_week,) = await self.read(
+            RollupRead(rollup, first, last, None if fourth is None else tuple(fourth))
+        )
         return per_week
+
+    async def read(self, *reads: RollupRead) -> list[dict[int, list[Group]]]:
+        """Several rollups' groups in one statement (one round trip instead of
+        one each): for each of `reads`, its groups by week as `groups` gives them."""
+        rows = (await self.connection.execute(_read_statement(reads))).all()
+        found: list[dict[int, list[Group]]] = [{} for _ in reads]
+        # A dimension's key is its three values, a tally's all four.
+        ends = [8 if isinstance(read.code, Tally) else 7 for read in reads]
+        for row in rows:
+            part = row[0]
+            found[part].setdefault(row[1], []).append(Group(row[4 : ends[part]], row[2], row[3]))
+        return found
 
     async def pairs(self, week: Week, first: int, second: int) -> list[Group]:
         """One week's installations by two dimensions at once (weekly_pairs):

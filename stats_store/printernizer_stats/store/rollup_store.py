@@ -124,7 +124,8 @@ class Tally(enum.IntEnum):
     JOB_DURATIONS = 111
     # Keyed (app version, deployment mode): installations reporting errors; errors.
     ERRORS_BY_DEPLOYMENT_AND_VERSION = 112
-    # Keyed (app version, deployment mode): active installations; jobs failed, completed.
+    # Keyed (app version, deployment mode): installations that shared their usage
+    # counts (the only ones with jobs); jobs failed, completed.
     FAILED_JOBS_BY_DEPLOYMENT_AND_VERSION = 113
     COMPLETED_JOBS_BY_DEPLOYMENT_AND_VERSION = 114
     # Keyed (app version, feature): installations with it on; installations reporting it.
@@ -620,7 +621,8 @@ def _contributions(sources: _Sources, sign: int) -> list[tuple[Table, _Rows]]:
         (Tally.COMPLETED_JOBS_BY_DEPLOYMENT_AND_VERSION, "jobs_completed"),
     ):
         amounts = [func.sum(activity.c.reports), func.sum(activity.c[outcome])]
-        tally(code, activity, [*_VERSION, "deployment_mode"], amounts)
+        sharing_usage = activity.c.consent_level >= consent_levels.USAGE
+        tally(code, activity, [*_VERSION, "deployment_mode"], amounts, sharing_usage)
     for kind in Activity:
         with_it = func.sum(activity.c[f"{kind.column}_reports"])
         amounts = [with_it, func.sum(activity.c[kind.column])]

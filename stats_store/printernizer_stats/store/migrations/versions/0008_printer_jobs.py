@@ -1,8 +1,9 @@
 """reports keep their jobs per printer family
 
-Reports of schema version 3 count their jobs per printer family; earlier
-reports have none, so the rollups need no rebuild: no stored report has a row
-to add.
+Reports of schema version 3 count their jobs per printer family (earlier
+reports have none). The jobs by deployment mode and version now count the
+installations that shared their usage rather than all active ones, so a full
+rebuild of the rollups is asked for.
 
 Revision ID: 0008
 Revises: 0007
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 import sqlalchemy as sa
 from alembic import op
+
+state = sa.table("rollup_state", sa.column("rebuild_requested", sa.Boolean))
 
 revision = "0008"
 down_revision = "0007"
@@ -32,7 +35,9 @@ def upgrade() -> None:
         ),
         sa.PrimaryKeyConstraint("report", "printer_type", name=op.f("pk_report_printer_jobs")),
     )
+    op.execute(state.update().values(rebuild_requested=True))
 
 
 def downgrade() -> None:
     op.drop_table("report_printer_jobs")
+    op.execute(state.update().values(rebuild_requested=True))
