@@ -271,11 +271,11 @@ def _big_integers(*names: str) -> list[Column[Any]]:
     return [Column(name, BigInteger) for name in names]
 
 
-# The report parts: how many reports, their jobs, and their first and last row.
+# The report parts: how many reports. Only that: GROUPING SETS computes every
+# aggregate once per report and part (four times a report), so the reports' sums
+# (jobs, their first and last row) are taken once, in the activity parts.
 _REPORT_PARTS = _temporary(
-    "rollup_report_parts",
-    *_integers("week", "part", *_VALUES_BY_NAME),
-    *_big_integers("reports", "jobs_completed", "jobs_failed", "first_report", "last_report"),
+    "rollup_report_parts", *_integers("week", "part", *_VALUES_BY_NAME), Column("reports", BigInteger)
 )
 # The printer parts: reports with printers of a type, and those printers.
 _PRINTER_PARTS = _temporary(
@@ -294,11 +294,12 @@ _FEATURE_ROWS = _temporary(
     "rollup_feature_rows", *_integers("week", *_VERSION, "feature"), *_big_integers("enabled", "reports")
 )
 # The reports by app version, deployment mode and consent level: how many,
-# each activity's sum, and how many had any of it.
+# each activity's sum, how many had any of it, and their first and last row.
 _ACTIVITY_PARTS = _temporary(
     "rollup_activity_parts",
     *_integers("week", *_VERSION, "deployment_mode", "consent_level"),
     *_big_integers("reports", *(a.column for a in Activity), *(f"{a.column}_reports" for a in Activity)),
+    *_big_integers("first_report", "last_report"),
 )
 # The reports' failed jobs by reason (outcome 1) and completed jobs by
 # duration (outcome 2), by app version.
@@ -367,9 +368,7 @@ def _part_rows(scope: _Scope, parts: Sequence[Sequence[int]], index: int | None,
         condition = and_(scope.of(table), scope.reports)
         grouping_sets = [[*keys, table.c.printer_type] for keys in grouping_sets]
     else:
-        jobs = [func.sum(_reports.c.jobs_completed), func.sum(_reports.c.jobs_failed)]
-        ids = [func.min(_reports.c.id), func.max(_reports.c.id)]
-        columns = [_reports.c.week, part, *shown, func.count(), *jobs, *ids]
+        columns = [_reports.c.week, part, *shown, func.count()]
         condition = scope.reports
     # Named as the scratch table's columns (where a subquery stands for it).
     names = (_PRINTER_PARTS if printers else _REPORT_PARTS).c.keys()
@@ -428,6 +427,8 @@ def _activity_parts(scope: _Scope) -> _Rows:
             func.count().label("reports"),
             *(func.sum(c).label(c.name) for c in columns),
             *(func.sum(case((c > 0, 1), else_=0)).label(f"{c.name}_reports") for c in columns),
+            func.min(_reports.c.id).label("first_report"),
+            func.max(_reports.c.id).label("last_report"),
         )
         .where(scope.reports)
         .group_by(*keys)
@@ -474,7 +475,7 @@ class _Sources:
 
 async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> _Sources:
     """The scope's parts, error rows and features. `narrow`: find the range of
-    the scope's report rows first (from the parts), to read their lists by it."""
+    the scope's report rows first (from the activity parts), to read their lists by it."""
     if not _native(connection):
         return _Sources(
             [_part_rows(scope, REPORT_PARTS, i, False).subquery() for i in range(len(REPORT_PARTS))],
@@ -485,25 +486,20 @@ async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> 
             _job_rows(scope).subquery(),
         )
     postgresql = connection.dialect.name == "postgresql"
-    await connection.execute(
-        _CreateTemporaryAs(_REPORT_PARTS, _all_parts(scope, REPORT_PARTS, False, postgresql))
-    )
+    await _create_parts(connection, _REPORT_PARTS, _all_parts(scope, REPORT_PARTS, False, postgresql))
+    await connection.execute(_CreateTemporaryAs(_ACTIVITY_PARTS, _activity_parts(scope)))
     if narrow:
-        first = _REPORT_PARTS.c.part == _mask(REPORT_PARTS[0])
-        span = select(func.min(_REPORT_PARTS.c.first_report), func.max(_REPORT_PARTS.c.last_report))
-        low, high = (await connection.execute(span.where(first))).one()
+        span = select(func.min(_ACTIVITY_PARTS.c.first_report), func.max(_ACTIVITY_PARTS.c.last_report))
+        low, high = (await connection.execute(span)).one()
         if low is not None:
             scope = _Scope(scope.reports, (int(low) - 1, int(high)))
     if postgresql:
         # A list's rows and their reports both lie in report order: merging the
         # two beats hashing the reports (measured twice as fast on the printers).
         await connection.execute(text("SET LOCAL enable_hashjoin = off"))
-    await connection.execute(
-        _CreateTemporaryAs(_PRINTER_PARTS, _all_parts(scope, PRINTER_PARTS, True, postgresql))
-    )
+    await _create_parts(connection, _PRINTER_PARTS, _all_parts(scope, PRINTER_PARTS, True, postgresql))
     await connection.execute(_CreateTemporaryAs(_ERROR_ROWS, _error_rows(scope)))
     await connection.execute(_CreateTemporaryAs(_FEATURE_ROWS, _feature_rows(scope)))
-    await connection.execute(_CreateTemporaryAs(_ACTIVITY_PARTS, _activity_parts(scope)))
     await connection.execute(_CreateTemporaryAs(_JOB_ROWS, _job_rows(scope)))
     if postgresql:
         await connection.execute(text("SET LOCAL enable_hashjoin = on"))
@@ -519,6 +515,24 @@ async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> 
         _ACTIVITY_PARTS,
         _JOB_ROWS,
     )
+
+
+async def _create_parts(connection: AsyncConnection, table: Table, rows: _AnyRows) -> None:
+    """The scratch table of report or printer parts."""
+    postgresql = connection.dialect.name == "postgresql"
+    if postgresql:
+        # PostgreSQL sizes the parts' hash tables by its estimate of their groups,
+        # the product of their columns' values (2.2 million printer groups over
+        # 52 weeks, where 140,000 are found). Past the default limit it sorts
+        # some sets instead of hashing them all: millions of rows sorted on disk,
+        # twice as slow. A hash table still spills to disk past the raised limit.
+        await connection.execute(text("SET LOCAL hash_mem_multiplier = 8"))
+    await connection.execute(_CreateTemporaryAs(table, rows))
+    if postgresql:
+        # Not for the other statements: a hash table is allocated for the groups
+        # estimated, up to the limit (a pass over the job lists estimated at
+        # millions of groups allocated 200 MB for 9,000 under it, and ran slower).
+        await connection.execute(text("SET LOCAL hash_mem_multiplier = DEFAULT"))
 
 
 async def _drop_sources(connection: AsyncConnection) -> None:
@@ -568,9 +582,9 @@ def _contributions(sources: _Sources, sign: int) -> list[tuple[Table, _Rows]]:
         index = _part_of(PRINTER_PARTS, dimensions)
         return sources.printer_parts[index], _mask(PRINTER_PARTS[index])
 
-    source, part = report_part()
-    totals = [func.sum(source.c[name]) for name in ("reports", "jobs_completed", "jobs_failed")]
-    rollup(schema.weekly_totals, source, part, [source.c.week], totals)
+    activity = sources.activity_parts
+    totals = [func.sum(activity.c[name]) for name in ("reports", "jobs_completed", "jobs_failed")]
+    rollup(schema.weekly_totals, activity, None, [activity.c.week], totals)
     for dimension, names in REPORT_DIMENSIONS.items():
         source, part = report_part(dimension)
         keys = [source.c.week, literal(dimension), *_values(source, names)]
@@ -579,14 +593,13 @@ def _contributions(sources: _Sources, sign: int) -> list[tuple[Table, _Rows]]:
     keys = [source.c.week, literal(PRINTER_TYPE), source.c.printer_type, _ZERO, _ZERO]
     amounts: list[ColumnElement[Any]] = [func.sum(source.c.reports), func.sum(source.c.printers)]
     rollup(schema.weekly_groups, source, part, keys, amounts)
-    source, part = report_part(_V)
     for by_version, outcome in (
         (Tally.FAILED_JOBS_BY_VERSION, "jobs_failed"),
         (Tally.COMPLETED_JOBS_BY_VERSION, "jobs_completed"),
     ):
-        keys = [source.c.week, literal(int(by_version)), *_values(source, _VERSION), _ZERO]
-        amounts = [func.sum(source.c.reports), func.sum(source.c[outcome])]
-        rollup(schema.weekly_tallies, source, part, keys, amounts)
+        keys = [activity.c.week, literal(int(by_version)), *_values(activity, _VERSION), _ZERO]
+        amounts = [func.sum(activity.c.reports), func.sum(activity.c[outcome])]
+        rollup(schema.weekly_tallies, activity, None, keys, amounts)
 
     def tally(
         code: Tally,
@@ -613,9 +626,12 @@ def _contributions(sources: _Sources, sign: int) -> list[tuple[Table, _Rows]]:
         Tally.ERRORS_BY_DEPLOYMENT_AND_VERSION: [*_VERSION, "deployment_mode"],
     }
     for code, keyed_by in error_groups.items():
-        amounts = [func.count(func.distinct(errors.c.report)), func.sum(errors.c["count"])]
-        tally(code, errors, keyed_by, amounts)
-    activity = sources.activity_parts
+        reporting = func.count(func.distinct(errors.c.report))
+        if set(keyed_by) == {"error_type", "component"}:
+            # A report has one error row per (type, component), the list's key:
+            # counting the rows counts the reports, without sorting them for distinct ones.
+            reporting = func.count()
+        tally(code, errors, keyed_by, [reporting, func.sum(errors.c["count"])])
     for code, outcome in (
         (Tally.FAILED_JOBS_BY_DEPLOYMENT_AND_VERSION, "jobs_failed"),
         (Tally.COMPLETED_JOBS_BY_DEPLOYMENT_AND_VERSION, "jobs_completed"),
