@@ -145,6 +145,13 @@ def _write_week(
         SELECT {first_id} + i, 1 + {_random(f"{700 + index}")} % 7, jobs FROM {drawn} WHERE jobs > 0
         """  # noqa: S608 - fixed fragments and integers
     )
+    # Every job on the installation's first printer family (schema-3 reports count jobs per family).
+    connection.execute(
+        f"""
+        INSERT INTO report_printer_jobs (report, printer_type, completed, failed)
+        SELECT {first_id} + i, printer_type, jobs, failed FROM {drawn} WHERE jobs + failed > 0
+        """  # noqa: S608 - fixed fragments and integers
+    )
     connection.execute(
         f"""
         INSERT INTO report_printers (report, printer_type, count)

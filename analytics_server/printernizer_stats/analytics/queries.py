@@ -565,11 +565,12 @@ class Analytics:
                 share=ratio(failed, failed + completed),
             )
 
+        shown = {w: {g.key: g for g in f.groups} for w, f in folded.items()}
         series = []
         for key in published:
             line = analytics_service_pb2.Series(values=values(key))
             for week in weeks:
-                group = next((g for g in folded[week.key].groups if g.key == key), None)
+                group = shown[week.key].get(key)
                 line.points.append(point(week, [key], group.installations) if group else _suppressed(week))
             series.append(line)
         if any(f.other is not None for f in folded.values()):
@@ -908,11 +909,12 @@ class Analytics:
         folded = {week.key: fold(per_week.get(week.key, [])) for week in weeks}
         published = {g.key for f in folded.values() for g in f.groups}
         active = {w: self.disclosure.count(n) for w, n in active.items()}
+        shown = {w: {g.key: g for g in f.groups} for w, f in folded.items()}
         series = []
         for key in sorted(published, key=order):
             line = analytics_service_pb2.Series(values=group_values(dimension, key))
             for week in weeks:
-                group = next((g for g in folded[week.key].groups if g.key == key), None)
+                group = shown[week.key].get(key)
                 line.points.append(_point(week, group, active.get(week.key, 0)))
             series.append(line)
         if any(f.other is not None for f in folded.values()):
