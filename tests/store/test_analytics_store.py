@@ -140,15 +140,26 @@ async def test_a_tally_can_be_read_for_some_fourth_values_only(store: AnalyticsS
     assert other == {}
 
 
-async def test_pairs_come_in_the_order_asked(store: AnalyticsStore) -> None:
+async def test_pairs_come_by_week_in_the_order_asked(store: AnalyticsStore) -> None:
     mode, version = Dimension.DIMENSION_DEPLOYMENT_MODE, Dimension.DIMENSION_APP_VERSION
     async with store.snapshot() as snapshot:
-        by_mode = await snapshot.pairs(W46, mode, version)
-        by_version = await snapshot.pairs(W46, version, mode)
-        elsewhen = await snapshot.pairs(W43, mode, version)
-    assert set(by_mode) == {Group((DOCKER, 0, 0, 2, 7, 0), 1), Group((HOME_ASSISTANT, 0, 0, 2, 8, 0), 2)}
-    assert set(by_version) == {Group((2, 7, 0, DOCKER, 0, 0), 1), Group((2, 8, 0, HOME_ASSISTANT, 0, 0), 2)}
-    assert elsewhen == []
+        by_mode = await snapshot.pairs(W46, W46, mode, version)
+        by_version = await snapshot.pairs(W46, W46, version, mode)
+        over_weeks = await snapshot.pairs(W43, W47, mode, version)
+        elsewhen = await snapshot.pairs(W43, W43, mode, version)
+    assert set(by_mode) == {W46.key}
+    assert set(by_mode[W46.key]) == {
+        Group((DOCKER, 0, 0, 2, 7, 0), 1),
+        Group((HOME_ASSISTANT, 0, 0, 2, 8, 0), 2),
+    }
+    assert set(by_version[W46.key]) == {
+        Group((2, 7, 0, DOCKER, 0, 0), 1),
+        Group((2, 8, 0, HOME_ASSISTANT, 0, 0), 2),
+    }
+    assert over_weeks[W46.key] == by_mode[W46.key]
+    assert W43.key not in over_weeks  # no week invented
+    assert len(over_weeks) > 1  # each week its own
+    assert elsewhen == {}
 
 
 async def test_arrivals_count_reports_by_the_week_they_came(store: AnalyticsStore) -> None:

@@ -393,9 +393,9 @@ class Analytics:
     async def _combinations(self, week: Week, first: int, second: int) -> tuple[list[Group], int]:
         """Installations by two dimensions at once (from the pair rollups), and the week's active ones."""
         async with self.store.snapshot() as snapshot:
-            groups = await snapshot.pairs(week, first, second)
+            groups = await snapshot.pairs(week, week, first, second)
             active = await snapshot.active(week, week)
-        return groups, active.get(week.key, 0)
+        return groups.get(week.key, []), active.get(week.key, 0)
 
     async def feature_adoption(
         self, request: analytics_service_pb2.GetFeatureAdoptionRequest
@@ -491,20 +491,40 @@ class Analytics:
         their active installations): errors per active installation, and the
         failed share of finished jobs, from the rounded figures."""
         weeks = window(request.window, self.clock())
+        first, last = weeks[0], weeks[-1]
+        # Per week and tally key: the errors, failed and completed jobs, the
+        # installations sharing their errors and their usage, and the group's
+        # installations. Keyed as the tallies are (the groups' keys are fewer to convert).
+        figures: dict[tuple[int, tuple[int, ...]], list[int]] = {}
+
+        def add(per_week: dict[int, list[Group]], column: int) -> None:
+            amounts = column < 3
+            for w, week_groups in per_week.items():
+                for g in week_groups:
+                    row = figures.get((w, g.key))
+                    if row is None:
+                        row = figures[w, g.key] = [0, 0, 0, 0, 0, 0]
+                    row[column] += g.amount if amounts else g.installations
+
+        tally_key: Callable[[tuple[int, ...]], tuple[int, ...]]
         if request.by_deployment_mode:
-            groups = await self._pairs_over(weeks, Dimension.DIMENSION_DEPLOYMENT_MODE, _V)
-            codes = (
+            tallies = (
                 Tally.ERRORS_BY_DEPLOYMENT_AND_VERSION,
                 Tally.FAILED_JOBS_BY_DEPLOYMENT_AND_VERSION,
                 Tally.COMPLETED_JOBS_BY_DEPLOYMENT_AND_VERSION,
+                Tally.ERRORS_SHARED_BY_DEPLOYMENT_AND_VERSION,
             )
-            per_week, _ = await self._groups_over(weeks, Tally.ERRORS_SHARED_BY_DEPLOYMENT_AND_VERSION)
-            sharing = {
-                (w, (g.key[3], 0, 0, *g.key[:3])): g.installations for w, gs in per_week.items() for g in gs
-            }
+            async with self.store.snapshot() as snapshot:
+                groups = await snapshot.pairs(first, last, Dimension.DIMENSION_DEPLOYMENT_MODE, _V)
+                errors, failed, completed, errors_shared = await snapshot.read(
+                    *(RollupRead(code, first, last) for code in tallies)
+                )
+            # The failed-jobs tally's installations are those that shared their usage.
+            for column, per_week in enumerate((errors, failed, completed, errors_shared, failed)):
+                add(per_week, column)
 
-            def key_of(tally_key: tuple[int, ...]) -> tuple[int, ...]:
-                return (tally_key[3], 0, 0, *tally_key[:3])  # (version, mode) as the pair's key
+            def tally_key(key: tuple[int, ...]) -> tuple[int, ...]:
+                return (key[3], key[4], key[5], key[0])  # a pair (mode, version) as (version, mode)
 
             def values(key: tuple[int, ...]) -> list[analytics_service_pb2.GroupValue]:
                 return [group_value(Dimension.DIMENSION_DEPLOYMENT_MODE, key[:3]), group_value(_V, key[3:])]
@@ -512,51 +532,52 @@ class Analytics:
             def order(key: tuple[int, ...]) -> tuple[int, ...]:
                 return (key[0], *_version_order(key[3:]))
         else:
-            groups, _ = await self._groups_over(weeks, _V)
-            codes = (Tally.ERRORS_BY_VERSION, Tally.FAILED_JOBS_BY_VERSION, Tally.COMPLETED_JOBS_BY_VERSION)
-            key_of, order = _version, _version_order  # type: ignore[assignment]
-            sharing = await self._sharing_by_version(weeks, ERRORS_PART)
-            sharing_usage = await self._sharing_by_version(weeks, USAGE_PART)
+            async with self.store.snapshot() as snapshot:
+                groups, errors, failed, completed, shared = await snapshot.read(
+                    RollupRead(_V, first, last),
+                    RollupRead(Tally.ERRORS_BY_VERSION, first, last),
+                    RollupRead(Tally.FAILED_JOBS_BY_VERSION, first, last),
+                    RollupRead(Tally.COMPLETED_JOBS_BY_VERSION, first, last),
+                    RollupRead(Tally.SHARED_BY_VERSION, first, last),
+                )
+            for column, per_week in enumerate((errors, failed, completed)):
+                add(per_week, column)
+            for column, level in ((3, ERRORS_PART), (4, USAGE_PART)):  # by level, as the others: level 0
+                add({w: [Group((*g.key[:3], 0), g.installations) for g in gs if g.key[3] >= level]
+                     for w, gs in shared.items()}, column)  # fmt: skip
+
+            def tally_key(key: tuple[int, ...]) -> tuple[int, ...]:
+                return (*key, 0)
+
+            order = _version_order
 
             def values(key: tuple[int, ...]) -> list[analytics_service_pb2.GroupValue]:
                 return group_values(_V, key)
 
-        tallies = dict(zip(codes, await self._tallies(weeks, *codes), strict=True))
-        sums = {
-            code: {(w, key_of(g.key)): g.amount for w, tallied in per_week.items() for g in tallied}
-            for code, per_week in tallies.items()
-        }
-        if request.by_deployment_mode:  # the jobs' installations are those that shared their usage
-            sharing_usage = {
-                (w, key_of(g.key)): g.installations
-                for w, tallied in tallies[Tally.FAILED_JOBS_BY_DEPLOYMENT_AND_VERSION].items()
-                for g in tallied
-            }
+        for w, week_groups in groups.items():
+            for g in week_groups:
+                figures.setdefault((w, tally_key(g.key)), [0, 0, 0, 0, 0, 0])[5] = g.installations
         folded = {w.key: self.disclosure.fold(groups.get(w.key, [])) for w in weeks}
-        exact = {(w, g.key): g.installations for w, week_groups in groups.items() for g in week_groups}
         published = sorted({g.key for f in folded.values() for g in f.groups}, key=order)
-        count = self.disclosure.count
+        count, none = self.disclosure.count, [0, 0, 0, 0, 0, 0]
 
         def point(
             week: Week, keys: Iterable[tuple[int, ...]], installations: int
         ) -> analytics_service_pb2.SeriesPoint:
-            keys = list(keys)
-            errors, failed, completed = (
-                count(sum(sums[code].get((week.key, key), 0) for key in keys)) for code in codes
+            rows = [figures.get((week.key, tally_key(key)), none) for key in keys]
+            errors, failed, completed, sharing_errors, sharing_usage, whole = (
+                sum(column) for column in zip(*rows, strict=True)
             )
-            sharing_errors = self._enough_shared(
-                sum(sharing.get((week.key, key), 0) for key in keys),
-                sum(exact.get((week.key, key), 0) for key in keys),
-            )
-            if not sharing_errors:  # none shared their errors, or too few to publish
-                errors = 0
-            shared_usage = self._enough_shared(
-                sum(sharing_usage.get((week.key, key), 0) for key in keys),
-                sum(exact.get((week.key, key), 0) for key in keys),
-            )
-            if not shared_usage:  # likewise their jobs
+            if not self._enough_shared(sharing_errors, whole):  # none shared their errors, or too few
+                errors = sharing_errors = 0
+            if not self._enough_shared(sharing_usage, whole):  # likewise their jobs
                 failed = completed = 0
-            sharing_errors = count(sharing_errors)
+            errors, failed, completed, sharing_errors = (
+                count(errors),
+                count(failed),
+                count(completed),
+                count(sharing_errors),
+            )
             return analytics_service_pb2.SeriesPoint(
                 week=week.to_proto(),
                 installations=installations,
@@ -872,11 +893,6 @@ class Analytics:
         """The same per (week, app version)."""
         (shared,) = await self._tallies(weeks, Tally.SHARED_BY_VERSION)
         return _by_version_at_least(shared, level)
-
-    async def _pairs_over(self, weeks: list[Week], first: int, second: int) -> dict[int, list[Group]]:
-        """Each week's groups of a pair of dimensions."""
-        async with self.store.snapshot() as snapshot:
-            return {week.key: await snapshot.pairs(week, first, second) for week in weeks}
 
     async def _tallies(self, weeks: list[Week], *rollups: int) -> list[dict[int, list[Group]]]:
         """Each week's groups of several rollups, read in one snapshot (one round trip each)."""

@@ -208,24 +208,28 @@ class Snapshot:
             found[part].setdefault(row[1], []).append(Group(row[4 : ends[part]], row[2], row[3]))
         return found
 
-    async def pairs(self, week: Week, first: int, second: int) -> list[Group]:
-        """One week's installations by two dimensions at once (weekly_pairs):
-        each key is the three values of `first`, then the three of `second`."""
+    async def pairs(
+        self, first_week: Week, last_week: Week, first: int, second: int
+    ) -> dict[int, list[Group]]:
+        """Each week's installations by two dimensions at once (weekly_pairs),
+        from `first_week` to `last_week` in one statement (a week with none is
+        left out): each key is the three values of `first`, then the three of `second`."""
         low, high = sorted((first, second))
+        weeks = [week.key for week in weeks_between(first_week, last_week)]  # named: see _rollup_select
         rows = await self.connection.execute(
             select(
+                _pairs.c.week,
                 _pairs.c.first_a, _pairs.c.first_b, _pairs.c.first_c,
                 _pairs.c.second_a, _pairs.c.second_b, _pairs.c.second_c,
                 _pairs.c.installations, _pairs.c.amount,
-            ).where(_pairs.c.week == week.key, _pairs.c.first == low, _pairs.c.second == high)
+            ).where(_pairs.c.week.in_(weeks), _pairs.c.first == low, _pairs.c.second == high)
         )  # fmt: skip
-        groups = []
+        found: dict[int, list[Group]] = {}
+        swapped = first > second  # stored in dimension order; asked the other way round
         for row in rows:
-            key = tuple(int(v) for v in row[:6])
-            if first > second:  # stored in dimension order; asked the other way round
-                key = key[3:] + key[:3]
-            groups.append(Group(key, int(row[6]), int(row[7])))
-        return groups
+            key = (row[4], row[5], row[6], row[1], row[2], row[3]) if swapped else tuple(row[1:7])
+            found.setdefault(row[0], []).append(Group(key, row[7], row[8]))
+        return found
 
     async def arrivals(self, first: Week, last: Week) -> dict[int, int]:
         """The reports received in each week from `first` to `last` (by the week
