@@ -27,7 +27,7 @@ from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from printernizer_stats.common.otel import PrivateSpanExporter, private_views
+from printernizer_stats.common.otel import OwnRandomIdGenerator, PrivateSpanExporter, private_views
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -69,7 +69,7 @@ def repo_root() -> Path:
 # memory (through the same privacy filter as a real exporter), for the
 # telemetry tests to inspect. Set once: OpenTelemetry's providers are global.
 SPANS = InMemorySpanExporter()
-_tracer_provider = TracerProvider()
+_tracer_provider = TracerProvider(id_generator=OwnRandomIdGenerator())  # as the services make theirs
 _tracer_provider.add_span_processor(SimpleSpanProcessor(PrivateSpanExporter(SPANS)))
 trace.set_tracer_provider(_tracer_provider)
 METRICS = InMemoryMetricReader()

@@ -11,6 +11,7 @@ import dataclasses
 import datetime as dt
 import json
 import os
+import random
 import re
 import socket
 import uuid
@@ -31,6 +32,7 @@ from printernizer.stats.v1 import (
     aggregated_stats_pb2,
     ingest_service_pb2_grpc,
 )
+from printernizer_stats.common.otel import OwnRandomIdGenerator
 from printernizer_stats.common.telemetry import ADDRESS, grpc_client_interceptors, mask_addresses
 from printernizer_stats.demo.services import free_port
 
@@ -211,6 +213,19 @@ def test_addresses_are_masked_in_any_text() -> None:
     assert mask_addresses("fe80::1 and 2001:db8:0:0:1:0:0:1 and 1:2:3:4") == (
         "<address> and <address> and <address>"
     )
+
+
+def test_trace_ids_do_not_follow_the_global_random() -> None:
+    """Code in the same process may seed `random` (a host app, a test library):
+    the services' IDs neither repeat after it nor move its draws."""
+    ids = []
+    for _ in range(2):
+        random.seed(1234)
+        generator = OwnRandomIdGenerator()
+        ids.append((generator.generate_trace_id(), generator.generate_span_id()))
+        assert random.random() == random.Random(1234).random()  # its draws left where they were
+    assert ids[0] != ids[1]
+    assert all(trace_id != 0 and span_id != 0 for trace_id, span_id in ids)
 
 
 class FakeCollector(

@@ -5,6 +5,7 @@ that exports traces or metrics (`telemetry.configure` with --otlp-endpoint or
 from __future__ import annotations
 
 import argparse
+import random
 from collections.abc import Sequence
 
 from opentelemetry import metrics, trace
@@ -14,6 +15,7 @@ from opentelemetry.sdk.metrics.view import View
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanExporter, SpanExportResult
+from opentelemetry.sdk.trace.id_generator import IdGenerator
 
 from .telemetry import HTTP_METRIC_ATTRIBUTES, PRIVATE_ATTRIBUTES
 
@@ -26,7 +28,7 @@ def configure_providers(service: str, args: argparse.Namespace) -> None:
         from opentelemetry.exporter.otlp.proto.grpc.metric_exporter import OTLPMetricExporter
         from opentelemetry.exporter.otlp.proto.grpc.trace_exporter import OTLPSpanExporter
 
-        tracer_provider = TracerProvider(resource=resource)
+        tracer_provider = TracerProvider(resource=resource, id_generator=OwnRandomIdGenerator())
         exporter = PrivateSpanExporter(OTLPSpanExporter(endpoint=args.otlp_endpoint))
         tracer_provider.add_span_processor(BatchSpanProcessor(exporter))
         trace.set_tracer_provider(tracer_provider)
@@ -46,6 +48,31 @@ def configure_providers(service: str, args: argparse.Namespace) -> None:
         metrics.set_meter_provider(
             MeterProvider(resource=resource, metric_readers=readers, views=private_views())
         )
+
+
+class OwnRandomIdGenerator(IdGenerator):
+    """Trace and span IDs from a generator of their own, seeded from the
+    system's entropy. OpenTelemetry's default draws from the global `random`,
+    which any code in the process may seed (two processes seeded alike would
+    then repeat each other's IDs) or whose draws it would move."""
+
+    def __init__(self) -> None:
+        self._random = random.Random()  # noqa: S311 - unique IDs, not secrets
+
+    def generate_span_id(self) -> int:
+        span_id = 0
+        while span_id == trace.INVALID_SPAN_ID:
+            span_id = self._random.getrandbits(64)
+        return span_id
+
+    def generate_trace_id(self) -> int:
+        trace_id = 0
+        while trace_id == trace.INVALID_TRACE_ID:
+            trace_id = self._random.getrandbits(128)
+        return trace_id
+
+    def is_trace_id_random(self) -> bool:
+        return True
 
 
 def private_views() -> list[View]:
