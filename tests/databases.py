@@ -1,6 +1,7 @@
 """Real databases for the server-side tests: a SQLite file, and a fresh
 database on the test PostgreSQL server ($STATS_TEST_POSTGRES_URL, which
-.ci/run provides); and the latest schema in one, the SQLite file as a copy."""
+.ci/run provides); and the latest schema in one, or a test's fleet, the SQLite
+file as a copy."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -84,11 +85,8 @@ def copy_migrated_template(database_url: str) -> bool:
     """Make an absent SQLite database file a copy of one at the latest schema: the migrations take
     about 0.1 s a database, the copy well under a millisecond. False, and nothing done, for any
     other database (an existing file, PostgreSQL)."""
-    url = make_url(database_url)
-    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
-        return False
-    path = Path(url.database)
-    if path.exists() or not path.parent.is_dir():
+    path = _absent_sqlite_file(database_url)
+    if path is None:
         return False
     shutil.copyfile(_migrated_sqlite_template(), path)
     return True
@@ -99,3 +97,38 @@ def upgrade(database_url: str) -> None:
     (see copy_migrated_template), any other by running the migrations."""
     if not copy_migrated_template(database_url):
         database.upgrade(database_url)
+
+
+# --- a fleet filled once ------------------------------------------------------------------------------
+
+_filled: dict[str, Path] = {}
+
+
+def _absent_sqlite_file(database_url: str) -> Path | None:
+    """The file of a SQLite database that does not exist yet (None: any other database)."""
+    url = make_url(database_url)
+    if url.get_backend_name() != "sqlite" or url.database in (None, "", ":memory:"):
+        return None
+    path = Path(url.database)
+    return None if path.exists() or not path.parent.is_dir() else path
+
+
+async def fill_once(database_url: str, fill: Callable[[str], Awaitable[None]]) -> None:
+    """The database at `database_url` filled as `fill(url)` fills one (the schema, reports, a
+    refresh...). An absent SQLite file becomes a copy of the one `fill` filled the first time this
+    test process asked for it: filling takes up to seconds, a copy milliseconds. So `fill` must fill
+    alike each time (what a test checks must not depend on one run's random IDs), and close its
+    connections before it returns. Any other database is filled by `fill` itself."""
+    path = _absent_sqlite_file(database_url)
+    if path is None:
+        await fill(database_url)
+        return
+    key = f"{fill.__module__}.{fill.__qualname__}"
+    if key not in _filled:
+        directory = Path(tempfile.mkdtemp(prefix="stats-filled-"))
+        atexit.register(shutil.rmtree, directory, ignore_errors=True)
+        await fill(f"sqlite:///{directory / 'filled.db'}")
+        _filled[key] = directory / "filled.db"
+    for suffix in ("", "-wal"):  # (a -wal only while a connection stayed open)
+        if Path(f"{_filled[key]}{suffix}").exists():
+            shutil.copyfile(f"{_filled[key]}{suffix}", f"{path}{suffix}")

@@ -141,8 +141,7 @@ def report(
     return r
 
 
-@pytest.fixture
-async def analytics(database_url: str) -> AsyncIterator[Analytics]:
+async def fill_fleet(database_url: str) -> None:
     databases.upgrade(database_url)
     store = IngestStore.open(database_url)
     try:
@@ -153,7 +152,16 @@ async def analytics(database_url: str) -> AsyncIterator[Analytics]:
             answer = await ingest.submit(installation.submission(*reports))
             assert len(answer.receipts) == 2
         assert await Rollups(store.engine, FakeClock(NOW)).refresh() == [W45, W46]
-        yield Analytics(AnalyticsStore(store.engine), K, FakeClock(NOW))
+    finally:
+        await store.close()
+
+
+@pytest.fixture
+async def analytics(database_url: str) -> AsyncIterator[Analytics]:
+    await databases.fill_once(database_url, fill_fleet)
+    store = AnalyticsStore.open(database_url)
+    try:
+        yield Analytics(store, K, FakeClock(NOW))
     finally:
         await store.close()
 

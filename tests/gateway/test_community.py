@@ -16,7 +16,6 @@ import json
 import logging
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -43,7 +42,9 @@ from printernizer_stats.gateway.__main__ import build_parser
 from printernizer_stats.gateway.community import COMBINED, TREND_WEEKS, CommunityFigures
 from printernizer_stats.gateway.stats_api import AnalyticsClient
 from printernizer_stats.sdk.i18n import disclosure_document
+from sqlalchemy.engine import make_url
 
+from .. import databases
 from ..aggregation.conftest import ADMIN_TOKEN, TIMEOUT, running_server
 from ..analytics.conftest import refresh_rollups, running_analytics
 from ..disclosure_auditor import json_counts
@@ -71,20 +72,23 @@ PUBLIC_PATHS = [
 # --- the system ------------------------------------------------------------------------------------------
 
 
-async def reported_fleet(base: Path, plan: FleetPlan) -> str:
-    """A database holding the simulated fleet's reports, sent through the real TLS ingest, with its
-    rollups up to date; its URL."""
-    database_url = f"sqlite:///{base / 'aggregation.db'}"
+# The simulated fleet every test reads (the same in the whole test process: it is reported once).
+PLAN = FleetPlan(60, 12, last_complete_week(dt.datetime.now(dt.UTC)))
+
+
+async def reported_fleet(database_url: str) -> None:
+    """The simulated fleet's reports, sent through the real TLS ingest into the SQLite
+    database at `database_url`, with its rollups up to date."""
+    base = Path(make_url(database_url).database or ".").parent
     # Every simulated installation sends from this one address: no per-peer limit.
     async with running_server(database_url, base / "ingest", peer_calls_per_second=0) as ingest:
         uplink = Uplink(f"localhost:{ingest.port}", str(base / "ingest" / "tls" / "ca.crt"))
         try:
-            sent = await report_fleet(plan, uplink)
+            sent = await report_fleet(PLAN, uplink)
         finally:
             await uplink.close()
     assert not sent.failed, sent.failed
     await refresh_rollups(database_url)
-    return database_url
 
 
 async def stop(http: uvicorn.Server, task: asyncio.Task[None]) -> None:
@@ -101,28 +105,9 @@ class Community:
     stop_analytics: Callable[[], Awaitable[None]]
 
 
-@pytest.fixture(scope="module")
-def reported_fleets() -> dict[str, tuple[FleetPlan, Path]]:
-    """The simulated fleet's database, reported by the first test of this module that needs it and
-    copied for each: reporting takes seconds, and no test changes it."""
-    return {}
-
-
 @pytest.fixture
-async def community(
-    tmp_path: Path,
-    tmp_path_factory: pytest.TempPathFactory,
-    reported_fleets: dict[str, tuple[FleetPlan, Path]],
-) -> AsyncIterator[Community]:
-    if "fleet" not in reported_fleets:
-        plan = FleetPlan(60, 12, last_complete_week(dt.datetime.now(dt.UTC)))
-        base = tmp_path_factory.mktemp("community-fleet")
-        await reported_fleet(base, plan)
-        reported_fleets["fleet"] = plan, base / "aggregation.db"
-    plan, reported = reported_fleets["fleet"]
-    for suffix in ("", "-wal"):  # (no -wal once every connection has closed)
-        if Path(f"{reported}{suffix}").exists():
-            shutil.copy(f"{reported}{suffix}", tmp_path / f"aggregation.db{suffix}")
+async def community(tmp_path: Path) -> AsyncIterator[Community]:
+    await databases.fill_once(f"sqlite:///{tmp_path / 'aggregation.db'}", reported_fleet)
     database_url = f"sqlite:///{tmp_path / 'aggregation.db'}"
     async with contextlib.AsyncExitStack() as stack:
         analytics = contextlib.AsyncExitStack()  # closed by a test that stops the analytics server
@@ -144,7 +129,7 @@ async def community(
             )
 
         assert figures.snapshot is not None, "the first refresh failed"
-        yield Community(url, figures, plan, ask, analytics.aclose)
+        yield Community(url, figures, PLAN, ask, analytics.aclose)
 
 
 def csv_rows(body: bytes) -> list[list[str]]:

@@ -57,8 +57,7 @@ def report(installation_id: bytes, week: Week) -> Report:
     return made
 
 
-@pytest.fixture
-async def store(database_url: str) -> AsyncIterator[AnalyticsStore]:
+async def fill(database_url: str) -> None:
     upgrade(database_url)
     ingest = IngestStore.open(database_url)
     try:
@@ -68,9 +67,18 @@ async def store(database_url: str) -> AsyncIterator[AnalyticsStore]:
                     installation_id, KEY, [CheckedReport(report(installation_id, week))], arrived
                 )
         assert await Rollups(ingest.engine, FakeClock(NOW)).refresh() == [W44, W45, W46]
-        yield AnalyticsStore(ingest.engine)
     finally:
         await ingest.close()
+
+
+@pytest.fixture
+async def store(database_url: str) -> AsyncIterator[AnalyticsStore]:
+    await databases.fill_once(database_url, fill)
+    store = AnalyticsStore.open(database_url)
+    try:
+        yield store
+    finally:
+        await store.close()
 
 
 async def test_active_and_new_installations_by_week(store: AnalyticsStore) -> None:
