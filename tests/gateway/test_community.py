@@ -128,7 +128,7 @@ async def community(tmp_path: Path) -> AsyncIterator[Community]:
                 request, metadata=bearer_metadata(ADMIN_TOKEN), timeout=TIMEOUT
             )
 
-        assert figures.snapshot is not None, "the first refresh failed"
+        assert figures.published is not None, "the first refresh failed"
         yield Community(url, figures, PLAN, ask, analytics.aclose)
 
 
@@ -331,7 +331,7 @@ async def test_before_the_first_refresh_succeeds_the_figures_are_503_until_they_
     http, task, url, figures = await running_community_gateway(analytics, retry_seconds=0.5)
     try:
         async with httpx.AsyncClient(base_url=url, timeout=TIMEOUT) as client:
-            assert figures.snapshot is None
+            assert figures.published is None
             for path in (
                 "/api/v1/community",
                 "/api/v1/community/countries.json",
@@ -356,7 +356,7 @@ async def test_before_the_first_refresh_succeeds_the_figures_are_503_until_they_
                 database_url, tmp_path / "analytics-tls", min_group_size=K, listen=listen
             ):
                 for _ in range(600):
-                    if figures.snapshot is not None:
+                    if figures.published is not None:
                         break
                     await asyncio.sleep(0.1)
                 answer = await client.get("/api/v1/community")

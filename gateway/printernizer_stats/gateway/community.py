@@ -311,7 +311,7 @@ def csv_of(columns: Sequence[str], rows: Sequence[Row]) -> bytes:
 
 
 @dataclass(frozen=True)
-class Snapshot:
+class PublishedFigures:
     """One refresh's figures, ready to serve."""
 
     fetched_at: dt.datetime
@@ -321,13 +321,13 @@ class Snapshot:
     chart_csv: dict[str, bytes]
 
 
-def snapshot_of(
+def published_figures(
     charts: Sequence[Chart],
     answers: Sequence[Message],
     until: Week,
     fetched_at: dt.datetime,
     refresh_seconds: float,
-) -> Snapshot:
+) -> PublishedFigures:
     # k, as the analytics server says it (every answer that carries it says the same).
     k = max((int(getattr(answer, "min_group_size", 0)) for answer in answers), default=0)
     about = {
@@ -351,7 +351,7 @@ def snapshot_of(
             }
         )
     index = {**about, "charts": documents}
-    return Snapshot(
+    return PublishedFigures(
         fetched_at,
         index,
         _json_bytes(index),
@@ -362,7 +362,7 @@ def snapshot_of(
 
 class CommunityFigures:
     """The community figures: fetched from the analytics server on a schedule
-    (`run`), kept as the last good Snapshot, served from it."""
+    (`run`), kept as the last good `PublishedFigures`, served from it."""
 
     def __init__(
         self,
@@ -375,7 +375,7 @@ class CommunityFigures:
         self.refresh_seconds = refresh_seconds
         self.retry_seconds = min(retry_seconds, refresh_seconds)
         self.charts = tuple(charts)
-        self.snapshot: Snapshot | None = None
+        self.published: PublishedFigures | None = None
         self.attempts = 0  # refreshes tried and finished, successful or not
         self._next_attempt = 0.0  # the event loop's time of the next scheduled refresh
         self._lock = asyncio.Lock()
@@ -403,7 +403,7 @@ class CommunityFigures:
                         for c in self.charts
                     )
                 )
-                snapshot = snapshot_of(
+                published = published_figures(
                     self.charts, answers, until, dt.datetime.now(dt.UTC), self.refresh_seconds
                 )
             except grpc.aio.AioRpcError as exc:
@@ -416,15 +416,15 @@ class CommunityFigures:
                 log.exception("community page: the figures could not be made; %s", self._still_serving())
                 return False
             else:
-                self.snapshot = snapshot
+                self.published = published
                 return True
             finally:
                 self.attempts += 1
 
     def _still_serving(self) -> str:
-        if self.snapshot is None:
+        if self.published is None:
             return "none are served yet"
-        return f"still serving those fetched at {self.snapshot.document['asOf']}"
+        return f"still serving those fetched at {self.published.document['asOf']}"
 
     async def run(self) -> None:
         """Refresh now, then every refresh_seconds (retry_seconds after a failure), until cancelled."""
@@ -458,8 +458,8 @@ def community_router(figures: CommunityFigures) -> APIRouter:
         prefix=COMMUNITY_API, dependencies=[Depends(only_declared_parameters)], tags=["community"]
     )
 
-    def current() -> Snapshot:
-        if figures.snapshot is None:
+    def current() -> PublishedFigures:
+        if figures.published is None:
             raise HttpRefusal(
                 503,
                 "the community figures are not available yet: the gateway has not fetched them since it "
@@ -467,7 +467,7 @@ def community_router(figures: CommunityFigures) -> APIRouter:
                 "UNAVAILABLE",
                 headers={"Retry-After": str(figures.retry_after())},
             )
-        return figures.snapshot
+        return figures.published
 
     def known(chart: str) -> str:
         if chart not in names:
