@@ -41,7 +41,7 @@ from printernizer.stats.v1 import (
 from printernizer_stats.agent import process
 from printernizer_stats.agent.agent import AgentConfig
 from printernizer_stats.agent.consent import Override
-from printernizer_stats.agent.server import ServerConfig, serve
+from printernizer_stats.agent.server import AgentServerConfig, serve
 from printernizer_stats.common.limits import MAX_PRINTERS_PER_TYPE, MAX_VERSION_PART
 from printernizer_stats.common.weeks import Week
 
@@ -255,7 +255,7 @@ class RunningAgent:
     db_path: Path
     channel: grpc.aio.Channel
     stub: agent_service_pb2_grpc.AgentServiceStub
-    config: ServerConfig
+    config: AgentServerConfig
 
     @property
     def target(self) -> str:
@@ -338,8 +338,8 @@ def make_config(
     retention_days: int = 400,
     socket_path: Path | None = None,
     db_path: Path | None = None,
-) -> ServerConfig:
-    return ServerConfig(
+) -> AgentServerConfig:
+    return AgentServerConfig(
         socket_path=socket_path or base / "run" / "agent.sock",
         db_path=db_path or base / "data" / "agent.db",
         agent=AgentConfig(timezone=timezone, retention_days=retention_days, override=override),
@@ -374,7 +374,7 @@ async def wait_until_serving(target: str, timeout: float = START_TIMEOUT, alive:
 
 @contextlib.asynccontextmanager
 async def running_agent(
-    config: ServerConfig, clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(UTC)
+    config: AgentServerConfig, clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(UTC)
 ) -> AsyncIterator[RunningAgent]:
     """The real server in this process, until the block ends (then a graceful stop)."""
     stop = asyncio.Event()

@@ -18,7 +18,7 @@ from printernizer_stats.agent.agent import AgentConfig, StatsAgent
 from printernizer_stats.agent.consent import SHARING, Override
 from printernizer_stats.agent.delivery import Courier, Uplink
 from printernizer_stats.agent.storage import AgentStore
-from printernizer_stats.aggregation.server import ServerConfig, serve
+from printernizer_stats.aggregation.server import AggregationServerConfig, serve
 from printernizer_stats.common.tls import TlsFiles, ensure_self_made
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.demo.services import free_port
@@ -94,7 +94,7 @@ async def test_a_server_down_for_weeks_receives_every_week_exactly_once(
         assert await courier.agent.ledger(0) == []
 
         # Back: the real server, on the same simulated clock.
-        config = ServerConfig(target.replace("localhost", "127.0.0.1"), database_url, tls, 730)
+        config = AggregationServerConfig(target.replace("localhost", "127.0.0.1"), database_url, tls, 730)
         stop, ready = asyncio.Event(), asyncio.get_running_loop().create_future()
         server = asyncio.create_task(serve(config, stop, ready.set_result, clock=clock))
         await asyncio.wait_for(ready, 30)

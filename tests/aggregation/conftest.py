@@ -33,7 +33,7 @@ from printernizer.stats.v1 import (
     ingest_service_pb2,
     ingest_service_pb2_grpc,
 )
-from printernizer_stats.aggregation.server import ServerConfig, serve
+from printernizer_stats.aggregation.server import AggregationServerConfig, serve
 from printernizer_stats.common.identity import report_id
 from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
@@ -181,12 +181,14 @@ async def running_server(
     **config: Any,
 ) -> AsyncIterator[RunningServer]:
     """The real server in this process, over TLS with a self-made CA; `config`
-    overrides ServerConfig fields, `clock` the server's time. A new SQLite database starts as a copy
-    at the latest schema, so the server's migration step finds nothing to do (the servers started as
-    processes, and every PostgreSQL run, still migrate empty databases)."""
+    overrides AggregationServerConfig fields, `clock` the server's time. A new SQLite database
+    starts as a copy at the latest schema, so the server's migration step finds nothing to do (the
+    servers started as processes, and every PostgreSQL run, still migrate empty databases)."""
     databases.copy_migrated_template(database_url)
     tls = ensure_self_made(tmp_path / "tls")
-    settings = ServerConfig("127.0.0.1:0", database_url, tls, retention_days=730, admin_token=ADMIN_TOKEN)
+    settings = AggregationServerConfig(
+        "127.0.0.1:0", database_url, tls, retention_days=730, admin_token=ADMIN_TOKEN
+    )
     settings = dataclasses.replace(settings, **config)
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()

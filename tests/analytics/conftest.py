@@ -25,7 +25,7 @@ from printernizer.stats.v1 import common_pb2
 from printernizer_stats.aggregation.ingest import Ingest
 from printernizer_stats.analytics.email_reports import MailConfig
 from printernizer_stats.analytics.queries import Analytics
-from printernizer_stats.analytics.server import ServerConfig, serve
+from printernizer_stats.analytics.server import AnalyticsServerConfig, serve
 from printernizer_stats.common.tls import ensure_self_made
 from printernizer_stats.common.weeks import Week
 from printernizer_stats.demo.services import free_port
@@ -51,11 +51,13 @@ async def running_analytics(
     database_url: str, tls_dir: Path, clock: Callable[[], dt.datetime] | None = None, **config: Any
 ) -> AsyncIterator[tuple[int, bytes]]:
     """The analytics server in this process, over TLS with the self-made
-    material in `tls_dir`; `config` overrides ServerConfig fields. Yields its
+    material in `tls_dir`; `config` overrides AnalyticsServerConfig fields. Yields its
     port and the CA that verifies it. It answers from the rollups as the
     aggregation server last refreshed them (see refresh_rollups)."""
     tls = ensure_self_made(tls_dir)
-    settings = dataclasses.replace(ServerConfig("127.0.0.1:0", database_url, tls, ADMIN_TOKEN), **config)
+    settings = dataclasses.replace(
+        AnalyticsServerConfig("127.0.0.1:0", database_url, tls, ADMIN_TOKEN), **config
+    )
     ready: asyncio.Future[int] = asyncio.get_running_loop().create_future()
     stop = asyncio.Event()
     times = {} if clock is None else {"clock": clock}

@@ -18,7 +18,7 @@ from fastapi.responses import JSONResponse
 from printernizer.stats.v1 import agent_service_pb2, agent_service_pb2_grpc, common_pb2
 from printernizer_stats.agent.agent import AgentConfig
 from printernizer_stats.agent.consent import Override
-from printernizer_stats.agent.server import ServerConfig, serve
+from printernizer_stats.agent.server import AgentServerConfig, serve
 from printernizer_stats.sdk.fastapi import usage_stats_router
 from printernizer_stats.sdk.local import AsyncLocalAgent
 
@@ -49,7 +49,7 @@ class AgentThread:
         async def main() -> None:
             self._loop = asyncio.get_running_loop()
             self._stop = asyncio.Event()
-            config = ServerConfig(
+            config = AgentServerConfig(
                 self.socket_path, self.db_path, AgentConfig("Europe/Berlin", 400, self.override)
             )
             task = asyncio.create_task(serve(config, self._stop))

@@ -25,7 +25,7 @@ from printernizer_stats.store.database import current_revision, upgrade
 from sqlalchemy.exc import SQLAlchemyError
 
 from .ingest import DEFAULT_RETENTION_DAYS
-from .server import ServerConfig, serve
+from .server import AggregationServerConfig, serve
 
 
 def build_parser() -> EnvArgumentParser:
@@ -101,7 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     except TestingNotAllowed as exc:
         print(f"{parser.prog}: {exc}", file=sys.stderr)
         return 1
-    config = ServerConfig(
+    config = AggregationServerConfig(
         args.listen,
         prepare_database_url(args.database_url),
         tls,

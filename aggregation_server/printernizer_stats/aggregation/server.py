@@ -40,7 +40,7 @@ RETENTION_INTERVAL_SECONDS = 24 * 3600
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class AggregationServerConfig:
     listen: str
     database_url: str
     tls: TlsFiles
@@ -65,7 +65,7 @@ class ServerConfig:
 
 
 async def serve(
-    config: ServerConfig,
+    config: AggregationServerConfig,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),

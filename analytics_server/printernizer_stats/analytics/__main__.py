@@ -21,7 +21,7 @@ from printernizer_stats.common.startup import add_tls_and_admin_options, prepare
 
 from .email_reports import SECURITY_MODES, MailConfig
 from .privacy import DEFAULT_MIN_GROUP_SIZE
-from .server import ServerConfig, send_test_email, serve
+from .server import AnalyticsServerConfig, send_test_email, serve
 
 
 def build_parser() -> EnvArgumentParser:
@@ -130,7 +130,7 @@ def mail_config(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Ma
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, tls, admin_token = start(parser, argv)
-    config = ServerConfig(
+    config = AnalyticsServerConfig(
         args.listen,
         prepare_database_url(args.database_url),
         tls,

@@ -39,7 +39,7 @@ SERVICE_NAME = analytics_service_pb2.DESCRIPTOR.services_by_name["AnalyticsServi
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class AnalyticsServerConfig:
     listen: str
     database_url: str
     tls: TlsFiles
@@ -56,7 +56,7 @@ class ServerConfig:
 
 
 async def serve(
-    config: ServerConfig,
+    config: AnalyticsServerConfig,
     stop: asyncio.Event | None = None,
     on_ready: Callable[[int], None] | None = None,
     clock: Callable[[], dt.datetime] = lambda: dt.datetime.now(dt.UTC),
@@ -106,7 +106,7 @@ async def serve(
             await claims_engine.dispose()
 
 
-async def prepare_database(config: ServerConfig) -> bool:
+async def prepare_database(config: AnalyticsServerConfig) -> bool:
     """Apply the migrations (unless told not to), except on a read-only database; returns whether
     the database is read-only."""
     if await asyncio.to_thread(read_only, config.database_url):
@@ -120,7 +120,7 @@ async def prepare_database(config: ServerConfig) -> bool:
     return False
 
 
-async def check_mail_claims(config: ServerConfig, database_read_only: bool) -> None:
+async def check_mail_claims(config: AnalyticsServerConfig, database_read_only: bool) -> None:
     """Refuse to start without a writable database to claim each e-mail report in (so that it is
     sent once)."""
     if config.mail_claims_database_url is None:
@@ -138,7 +138,7 @@ async def check_mail_claims(config: ServerConfig, database_read_only: bool) -> N
         )
 
 
-async def send_test_email(config: ServerConfig) -> None:
+async def send_test_email(config: AnalyticsServerConfig) -> None:
     """Send the weekly summary of the last complete week now (for operators
     checking their mail settings); raises when it cannot be sent."""
     if config.mail is None:

@@ -25,7 +25,7 @@ from printernizer_stats.common.telemetry import add_telemetry_options, configure
 
 from .agent import AgentConfig
 from .consent import Override
-from .server import ServerConfig, SocketError, serve
+from .server import AgentServerConfig, SocketError, serve
 from .storage import StorageError
 
 # A failpoint for tests of the real process (needs STATS_TESTING=1): the agent
@@ -100,7 +100,7 @@ def main(argv: list[str] | None = None) -> int:
     except (TestingNotAllowed, ValueError) as exc:
         print(f"printernizer_stats.agent: {exc}", file=sys.stderr)
         return 1
-    config = ServerConfig(
+    config = AgentServerConfig(
         socket_path=Path(args.socket).expanduser(),
         db_path=Path(args.db).expanduser(),
         agent=AgentConfig(

@@ -42,7 +42,7 @@ class SocketError(RuntimeError):
 
 
 @dataclass(frozen=True)
-class ServerConfig:
+class AgentServerConfig:
     socket_path: Path
     db_path: Path
     agent: AgentConfig
@@ -145,7 +145,7 @@ def _killer(after_commits: int) -> Callable[[], None] | None:
 
 
 async def serve(
-    config: ServerConfig,
+    config: AgentServerConfig,
     stop: asyncio.Event | None = None,
     clock: Clock | Callable[[], dt.datetime] | None = None,
 ) -> None:
