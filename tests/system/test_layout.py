@@ -1,10 +1,12 @@
 """The tests' own layout (tests/conftest.py): test modules sit in the folder of the part they test,
 none imports from another (what several share lives in a conftest.py or a harness module), and every
-fixture that marks its users' kind is still there to mark them."""
+fixture that marks its users' kind is still there to mark them. And the product's names: no two of
+its classes share one, and no module sits beside its own plural."""
 
 from __future__ import annotations
 
 import ast
+import collections
 import importlib
 import inspect
 import pkgutil
@@ -72,3 +74,33 @@ def test_every_fixture_marker_names_a_fixture(key: str) -> None:
     assert isinstance(found, FixtureFunctionDefinition), f"{key} is no fixture"
     function = inspect.unwrap(found)
     assert f"{function.__module__}:{function.__name__}" == key, f"{key} is defined elsewhere"
+
+
+# The product's modules (every package of printernizer_stats), but for the SDK's enums generated from
+# the contract: they repeat the contract's names on purpose.
+PRODUCT_SOURCES = sorted(
+    path
+    for folder in printernizer_stats.__path__
+    for path in Path(folder).rglob("*.py")
+    if "_generated" not in path.parts
+)
+# Reviewed: the SDK's public `Unavailable` (what a call returns when it failed) is host-facing API,
+# kept; the servers' `Unavailable` is a refusal inside the services.
+SHARED_CLASS_NAMES = {"Unavailable"}
+
+
+def test_no_two_classes_share_a_name() -> None:
+    defined: dict[str, list[str]] = collections.defaultdict(list)
+    for path in PRODUCT_SOURCES:
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ClassDef):
+                defined[node.name].append(str(path.relative_to(ROOT)))
+    assert len(defined) > 100  # the walk saw the product
+    twice = {name: where for name, where in defined.items() if len(where) > 1}
+    assert set(twice) <= SHARED_CLASS_NAMES, {n: w for n, w in twice.items() if n not in SHARED_CLASS_NAMES}
+
+
+def test_no_module_sits_beside_its_plural() -> None:
+    for path in PRODUCT_SOURCES:
+        plural = path.with_name(f"{path.stem}s.py")
+        assert not plural.exists(), f"{path.relative_to(ROOT)} and {plural.name} mean different things"
