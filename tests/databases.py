@@ -12,12 +12,13 @@ import os
 import shutil
 import tempfile
 import uuid
-from collections.abc import Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from pathlib import Path
 
 import psycopg
 import pytest
 from printernizer_stats.store import database
+from printernizer_stats.store.analytics_store import AnalyticsStore
 from sqlalchemy.engine import make_url
 
 POSTGRES_URL = os.environ.get("STATS_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
@@ -132,3 +133,16 @@ async def fill_once(database_url: str, fill: Callable[[str], Awaitable[None]]) -
     for suffix in ("", "-wal"):  # (a -wal only while a connection stayed open)
         if Path(f"{_filled[key]}{suffix}").exists():
             shutil.copyfile(f"{_filled[key]}{suffix}", f"{path}{suffix}")
+
+
+@contextlib.asynccontextmanager
+async def filled_analytics_store(
+    database_url: str, fill: Callable[[str], Awaitable[None]]
+) -> AsyncIterator[AnalyticsStore]:
+    """The analytics' reads of the database at `database_url`, filled as `fill_once` fills it."""
+    await fill_once(database_url, fill)
+    store = AnalyticsStore.open(database_url)
+    try:
+        yield store
+    finally:
+        await store.close()

@@ -20,7 +20,6 @@ from printernizer_stats.aggregation.ingest import Ingest
 from printernizer_stats.analytics import release_health
 from printernizer_stats.analytics.queries import Analytics
 from printernizer_stats.common.refusals import FieldError
-from printernizer_stats.store.analytics_store import AnalyticsStore
 from printernizer_stats.store.ingest_store import IngestStore
 from printernizer_stats.store.rollup_store import Rollups
 
@@ -158,12 +157,8 @@ async def fill_fleet(database_url: str) -> None:
 
 @pytest.fixture
 async def analytics(database_url: str) -> AsyncIterator[Analytics]:
-    await databases.fill_once(database_url, fill_fleet)
-    store = AnalyticsStore.open(database_url)
-    try:
+    async with databases.filled_analytics_store(database_url, fill_fleet) as store:
         yield Analytics(store, K, FakeClock(NOW))
-    finally:
-        await store.close()
 
 
 def window(weeks: int = 2) -> api.WeekWindow:

@@ -73,12 +73,8 @@ async def fill(database_url: str) -> None:
 
 @pytest.fixture
 async def store(database_url: str) -> AsyncIterator[AnalyticsStore]:
-    await databases.fill_once(database_url, fill)
-    store = AnalyticsStore.open(database_url)
-    try:
+    async with databases.filled_analytics_store(database_url, fill) as store:
         yield store
-    finally:
-        await store.close()
 
 
 async def test_active_and_new_installations_by_week(store: AnalyticsStore) -> None:
