@@ -26,7 +26,8 @@ from printernizer_stats.store.database import create_server_engine, create_sync_
 from printernizer_stats.store.ingest_store import CheckedReport, IngestStore
 from printernizer_stats.store.refusals import Forbidden, WrongKey
 from printernizer_stats.store.rollup_store import Activity, Rollups, Tally
-from sqlalchemy import delete, insert, select, update
+from sqlalchemy import delete, func, insert, literal_column, select, update
+from sqlalchemy.exc import DBAPIError
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 from .. import databases
@@ -411,6 +412,55 @@ async def test_a_report_committed_after_a_later_one_is_rolled_up() -> None:
         finally:
             await engine.dispose()
             writer.dispose()
+
+
+@pytest.mark.postgres
+async def test_what_is_counted_beside_sees_the_rebuilds_snapshot() -> None:
+    """A full rebuild counts some lists on a second connection: it must see the
+    reports the rebuild's transaction sees, not one committed since."""
+    with databases.fresh_postgres_database() as url:
+        upgrade(url)
+        engine = create_server_engine(url)
+        try:
+            store = IngestStore(engine)
+            await store.store(INSTALLATIONS[0], KEY, [CheckedReport(report_of(0, 0).report)], START)
+            count = select(func.count()).select_from(schema.reports)
+            async with engine.connect() as rebuild:
+                await rebuild.execution_options(isolation_level="REPEATABLE READ")
+                async with rebuild.begin():
+                    assert await rebuild.scalar(count) == 1  # the snapshot is taken
+                    await store.store(INSTALLATIONS[1], KEY, [CheckedReport(report_of(1, 0).report)], START)
+                    (beside,) = await rollup_store._counted_beside(rebuild, [(count, [])])
+                    assert beside == [(1,)]
+            async with engine.connect() as later:
+                assert await later.scalar(count) == 2
+        finally:
+            await engine.dispose()
+
+
+@pytest.mark.postgres
+@pytest.mark.parametrize("failing", ["_job_rows", "_feature_rows"])  # counted beside; in the transaction
+async def test_a_rebuild_that_fails_on_either_connection_changes_nothing(
+    monkeypatch: pytest.MonkeyPatch, failing: str
+) -> None:
+    with databases.fresh_postgres_database() as url:
+        upgrade(url)
+        engine = create_server_engine(url)
+        try:
+            store, rollups = IngestStore(engine), Rollups(engine, lambda: START)
+            for installation in range(3):
+                stored = report_of(installation, 1)
+                await store.store(INSTALLATIONS[installation], KEY, [CheckedReport(stored.report)], START)
+            await rollups.refresh()
+            before = await rollup_rows(engine)
+            assert before["weekly_totals"]  # there is something to lose
+            monkeypatch.setattr(rollup_store, failing, lambda scope: select(literal_column("1 / 0")))
+            with pytest.raises(DBAPIError, match="division by zero"):
+                await rollups.rebuild()
+            assert await rollup_rows(engine) == before
+            assert engine.sync_engine.pool.checkedout() == 0  # neither connection left behind
+        finally:
+            await engine.dispose()
 
 
 def report_of(installation: int, week: int) -> Store:

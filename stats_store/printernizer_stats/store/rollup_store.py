@@ -42,6 +42,8 @@ the database.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime as dt
 import enum
 import itertools
@@ -65,6 +67,7 @@ from sqlalchemy import (
     Select,
     Table,
     and_,
+    bindparam,
     case,
     cast,
     delete,
@@ -473,9 +476,11 @@ class _Sources:
     job_rows: FromClause
 
 
-async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> _Sources:
+async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool, beside: bool) -> _Sources:
     """The scope's parts, error rows and features. `narrow`: find the range of
-    the scope's report rows first (from the activity parts), to read their lists by it."""
+    the scope's report rows first (from the activity parts), to read their lists
+    by it. `beside` (PostgreSQL, a scope worth it): the printer parts and the job
+    rows are counted on a second connection meanwhile (see `_counted_beside`)."""
     if not _native(connection):
         return _Sources(
             [_part_rows(scope, REPORT_PARTS, i, False).subquery() for i in range(len(REPORT_PARTS))],
@@ -486,21 +491,43 @@ async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> 
             _job_rows(scope).subquery(),
         )
     postgresql = connection.dialect.name == "postgresql"
-    await _create_parts(connection, _REPORT_PARTS, _all_parts(scope, REPORT_PARTS, False, postgresql))
-    await connection.execute(_CreateTemporaryAs(_ACTIVITY_PARTS, _activity_parts(scope)))
-    if narrow:
-        span = select(func.min(_ACTIVITY_PARTS.c.first_report), func.max(_ACTIVITY_PARTS.c.last_report))
-        low, high = (await connection.execute(span)).one()
-        if low is not None:
-            scope = _Scope(scope.reports, (int(low) - 1, int(high)))
-    if postgresql:
-        # A list's rows and their reports both lie in report order: merging the
-        # two beats hashing the reports (measured twice as fast on the printers).
-        await connection.execute(text("SET LOCAL enable_hashjoin = off"))
-    await _create_parts(connection, _PRINTER_PARTS, _all_parts(scope, PRINTER_PARTS, True, postgresql))
-    await connection.execute(_CreateTemporaryAs(_ERROR_ROWS, _error_rows(scope)))
-    await connection.execute(_CreateTemporaryAs(_FEATURE_ROWS, _feature_rows(scope)))
-    await connection.execute(_CreateTemporaryAs(_JOB_ROWS, _job_rows(scope)))
+    beside = beside and postgresql and not narrow
+    side: asyncio.Task[list[list[tuple[Any, ...]]]] | None = None
+    if beside:
+        side = asyncio.create_task(
+            _counted_beside(
+                connection,
+                [(_all_parts(scope, PRINTER_PARTS, True, True), _PARTS_SETTINGS), (_job_rows(scope), [])],
+            )
+        )
+    try:
+        await _create_parts(connection, _REPORT_PARTS, _all_parts(scope, REPORT_PARTS, False, postgresql))
+        await connection.execute(_CreateTemporaryAs(_ACTIVITY_PARTS, _activity_parts(scope)))
+        if narrow:
+            span = select(func.min(_ACTIVITY_PARTS.c.first_report), func.max(_ACTIVITY_PARTS.c.last_report))
+            low, high = (await connection.execute(span)).one()
+            if low is not None:
+                scope = _Scope(scope.reports, (int(low) - 1, int(high)))
+        if postgresql:
+            await connection.execute(text(f"SET LOCAL {_MERGE_LISTS}"))
+        if side is None:
+            await _create_parts(
+                connection, _PRINTER_PARTS, _all_parts(scope, PRINTER_PARTS, True, postgresql)
+            )
+        await connection.execute(_CreateTemporaryAs(_ERROR_ROWS, _error_rows(scope)))
+        await connection.execute(_CreateTemporaryAs(_FEATURE_ROWS, _feature_rows(scope)))
+        if side is None:
+            await connection.execute(_CreateTemporaryAs(_JOB_ROWS, _job_rows(scope)))
+        else:
+            printer_parts, job_rows = await side
+            await _fill_scratch(connection, _PRINTER_PARTS, printer_parts)
+            await _fill_scratch(connection, _JOB_ROWS, job_rows)
+    except BaseException:
+        if side is not None:
+            side.cancel()
+            with contextlib.suppress(BaseException):
+                await side
+        raise
     if postgresql:
         await connection.execute(text("SET LOCAL enable_hashjoin = on"))
         # Temporary tables get no statistics by themselves; without them the
@@ -514,6 +541,55 @@ async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool) -> 
         _FEATURE_ROWS,
         _ACTIVITY_PARTS,
         _JOB_ROWS,
+    )
+
+
+# A list's rows and their reports both lie in report order: merging the two
+# beats hashing the reports (measured twice as fast on the printers).
+_MERGE_LISTS = "enable_hashjoin = off"
+# The parts statements' setting (see _create_parts).
+_PARTS_SETTINGS = ["SET LOCAL hash_mem_multiplier = 8"]
+
+
+async def _counted_beside(
+    connection: AsyncConnection, statements: Sequence[tuple[_AnyRows, Sequence[str]]]
+) -> list[list[tuple[Any, ...]]]:
+    """The rows of read-only `statements`, each after its settings, run on a
+    second connection that sees exactly what `connection`'s transaction sees
+    (its snapshot, exported and imported). PostgreSQL runs a GROUPING SETS
+    statement on one core: counting the printer parts and the job lists beside
+    the report parts and the features keeps both cores busy through a rebuild."""
+    snapshot = str(await connection.scalar(text("SELECT pg_export_snapshot()")))
+    if not all(c.isalnum() or c == "-" for c in snapshot):  # it is written into a statement
+        raise ValueError(f"unexpected snapshot name {snapshot!r}")
+    async with connection.engine.connect() as side:
+        await side.execution_options(isolation_level="REPEATABLE READ")
+        async with side.begin():
+            await side.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
+            for setting in ("work_mem = '128MB'", "jit = off", _MERGE_LISTS):
+                await side.execute(text(f"SET LOCAL {setting}"))
+            found = []
+            for rows, settings in statements:
+                for setting in settings:
+                    await side.execute(text(setting))
+                found.append([tuple(row) for row in await side.execute(rows)])
+                for setting in settings:
+                    name = setting.removeprefix("SET LOCAL ").split(" = ")[0]
+                    await side.execute(text(f"SET LOCAL {name} = DEFAULT"))
+            return found
+
+
+async def _fill_scratch(connection: AsyncConnection, table: Table, rows: list[tuple[Any, ...]]) -> None:
+    """A scratch table (PostgreSQL) holding `rows`, in the table's column order:
+    one statement, each column passed as an array."""
+    await connection.run_sync(table.create)
+    columns = list(table.c)
+    arrays = [cast(bindparam(f"c{i}"), postgresql.ARRAY(c.type)) for i, c in enumerate(columns)]
+    unnested = func.unnest(*arrays).table_valued(*(c.name for c in columns)).render_derived()
+    values = list(zip(*rows, strict=True)) if rows else [() for _ in columns]
+    await connection.execute(
+        insert(table).from_select([c.name for c in columns], select(*unnested.c)),
+        {f"c{i}": list(column) for i, column in enumerate(values)},
     )
 
 
@@ -723,11 +799,14 @@ def _empty(table: Table) -> ColumnElement[bool]:
     return and_(table.c.installations == 0, table.c.amount == 0)
 
 
-async def _apply(connection: AsyncConnection, scope: _Scope, sign: int, narrow: bool = False) -> set[int]:
+async def _apply(
+    connection: AsyncConnection, scope: _Scope, sign: int, narrow: bool = False, beside: bool = False
+) -> set[int]:
     """Add (sign 1) or take away (-1) the contributions of the scope's reports
     to every weekly rollup; returns the weeks of those reports. `narrow`: the
-    reports lie in a range of rows worth finding first (a week's)."""
-    sources = await _sources(connection, scope, narrow)
+    reports lie in a range of rows worth finding first (a week's); `beside`:
+    they are many, worth a second connection (see `_sources`)."""
+    sources = await _sources(connection, scope, narrow, beside)
     first = sources.report_parts[0]
     weeks_of = select(first.c.week).where(first.c.part == _mask(REPORT_PARTS[0])).distinct()
     weeks = {int(w) for w in (await connection.execute(weeks_of)).scalars()}
@@ -1073,7 +1152,11 @@ async def _recompute(connection: AsyncConnection, weeks: list[int], watermark: i
         await connection.execute(delete(table).where(table.c.week.in_(weeks) if weeks else true()))
     # Every week: the rows up to the watermark; some weeks: their range, found first.
     changed = await _apply(
-        connection, _Scope(reports, None if weeks else (0, watermark)), 1, narrow=bool(weeks)
+        connection,
+        _Scope(reports, None if weeks else (0, watermark)),
+        1,
+        narrow=bool(weeks),
+        beside=not weeks,
     )
     if not weeks:
         await _recount_first_weeks(connection, watermark)
