@@ -572,11 +572,8 @@ class Analytics:
                 errors = sharing_errors = 0
             if not self._enough_shared(sharing_usage, whole):  # likewise their jobs
                 failed = completed = 0
-            errors, failed, completed, sharing_errors = (
-                count(errors),
-                count(failed),
-                count(completed),
-                count(sharing_errors),
+            errors, failed, completed, sharing_errors = map(
+                count, (errors, failed, completed, sharing_errors)
             )
             return analytics_service_pb2.SeriesPoint(
                 week=week.to_proto(),
