@@ -497,7 +497,10 @@ async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool, bes
         side = asyncio.create_task(
             _counted_beside(
                 connection,
-                [(_all_parts(scope, PRINTER_PARTS, True, True), _PARTS_SETTINGS), (_job_rows(scope), [])],
+                [
+                    (_all_parts(scope, PRINTER_PARTS, True, True), [_PARTS_HASH_MEMORY]),
+                    (_job_rows(scope), []),
+                ],
             )
         )
     try:
@@ -547,15 +550,18 @@ async def _sources(connection: AsyncConnection, scope: _Scope, narrow: bool, bes
 # A list's rows and their reports both lie in report order: merging the two
 # beats hashing the reports (measured twice as fast on the printers).
 _MERGE_LISTS = "enable_hashjoin = off"
-# The parts statements' setting (see _create_parts).
-_PARTS_SETTINGS = ["SET LOCAL hash_mem_multiplier = 8"]
+# The parts statements' hash memory (see _create_parts).
+_PARTS_HASH_MEMORY = "hash_mem_multiplier = 8"
+# A rebuild groups millions of rows: in memory, not in files; and its
+# statements are many and short, not worth compiling.
+_MAINTENANCE_SETTINGS = ("work_mem = '128MB'", "jit = off")
 
 
 async def _counted_beside(
     connection: AsyncConnection, statements: Sequence[tuple[_AnyRows, Sequence[str]]]
 ) -> list[list[tuple[Any, ...]]]:
-    """The rows of read-only `statements`, each after its settings, run on a
-    second connection that sees exactly what `connection`'s transaction sees
+    """The rows of read-only `statements`, each under its settings ("name =
+    value"), run on a second connection that sees exactly what `connection`'s transaction sees
     (its snapshot, exported and imported). PostgreSQL runs a GROUPING SETS
     statement on one core: counting the printer parts and the job lists beside
     the report parts and the features keeps both cores busy through a rebuild."""
@@ -566,16 +572,15 @@ async def _counted_beside(
         await side.execution_options(isolation_level="REPEATABLE READ")
         async with side.begin():
             await side.execute(text(f"SET TRANSACTION SNAPSHOT '{snapshot}'"))
-            for setting in ("work_mem = '128MB'", "jit = off", _MERGE_LISTS):
+            for setting in (*_MAINTENANCE_SETTINGS, _MERGE_LISTS):
                 await side.execute(text(f"SET LOCAL {setting}"))
             found = []
             for rows, settings in statements:
                 for setting in settings:
-                    await side.execute(text(setting))
+                    await side.execute(text(f"SET LOCAL {setting}"))
                 found.append([tuple(row) for row in await side.execute(rows)])
                 for setting in settings:
-                    name = setting.removeprefix("SET LOCAL ").split(" = ")[0]
-                    await side.execute(text(f"SET LOCAL {name} = DEFAULT"))
+                    await side.execute(text(f"SET LOCAL {setting.split(' = ')[0]} = DEFAULT"))
             return found
 
 
@@ -602,7 +607,7 @@ async def _create_parts(connection: AsyncConnection, table: Table, rows: _AnyRow
         # 52 weeks, where 140,000 are found). Past the default limit it sorts
         # some sets instead of hashing them all: millions of rows sorted on disk,
         # twice as slow. A hash table still spills to disk past the raised limit.
-        await connection.execute(text("SET LOCAL hash_mem_multiplier = 8"))
+        await connection.execute(text(f"SET LOCAL {_PARTS_HASH_MEMORY}"))
     await connection.execute(_CreateTemporaryAs(table, rows))
     if postgresql:
         # Not for the other statements: a hash table is allocated for the groups
@@ -1110,10 +1115,8 @@ class Rollups:
                 if newest is None:  # the lock is the database's: every row is committed
                     newest = int(await connection.scalar(select(func.max(_reports.c.id))) or 0)
                 if connection.dialect.name == "postgresql":
-                    # A rebuild groups millions of rows: in memory, not in files;
-                    # and its statements are many and short, not worth compiling.
-                    await connection.execute(text("SET LOCAL work_mem = '128MB'"))
-                    await connection.execute(text("SET LOCAL jit = off"))
+                    for setting in _MAINTENANCE_SETTINGS:
+                        await connection.execute(text(f"SET LOCAL {setting}"))
                 if state.rebuild_requested:  # asked for (or never built): everything
                     rebuild = []
                 upto = max(newest, state.last_report)
