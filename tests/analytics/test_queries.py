@@ -9,11 +9,14 @@ from __future__ import annotations
 import uuid
 
 import pytest
+from google.protobuf.message import Message
 from printernizer.stats.v1 import analytics_service_pb2
+from printernizer.stats.v1 import analytics_service_pb2 as api
 from printernizer_stats.analytics.privacy import Disclosure, Group, fold_small_groups, rounded
 from printernizer_stats.analytics.queries import Analytics
 from printernizer_stats.common.refusals import FieldError
 from printernizer_stats.common.weeks import Week
+from sqlalchemy import event
 
 from .. import databases
 from ..agent_harness import FakeClock
@@ -284,6 +287,58 @@ async def test_a_deletion_leaves_the_rollups_and_a_new_report_refreshes_its_week
     agent = Installation(uuid.uuid4().bytes)
     await stored.ingest.submit(agent.submission(report_of(agent, W45)))
     assert await stored.rollups.refresh() == [W45]
+
+
+# Every RPC of the analytics service, as the Analytics method that answers it and a request to it.
+ANSWERS: dict[str, tuple[str, Message]] = {
+    "GetOverview": ("overview", api.GetOverviewRequest()),
+    "GetInstallationTrend": ("installation_trend", api.GetInstallationTrendRequest()),
+    "GetDistribution": ("distribution", api.GetDistributionRequest(dimensions=[Dimension.DIMENSION_COUNTRY])),
+    "GetFeatureAdoption": ("feature_adoption", api.GetFeatureAdoptionRequest()),
+    "GetVersionMigration": ("version_migration", api.GetVersionMigrationRequest()),
+    "GetFeatureTrend": ("feature_trend", api.GetFeatureTrendRequest()),
+    "GetErrorTrend": ("error_trend", api.GetErrorTrendRequest()),
+    "GetErrorRates": ("error_rates", api.GetErrorRatesRequest()),
+    "ListAnomalies": ("anomalies", api.ListAnomaliesRequest()),
+    "ExportAggregates": ("export", api.ExportAggregatesRequest()),
+    "GetReleaseHealth": ("release_health", api.GetReleaseHealthRequest()),
+    "GetUsage": ("usage", api.GetUsageRequest()),
+    "GetFeatureAdoptionByVersion": ("feature_adoption_by_version", api.GetFeatureAdoptionByVersionRequest()),
+}
+# More requests whose answers read other rollups.
+MORE_REQUESTS: list[tuple[str, Message]] = [
+    ("distribution", api.GetDistributionRequest(dimensions=[Dimension.DIMENSION_PRINTER_TYPE])),
+    (
+        "distribution",
+        api.GetDistributionRequest(dimensions=[Dimension.DIMENSION_COUNTRY, Dimension.DIMENSION_APP_VERSION]),
+    ),
+    ("error_rates", api.GetErrorRatesRequest(by_deployment_mode=True)),
+    ("error_trend", api.GetErrorTrendRequest(group_by=api.ERROR_GROUPING_APP_VERSION)),
+]
+
+
+def test_every_rpc_is_among_the_answers_checked() -> None:
+    service = api.DESCRIPTOR.services_by_name["AnalyticsService"]
+    assert set(ANSWERS) == {method.name for method in service.methods}
+
+
+@pytest.mark.parametrize(("method", "request_"), [*ANSWERS.values(), *MORE_REQUESTS])
+async def test_every_answer_reads_one_snapshot(stored: Stored, method: str, request_: Message) -> None:
+    """A refresh may commit between two reads: an answer made of two snapshots
+    could count a week's groups from one and who shared them from the other.
+    The export, made of the other answers, reads one too."""
+    engine = stored.analytics.store.engine
+    checkouts: list[object] = []
+
+    def counted(*_: object) -> None:
+        checkouts.append(None)
+
+    event.listen(engine.sync_engine.pool, "checkout", counted)
+    try:
+        await getattr(stored.analytics, method)(request_)
+    finally:
+        event.remove(engine.sync_engine.pool, "checkout", counted)
+    assert len(checkouts) == 1, f"{method} read {len(checkouts)} snapshots"
 
 
 async def test_bounds_and_bad_requests_name_the_field(stored: Stored) -> None:

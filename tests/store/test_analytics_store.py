@@ -203,6 +203,25 @@ async def test_the_reads_of_a_snapshot_see_one_moment(store: AnalyticsStore, dat
             assert await snapshot.active(W46, W46) == {W46.key: 4}  # a new snapshot sees the refresh
 
 
+async def test_a_snapshot_asked_for_inside_another_is_that_one(
+    store: AnalyticsStore, database_url: str
+) -> None:
+    """An answer made of other answers (the export) reads one moment; another
+    store, or the same store once the snapshot is over, gets a snapshot of its own."""
+    other = AnalyticsStore.open(database_url)
+    try:
+        async with store.snapshot() as outer:
+            async with store.snapshot() as inner:
+                assert inner is outer
+            async with other.snapshot() as elsewhere:
+                assert elsewhere is not outer
+            assert await outer.active(W46, W46) == {W46.key: 3}  # still open after the inner one ended
+        async with store.snapshot() as later:
+            assert later is not outer
+    finally:
+        await other.close()
+
+
 # --- several rollups in one statement --------------------------------------------------------------------
 # `Snapshot.read` (the overview's one round trip) gives each rollup's groups as reading it alone does.
 

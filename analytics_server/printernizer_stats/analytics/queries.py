@@ -36,6 +36,7 @@ from .release_health import (
     RELEASE_ACTIVITIES,
     RELEASE_HEALTH_WEEKS,
     WeekFigures,
+    by_key,
     compared,
     failure_shares,
     releases,
@@ -281,6 +282,12 @@ class Analytics:
         """Every aggregated figure of the window (the same answers as the
         separate calls, so with the same small groups folded away)."""
         last = window(request.window, self.clock())[-1]  # a bad window is refused before any work
+        async with self.store.snapshot():  # every answer below reads this one snapshot
+            return await self._export(request, last)
+
+    async def _export(
+        self, request: analytics_service_pb2.ExportAggregatesRequest, last: Week
+    ) -> analytics_service_pb2.ExportAggregatesResponse:
         overview = await self.overview(analytics_service_pb2.GetOverviewRequest(window=request.window))
         # The overview already holds four of the distributions: not asked twice.
         known = {
@@ -348,15 +355,15 @@ class Analytics:
         if len(set(dimensions)) != len(dimensions):
             raise FieldError("dimensions[1]", "repeats the first dimension")
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
-        if len(dimensions) == 1:
-            groups, total = await self._groups(week, dimensions[0])
-        else:
-            groups, total = await self._combinations(week, dimensions[0], dimensions[1])
-        if _part_of(dimensions) > consent_levels.BASICS:
-            (shared,) = await self._tallies([week], Tally.SHARED)
-            sharing = _sharing_in(shared, week, dimensions, total)
-        else:
-            sharing = total
+        async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
+            if len(dimensions) == 1:
+                groups, total = await _groups(snapshot, week, dimensions[0])
+            else:
+                groups, total = await _combinations(snapshot, week, dimensions[0], dimensions[1])
+            shared: dict[int, list[Group]] = {}
+            if _part_of(dimensions) > consent_levels.BASICS:  # every report shares the basics
+                (shared,) = await _tallies(snapshot, [week], Tally.SHARED)
+        sharing = _sharing_in(shared, week, dimensions, total)
         return self._distribution(dimensions, week, groups, total, sharing)
 
     def _distribution(
@@ -390,21 +397,14 @@ class Analytics:
         _add_entries(response, folded, dimensions, published_sharing)
         return response
 
-    async def _combinations(self, week: Week, first: int, second: int) -> tuple[list[Group], int]:
-        """Installations by two dimensions at once (from the pair rollups), and the week's active ones."""
-        async with self.store.snapshot() as snapshot:
-            groups = await snapshot.pairs(week, week, first, second)
-            active = await snapshot.active(week, week)
-        return groups.get(week.key, []), active.get(week.key, 0)
-
     async def feature_adoption(
         self, request: analytics_service_pb2.GetFeatureAdoptionRequest
     ) -> analytics_service_pb2.GetFeatureAdoptionResponse:
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
-        groups, total = await self._groups(week, Tally.FEATURES)
-        return self._feature_adoption(
-            week, groups, total, (await self._sharing([week], FEATURES_PART)).get(week.key, 0)
-        )
+        async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
+            groups, total = await _groups(snapshot, week, Tally.FEATURES)
+            sharing = await _sharing(snapshot, [week], FEATURES_PART)
+        return self._feature_adoption(week, groups, total, sharing.get(week.key, 0))
 
     def _feature_adoption(
         self, week: Week, groups: list[Group], total: int, sharing_features: int
@@ -432,7 +432,8 @@ class Analytics:
         self, request: analytics_service_pb2.GetVersionMigrationRequest
     ) -> analytics_service_pb2.GetVersionMigrationResponse:
         weeks = window(request.window, self.clock())
-        per_week, active = await self._groups_over(weeks, Dimension.DIMENSION_APP_VERSION)
+        async with self.store.snapshot() as snapshot:
+            per_week, active = await _groups_over(snapshot, weeks, Dimension.DIMENSION_APP_VERSION)
         return analytics_service_pb2.GetVersionMigrationResponse(
             weeks=[w.to_proto() for w in weeks],
             series=self._series(
@@ -445,11 +446,10 @@ class Analytics:
         self, request: analytics_service_pb2.GetFeatureTrendRequest
     ) -> analytics_service_pb2.GetFeatureTrendResponse:
         weeks = window(request.window, self.clock())
-        per_week, active = await self._groups_over(weeks, Tally.FEATURES)
-        sharing = {
-            w: self._enough_shared(n, active.get(w, 0))
-            for w, n in (await self._sharing(weeks, FEATURES_PART)).items()
-        }
+        async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
+            per_week, active = await _groups_over(snapshot, weeks, Tally.FEATURES)
+            shared = await _sharing(snapshot, weeks, FEATURES_PART)
+        sharing = {w: self._enough_shared(n, active.get(w, 0)) for w, n in shared.items()}
         return analytics_service_pb2.GetFeatureTrendResponse(
             weeks=[w.to_proto() for w in weeks],
             series=self._series(
@@ -466,13 +466,12 @@ class Analytics:
         if grouping not in _ERROR_GROUPINGS:
             raise FieldError("group_by", "is not a known grouping")
         code = _ERROR_GROUPINGS[grouping]
-        per_week, active = await self._groups_over(weeks, code)
+        async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
+            per_week, active = await _groups_over(snapshot, weeks, code)
+            shared = await _sharing(snapshot, weeks, ERRORS_PART)
         # Shares are of the installations that shared their errors (a report without
         # errors is not an installation without errors).
-        sharing = {
-            w: self._enough_shared(n, active.get(w, 0))
-            for w, n in (await self._sharing(weeks, ERRORS_PART)).items()
-        }
+        sharing = {w: self._enough_shared(n, active.get(w, 0)) for w, n in shared.items()}
         if code == Tally.ERRORS_BY_VERSION:  # each installation reports one version
             fold, order = self.disclosure.fold, _version_order
         else:  # an installation can report several error types and components
@@ -497,14 +496,17 @@ class Analytics:
         # installations. Keyed as the tallies are (the groups' keys are fewer to convert).
         figures: dict[tuple[int, tuple[int, ...]], list[int]] = {}
 
+        def row(w: int, key: tuple[int, ...]) -> list[int]:
+            found = figures.get((w, key))
+            if found is None:
+                found = figures[w, key] = [0, 0, 0, 0, 0, 0]
+            return found
+
         def add(per_week: dict[int, list[Group]], column: int) -> None:
             amounts = column < 3
             for w, week_groups in per_week.items():
                 for g in week_groups:
-                    row = figures.get((w, g.key))
-                    if row is None:
-                        row = figures[w, g.key] = [0, 0, 0, 0, 0, 0]
-                    row[column] += g.amount if amounts else g.installations
+                    row(w, g.key)[column] += g.amount if amounts else g.installations
 
         tally_key: Callable[[tuple[int, ...]], tuple[int, ...]]
         if request.by_deployment_mode:
@@ -542,9 +544,9 @@ class Analytics:
                 )
             for column, per_week in enumerate((errors, failed, completed)):
                 add(per_week, column)
-            for column, level in ((3, ERRORS_PART), (4, USAGE_PART)):  # by level, as the others: level 0
-                add({w: [Group((*g.key[:3], 0), g.installations) for g in gs if g.key[3] >= level]
-                     for w, gs in shared.items()}, column)  # fmt: skip
+            for column, level in ((3, ERRORS_PART), (4, USAGE_PART)):
+                for (w, version), sharing in _by_version_at_least(shared, level).items():
+                    row(w, (*version, 0))[column] += sharing  # keyed as the version tallies: 0 last
 
             def tally_key(key: tuple[int, ...]) -> tuple[int, ...]:
                 return (*key, 0)
@@ -556,7 +558,7 @@ class Analytics:
 
         for w, week_groups in groups.items():
             for g in week_groups:
-                figures.setdefault((w, tally_key(g.key)), [0, 0, 0, 0, 0, 0])[5] = g.installations
+                row(w, tally_key(g.key))[5] = g.installations
         folded = {w.key: self.disclosure.fold(groups.get(w.key, [])) for w in weeks}
         published = sorted({g.key for f in folded.values() for g in f.groups}, key=order)
         count, none = self.disclosure.count, [0, 0, 0, 0, 0, 0]
@@ -615,7 +617,9 @@ class Analytics:
         given.CopyFrom(request.window)
         given.weeks = given.weeks or RELEASE_HEALTH_WEEKS
         weeks = window(given, self.clock())
-        found = compared(releases(await self._release_weeks(weeks), self.disclosure))
+        async with self.store.snapshot() as snapshot:
+            figures = await _release_weeks(snapshot, weeks)
+        found = compared(releases(figures, self.disclosure))
         response = analytics_service_pb2.GetReleaseHealthResponse(
             weeks=[w.to_proto() for w in weeks], min_group_size=self.min_group_size
         )
@@ -659,30 +663,21 @@ class Analytics:
                 )
         return response
 
-    async def _release_weeks(self, weeks: list[Week]) -> list[WeekFigures]:
-        """The rollups release health reads, week by week."""
-        versions, errors, failures, shared = await self._tallies(
-            weeks, _V, Tally.ERRORS_BY_VERSION, Tally.JOB_FAILURES_BY_VERSION, Tally.SHARED_BY_VERSION
-        )
-        async with self.store.snapshot() as snapshot:
-            activity = await snapshot.groups(
-                weeks[0], weeks[-1], Tally.ACTIVITY_BY_VERSION, fourth=RELEASE_ACTIVITIES
-            )
-        return week_figures(versions, activity, errors, failures, shared, [w.key for w in weeks])
-
     async def usage(
         self, request: analytics_service_pb2.GetUsageRequest
     ) -> analytics_service_pb2.GetUsageResponse:
         weeks = window(request.window, self.clock())
-        activity, active = await self._groups_over(weeks, Tally.ACTIVITY)
-        durations, failures, completed_on, failed_on, shared = await self._tallies(
-            weeks,
-            Tally.JOB_DURATIONS,
-            Tally.JOB_FAILURES,
-            Tally.COMPLETED_JOBS_BY_PRINTER_TYPE,
-            Tally.FAILED_JOBS_BY_PRINTER_TYPE,
-            Tally.SHARED,
-        )
+        async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
+            activity, active = await _groups_over(snapshot, weeks, Tally.ACTIVITY)
+            durations, failures, completed_on, failed_on, shared = await _tallies(
+                snapshot,
+                weeks,
+                Tally.JOB_DURATIONS,
+                Tally.JOB_FAILURES,
+                Tally.COMPLETED_JOBS_BY_PRINTER_TYPE,
+                Tally.FAILED_JOBS_BY_PRINTER_TYPE,
+                Tally.SHARED,
+            )
         sharing = _at_least(shared, USAGE_PART)
 
         def total_of(kind: Activity) -> dict[int, int]:
@@ -728,22 +723,26 @@ class Analytics:
         self, request: analytics_service_pb2.GetFeatureAdoptionByVersionRequest
     ) -> analytics_service_pb2.GetFeatureAdoptionByVersionResponse:
         week = _week("week", request.week if request.HasField("week") else None, self.clock())
-        versions, _ = await self._groups(week, _V)
-        features, _ = await self._groups(week, Tally.FEATURES_BY_VERSION)
-        sharing = await self._sharing_by_version([week], FEATURES_PART)
+        async with self.store.snapshot() as snapshot:  # every read of the answer, one snapshot
+            by_version, by_feature, shared = await _tallies(
+                snapshot, [week], _V, Tally.FEATURES_BY_VERSION, Tally.SHARED_BY_VERSION
+            )
+        versions, features = by_version.get(week.key, []), by_feature.get(week.key, [])
+        sharing = _by_version_at_least(shared, FEATURES_PART)
+        exact = by_key(versions)
         response = analytics_service_pb2.GetFeatureAdoptionByVersionResponse(
             week=week.to_proto(), min_group_size=self.min_group_size
         )
         folded = self.disclosure.fold(versions)
         for version in sorted(folded.groups, key=lambda g: _version_order(g.key)):
-            on_it = next(v.installations for v in versions if v.key == version.key)
-            shared = self.disclosure.count(
+            on_it = exact[version.key].installations
+            shared_features = self.disclosure.count(
                 self._enough_shared(sharing.get((week.key, version.key), 0), on_it)
             )
             adoption = response.versions.add(
                 version=group_value(_V, version.key),
                 installations=version.installations,
-                sharing_installations=shared,
+                sharing_installations=shared_features,
             )
             own = [Group(g.key[3:], g.installations, g.amount) for g in features if g.key[:3] == version.key]
             for group in self.disclosure.features(own).groups:
@@ -751,7 +750,7 @@ class Analytics:
                     feature=group_value(Tally.FEATURES, group.key),
                     enabled_installations=group.installations,
                     reporting_installations=group.amount,
-                    enabled_share=ratio(group.installations, shared),
+                    enabled_share=ratio(group.installations, shared_features),
                 )
         return response
 
@@ -879,32 +878,6 @@ class Analytics:
         where they are too few to publish (they then count as not having shared it)."""
         return sharing if self.disclosure.enough_shared(sharing, whole) else 0
 
-    async def _sharing(self, weeks: list[Week], level: int) -> dict[int, int]:
-        """Each week's active installations whose reports share the part of `level`."""
-        (shared,) = await self._tallies(weeks, Tally.SHARED)
-        return _at_least(shared, level)
-
-    async def _sharing_by_version(
-        self, weeks: list[Week], level: int
-    ) -> dict[tuple[int, tuple[int, ...]], int]:
-        """The same per (week, app version)."""
-        (shared,) = await self._tallies(weeks, Tally.SHARED_BY_VERSION)
-        return _by_version_at_least(shared, level)
-
-    async def _tallies(self, weeks: list[Week], *rollups: int) -> list[dict[int, list[Group]]]:
-        """Each week's groups of several rollups, read in one snapshot (one round trip each)."""
-        async with self.store.snapshot() as snapshot:
-            return [await snapshot.groups(weeks[0], weeks[-1], rollup) for rollup in rollups]
-
-    async def _groups_over(
-        self, weeks: list[Week], dimension: int
-    ) -> tuple[dict[int, list[Group]], dict[int, int]]:
-        """Each week's groups of one dimension (or tally), and each week's active installations."""
-        async with self.store.snapshot() as snapshot:
-            per_week = await snapshot.groups(weeks[0], weeks[-1], dimension)
-            active = await snapshot.active(weeks[0], weeks[-1])
-        return per_week, active
-
     def _series(
         self,
         weeks: list[Week],
@@ -937,10 +910,53 @@ class Analytics:
             series.append(other)
         return series
 
-    async def _groups(self, week: Week, dimension: int) -> tuple[list[Group], int]:
-        """One week's groups of one dimension, and its active installations."""
-        per_week, active = await self._groups_over([week], dimension)
-        return per_week.get(week.key, []), active.get(week.key, 0)
+
+# --- reads within one answer's snapshot ---------------------------------------------------------
+
+
+async def _tallies(snapshot: Snapshot, weeks: list[Week], *rollups: int) -> list[dict[int, list[Group]]]:
+    """Each week's groups of several rollups (dimensions or tallies), in one statement."""
+    return await snapshot.read(*(RollupRead(rollup, weeks[0], weeks[-1]) for rollup in rollups))
+
+
+async def _groups_over(
+    snapshot: Snapshot, weeks: list[Week], dimension: int
+) -> tuple[dict[int, list[Group]], dict[int, int]]:
+    """Each week's groups of one dimension (or tally), and each week's active installations."""
+    (per_week,) = await _tallies(snapshot, weeks, dimension)
+    return per_week, await snapshot.active(weeks[0], weeks[-1])
+
+
+async def _groups(snapshot: Snapshot, week: Week, dimension: int) -> tuple[list[Group], int]:
+    """One week's groups of one dimension, and its active installations."""
+    per_week, active = await _groups_over(snapshot, [week], dimension)
+    return per_week.get(week.key, []), active.get(week.key, 0)
+
+
+async def _combinations(snapshot: Snapshot, week: Week, first: int, second: int) -> tuple[list[Group], int]:
+    """Installations by two dimensions at once (from the pair rollups), and the week's active ones."""
+    groups = await snapshot.pairs(week, week, first, second)
+    active = await snapshot.active(week, week)
+    return groups.get(week.key, []), active.get(week.key, 0)
+
+
+async def _sharing(snapshot: Snapshot, weeks: list[Week], level: int) -> dict[int, int]:
+    """Each week's active installations whose reports share the part of `level`."""
+    (shared,) = await _tallies(snapshot, weeks, Tally.SHARED)
+    return _at_least(shared, level)
+
+
+async def _release_weeks(snapshot: Snapshot, weeks: list[Week]) -> list[WeekFigures]:
+    """The rollups release health reads, week by week."""
+    first, last = weeks[0], weeks[-1]
+    versions, errors, failures, shared, activity = await snapshot.read(
+        RollupRead(_V, first, last),
+        RollupRead(Tally.ERRORS_BY_VERSION, first, last),
+        RollupRead(Tally.JOB_FAILURES_BY_VERSION, first, last),
+        RollupRead(Tally.SHARED_BY_VERSION, first, last),
+        RollupRead(Tally.ACTIVITY_BY_VERSION, first, last, RELEASE_ACTIVITIES),
+    )
+    return week_figures(versions, activity, errors, failures, shared, [w.key for w in weeks])
 
 
 def _anomaly_span(weeks: list[Week]) -> list[Week]:

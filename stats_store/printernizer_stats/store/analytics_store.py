@@ -14,6 +14,7 @@ figure) is one more method there and inherits the consistency of the rest.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import functools
 from collections.abc import AsyncIterator, Collection
 from dataclasses import dataclass
@@ -256,10 +257,29 @@ class AnalyticsStore:
         """Reads whose statements all see one snapshot of the rollups, so a
         refresh committing between two of them cannot tear an answer (a
         week's total counted, its groups not yet). PostgreSQL: REPEATABLE READ;
-        SQLite: one read transaction (writers wait for it; it is short)."""
+        SQLite: one read transaction (writers wait for it; it is short).
+
+        Asked for inside another of this store's snapshots (in the same task:
+        an answer made of other answers, as the export is), it is that one:
+        the whole answer reads one moment."""
+        outer = _open_snapshot.get()
+        if outer is not None and outer[0] is self:
+            yield outer[1]
+            return
         async with self.engine.connect() as connection:
             if connection.dialect.name == "postgresql":
                 await connection.execution_options(isolation_level="REPEATABLE READ")
             elif connection.dialect.name == "sqlite":
                 await connection.exec_driver_sql("BEGIN")
-            yield Snapshot(connection)
+            snapshot = Snapshot(connection)
+            token = _open_snapshot.set((self, snapshot))
+            try:
+                yield snapshot
+            finally:
+                _open_snapshot.reset(token)
+
+
+# The snapshot the current task reads in, and its store (see AnalyticsStore.snapshot).
+_open_snapshot: contextvars.ContextVar[tuple[AnalyticsStore, Snapshot] | None] = contextvars.ContextVar(
+    "open_snapshot", default=None
+)
